@@ -1,0 +1,139 @@
+import type { FastifyInstance } from 'fastify';
+import { Metrics } from './audit/Metrics.js';
+import type { RunRecord } from './audit/RunRecord.js';
+import { RunLedger } from './audit/RunLedger.js';
+import { BridgeRegistry } from './bridge/BridgeRegistry.js';
+import { resolveConfig, type TracewireConfig } from './config/Config.js';
+import { EventHub } from './hub/EventHub.js';
+import { TracewireSpanProcessor, type TracewireSpanProcessorOptions } from './sources/TracewireSpanProcessor.js';
+
+export const VERSION = '0.1.0';
+
+export interface TracewireOptions extends Partial<Omit<TracewireConfig, 'listen' | 'otlpListen'>> {
+  /** Called after each verdict (logs, tests). */
+  readonly onVerdict?: (run: RunRecord) => void;
+  /** Fault injection for demos and tests: writes to this user's connections fail. */
+  readonly failWritesFor?: (user: string) => boolean;
+  /** Clock (epoch ms), for tests. */
+  readonly now?: () => number;
+}
+
+/**
+ * One tracewire instance: metrics registry, run ledger, event hub and the
+ * per-trace bridges for each span source. Library users create one, add
+ * `spanProcessor()` to their NodeSDK and register `fastifyPlugin` on their
+ * fastify app; the sidecar builds the same thing from its config.
+ */
+export class Tracewire {
+  readonly config: TracewireConfig;
+  readonly metrics: Metrics;
+  readonly ledger: RunLedger;
+  readonly hub: EventHub;
+  private inProcess: BridgeRegistry | undefined;
+  private otlp: BridgeRegistry | undefined;
+  private closed: Promise<void> | undefined;
+  private readonly processors: TracewireSpanProcessor[] = [];
+
+  constructor(opts: TracewireOptions = {}) {
+    const { onVerdict, failWritesFor, now, ...overrides } = opts;
+    this.config = resolveConfig({ overrides: overrides as Record<string, unknown> });
+    const c = this.config;
+    this.metrics = new Metrics({ maxAgentLabels: c.maxAgentLabels, version: VERSION, mode: c.mode });
+    this.ledger = new RunLedger({
+      mode: c.mode,
+      graceMillis: c.graceMillis,
+      runTimeoutMillis: c.runTimeoutMillis,
+      runsMaxCount: c.runsMaxCount,
+      runsMaxAgeMillis: c.runsMaxAgeMillis,
+      metrics: this.metrics,
+      onForget: (r) => {
+        this.inProcess?.forgetRun(r);
+        this.otlp?.forgetRun(r);
+      },
+      onVerdict,
+      now,
+    });
+    this.hub = new EventHub({
+      jwtSecret: c.jwtSecret,
+      wsMaxBufferedBytes: c.wsMaxBufferedBytes,
+      wsHeartbeatMillis: c.wsHeartbeatMillis,
+      wsMaxConnections: c.wsMaxConnections,
+      replayRetentionMillis: c.replayRetentionMillis,
+      replayMaxEventsPerRun: c.replayMaxEventsPerRun,
+      replayMaxBytesPerRun: c.replayMaxBytesPerRun,
+      replayMaxIdleMillis: c.runTimeoutMillis,
+      metrics: this.metrics,
+      ledger: this.ledger,
+      failWritesFor,
+      now,
+    });
+    this.now = now;
+  }
+
+  private readonly now: (() => number) | undefined;
+
+  private registry(parentsArriveFirst: boolean): BridgeRegistry {
+    const c = this.config;
+    return new BridgeRegistry(
+      {
+        mode: c.mode,
+        parentsArriveFirst,
+        orphanHoldMillis: c.orphanHoldMillis,
+        maxOrphanSpans: c.maxOrphanSpans,
+        maxInFlightRuns: c.maxInFlightRuns,
+        maxSpansPerRun: c.maxSpansPerRun,
+        maxTraces: c.maxTraces,
+      },
+      this.metrics,
+      this.ledger,
+      c.mode === 'emit' ? this.hub : undefined,
+      this.now,
+    );
+  }
+
+  /** The bridges fed by the in-process span processor. */
+  get inProcessBridges(): BridgeRegistry {
+    return (this.inProcess ??= this.registry(true));
+  }
+
+  /** The bridges fed by the OTLP receiver (spans arrive late and out of order). */
+  get otlpBridges(): BridgeRegistry {
+    return (this.otlp ??= this.registry(false));
+  }
+
+  /** A SpanProcessor for `NodeSDK({ spanProcessors: [tw.spanProcessor()] })`. */
+  spanProcessor(opts?: TracewireSpanProcessorOptions): TracewireSpanProcessor {
+    const p = new TracewireSpanProcessor(this.inProcessBridges, this.metrics, opts);
+    this.processors.push(p);
+    return p;
+  }
+
+  /** Sign a token for `user` with the configured secret (dev tokens, tests). */
+  token(user: string, ttlSeconds = 3600): Promise<string> {
+    return this.hub.verifierForTokens.sign(user, ttlSeconds);
+  }
+
+  /**
+   * Fastify plugin: mounts the WebSocket endpoint (`/v1/events`) on the app's
+   * server. Register it on the root instance: `app.register(tw.fastifyPlugin)`.
+   */
+  readonly fastifyPlugin = async (app: FastifyInstance): Promise<void> => {
+    this.hub.attach(app.server);
+  };
+
+  /**
+   * Graceful stop: drain the span queues, close connections with 1001 after
+   * flushing, give in-flight runs the `interrupted` verdict. Runs once.
+   */
+  close(timeoutMillis = this.config.shutdownTimeoutMillis): Promise<void> {
+    return (this.closed ??= (async () => {
+      for (const p of this.processors) await p.shutdown();
+      this.hub.flush();
+      this.inProcess?.close();
+      this.otlp?.close();
+      await this.hub.close(timeoutMillis);
+      this.ledger.interruptAll();
+      this.ledger.close();
+    })());
+  }
+}

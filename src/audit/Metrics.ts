@@ -1,0 +1,148 @@
+import { Counter, Gauge, Histogram, Registry, type OpenMetricsContentType } from 'prom-client';
+
+/** Event types of the tracewire.v1 protocol; the `type` label takes only these. */
+export const EVENT_TYPES = ['agent_started', 'agent_thinking', 'tool_executing', 'tool_completed', 'agent_completed'] as const;
+export type EventType = (typeof EVENT_TYPES)[number];
+
+export const LIFECYCLE_KINDS = ['agent', 'thinking', 'tool'] as const;
+export type LifecycleKind = (typeof LIFECYCLE_KINDS)[number];
+
+export const VERDICTS = ['complete', 'partial', 'missing_events', 'abandoned', 'interrupted'] as const;
+export type Verdict = (typeof VERDICTS)[number];
+
+/**
+ * Why an event was not delivered. Bounded: every drop carries one of these.
+ * - no_subscriber: the user had no connection for the whole hold window
+ * - send_failed: a connection existed and every write reported an error
+ * - backpressure: the connection was not reading and was closed
+ * - unauthorised: the connection's token no longer allowed it
+ * - evicted: the run was evicted from bounded in-flight state
+ * - no_user: the run carries no user id, so it cannot be routed
+ * - not_recorded: audit mode, the backend recorded no agent.event for it
+ * - reported_dropped: audit mode, the backend recorded it as dropped without a known reason
+ * - shutdown: the process stopped before it could be sent
+ * - late_span: the span arrived after its run had completed
+ * - overflow: the run exceeded its bounded size
+ */
+export const DROP_REASONS = [
+  'no_subscriber', 'send_failed', 'backpressure', 'unauthorised', 'evicted', 'no_user',
+  'not_recorded', 'reported_dropped', 'shutdown', 'late_span', 'overflow',
+] as const;
+export type DropReason = (typeof DROP_REASONS)[number];
+
+export const EVICTION_REASONS = ['max_runs', 'max_traces', 'max_spans', 'orphan_timeout', 'max_orphans', 'trace_idle'] as const;
+export type EvictionReason = (typeof EVICTION_REASONS)[number];
+
+/** Caps a label value to a bounded set: the first `max` distinct values pass, later ones become "other". */
+export class BoundedLabel {
+  private readonly seen = new Set<string>();
+  constructor(private readonly max: number) {}
+  value(v: string | undefined): string {
+    if (v === undefined || v === '') return 'unknown';
+    if (this.seen.has(v)) return v;
+    if (this.seen.size >= this.max) return 'other';
+    // Label values must stay printable and short; agent names are user-controlled.
+    const clean = v.length > 64 ? v.slice(0, 64) : v;
+    this.seen.add(clean);
+    return clean;
+  }
+}
+
+/**
+ * All tracewire series, on a dedicated registry per instance so embedders and
+ * tests never collide. Label values come from the bounded sets above only.
+ */
+export class Metrics {
+  /**
+   * One OpenMetrics registry (exemplars need it); `text()` renders the
+   * Prometheus text format from it for scrapers that do not ask for OpenMetrics.
+   */
+  readonly registry: Registry<OpenMetricsContentType> = openMetrics();
+  private readonly regs = [this.registry] as unknown as Registry[];
+  readonly agentLabel: BoundedLabel;
+
+  readonly lifecycleSpans = new Counter({ name: 'tracewire_lifecycle_spans_total', help: 'Lifecycle spans seen, by kind (agent, thinking, tool).', labelNames: ['kind'] as const, registers: this.regs });
+  readonly spansSeen = new Counter({ name: 'tracewire_spans_seen_total', help: 'All span starts and ends handed to the bridge, by source.', labelNames: ['source'] as const, registers: this.regs });
+  readonly eventsEmitted = new Counter({ name: 'tracewire_events_emitted_total', help: 'Events produced by the bridge (in audit mode: expected).', labelNames: ['type'] as const, registers: this.regs });
+  readonly eventsDelivered = new Counter({ name: 'tracewire_events_delivered_total', help: 'Events whose write completed on at least one connection of their user.', labelNames: ['type'] as const, registers: this.regs });
+  readonly eventsDeliveredLate = new Counter({ name: 'tracewire_events_delivered_late_total', help: 'Events delivered after being held for a user with no connection, or by resume.', labelNames: ['type'] as const, registers: this.regs });
+  readonly eventsDropped = new Counter({ name: 'tracewire_events_dropped_total', help: 'Events not delivered, by reason.', labelNames: ['type', 'reason'] as const, registers: this.regs });
+  readonly runs = new Counter({ name: 'tracewire_runs_total', help: 'Judged runs by verdict, main undelivered reason ("none" when complete) and top-level agent (capped).', labelNames: ['verdict', 'reason', 'agent'] as const, registers: this.regs });
+  readonly deliverySeconds = new Histogram({
+    name: 'tracewire_event_delivery_seconds',
+    help: 'From the span hook to the completed WebSocket write of the event.',
+    labelNames: ['type'] as const,
+    buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    enableExemplars: true,
+    registers: this.regs,
+  });
+  readonly connections = new Gauge({ name: 'tracewire_ws_connections', help: 'Open, authenticated WebSocket connections.', registers: this.regs });
+  readonly connectionAttempts = new Counter({ name: 'tracewire_ws_connections_total', help: 'WebSocket connection attempts by result.', labelNames: ['result'] as const, registers: this.regs });
+  readonly disconnects = new Counter({ name: 'tracewire_ws_disconnects_total', help: 'Closed WebSocket connections by reason.', labelNames: ['reason'] as const, registers: this.regs });
+  readonly clientFrameErrors = new Counter({ name: 'tracewire_ws_client_errors_total', help: 'Bad client frames by error code.', labelNames: ['code'] as const, registers: this.regs });
+  readonly runsInFlight = new Gauge({ name: 'tracewire_runs_in_flight', help: 'Runs whose top-level agent span has started and not been judged yet.', registers: this.regs });
+  readonly tracesInFlight = new Gauge({ name: 'tracewire_traces_in_flight', help: 'Traces the bridge tracks.', registers: this.regs });
+  readonly heldSpans = new Gauge({ name: 'tracewire_held_spans', help: 'Spans held until their ancestors arrive.', registers: this.regs });
+  readonly evictions = new Counter({ name: 'tracewire_bridge_evictions_total', help: 'Spans, traces or runs given up by bounded state, by reason.', labelNames: ['reason'] as const, registers: this.regs });
+  readonly internalErrors = new Counter({ name: 'tracewire_internal_errors_total', help: 'Faults caught inside tracewire (never thrown into the caller), by component.', labelNames: ['component'] as const, registers: this.regs });
+  readonly hookQueueDrops = new Counter({ name: 'tracewire_hook_queue_dropped_total', help: 'Span hook records dropped because the in-process queue was full.', registers: this.regs });
+  readonly otlpRequests = new Counter({ name: 'tracewire_otlp_requests_total', help: 'OTLP/HTTP export requests by encoding and response status.', labelNames: ['encoding', 'status'] as const, registers: this.regs });
+  readonly otlpSpans = new Counter({ name: 'tracewire_otlp_spans_received_total', help: 'Spans accepted from OTLP requests.', registers: this.regs });
+  readonly otlpRejectedSpans = new Counter({ name: 'tracewire_otlp_spans_rejected_total', help: 'Spans rejected from OTLP requests, by reason.', labelNames: ['reason'] as const, registers: this.regs });
+  readonly replayedEvents = new Counter({ name: 'tracewire_events_replayed_total', help: 'Events re-sent to a resuming connection.', registers: this.regs });
+  readonly buildInfo = new Gauge({ name: 'tracewire_build_info', help: 'Constant 1, labelled with the version and mode.', labelNames: ['version', 'mode'] as const, registers: this.regs });
+
+  /** OpenMetrics exposition (with exemplars). */
+  openMetrics(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  /** Prometheus text exposition 0.0.4 (no exemplars). */
+  async text(): Promise<string> {
+    return openMetricsToText(await this.registry.metrics());
+  }
+
+  constructor(opts: { maxAgentLabels?: number; version?: string; mode?: string } = {}) {
+    this.agentLabel = new BoundedLabel(opts.maxAgentLabels ?? 50);
+    this.buildInfo.set({ version: opts.version ?? '0.1.0', mode: opts.mode ?? 'emit' }, 1);
+    // Start every bounded series at zero so rate() and absent() work from the first scrape.
+    for (const kind of LIFECYCLE_KINDS) this.lifecycleSpans.inc({ kind }, 0);
+    for (const type of EVENT_TYPES) {
+      this.eventsEmitted.inc({ type }, 0);
+      this.eventsDelivered.inc({ type }, 0);
+      this.eventsDeliveredLate.inc({ type }, 0);
+    }
+    this.connections.set(0);
+    this.runsInFlight.set(0);
+  }
+}
+
+function openMetrics(): Registry<OpenMetricsContentType> {
+  const r = new Registry<OpenMetricsContentType>();
+  r.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
+  return r;
+}
+
+/** OpenMetrics text to Prometheus text 0.0.4: counters named with _total, no exemplars, no # EOF. */
+export function openMetricsToText(om: string): string {
+  const lines = om.split('\n');
+  const out: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (line === '# EOF') continue;
+    if (line.startsWith('# HELP ')) {
+      const next = lines[i + 1] ?? '';
+      const name = line.slice(7, line.indexOf(' ', 7));
+      if (next === `# TYPE ${name} counter`) {
+        out.push(`# HELP ${name}_total${line.slice(7 + name.length)}`, `# TYPE ${name}_total counter`);
+        i++;
+        continue;
+      }
+      out.push(line);
+      continue;
+    }
+    const ex = line.indexOf(' # {');
+    out.push(ex >= 0 ? line.slice(0, ex) : line);
+  }
+  return out.join('\n');
+}

@@ -1,0 +1,93 @@
+import type { DropReason, EventType, LifecycleKind, Verdict } from './Metrics.js';
+
+export const EV_PENDING = 0;
+export const EV_DELIVERED = 1;
+export const EV_DROPPED = 2;
+/** Held for a user with no matching connection (undelivered as no_subscriber if still held at verdict time). */
+export const EV_HELD = 3;
+
+/** One expected event of a run and what became of it. */
+export interface EventRecord {
+  readonly seq: number;
+  readonly type: EventType;
+  readonly spanId: string;
+  readonly tsMs: number;
+  state: number;
+  reason?: DropReason;
+  /** Connections whose write of this event completed. */
+  connections: number;
+  /** Connections the event was written to (attempts). */
+  attempts: number;
+  deliveredAtMs?: number;
+  late?: boolean;
+  acked?: boolean;
+}
+
+export interface AuditOutcome {
+  readonly spanId: string;
+  readonly type: EventType;
+  readonly outcome: 'delivered' | 'dropped';
+  readonly reason: DropReason | undefined;
+}
+
+/** One span of the run, for the inspector timeline. */
+export interface SpanSummary {
+  readonly spanId: string;
+  readonly parentSpanId: string | undefined;
+  readonly kind: LifecycleKind;
+  readonly name: string | undefined;
+  startMs: number;
+  endMs?: number;
+  error?: string;
+}
+
+export interface Judgement {
+  readonly verdict: Verdict;
+  readonly judgedAtMs: number;
+  readonly expected: number;
+  readonly delivered: number;
+  /** Undelivered counts per event type. */
+  readonly undeliveredByType: Partial<Record<EventType, number>>;
+  /** Undelivered counts per reason. */
+  readonly reasons: Partial<Record<DropReason, number>>;
+  /** The reason a dashboard groups by: "none", "no_subscriber", or the failure. */
+  readonly mainReason: DropReason | 'none';
+  readonly explanation: string;
+}
+
+/**
+ * Everything the audit knows of one run. Created by the bridge when the
+ * top-level agent span starts, updated by the hub's delivery outcomes, judged
+ * by the ledger.
+ */
+export class RunRecord {
+  readonly events: EventRecord[] = [];
+  readonly spans: SpanSummary[] = [];
+  endMs: number | undefined;
+  user: string | undefined;
+  conversation: string | undefined;
+  judgement: Judgement | undefined;
+  /** Connections of the user open when the run started/ended (for "was anyone listening"). */
+  sawConnection = false;
+  /** Audit mode: agent.event outcomes recorded by the backend. */
+  auditOutcomes: number = 0;
+  /** Audit mode: outcomes waiting to be matched to expected events at verdict time. */
+  auditPending: AuditOutcome[] | undefined;
+  /** Index into the ledger's due queue; internal. */
+  dueAtMs = 0;
+
+  constructor(
+    readonly runId: string,
+    readonly traceId: string,
+    readonly spanId: string,
+    readonly agent: string,
+    readonly startMs: number,
+    readonly openedAtMs: number,
+  ) {}
+
+  addEvent(seq: number, type: EventType, spanId: string, tsMs: number): EventRecord {
+    const ev: EventRecord = { seq, type, spanId, tsMs, state: EV_PENDING, connections: 0, attempts: 0 };
+    this.events.push(ev);
+    return ev;
+  }
+}

@@ -1,0 +1,314 @@
+import { DROP_REASONS, EVENT_TYPES, type DropReason, type EventType, type EvictionReason, type Metrics } from '../audit/Metrics.js';
+import { RunRecord } from '../audit/RunRecord.js';
+import type { RunLedger } from '../audit/RunLedger.js';
+import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
+import type { EventSink, OutboundEvent } from './EventSink.js';
+import { RunState, TraceBridge, type SpanNode } from './TraceBridge.js';
+
+export interface BridgeOptions {
+  readonly mode: 'emit' | 'audit';
+  /**
+   * True for the in-process processor: every span's parent started (and was
+   * seen) before it, so an unknown parent means "not part of any run". False
+   * for OTLP, where children arrive before parents and are held.
+   */
+  readonly parentsArriveFirst: boolean;
+  /** How long held spans wait for their ancestors. Default 10000. */
+  readonly orphanHoldMillis: number;
+  /** Held spans across all traces. Default 50000. */
+  readonly maxOrphanSpans: number;
+  /** In-flight runs; the oldest is evicted past it. Default 200000. */
+  readonly maxInFlightRuns: number;
+  /** Spans kept per trace. Default 10000. */
+  readonly maxSpansPerRun: number;
+  /** Traces tracked at once. Default 400000. */
+  readonly maxTraces: number;
+}
+
+const AGENT_EVENT = 'agent.event';
+const EVENT_TYPE_SET = new Set<string>(EVENT_TYPES);
+const REASON_SET = new Set<string>(DROP_REASONS);
+
+/**
+ * Owns the per-trace bridges of one tracewire instance: creates a trace's
+ * bridge at its first span of interest, releases it once its runs ended,
+ * bounds everything, and hands each event to the sink. Both span sources
+ * (in-process processor, OTLP receiver) feed `startSpan` / `endSpan`.
+ */
+export class BridgeRegistry {
+  private readonly traces = new Map<string, TraceBridge>();
+  private readonly runs = new Map<string, RunState>();
+  /** Held spans in hold order (oldest first) with their trace. */
+  private readonly heldIndex = new Map<SpanNode, TraceBridge>();
+  private readonly sweepTimer: NodeJS.Timeout;
+  private closed = false;
+  readonly now: () => number;
+
+  constructor(
+    readonly opts: BridgeOptions,
+    readonly metrics: Metrics,
+    private readonly ledger: RunLedger,
+    private readonly sink: EventSink | undefined,
+    now?: () => number,
+  ) {
+    this.now = now ?? Date.now;
+    const every = Math.max(20, Math.min(1000, Math.floor(opts.orphanHoldMillis / 4) || 20));
+    this.sweepTimer = setInterval(() => this.sweep(), every);
+    this.sweepTimer.unref();
+  }
+
+  get traceCount(): number {
+    return this.traces.size;
+  }
+  get runCount(): number {
+    return this.runs.size;
+  }
+  get heldCount(): number {
+    return this.heldIndex.size;
+  }
+
+  /** A span started (or was exported before it ended). */
+  startSpan(span: SpanInput): void {
+    this.handle(span, false);
+  }
+
+  /** A span ended (or arrived ended). */
+  endSpan(span: SpanInput): void {
+    this.handle(span, true);
+  }
+
+  private handle(span: SpanInput, ended: boolean): void {
+    if (this.closed) return;
+    let tb = this.traces.get(span.traceId);
+    if (tb === undefined) {
+      if (this.opts.parentsArriveFirst && !isCandidate(span)) return;
+      if (this.traces.size >= this.opts.maxTraces) this.evictOldestTrace();
+      tb = new TraceBridge(span.traceId, this);
+      this.traces.set(span.traceId, tb);
+      this.metrics.tracesInFlight.set(this.traces.size);
+    } else if (this.opts.parentsArriveFirst && !tb.nodes.has(span.spanId)) {
+      // In-process: a non-lifecycle span whose parent we never saw is outside every run.
+      const parent = span.parentSpanId ? tb.nodes.get(span.parentSpanId) : undefined;
+      if (parent === undefined && !isCandidate(span)) return;
+    }
+    tb.lastSeenMs = this.now();
+    tb.handle(span, ended);
+    this.maybeRelease(tb);
+  }
+
+  // ---- called by TraceBridge -------------------------------------------------
+
+  openRun(tb: TraceBridge, top: SpanNode): RunState {
+    if (this.runs.size >= this.opts.maxInFlightRuns) {
+      const oldest = this.runs.values().next().value as RunState;
+      this.evicted('max_runs');
+      this.releaseRun(oldest);
+      this.ledger.evict(oldest.record);
+    }
+    const runId = `${tb.traceId}-${top.spanId}`;
+    const record = new RunRecord(runId, tb.traceId, top.spanId, top.name ?? 'unknown', top.startMs, this.now());
+    const run = new RunState(runId, tb, top, record);
+    this.runs.set(runId, run);
+    tb.activeRuns++;
+    this.ledger.open(record);
+    return run;
+  }
+
+  resolveUser(run: RunState, user: string): void {
+    run.user = user;
+    run.record.user = user;
+    const pending = run.unrouted;
+    if (pending === undefined) return;
+    run.unrouted = undefined;
+    for (const ev of pending) this.publish({ ...ev, user });
+  }
+
+  emit(run: RunState, node: SpanNode, type: EventType, tsMs: number, data: Record<string, unknown>): void {
+    const rec = run.record;
+    if (run.ended || rec.judgement !== undefined) {
+      // The run already completed: emitting now would break "agent_completed last".
+      this.metrics.eventsDropped.inc({ type, reason: 'late_span' });
+      return;
+    }
+    if (rec.events.length >= this.opts.maxSpansPerRun * 2) {
+      this.metrics.eventsDropped.inc({ type, reason: 'overflow' });
+      return;
+    }
+    const seq = ++run.seq;
+    const evRec = rec.addEvent(seq, type, node.spanId, tsMs);
+    this.metrics.eventsEmitted.inc({ type });
+    if (this.opts.mode === 'audit' || this.sink === undefined) return;
+    const conv = node.conv ?? run.conv;
+    const payload = JSON.stringify({
+      type,
+      run_id: run.id,
+      trace_id: run.trace.traceId,
+      span_id: node.spanId,
+      seq,
+      ts: new Date(tsMs).toISOString(),
+      agent: node.agentName ?? null,
+      conversation_id: conv ?? null,
+      data,
+    });
+    const ev: OutboundEvent = {
+      user: run.user ?? '',
+      conversation: conv,
+      runId: run.id,
+      traceId: run.trace.traceId,
+      seq,
+      type,
+      payload,
+      record: evRec,
+      run: rec,
+      hookAt: node.hookAt,
+    };
+    if (run.user === undefined) {
+      (run.unrouted ??= []).push(ev);
+      return;
+    }
+    this.publish(ev);
+  }
+
+  private publish(ev: OutboundEvent): void {
+    try {
+      this.sink!.publish(ev);
+    } catch {
+      // A faulty sink must never reach span.end(): count it, the event stays undelivered.
+      this.metrics.internalErrors.inc({ component: 'sink' });
+      this.ledger.markDropped(ev.run, ev.record, 'send_failed');
+    }
+  }
+
+  endRun(run: RunState, endMs: number): void {
+    if (run.ended) return;
+    if (run.unrouted !== undefined) {
+      for (const ev of run.unrouted) this.ledger.markDropped(run.record, ev.record, 'no_user');
+      run.unrouted = undefined;
+    }
+    this.releaseRun(run);
+    this.ledger.ended(run.record, endMs);
+    try {
+      this.sink?.runEnded?.(run.id);
+    } catch {
+      this.metrics.internalErrors.inc({ component: 'sink' });
+    }
+  }
+
+  /** The ledger judged a run before its top-level span ended (abandoned, evicted, interrupted). */
+  forgetRun(record: RunRecord): void {
+    const run = this.runs.get(record.runId);
+    if (run !== undefined) this.releaseRun(run);
+  }
+
+  private releaseRun(run: RunState): void {
+    if (run.ended) return;
+    run.ended = true;
+    this.runs.delete(run.id);
+    run.trace.activeRuns--;
+    this.maybeRelease(run.trace);
+  }
+
+  outsideRun(node: SpanNode): void {
+    // A thinking or tool span with no agent above it: not part of any run.
+    void node;
+  }
+
+  noteSpanEvents(tb: TraceBridge, node: SpanNode, events: readonly SpanEventInput[]): void {
+    if (this.opts.mode !== 'audit') return;
+    const mine = events.filter((e) => e.name === AGENT_EVENT);
+    if (mine.length === 0) return;
+    if (!node.anchored) {
+      (node.pendingAudit ??= []).push(...mine);
+      return;
+    }
+    const owner = tb.lifecycleOwner(node);
+    const run = owner?.run;
+    if (owner === undefined || run === undefined) return;
+    for (const e of mine) {
+      const type = e.attributes['agent.event.type'];
+      if (typeof type !== 'string' || !EVENT_TYPE_SET.has(type)) continue;
+      const outcome = e.attributes['agent.event.outcome'] === 'delivered' ? 'delivered' : 'dropped';
+      const r = e.attributes['agent.event.reason'];
+      const reason = typeof r === 'string' && REASON_SET.has(r) ? (r as DropReason) : undefined;
+      (run.record.auditPending ??= []).push({ spanId: owner.spanId, type: type as EventType, outcome, reason });
+    }
+  }
+
+  held(tb: TraceBridge, node: SpanNode): void {
+    this.heldIndex.set(node, tb);
+    if (this.heldIndex.size > this.opts.maxOrphanSpans) {
+      const [oldest, otb] = this.heldIndex.entries().next().value as [SpanNode, TraceBridge];
+      this.evicted('max_orphans');
+      otb.forceAnchor(oldest);
+    }
+    this.metrics.heldSpans.set(this.heldIndex.size);
+  }
+
+  unheld(node: SpanNode): void {
+    this.heldIndex.delete(node);
+    this.metrics.heldSpans.set(this.heldIndex.size);
+  }
+
+  evicted(reason: EvictionReason): void {
+    this.metrics.evictions.inc({ reason });
+  }
+
+  // ---- lifecycle -------------------------------------------------------------
+
+  private maybeRelease(tb: TraceBridge): void {
+    if (tb.activeRuns > 0 || tb.heldCount > 0) return;
+    if (!this.opts.parentsArriveFirst && !tb.localRootEnded) return;
+    if (this.traces.get(tb.traceId) === tb) {
+      this.traces.delete(tb.traceId);
+      this.metrics.tracesInFlight.set(this.traces.size);
+    }
+  }
+
+  private evictOldestTrace(): void {
+    const [id, tb] = this.traces.entries().next().value as [string, TraceBridge];
+    this.traces.delete(id);
+    this.evicted('max_traces');
+    for (const n of tb.heldNodes()) this.heldIndex.delete(n);
+    for (const run of [...this.runs.values()]) {
+      if (run.trace === tb) {
+        this.releaseRun(run);
+        this.ledger.evict(run.record);
+      }
+    }
+  }
+
+  /** Give up on held spans past the hold time; drop idle traces with nothing in flight. */
+  sweep(): void {
+    const now = this.now();
+    for (const [node, tb] of [...this.heldIndex]) {
+      if (node.heldAtMs + this.opts.orphanHoldMillis > now) break;
+      this.evicted('orphan_timeout');
+      tb.forceAnchor(node);
+      this.maybeRelease(tb);
+    }
+    if (!this.opts.parentsArriveFirst) {
+      const idle = Math.max(this.opts.orphanHoldMillis, 1000);
+      for (const [id, tb] of this.traces) {
+        if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) {
+          this.traces.delete(id);
+        }
+      }
+      this.metrics.tracesInFlight.set(this.traces.size);
+    }
+    this.metrics.heldSpans.set(this.heldIndex.size);
+  }
+
+  close(): void {
+    this.closed = true;
+    clearInterval(this.sweepTimer);
+  }
+}
+
+/** Could this span start a run (is it a lifecycle span by name or attributes)? Cheap pre-check. */
+function isCandidate(span: SpanInput): boolean {
+  const a = span.attributes;
+  if (a['gen_ai.operation.name'] !== undefined || a['openinference.span.kind'] !== undefined || a['traceloop.span.kind'] !== undefined) return true;
+  if (a['llm.request.type'] !== undefined || a['ai.operationId'] !== undefined) return true;
+  const n = span.name;
+  return n.startsWith('invoke_') || n.startsWith('execute_tool') || n.startsWith('ai.') || n.startsWith('chat ');
+}

@@ -1,0 +1,189 @@
+import { TracewireError } from '../errors/errors.js';
+
+/**
+ * The one config resolver: for each option, the command-line flag wins, then
+ * the `TRACEWIRE_*` environment variable, then the default. Every value is
+ * validated once at start-up; the result is frozen and can be printed with
+ * secrets hidden.
+ */
+
+type Kind = 'string' | 'secret' | 'hostport' | 'int' | 'enum' | 'bool';
+
+interface OptionSpec {
+  readonly key: keyof TracewireConfig;
+  readonly flag: string;
+  readonly env: string;
+  readonly kind: Kind;
+  readonly default: string;
+  readonly doc: string;
+  readonly values?: readonly string[];
+  readonly min?: number;
+}
+
+export interface HostPort {
+  readonly host: string;
+  readonly port: number;
+}
+
+export interface TracewireConfig {
+  /** Public listener: WebSocket `/v1/events`, `/metrics`, runs API, inspector. */
+  readonly listen: HostPort;
+  /** OTLP/HTTP listener (`POST /v1/traces`); port 0 disables it in `serve`. */
+  readonly otlpListen: HostPort;
+  readonly jwtSecret: string;
+  readonly mode: 'emit' | 'audit';
+  readonly graceMillis: number;
+  readonly runTimeoutMillis: number;
+  readonly orphanHoldMillis: number;
+  readonly maxOrphanSpans: number;
+  readonly maxInFlightRuns: number;
+  readonly maxSpansPerRun: number;
+  readonly maxTraces: number;
+  readonly replayRetentionMillis: number;
+  readonly replayMaxEventsPerRun: number;
+  readonly replayMaxBytesPerRun: number;
+  readonly wsMaxBufferedBytes: number;
+  readonly wsHeartbeatMillis: number;
+  readonly wsMaxConnections: number;
+  readonly otlpMaxBodyBytes: number;
+  readonly otlpMaxSpansPerRequest: number;
+  readonly otlpMaxConcurrentRequests: number;
+  readonly otlpToken: string;
+  readonly apiToken: string;
+  readonly runsMaxCount: number;
+  readonly runsMaxAgeMillis: number;
+  readonly maxAgentLabels: number;
+  readonly shutdownTimeoutMillis: number;
+  readonly traceUrlTemplate: string;
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+}
+
+export const DEV_JWT_SECRET = 'tracewire-dev-secret-change-me';
+
+export const OPTIONS: readonly OptionSpec[] = [
+  { key: 'listen', flag: '--listen', env: 'TRACEWIRE_LISTEN', kind: 'hostport', default: '127.0.0.1:8080', doc: 'public listener: WebSocket /v1/events, /metrics, /api/runs, /inspector' },
+  { key: 'otlpListen', flag: '--otlp-listen', env: 'TRACEWIRE_OTLP_LISTEN', kind: 'hostport', default: '127.0.0.1:4318', doc: 'OTLP/HTTP receiver (POST /v1/traces), internal' },
+  { key: 'jwtSecret', flag: '--jwt-secret', env: 'TRACEWIRE_JWT_SECRET', kind: 'secret', default: DEV_JWT_SECRET, doc: 'HS256 secret for client tokens; the default is refused off loopback' },
+  { key: 'mode', flag: '--mode', env: 'TRACEWIRE_MODE', kind: 'enum', values: ['emit', 'audit'], default: 'emit', doc: 'emit: deliver events; audit: judge a backend that delivers its own from agent.event span events' },
+  { key: 'graceMillis', flag: '--grace-ms', env: 'TRACEWIRE_GRACE_MS', kind: 'int', min: 0, default: '2000', doc: 'wait after a run ends before its verdict' },
+  { key: 'runTimeoutMillis', flag: '--run-timeout-ms', env: 'TRACEWIRE_RUN_TIMEOUT_MS', kind: 'int', min: 1, default: '600000', doc: 'a run whose top-level agent span has not ended by then is abandoned' },
+  { key: 'orphanHoldMillis', flag: '--orphan-hold-ms', env: 'TRACEWIRE_ORPHAN_HOLD_MS', kind: 'int', min: 0, default: '10000', doc: 'how long spans whose ancestors have not arrived are held' },
+  { key: 'maxOrphanSpans', flag: '--max-orphan-spans', env: 'TRACEWIRE_MAX_ORPHAN_SPANS', kind: 'int', min: 1, default: '50000', doc: 'held spans across all traces; the oldest are given up past it' },
+  { key: 'maxInFlightRuns', flag: '--max-runs', env: 'TRACEWIRE_MAX_RUNS', kind: 'int', min: 1, default: '200000', doc: 'in-flight runs; the oldest is evicted past it' },
+  { key: 'maxSpansPerRun', flag: '--max-spans-per-run', env: 'TRACEWIRE_MAX_SPANS_PER_RUN', kind: 'int', min: 1, default: '10000', doc: 'spans kept per trace; further spans are dropped (counted)' },
+  { key: 'maxTraces', flag: '--max-traces', env: 'TRACEWIRE_MAX_TRACES', kind: 'int', min: 1, default: '400000', doc: 'traces tracked at once (with or without runs)' },
+  { key: 'replayRetentionMillis', flag: '--replay-retention-ms', env: 'TRACEWIRE_REPLAY_RETENTION_MS', kind: 'int', min: 0, default: '60000', doc: 'how long after a run ends its events stay resumable, and how long events wait for a user with no connection' },
+  { key: 'replayMaxEventsPerRun', flag: '--replay-max-events', env: 'TRACEWIRE_REPLAY_MAX_EVENTS', kind: 'int', min: 0, default: '1000', doc: 'resumable events kept per run' },
+  { key: 'replayMaxBytesPerRun', flag: '--replay-max-bytes', env: 'TRACEWIRE_REPLAY_MAX_BYTES', kind: 'int', min: 0, default: '1048576', doc: 'resumable bytes kept per run' },
+  { key: 'wsMaxBufferedBytes', flag: '--ws-max-buffered-bytes', env: 'TRACEWIRE_WS_MAX_BUFFERED_BYTES', kind: 'int', min: 1024, default: '4194304', doc: 'unsent bytes per connection before it is closed (4408)' },
+  { key: 'wsHeartbeatMillis', flag: '--ws-heartbeat-ms', env: 'TRACEWIRE_WS_HEARTBEAT_MS', kind: 'int', min: 0, default: '30000', doc: 'ping interval; a connection with no pong by the next ping is terminated; 0 disables' },
+  { key: 'wsMaxConnections', flag: '--ws-max-connections', env: 'TRACEWIRE_WS_MAX_CONNECTIONS', kind: 'int', min: 1, default: '20000', doc: 'open WebSocket connections' },
+  { key: 'otlpMaxBodyBytes', flag: '--otlp-max-body-bytes', env: 'TRACEWIRE_OTLP_MAX_BODY_BYTES', kind: 'int', min: 1024, default: '8388608', doc: 'request body limit, compressed and decompressed' },
+  { key: 'otlpMaxSpansPerRequest', flag: '--otlp-max-spans', env: 'TRACEWIRE_OTLP_MAX_SPANS', kind: 'int', min: 1, default: '20000', doc: 'spans per request' },
+  { key: 'otlpMaxConcurrentRequests', flag: '--otlp-max-concurrent', env: 'TRACEWIRE_OTLP_MAX_CONCURRENT', kind: 'int', min: 1, default: '64', doc: 'requests being read at once; more get 503 with Retry-After' },
+  { key: 'otlpToken', flag: '--otlp-token', env: 'TRACEWIRE_OTLP_TOKEN', kind: 'secret', default: '', doc: 'bearer token required on /v1/traces; empty: none' },
+  { key: 'apiToken', flag: '--api-token', env: 'TRACEWIRE_API_TOKEN', kind: 'secret', default: '', doc: 'bearer token required on /api/runs and /inspector; empty: none' },
+  { key: 'runsMaxCount', flag: '--runs-max-count', env: 'TRACEWIRE_RUNS_MAX_COUNT', kind: 'int', min: 1, default: '10000', doc: 'judged runs kept for the runs API' },
+  { key: 'runsMaxAgeMillis', flag: '--runs-max-age-ms', env: 'TRACEWIRE_RUNS_MAX_AGE_MS', kind: 'int', min: 1, default: '3600000', doc: 'how long judged runs are kept for the runs API' },
+  { key: 'maxAgentLabels', flag: '--max-agent-labels', env: 'TRACEWIRE_MAX_AGENT_LABELS', kind: 'int', min: 1, default: '50', doc: 'distinct agent label values on metrics; later agents are "other"' },
+  { key: 'shutdownTimeoutMillis', flag: '--shutdown-timeout-ms', env: 'TRACEWIRE_SHUTDOWN_TIMEOUT_MS', kind: 'int', min: 0, default: '10000', doc: 'bound on graceful shutdown' },
+  { key: 'traceUrlTemplate', flag: '--trace-url', env: 'TRACEWIRE_TRACE_URL', kind: 'string', default: '', doc: 'link to a trace backend, {trace_id} is replaced (e.g. a Grafana Tempo explore URL)' },
+  { key: 'logLevel', flag: '--log-level', env: 'TRACEWIRE_LOG_LEVEL', kind: 'enum', values: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info', doc: 'log verbosity' },
+];
+
+function parseHostPort(raw: string, name: string): HostPort {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d{1,5})$/.exec(raw);
+  if (!m) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" is not HOST:PORT`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new TracewireError('TW_CONFIG_INVALID', `${name} port ${port} is over 65535`);
+  const host = m[1] ?? m[2] ?? '';
+  return { host: host === '' ? '0.0.0.0' : host, port };
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
+export interface ResolveInput {
+  /** Parsed flags, by flag name without dashes (`jwt-secret`) or full (`--jwt-secret`). */
+  readonly flags?: Readonly<Record<string, string | undefined>>;
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Programmatic overrides (library use and tests); same precedence as flags. */
+  readonly overrides?: Partial<Record<keyof TracewireConfig, unknown>>;
+}
+
+export function resolveConfig(input: ResolveInput = {}): TracewireConfig {
+  const flags = input.flags ?? {};
+  const env = input.env ?? {};
+  const out: Record<string, unknown> = {};
+  for (const spec of OPTIONS) {
+    const bare = spec.flag.slice(2);
+    const override = input.overrides?.[spec.key];
+    if (override !== undefined && typeof override !== 'string') {
+      out[spec.key] = override;
+      continue;
+    }
+    const raw = (override as string | undefined) ?? flags[spec.flag] ?? flags[bare] ?? env[spec.env] ?? spec.default;
+    const from = override !== undefined || flags[spec.flag] !== undefined || flags[bare] !== undefined ? spec.flag : env[spec.env] !== undefined ? spec.env : 'default';
+    out[spec.key] = parseValue(spec, raw, from);
+  }
+  const cfg = out as unknown as TracewireConfig;
+  if (cfg.jwtSecret === DEV_JWT_SECRET && !isLoopback(cfg.listen.host)) {
+    throw new TracewireError('TW_CONFIG_INVALID', `--jwt-secret / TRACEWIRE_JWT_SECRET must be set when listening on ${cfg.listen.host} (the built-in dev secret is only for loopback)`);
+  }
+  if (cfg.jwtSecret.length < 16) {
+    throw new TracewireError('TW_CONFIG_INVALID', '--jwt-secret must be at least 16 characters');
+  }
+  return Object.freeze(cfg);
+}
+
+function parseValue(spec: OptionSpec, raw: string, from: string): unknown {
+  const name = from === 'default' ? spec.flag : from;
+  switch (spec.kind) {
+    case 'hostport':
+      return Object.freeze(parseHostPort(raw, name));
+    case 'int': {
+      if (!/^\d+$/.test(raw.trim())) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" is not a whole number`);
+      const n = Number(raw);
+      if (spec.min !== undefined && n < spec.min) throw new TracewireError('TW_CONFIG_INVALID', `${name}=${n} is under its minimum ${spec.min}`);
+      return n;
+    }
+    case 'enum':
+      if (!spec.values!.includes(raw)) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" is not one of ${spec.values!.join(', ')}`);
+      return raw;
+    case 'bool':
+      return raw === 'true' || raw === '1';
+    default:
+      return raw;
+  }
+}
+
+/** The resolved configuration as lines, secrets replaced by `***` (or `(unset)`). */
+export function describeConfig(cfg: TracewireConfig): string {
+  const lines: string[] = [];
+  for (const spec of OPTIONS) {
+    const v = cfg[spec.key];
+    let shown: string;
+    if (spec.kind === 'secret') shown = v === '' ? '(unset)' : v === DEV_JWT_SECRET ? '*** (built-in dev secret)' : '***';
+    else if (spec.kind === 'hostport') shown = `${(v as HostPort).host}:${(v as HostPort).port}`;
+    else shown = String(v === '' ? '(unset)' : v);
+    lines.push(`  ${spec.flag.padEnd(26)} ${shown}`);
+  }
+  return lines.join('\n');
+}
+
+/** Parse `--flag value` and `--flag=value` pairs; positional arguments are returned apart. */
+export function parseArgs(argv: readonly string[]): { flags: Record<string, string>; positionals: string[] } {
+  const flags: Record<string, string> = {};
+  const positionals: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a.startsWith('--')) {
+      const eq = a.indexOf('=');
+      if (eq > 0) flags[a.slice(0, eq)] = a.slice(eq + 1);
+      else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) flags[a] = argv[++i]!;
+      else flags[a] = 'true';
+    } else positionals.push(a);
+  }
+  return { flags, positionals };
+}

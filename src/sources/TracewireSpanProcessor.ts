@@ -1,0 +1,144 @@
+import { propagation, trace, type Context } from '@opentelemetry/api';
+import type { ReadableSpan, Span, SpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { performance } from 'node:perf_hooks';
+import type { Metrics } from '../audit/Metrics.js';
+import type { BridgeRegistry } from '../bridge/BridgeRegistry.js';
+import { conversationOf, userOf } from '../conventions/classify.js';
+import type { SpanInput } from '../conventions/SpanInput.js';
+
+export interface TracewireSpanProcessorOptions {
+  /** Hook records waiting for the drain; past it records are dropped and counted. Default 65536. */
+  readonly maxQueueSize?: number;
+}
+
+type HrTime = [number, number];
+const toMs = (t: HrTime): number => t[0] * 1000 + t[1] / 1e6;
+
+/**
+ * The in-process span source for `NodeSDK({ spanProcessors })`. The hooks
+ * are synchronous and cheap: they push the span (and, on start, its parent
+ * context) onto a bounded queue and return; classification, the bridge,
+ * serialisation and sending run right after, in a microtask, off the hook.
+ * They never throw into `startSpan()` / `span.end()`.
+ */
+export class TracewireSpanProcessor implements SpanProcessor {
+  // Flat queue of [span, context|END, hookAt] triples: no allocation per hook.
+  private q: unknown[] = [];
+  private scheduled = false;
+  private isShutdown = false;
+  private readonly max: number;
+  private dropped = 0;
+  private readonly drainFn = (): void => this.drain();
+
+  constructor(
+    private readonly registry: BridgeRegistry,
+    private readonly metrics: Metrics,
+    opts: TracewireSpanProcessorOptions = {},
+  ) {
+    this.max = (opts.maxQueueSize ?? 65536) * 3;
+  }
+
+  onStart(span: Span, parentContext: Context): void {
+    if (this.isShutdown) return;
+    if (this.q.length >= this.max) {
+      this.dropped++;
+      return;
+    }
+    this.q.push(span, parentContext, performance.now());
+    if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(this.drainFn);
+    }
+  }
+
+  onEnd(span: ReadableSpan): void {
+    if (this.isShutdown) return;
+    if (this.q.length >= this.max) {
+      this.dropped++;
+      return;
+    }
+    this.q.push(span, END, performance.now());
+    if (!this.scheduled) {
+      this.scheduled = true;
+      queueMicrotask(this.drainFn);
+    }
+  }
+
+  /** Run the queued hooks through the bridge now. */
+  drain(): void {
+    this.scheduled = false;
+    const q = this.q;
+    if (q.length === 0) return;
+    this.q = [];
+    if (this.dropped > 0) {
+      this.metrics.hookQueueDrops.inc(this.dropped);
+      this.dropped = 0;
+    }
+    for (let i = 0; i < q.length; i += 3) {
+      try {
+        const span = q[i] as ReadableSpan;
+        const ctx = q[i + 1];
+        const at = q[i + 2] as number;
+        if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, true));
+        else this.registry.startSpan(toInput(span, ctx as Context, at, false));
+      } catch {
+        this.metrics.internalErrors.inc({ component: 'bridge' });
+      }
+    }
+    this.metrics.spansSeen.inc({ source: 'in_process' }, q.length / 3);
+  }
+
+  forceFlush(): Promise<void> {
+    this.drain();
+    return Promise.resolve();
+  }
+
+  shutdown(): Promise<void> {
+    if (!this.isShutdown) {
+      this.drain();
+      this.isShutdown = true;
+    }
+    return Promise.resolve();
+  }
+}
+
+const END = Symbol('end');
+
+function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, ended: boolean): SpanInput {
+  const sc = span.spanContext();
+  const parent = span.parentSpanContext;
+  let baggageUser: string | undefined;
+  let baggageConversation: string | undefined;
+  let parentUser: string | undefined;
+  let parentConversation: string | undefined;
+  if (ctx !== undefined) {
+    const bag = propagation.getBaggage(ctx);
+    if (bag !== undefined) {
+      baggageUser = bag.getEntry('user.id')?.value ?? bag.getEntry('enduser.id')?.value;
+      baggageConversation = bag.getEntry('gen_ai.conversation.id')?.value ?? bag.getEntry('session.id')?.value;
+    }
+    const p = trace.getSpan(ctx) as unknown as { attributes?: Record<string, unknown> } | undefined;
+    if (p?.attributes !== undefined) {
+      parentUser = userOf(p.attributes);
+      parentConversation = conversationOf(p.attributes);
+    }
+  }
+  return {
+    traceId: sc.traceId,
+    spanId: sc.spanId,
+    parentSpanId: parent?.spanId,
+    parentIsRemote: parent?.isRemote === true,
+    name: span.name,
+    startMs: toMs(span.startTime as HrTime),
+    endMs: ended ? toMs(span.endTime as HrTime) : undefined,
+    attributes: span.attributes,
+    statusCode: span.status.code,
+    statusMessage: span.status.message,
+    events: ended ? span.events.map((e) => ({ name: e.name, timeMs: toMs(e.time as HrTime), attributes: e.attributes ?? {} })) : undefined,
+    baggageUser,
+    baggageConversation,
+    parentUser,
+    parentConversation,
+    hookAt,
+  };
+}
