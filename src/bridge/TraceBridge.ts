@@ -204,7 +204,10 @@ export class TraceBridge {
     }
     const run = node.run;
     if (run !== undefined && run.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
-    if (run !== undefined && run.conv === undefined && node.conv !== undefined) run.conv = node.conv;
+    if (run !== undefined && run.conv === undefined && node.conv !== undefined) {
+      run.conv = node.conv;
+      run.record.conversation = node.conv;
+    }
     if (node.pendingAudit !== undefined) {
       const evs = node.pendingAudit;
       node.pendingAudit = undefined;

@@ -62,7 +62,7 @@ export const DEV_JWT_SECRET = 'tracewire-dev-secret-change-me';
 
 export const OPTIONS: readonly OptionSpec[] = [
   { key: 'listen', flag: '--listen', env: 'TRACEWIRE_LISTEN', kind: 'hostport', default: '127.0.0.1:8080', doc: 'public listener: WebSocket /v1/events, /metrics, /api/runs, /inspector' },
-  { key: 'otlpListen', flag: '--otlp-listen', env: 'TRACEWIRE_OTLP_LISTEN', kind: 'hostport', default: '127.0.0.1:4318', doc: 'OTLP/HTTP receiver (POST /v1/traces), internal' },
+  { key: 'otlpListen', flag: '--otlp-listen', env: 'TRACEWIRE_OTLP_LISTEN', kind: 'hostport', default: '127.0.0.1:4318', doc: 'OTLP/HTTP receiver (POST /v1/traces), internal; port 0 picks a free port' },
   { key: 'jwtSecret', flag: '--jwt-secret', env: 'TRACEWIRE_JWT_SECRET', kind: 'secret', default: DEV_JWT_SECRET, doc: 'HS256 secret for client tokens; the default is refused off loopback' },
   { key: 'mode', flag: '--mode', env: 'TRACEWIRE_MODE', kind: 'enum', values: ['emit', 'audit'], default: 'emit', doc: 'emit: deliver events; audit: judge a backend that delivers its own from agent.event span events' },
   { key: 'graceMillis', flag: '--grace-ms', env: 'TRACEWIRE_GRACE_MS', kind: 'int', min: 0, default: '2000', doc: 'wait after a run ends before its verdict' },

@@ -64,7 +64,7 @@ describe('docker-compose.yml', () => {
     expect([...entrypoint, ...tw.command]).toEqual(['node', 'bin/tracewire.js', 'serve', '--listen', '0.0.0.0:8080', '--otlp-listen', '0.0.0.0:4318']);
     expect(tw.environment.TRACEWIRE_JWT_SECRET).toMatch(/^\$\{TRACEWIRE_JWT_SECRET:\?[^}]*\}$/);
     expect(tw.ports).toEqual(['0.0.0.0:8080:8080']);
-    expect(tw.healthcheck.test.join(' ')).toContain('http://127.0.0.1:8080/metrics');
+    expect(tw.healthcheck.test.join(' ')).toContain('http://127.0.0.1:8080/healthz');
     expect(tw.environment.TRACEWIRE_TRACE_URL).toContain('{trace_id}');
     expect(tw.environment.TRACEWIRE_TRACE_URL).not.toContain('$');
   });

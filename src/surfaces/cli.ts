@@ -1,0 +1,225 @@
+import { describeConfig, OPTIONS, parseArgs, resolveConfig, type TracewireConfig } from '../config/Config.js';
+import { TracewireError } from '../errors/errors.js';
+import { JwtVerifier } from '../hub/auth.js';
+import { Tracewire, VERSION } from '../Tracewire.js';
+import { probe } from './probe.js';
+import { startSidecar } from './server.js';
+
+const USAGE = `tracewire ${VERSION}: OpenTelemetry spans in, per-user agent events out, silence flagged.
+
+usage:
+  tracewire serve   [options]                 run the sidecar (public listener + OTLP receiver)
+  tracewire token   --user ID [--ttl-seconds N] print a dev token for a user, signed with --jwt-secret
+  tracewire probe   --url URL --otlp-url URL    check a live deployment delivers all five events in order
+  tracewire inspect [RUN_ID] --url URL [--verdict V] [--agent A] [--limit N]
+                                               list judged runs, or one run's timeline, in the terminal
+  tracewire demo    [--runs N] [--interval-ms N] [--users N] [--fail-user ID] [--offline-user ID] [--quiet]
+                                               a sidecar with synthetic agent traffic; prints what a client receives
+
+options (flag, then environment variable, then default):
+${OPTIONS.map((o) => `  ${o.flag.padEnd(26)} ${o.env.padEnd(34)} ${o.default === '' ? '(unset)' : o.kind === 'secret' ? '(built-in, loopback only)' : o.default}\n      ${o.doc}`).join('\n')}
+`;
+
+type Out = (line: string) => void;
+
+function config(flags: Record<string, string>): TracewireConfig {
+  return resolveConfig({ flags, env: process.env });
+}
+
+/** Run the CLI; resolves with the exit code. */
+export async function main(argv: readonly string[], out: Out = (l) => console.log(l), err: Out = (l) => console.error(l)): Promise<number> {
+  const { flags, positionals } = parseArgs(argv);
+  const cmd = positionals[0];
+  try {
+    switch (cmd) {
+      case 'serve':
+        return await serve(flags, out, err);
+      case 'token': {
+        const user = flags['--user'];
+        if (!user || user === 'true') {
+          err('tracewire token: --user ID is required');
+          return 2;
+        }
+        const ttl = Number(flags['--ttl-seconds'] ?? 3600);
+        if (!Number.isInteger(ttl) || ttl <= 0) {
+          err('tracewire token: --ttl-seconds must be a positive whole number');
+          return 2;
+        }
+        delete flags['--user'];
+        delete flags['--ttl-seconds'];
+        const cfg = config(flags);
+        out(await new JwtVerifier(cfg.jwtSecret).sign(user, ttl));
+        return 0;
+      }
+      case 'probe':
+        return await runProbe(flags, out, err);
+      case 'inspect':
+        return await inspect(positionals[1], flags, out, err);
+      case 'demo':
+        return await demo(flags, out, err);
+      case undefined:
+      case 'help':
+      case '--help':
+        out(USAGE);
+        return cmd === undefined ? 2 : 0;
+      default:
+        err(`tracewire: unknown command "${cmd}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (e) {
+    if (e instanceof TracewireError) {
+      err(`tracewire: ${e.code}: ${e.message}`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+function take(flags: Record<string, string>, name: string): string | undefined {
+  const v = flags[name];
+  delete flags[name];
+  return v;
+}
+
+async function serve(flags: Record<string, string>, out: Out, err: Out): Promise<number> {
+  const cfg = config(flags);
+  const { listen, otlpListen, ...rest } = cfg;
+  const tw = new Tracewire(rest);
+  const sc = await startSidecar(tw, listen, otlpListen);
+  if (cfg.logLevel !== 'silent') {
+    out(`tracewire ${VERSION} serve (${cfg.mode} mode)\n${describeConfig(cfg)}`);
+    out(`tracewire listening on ${sc.publicUrl} (WebSocket ${sc.publicUrl.replace(/^http/, 'ws')}/v1/events, /metrics, /api/runs, /inspector)`);
+    out(`tracewire OTLP/HTTP receiver on ${sc.otlpUrl}/v1/traces`);
+  }
+  await untilSignal(async (signal) => {
+    if (cfg.logLevel !== 'silent') out(`tracewire: ${signal}, shutting down (bound ${cfg.shutdownTimeoutMillis} ms)`);
+    await sc.close();
+  }, cfg.shutdownTimeoutMillis, err);
+  return 0;
+}
+
+/** Wait for SIGTERM/SIGINT, run `stop` within `boundMillis` (+1 s), then resolve. A second signal exits at once. */
+function untilSignal(stop: (signal: string) => Promise<void>, boundMillis: number, err: Out): Promise<void> {
+  return new Promise((resolve) => {
+    let stopping = false;
+    const on = (signal: NodeJS.Signals): void => {
+      if (stopping) {
+        err(`tracewire: second ${signal}, exiting now`);
+        process.exit(130);
+      }
+      stopping = true;
+      const hard = setTimeout(() => {
+        err(`tracewire: shutdown did not finish within ${boundMillis + 1000} ms, exiting`);
+        process.exit(1);
+      }, boundMillis + 1000);
+      hard.unref();
+      stop(signal).then(
+        () => {
+          process.off('SIGTERM', on);
+          process.off('SIGINT', on);
+          resolve();
+        },
+        (e: unknown) => {
+          err(`tracewire: shutdown failed: ${String(e)}`);
+          process.exit(1);
+        },
+      );
+    };
+    process.on('SIGTERM', on);
+    process.on('SIGINT', on);
+  });
+}
+
+async function runProbe(flags: Record<string, string>, out: Out, err: Out): Promise<number> {
+  const url = take(flags, '--url') ?? 'http://127.0.0.1:8080';
+  const otlpUrl = take(flags, '--otlp-url') ?? 'http://127.0.0.1:4318';
+  const timeout = Number(take(flags, '--timeout-ms') ?? 10_000);
+  const cfg = config(flags);
+  const r = await probe({ url, otlpUrl, jwtSecret: cfg.jwtSecret, otlpToken: cfg.otlpToken || undefined, timeoutMillis: timeout });
+  const seen = r.received.map((e) => `${e.seq}:${e.type}`).join(' ');
+  if (r.ok) {
+    out(`probe ok: run ${r.runId} delivered all 5 events in order in ${r.millis} ms (${seen})`);
+    return 0;
+  }
+  err(`probe FAILED: ${r.problem} (run ${r.runId}; received: ${seen || 'nothing'})`);
+  return 1;
+}
+
+async function inspect(runId: string | undefined, flags: Record<string, string>, out: Out, err: Out): Promise<number> {
+  const base = (take(flags, '--url') ?? 'http://127.0.0.1:8080').replace(/\/$/, '');
+  const token = take(flags, '--api-token') ?? process.env.TRACEWIRE_API_TOKEN;
+  const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+  if (runId === undefined) {
+    const q = new URLSearchParams();
+    for (const k of ['verdict', 'agent', 'user', 'limit', 'since']) {
+      const v = take(flags, `--${k}`);
+      if (v !== undefined) q.set(k, v);
+    }
+    const res = await fetch(`${base}/api/runs?${q}`, { headers });
+    const body = (await res.json()) as { runs?: Array<Record<string, unknown>>; code?: string; message?: string };
+    if (!res.ok) {
+      err(`tracewire inspect: ${res.status} ${body.code}: ${body.message}`);
+      return 1;
+    }
+    for (const r of body.runs ?? []) {
+      out(`${r.started_at}  ${String(r.verdict ?? r.status).padEnd(15)} ${String(r.reason ?? '').padEnd(14)} ${String(r.agent).padEnd(16)} ${r.run_id}`);
+      out(`    ${r.explanation}`);
+    }
+    if ((body.runs ?? []).length === 0) out('no runs match');
+    return 0;
+  }
+  const res = await fetch(`${base}/api/runs/${encodeURIComponent(runId)}`, { headers });
+  const r = (await res.json()) as Record<string, unknown> & { timeline?: Array<Record<string, unknown>> };
+  if (!res.ok) {
+    err(`tracewire inspect: ${res.status} ${r.code}: ${r.message}`);
+    return 1;
+  }
+  out(`run ${r.run_id}  agent ${r.agent}  user ${r.user}  verdict ${r.verdict ?? r.status}${r.reason ? ` (${r.reason})` : ''}`);
+  out(`  ${r.explanation}`);
+  if (r.trace_url) out(`  trace: ${r.trace_url}`);
+  for (const t of r.timeline ?? []) {
+    if (t.what === 'event') {
+      out(`  ${t.at}  event #${String(t.seq).padStart(2)} ${String(t.type).padEnd(16)} ${String(t.outcome).padEnd(9)} ${t.reason ?? ''}${t.connections ? ` (${t.connections} connection${t.connections === 1 ? '' : 's'})` : ''}`);
+    } else {
+      out(`  ${t.at}  ${t.what === 'span_start' ? 'start' : 'end  '} ${String(t.kind).padEnd(8)} ${t.name ?? ''}${t.error ? `  error: ${t.error}` : ''}`);
+    }
+  }
+  return 0;
+}
+
+async function demo(flags: Record<string, string>, out: Out, err: Out): Promise<number> {
+  const runs = Number(take(flags, '--runs') ?? 1);
+  const interval = Number(take(flags, '--interval-ms') ?? 250);
+  const failUser = take(flags, '--fail-user');
+  let offlineUser = take(flags, '--offline-user');
+  const quiet = take(flags, '--quiet') !== undefined;
+  const usersFlag = take(flags, '--users');
+  const stepMillis = Number(take(flags, '--step-ms') ?? 20);
+  for (const [name, v] of [['--runs', runs], ['--interval-ms', interval], ['--step-ms', stepMillis]] as const) {
+    if (!Number.isInteger(v) || v < 0) {
+      err(`tracewire demo: ${name} must be a whole number`);
+      return 2;
+    }
+  }
+  if (runs === 0 && offlineUser === undefined) offlineUser = 'u-offline';
+  const users = Number(usersFlag ?? (runs === 0 ? 3 : 1));
+  flags['--grace-ms'] ??= process.env.TRACEWIRE_GRACE_MS ?? '300';
+  const cfg = config(flags);
+  const { startDemo } = await import('../demo/demoTraffic.js');
+  const d = await startDemo({ config: cfg, runs, intervalMillis: interval, users, failUser, offlineUser, stepMillis, print: out, quiet });
+  out(`tracewire demo listening on ${d.sidecar.publicUrl}`);
+  if (!quiet) out(`a client of u-1 is connected; it receives:`);
+  if (runs === 0) {
+    await untilSignal(() => d.stop(), cfg.shutdownTimeoutMillis, err);
+    return 0;
+  }
+  await d.finished;
+  const res = await fetch(`${d.sidecar.publicUrl}/api/runs?limit=500`);
+  const body = (await res.json()) as { runs: Array<{ run_id: string; user: string; verdict: string; explanation: string }> };
+  out('');
+  out('verdicts:');
+  for (const r of body.runs.reverse()) out(`  ${r.user.padEnd(10)} ${String(r.verdict).padEnd(15)} ${r.explanation}`);
+  out(`inspect them at ${d.sidecar.publicUrl}/inspector`);
+  await d.stop();
+  return 0;
+}
