@@ -18,7 +18,8 @@ export interface Classified {
   readonly convention: 'gen_ai' | 'openinference' | 'openllmetry' | 'vercel_ai' | undefined;
 }
 
-const GENAI_AGENT = new Set(['invoke_agent', 'invoke_workflow', 'create_agent']);
+// `create_agent` creates an agent (no run happens in it): not a lifecycle span.
+const GENAI_AGENT = new Set(['invoke_agent', 'invoke_workflow']);
 const GENAI_THINKING = new Set(['chat', 'text_completion', 'generate_content', 'plan']);
 const TRACELOOP_AGENT = new Set(['agent', 'workflow']);
 const VERCEL_TOP = new Set(['ai.generateText', 'ai.streamText', 'ai.generateObject', 'ai.streamObject']);
@@ -64,6 +65,8 @@ function kindOf(span: SpanInput): [LifecycleKind | undefined, Classified['conven
     if (op === 'execute_tool') return ['tool', 'gen_ai'];
     if (GENAI_THINKING.has(op)) return ['thinking', 'gen_ai'];
   }
+  // An explicit GenAI operation that is none of the above (embeddings, create_agent, ...) is authoritative.
+  const genaiNamed = typeof op !== 'string';
   const oi = a['openinference.span.kind'];
   if (typeof oi === 'string') {
     if (oi === 'AGENT') return ['agent', 'openinference'];
@@ -81,13 +84,21 @@ function kindOf(span: SpanInput): [LifecycleKind | undefined, Classified['conven
   if (VERCEL_TOP.has(vercelOp)) return ['agent', 'vercel_ai'];
   if (VERCEL_MODEL.has(vercelOp)) return ['thinking', 'vercel_ai'];
   if (vercelOp === 'ai.toolCall') return ['tool', 'vercel_ai'];
-  // GenAI span names, for spans whose attributes are set after start.
+  // GenAI span names ("{operation} {name}"), for spans whose attributes are set after start.
+  if (!genaiNamed) return [undefined, undefined];
   const n = span.name;
-  if (n.startsWith('invoke_agent') || n.startsWith('invoke_workflow')) return ['agent', 'gen_ai'];
-  if (n.startsWith('execute_tool')) return ['tool', 'gen_ai'];
   const sp = n.indexOf(' ');
-  if (sp > 0 && GENAI_THINKING.has(n.slice(0, sp))) return ['thinking', 'gen_ai'];
+  const first = sp > 0 ? n.slice(0, sp) : n;
+  if (GENAI_AGENT.has(first)) return ['agent', 'gen_ai'];
+  if (first === 'execute_tool') return ['tool', 'gen_ai'];
+  if (sp > 0 && GENAI_THINKING.has(first)) return ['thinking', 'gen_ai'];
   return [undefined, undefined];
+}
+
+/** The model in a GenAI thinking span name ("chat gpt-4o"), before its attributes are set. */
+function genaiNameSuffix(name: string): string | undefined {
+  const sp = name.indexOf(' ');
+  return sp > 0 && GENAI_THINKING.has(name.slice(0, sp)) ? str(name.slice(sp + 1).trim()) : undefined;
 }
 
 export function classify(span: SpanInput): Classified {
@@ -108,7 +119,9 @@ export function classify(span: SpanInput): Classified {
       str(a['tool.name']) ?? str(a['traceloop.entity.name']) ?? span.name;
     callId = str(a['gen_ai.tool.call.id']) ?? str(a['ai.toolCall.id']) ?? str(a['tool_call.id']);
   } else if (kind === 'thinking') {
-    model = str(a['gen_ai.request.model']) ?? str(a['ai.model.id']) ?? str(a['llm.model_name']) ?? str(a['llm.request.model']);
+    model =
+      str(a['gen_ai.request.model']) ?? str(a['ai.model.id']) ?? str(a['llm.model_name']) ?? str(a['llm.request.model']) ??
+      (convention === 'gen_ai' ? genaiNameSuffix(span.name) : undefined);
     name = model;
   }
   return {

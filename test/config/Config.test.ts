@@ -1,0 +1,62 @@
+import { describe, expect, it } from 'vitest';
+import { DEV_JWT_SECRET, describeConfig, OPTIONS, parseArgs, resolveConfig } from '../../src/config/Config.js';
+import { TracewireError } from '../../src/errors/errors.js';
+
+describe('config resolver', () => {
+  it('takes the flag over the environment over the default', () => {
+    const env = { TRACEWIRE_LISTEN: '127.0.0.1:9000', TRACEWIRE_GRACE_MS: '50', TRACEWIRE_MODE: 'audit' };
+    expect(resolveConfig({ env }).listen).toEqual({ host: '127.0.0.1', port: 9000 });
+    expect(resolveConfig({ env, flags: { '--listen': '127.0.0.2:9001' } }).listen).toEqual({ host: '127.0.0.2', port: 9001 });
+    expect(resolveConfig({ env }).graceMillis).toBe(50);
+    expect(resolveConfig({ env }).mode).toBe('audit');
+    const d = resolveConfig({});
+    expect(d.listen).toEqual({ host: '127.0.0.1', port: 8080 });
+    expect(d.otlpListen).toEqual({ host: '127.0.0.1', port: 4318 });
+    expect(d.mode).toBe('emit');
+  });
+
+  it('parses --flag value and --flag=value', () => {
+    const { flags, positionals } = parseArgs(['serve', '--listen', '0.0.0.0:1', '--mode=audit', '--quiet']);
+    expect(positionals).toEqual(['serve']);
+    expect(flags).toEqual({ '--listen': '0.0.0.0:1', '--mode': 'audit', '--quiet': 'true' });
+  });
+
+  it('refuses bad values with TW_CONFIG_INVALID naming where they came from', () => {
+    const bad = (input: Parameters<typeof resolveConfig>[0], pattern: RegExp) => {
+      try {
+        resolveConfig(input);
+        throw new Error('expected a config error');
+      } catch (e) {
+        expect(e).toBeInstanceOf(TracewireError);
+        expect((e as TracewireError).code).toBe('TW_CONFIG_INVALID');
+        expect((e as Error).message).toMatch(pattern);
+      }
+    };
+    bad({ env: { TRACEWIRE_LISTEN: 'nonsense' } }, /TRACEWIRE_LISTEN="nonsense" is not HOST:PORT/);
+    bad({ flags: { '--grace-ms': '-5' } }, /--grace-ms="-5" is not a whole number/);
+    bad({ flags: { '--mode': 'loud' } }, /--mode="loud" is not one of emit, audit/);
+    bad({ flags: { '--listen': '127.0.0.1:70000' } }, /over 65535/);
+    bad({ flags: { '--jwt-secret': 'short' } }, /at least 16/);
+  });
+
+  it('refuses the built-in dev secret off loopback', () => {
+    expect(() => resolveConfig({ flags: { '--listen': '0.0.0.0:8080' } })).toThrow(/must be set when listening on 0.0.0.0/);
+    expect(resolveConfig({ flags: { '--listen': '0.0.0.0:8080', '--jwt-secret': 'a-real-secret-of-some-length' } }).listen.host).toBe('0.0.0.0');
+  });
+
+  it('prints every option with secrets hidden', () => {
+    const cfg = resolveConfig({ flags: { '--jwt-secret': 'super-secret-value-123', '--otlp-token': 'ingest-token-xyz' } });
+    const text = describeConfig(cfg);
+    for (const o of OPTIONS) expect(text).toContain(o.flag);
+    expect(text).not.toContain('super-secret-value-123');
+    expect(text).not.toContain('ingest-token-xyz');
+    expect(text).not.toContain(DEV_JWT_SECRET);
+    expect(text).toMatch(/--jwt-secret\s+\*\*\*/);
+  });
+
+  it('freezes the result', () => {
+    const cfg = resolveConfig({});
+    expect(Object.isFrozen(cfg)).toBe(true);
+    expect(Object.isFrozen(cfg.listen)).toBe(true);
+  });
+});

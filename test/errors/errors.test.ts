@@ -1,0 +1,28 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { OPTIONS } from '../../src/config/Config.js';
+import { ERRORS, TracewireError } from '../../src/errors/errors.js';
+
+const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+
+describe('error catalogue', () => {
+  it('documents every error code in the README', () => {
+    const missing = Object.keys(ERRORS).filter((code) => !readme.includes(`\`${code}\``));
+    expect(missing).toEqual([]);
+  });
+
+  it('documents every option, flag and environment variable in the README', () => {
+    const missing = OPTIONS.filter((o) => !readme.includes(`\`${o.flag}\``) || !readme.includes(`\`${o.env}\``)).map((o) => o.flag);
+    expect(missing).toEqual([]);
+  });
+
+  it('gives each error a status or a close code, and unique close codes per meaning', () => {
+    for (const [code, spec] of Object.entries(ERRORS)) {
+      if (code === 'TW_CONFIG_INVALID' || code === 'TW_WS_UNKNOWN_TYPE' || code === 'TW_WS_BAD_FIELD') continue;
+      expect('status' in spec || 'closeCode' in spec, code).toBe(true);
+    }
+    const e = new TracewireError('TW_OTLP_TOO_LARGE', 1024);
+    expect(e.status).toBe(413);
+    expect(e.toJSON()).toEqual({ code: 'TW_OTLP_TOO_LARGE', message: 'request body over 1024 bytes' });
+  });
+});
