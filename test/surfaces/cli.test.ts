@@ -1,0 +1,103 @@
+import { spawn } from 'node:child_process';
+import { jwtVerify } from 'jose';
+import { afterAll, describe, expect, it } from 'vitest';
+import { runDemoAgent } from '../../src/demo/demoAgent.js';
+import { main } from '../../src/surfaces/cli.js';
+import type { Sidecar } from '../../src/surfaces/server.js';
+import { inProcessTracer, startTestSidecar, TEST_SECRET, until } from '../helpers.js';
+
+async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string[]; err: string[] }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const saved = { ...process.env };
+  Object.assign(process.env, env);
+  try {
+    const code = await main(args, (l) => out.push(l), (l) => err.push(l));
+    return { code, out, err };
+  } finally {
+    process.env = saved;
+  }
+}
+
+describe('tracewire token', () => {
+  it('prints a token for the user signed with the configured secret', async () => {
+    const r = await cli(['token', '--user', 'u-42', '--ttl-seconds', '60'], { TRACEWIRE_JWT_SECRET: TEST_SECRET });
+    expect(r.code).toBe(0);
+    const { payload } = await jwtVerify(r.out[0]!, new TextEncoder().encode(TEST_SECRET));
+    expect(payload.sub).toBe('u-42');
+    expect(payload.exp! - payload.iat!).toBe(60);
+  });
+
+  it('refuses a missing --user with exit code 2', async () => {
+    const r = await cli(['token']);
+    expect(r.code).toBe(2);
+    expect(r.err.join('\n')).toMatch(/--user ID is required/);
+  });
+
+  it('reports invalid configuration with its code', async () => {
+    const r = await cli(['token', '--user', 'x', '--jwt-secret', 'short']);
+    expect(r.code).toBe(2);
+    expect(r.err.join('\n')).toMatch(/TW_CONFIG_INVALID: invalid configuration: --jwt-secret must be at least 16 characters/);
+  });
+
+  it('explains unknown commands', async () => {
+    const r = await cli(['frobnicate']);
+    expect(r.code).toBe(2);
+    expect(r.err.join('\n')).toMatch(/unknown command "frobnicate"/);
+  });
+});
+
+describe('tracewire inspect', () => {
+  let sc: Sidecar;
+  afterAll(async () => sc?.close());
+
+  it('lists judged runs and prints one run\'s timeline', async () => {
+    sc = await startTestSidecar({ graceMillis: 20 });
+    const { tracer } = inProcessTracer(sc);
+    const ids = await runDemoAgent(tracer, { user: 'nobody-listening' });
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await until(() => sc.tw.ledger.get(runId)?.judgement !== undefined, 3000, 'verdict');
+    const list = await cli(['inspect', '--url', sc.publicUrl, '--verdict', 'missing_events']);
+    expect(list.code).toBe(0);
+    expect(list.out.join('\n')).toContain(runId);
+    expect(list.out.join('\n')).toMatch(/missing_events\s+no_subscriber/);
+    const one = await cli(['inspect', runId, '--url', sc.publicUrl]);
+    expect(one.code).toBe(0);
+    const text = one.out.join('\n');
+    expect(text).toMatch(/verdict missing_events \(no_subscriber\)/);
+    expect(text).toMatch(/event # 1 agent_started\s+held|event # 1 agent_started\s+dropped/);
+    const missing = await cli(['inspect', 'no-such-run', '--url', sc.publicUrl]);
+    expect(missing.code).toBe(1);
+    expect(missing.err.join('\n')).toMatch(/404 TW_RUN_NOT_FOUND/);
+  });
+});
+
+describe('tracewire serve', () => {
+  it('prints its configuration with secrets hidden, serves, and exits 0 on SIGTERM', async () => {
+    const child = spawn(process.execPath, ['bin/tracewire.js', 'serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--jwt-secret', 'cli-test-secret-value-1234'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    await until(() => /listening on (http:\/\/127\.0\.0\.1:\d+)/.test(out), 10_000, 'listening line');
+    const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out)![1]!;
+    expect(out).toMatch(/--jwt-secret\s+\*\*\*/);
+    expect(out).not.toContain('cli-test-secret-value-1234');
+    const health = await fetch(`${url}/healthz`);
+    expect(await health.json()).toMatchObject({ status: 'ok', mode: 'emit' });
+    const notFound = await fetch(`${url}/nope`);
+    expect(notFound.status).toBe(404);
+    expect(await notFound.json()).toMatchObject({ code: 'TW_NOT_FOUND' });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
+
+  it('refuses to start on bad configuration with exit code 2', async () => {
+    const child = spawn(process.execPath, ['bin/tracewire.js', 'serve', '--listen', '0.0.0.0:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d) => (err += d));
+    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    expect(code).toBe(2);
+    expect(err).toMatch(/TW_CONFIG_INVALID/);
+  });
+});
