@@ -33,6 +33,11 @@ export type DropReason = (typeof DROP_REASONS)[number];
 export const EVICTION_REASONS = ['max_runs', 'max_traces', 'max_spans', 'orphan_timeout', 'max_orphans', 'trace_idle'] as const;
 export type EvictionReason = (typeof EVICTION_REASONS)[number];
 
+/** Components that count caught faults in tracewire_internal_errors_total. */
+export const COMPONENTS = ['sink', 'bridge', 'hub', 'ledger', 'otlp'] as const;
+
+/** Reasons of tracewire_ws_disconnects_total. */
+export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', 'heartbeat_timeout', 'token_expired', 'bad_frames', 'shutdown'] as const;
 /** Caps a label value to a bounded set: the first `max` distinct values pass, later ones become "other". */
 export class BoundedLabel {
   private readonly seen = new Set<string>();
@@ -112,8 +117,16 @@ export class Metrics {
       this.eventsDelivered.inc({ type }, 0);
       this.eventsDeliveredLate.inc({ type }, 0);
     }
+    for (const type of EVENT_TYPES) for (const reason of DROP_REASONS) this.eventsDropped.inc({ type, reason }, 0);
+    for (const reason of EVICTION_REASONS) this.evictions.inc({ reason }, 0);
+    for (const component of COMPONENTS) this.internalErrors.inc({ component }, 0);
+    for (const reason of DISCONNECT_REASONS) this.disconnects.inc({ reason }, 0);
+    for (const encoding of ['protobuf', 'json']) this.otlpRequests.inc({ encoding, status: '200' }, 0);
+    this.otlpSpans.inc(0);
     this.connections.set(0);
     this.runsInFlight.set(0);
+    this.tracesInFlight.set(0);
+    this.heldSpans.set(0);
   }
 }
 
