@@ -43,7 +43,7 @@ export class JwtVerifier {
   async verify(token: string | undefined): Promise<Principal> {
     if (token === undefined) throw new TracewireError('TW_AUTH_MISSING');
     try {
-      const { payload } = await jwtVerify(token, this.key, { algorithms: ['HS256'] });
+      const { payload } = await jwtVerify(token, this.key, { algorithms: ['HS256'], requiredClaims: ['exp'] });
       if (typeof payload.sub !== 'string' || payload.sub === '') throw new TracewireError('TW_AUTH_INVALID', 'no "sub" (user id) claim');
       return { user: payload.sub, expiresAtMs: typeof payload.exp === 'number' ? payload.exp * 1000 : undefined };
     } catch (err) {

@@ -29,6 +29,13 @@ export class TracewireSpanProcessor implements SpanProcessor {
   private readonly max: number;
   private dropped = 0;
   private readonly drainFn = (): void => this.drain();
+  /**
+   * User and conversation known for a live span (own attributes, or inherited
+   * from its nearest ancestor, or baggage), so a run started three levels
+   * below the span that carries `user.id` still finds its user. Weak: freed
+   * with the spans.
+   */
+  private readonly inherited = new WeakMap<object, Inherited>();
 
   constructor(
     private readonly registry: BridgeRegistry,
@@ -79,8 +86,8 @@ export class TracewireSpanProcessor implements SpanProcessor {
         const span = q[i] as ReadableSpan;
         const ctx = q[i + 1];
         const at = q[i + 2] as number;
-        if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, true));
-        else this.registry.startSpan(toInput(span, ctx as Context, at, false));
+        if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, true, this.inherited));
+        else this.registry.startSpan(toInput(span, ctx as Context, at, false, this.inherited));
       } catch {
         this.metrics.internalErrors.inc({ component: 'bridge' });
       }
@@ -104,7 +111,12 @@ export class TracewireSpanProcessor implements SpanProcessor {
 
 const END = Symbol('end');
 
-function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, ended: boolean): SpanInput {
+interface Inherited {
+  readonly user: string | undefined;
+  readonly conversation: string | undefined;
+}
+
+function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, ended: boolean, inherited: WeakMap<object, Inherited>): SpanInput {
   const sc = span.spanContext();
   const parent = span.parentSpanContext;
   let baggageUser: string | undefined;
@@ -118,10 +130,15 @@ function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, e
       baggageConversation = bag.getEntry('gen_ai.conversation.id')?.value ?? bag.getEntry('session.id')?.value;
     }
     const p = trace.getSpan(ctx) as unknown as { attributes?: Record<string, unknown> } | undefined;
-    if (p?.attributes !== undefined) {
-      parentUser = userOf(p.attributes);
-      parentConversation = conversationOf(p.attributes);
+    if (p !== undefined) {
+      const fromAncestors = inherited.get(p);
+      // The parent's attributes now (they may have been set after it started), then what it inherited.
+      parentUser = (p.attributes !== undefined ? userOf(p.attributes) : undefined) ?? fromAncestors?.user;
+      parentConversation = (p.attributes !== undefined ? conversationOf(p.attributes) : undefined) ?? fromAncestors?.conversation;
     }
+    const user = userOf(span.attributes) ?? parentUser ?? baggageUser;
+    const conversation = conversationOf(span.attributes) ?? parentConversation ?? baggageConversation;
+    if (user !== undefined || conversation !== undefined) inherited.set(span, { user, conversation });
   }
   return {
     traceId: sc.traceId,
