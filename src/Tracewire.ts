@@ -4,6 +4,7 @@ import type { RunRecord } from './audit/RunRecord.js';
 import { RunLedger } from './audit/RunLedger.js';
 import { BridgeRegistry } from './bridge/BridgeRegistry.js';
 import { resolveConfig, type TracewireConfig } from './config/Config.js';
+import { Diag } from './errors/Diag.js';
 import { EventHub } from './hub/EventHub.js';
 import { TracewireSpanProcessor, type TracewireSpanProcessorOptions } from './sources/TracewireSpanProcessor.js';
 
@@ -29,6 +30,8 @@ export class Tracewire {
   readonly metrics: Metrics;
   readonly ledger: RunLedger;
   readonly hub: EventHub;
+  /** The diagnostic sink (stderr, at `logLevel`). */
+  readonly diag: Diag;
   private inProcess: BridgeRegistry | undefined;
   private otlp: BridgeRegistry | undefined;
   private closed: Promise<void> | undefined;
@@ -38,6 +41,7 @@ export class Tracewire {
     const { onVerdict, failWritesFor, now, ...overrides } = opts;
     this.config = resolveConfig({ overrides: overrides as Record<string, unknown> });
     const c = this.config;
+    this.diag = new Diag(c.logLevel);
     this.metrics = new Metrics({ maxAgentLabels: c.maxAgentLabels, version: VERSION, mode: c.mode });
     this.ledger = new RunLedger({
       mode: c.mode,
@@ -88,6 +92,7 @@ export class Tracewire {
       this.ledger,
       c.mode === 'emit' ? this.hub : undefined,
       this.now,
+      this.diag,
     );
   }
 
@@ -103,7 +108,7 @@ export class Tracewire {
 
   /** A SpanProcessor for `NodeSDK({ spanProcessors: [tw.spanProcessor()] })`. */
   spanProcessor(opts?: TracewireSpanProcessorOptions): TracewireSpanProcessor {
-    const p = new TracewireSpanProcessor(this.inProcessBridges, this.metrics, opts);
+    const p = new TracewireSpanProcessor(this.inProcessBridges, this.metrics, { diag: this.diag, ...opts });
     this.processors.push(p);
     return p;
   }

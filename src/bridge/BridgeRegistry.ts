@@ -2,6 +2,7 @@ import { DROP_REASONS, EVENT_TYPES, type DropReason, type EventType, type Evicti
 import { RunRecord } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
+import { Diag } from '../errors/Diag.js';
 import type { EventSink, OutboundEvent } from './EventSink.js';
 import { RunState, TraceBridge, type SpanNode } from './TraceBridge.js';
 
@@ -50,6 +51,7 @@ export class BridgeRegistry {
     private readonly ledger: RunLedger,
     private readonly sink: EventSink | undefined,
     now?: () => number,
+    readonly diag: Diag = new Diag('warn'),
   ) {
     this.now = now ?? Date.now;
     const every = Math.max(20, Math.min(1000, Math.floor(opts.orphanHoldMillis / 4) || 20));
@@ -172,9 +174,10 @@ export class BridgeRegistry {
   private publish(ev: OutboundEvent): void {
     try {
       this.sink!.publish(ev);
-    } catch {
+    } catch (err) {
       // A faulty sink must never reach span.end(): count it, the event stays undelivered.
       this.metrics.internalErrors.inc({ component: 'sink' });
+      this.diag.repeated('sink_fault', 'BridgeRegistry', (n) => `${n} event(s) failed in the sink: ${(err as Error)?.stack ?? String(err)}`);
       this.ledger.markDropped(ev.run, ev.record, 'send_failed');
     }
   }

@@ -5,10 +5,13 @@ import type { Metrics } from '../audit/Metrics.js';
 import type { BridgeRegistry } from '../bridge/BridgeRegistry.js';
 import { conversationOf, userOf } from '../conventions/classify.js';
 import type { SpanInput } from '../conventions/SpanInput.js';
+import { Diag } from '../errors/Diag.js';
 
 export interface TracewireSpanProcessorOptions {
   /** Hook records waiting for the drain; past it records are dropped and counted. Default 65536. */
   readonly maxQueueSize?: number;
+  /** Where drops and caught faults are reported. */
+  readonly diag?: Diag;
 }
 
 type HrTime = [number, number];
@@ -28,6 +31,7 @@ export class TracewireSpanProcessor implements SpanProcessor {
   private isShutdown = false;
   private readonly max: number;
   private dropped = 0;
+  private readonly diag: Diag;
   private readonly drainFn = (): void => this.drain();
   /**
    * User and conversation known for a live span (own attributes, or inherited
@@ -43,6 +47,7 @@ export class TracewireSpanProcessor implements SpanProcessor {
     opts: TracewireSpanProcessorOptions = {},
   ) {
     this.max = (opts.maxQueueSize ?? 65536) * 3;
+    this.diag = opts.diag ?? new Diag('warn');
   }
 
   onStart(span: Span, parentContext: Context): void {
@@ -79,6 +84,8 @@ export class TracewireSpanProcessor implements SpanProcessor {
     this.q = [];
     if (this.dropped > 0) {
       this.metrics.hookQueueDrops.inc(this.dropped);
+      const max = this.max / 3;
+      this.diag.repeated('queue_full', 'TracewireSpanProcessor', (n) => `dropped ${n} span records because the queue (${max}) was full`, this.dropped);
       this.dropped = 0;
     }
     for (let i = 0; i < q.length; i += 3) {
@@ -88,8 +95,9 @@ export class TracewireSpanProcessor implements SpanProcessor {
         const at = q[i + 2] as number;
         if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, true, this.inherited));
         else this.registry.startSpan(toInput(span, ctx as Context, at, false, this.inherited));
-      } catch {
+      } catch (err) {
         this.metrics.internalErrors.inc({ component: 'bridge' });
+        this.diag.repeated('bridge_fault', 'TracewireSpanProcessor', (n) => `${n} span(s) failed in the bridge: ${(err as Error)?.stack ?? String(err)}`);
       }
     }
     this.metrics.spansSeen.inc({ source: 'in_process' }, q.length / 3);
