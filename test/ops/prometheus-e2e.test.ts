@@ -7,7 +7,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import { dump } from 'js-yaml';
+import WebSocket from 'ws';
 import {
   ROOT, allPanels, binaryGate, dashboardFiles, freePort, readText, readYaml, repoPath, run,
   substituteVariables, variableValues, type Dashboard,
@@ -25,6 +27,59 @@ interface PromAlert { labels: Record<string, string>; state: 'pending' | 'firing
 interface PromSample { metric: Record<string, string>; value: [number, string] }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Series that only move when something goes wrong and that no real traffic can
+ * produce on demand: an empty result is accepted for these, but only if the
+ * sidecar exposes the metric family (so a misspelt name still fails).
+ */
+const FAILURE_ONLY: Readonly<Record<string, string>> = {
+  tracewire_internal_errors_total: 'faults caught inside tracewire; a healthy sidecar has none',
+};
+
+const metricNames = (expr: string): string[] => [...new Set(expr.match(/tracewire_\w+/g) ?? [])];
+const failureOnly = (expr: string): boolean => metricNames(expr).length > 0 && metricNames(expr).every((n) => FAILURE_ONLY[n] !== undefined);
+
+/**
+ * The demo's traffic is healthy apart from its two bad users, so the test adds
+ * the other things staging sees, through the sidecar's real interfaces: a
+ * WebSocket client that connects and leaves (disconnects by reason), an OTLP
+ * request with a malformed span (rejects by reason) and a span whose parent
+ * never arrives (held, then evicted with reason orphan_timeout after
+ * --orphan-hold-ms, 10 s by default).
+ */
+async function addStagingNoise(publicUrl: string, otlpUrl: string): Promise<void> {
+  const tok = run(process.execPath, ['bin/tracewire.js', 'token', '--user', 'u-e2e-visitor']);
+  if (tok.status !== 0) throw new Error(`tracewire token failed: ${tok.stderr}`);
+  const ws = new WebSocket(`${publicUrl.replace(/^http/, 'ws')}/v1/events`, { headers: { authorization: `Bearer ${tok.stdout.trim()}` } });
+  await new Promise<void>((resolve, reject) => {
+    ws.once('message', () => resolve()); // the ack
+    ws.once('error', reject);
+  });
+  const closed = new Promise<void>((r) => ws.once('close', () => r()));
+  ws.close(1000);
+  await closed;
+
+  const nowNs = BigInt(Date.now()) * 1_000_000n;
+  const span = (traceId: string, name: string, parentSpanId: string) => ({
+    traceId, spanId: randomBytes(8).toString('hex'), parentSpanId, name, kind: 1,
+    startTimeUnixNano: String(nowNs - 5_000_000n), endTimeUnixNano: String(nowNs), status: {},
+  });
+  const body = {
+    resourceSpans: [{
+      resource: { attributes: [{ key: 'service.name', value: { stringValue: 'tracewire-ops-e2e' } }] },
+      scopeSpans: [{
+        scope: { name: 'tracewire-ops-e2e' },
+        spans: [
+          span(randomBytes(16).toString('hex'), 'db.query', randomBytes(8).toString('hex')), // parent never arrives
+          span('0'.repeat(32), 'broken exporter', ''), // all-zero trace id: rejected
+        ],
+      }],
+    }],
+  };
+  const res = await fetch(`${otlpUrl}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  if (!res.ok) throw new Error(`OTLP request refused: ${res.status} ${await res.text()}`);
+}
 
 /** The project's rules with every `for:` shortened, everything else as committed. */
 function testRules(): unknown {
@@ -99,6 +154,12 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
   const sidecarLog = { text: '' };
   const promLog = { text: '' };
 
+  /** Fail at once, with their output, if the sidecar or Prometheus died. */
+  function assertAlive(): void {
+    if (sidecar && (sidecar.exitCode !== null || sidecar.signalCode !== null)) throw new Error(`the demo sidecar exited (${sidecar.exitCode ?? sidecar.signalCode}):\n${sidecarLog.text}`);
+    if (prom && (prom.exitCode !== null || prom.signalCode !== null)) throw new Error(`prometheus exited (${prom.exitCode ?? prom.signalCode}):\n${promLog.text}`);
+  }
+
   beforeAll(async () => {
     if (!existsSync(repoPath('dist', 'surfaces', 'cli.js'))) {
       const build = run('npm', ['run', 'build', '--silent'], { timeoutMs: 120_000 });
@@ -113,6 +174,7 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
     capture(sidecar, sidecarLog);
     const ready = await waitForOutput(sidecar, /tracewire demo listening on (http:\/\/[^\s]+)/, 20_000, sidecarLog);
     twUrl = ready[1]!;
+    await addStagingNoise(twUrl, `http://127.0.0.1:${otlpPort}`);
 
     dir = mkdtempSync(join(tmpdir(), 'tw-prom-e2e-'));
     const rulesPath = join(dir, 'alerts.yml');
@@ -147,11 +209,13 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
     const deadline = Date.now() + 15_000;
     let up: PromSample[] = [];
     while (Date.now() < deadline) {
+      assertAlive();
       up = await getJson<{ result: PromSample[] }>(`${promUrl}/api/v1/query?query=${encodeURIComponent('up{job="tracewire"}')}`).then((d) => d.result);
       if (up.length > 0 && up[0]!.value[1] === '1') break;
       await sleep(500);
     }
-    expect(up.map((s) => s.value[1]), promLog.text).toEqual(['1']);
+    const targets = await getJson<{ activeTargets: Array<{ lastError: string; health: string }> }>(`${promUrl}/api/v1/targets`);
+    expect(up.map((s) => s.value[1]), JSON.stringify(targets.activeTargets)).toEqual(['1']);
   });
 
   it(`fires TracewireMissingEventsWhileConnected for the user whose sends fail, within ${ALERT_DEADLINE_MS / 1000} s`, async () => {
@@ -159,6 +223,7 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
     let firing: PromAlert[] = [];
     let all: PromAlert[] = [];
     while (Date.now() - started < ALERT_DEADLINE_MS) {
+      assertAlive();
       all = (await getJson<{ alerts: PromAlert[] }>(`${promUrl}/api/v1/alerts`)).alerts;
       firing = all.filter((a) => a.labels.alertname === 'TracewireMissingEventsWhileConnected' && a.state === 'firing');
       if (firing.length > 0) break;
@@ -167,8 +232,8 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
     expect(firing.length, `alerts: ${JSON.stringify(all)}\nsidecar: ${sidecarLog.text}`).toBeGreaterThan(0);
     expect(firing.some((a) => a.labels.reason === 'send_failed')).toBe(true);
     expect(firing.every((a) => a.labels.reason !== 'no_subscriber' && a.labels.severity === 'critical')).toBe(true);
-    // The sidecar is up: its down/absent alerts stay quiet.
-    expect(all.filter((a) => ['TracewireDown', 'TracewireMetricsAbsent'].includes(a.labels.alertname!))).toEqual([]);
+    // The sidecar is up and lifecycle spans flow: those alerts stay quiet.
+    expect(all.filter((a) => ['TracewireDown', 'TracewireMetricsAbsent', 'TracewireLifecycleSpansAbsent'].includes(a.labels.alertname!))).toEqual([]);
   }, ALERT_DEADLINE_MS + 10_000);
 
   it('returns data for every PromQL expression of every dashboard panel', async () => {
@@ -184,7 +249,9 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
     const pending = new Map(queries.map((q) => [q.where, q]));
     const last = new Map<string, string>();
     const deadline = Date.now() + PANEL_DEADLINE_MS;
-    while (pending.size > 0 && Date.now() < deadline) {
+    // Stop early once only failure-only queries are left empty.
+    while ([...pending.values()].some((q) => !failureOnly(q.expr)) && Date.now() < deadline) {
+      assertAlive();
       for (const [where, q] of pending) {
         const data = await getJson<{ resultType: string; result: PromSample[] }>(`${promUrl}/api/v1/query?query=${encodeURIComponent(q.expr)}`);
         // Data means at least one series with a finite value (NaN is what Grafana shows as a gap).
@@ -194,7 +261,14 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
       }
       if (pending.size > 0) await sleep(1_000);
     }
-    const empty = [...pending.values()].map((q) => `${q.where} (${last.get(q.where)}): ${q.expr}`);
+    // Failure-only series may stay empty, provided the sidecar exports the family
+    // (OpenMetrics names a counter family without its _total suffix).
+    const metadata = await getJson<Record<string, unknown[]>>(`${promUrl}/api/v1/metadata`);
+    const exported = (n: string) => metadata[n] !== undefined || metadata[n.replace(/_total$/, '')] !== undefined;
+    for (const n of Object.keys(FAILURE_ONLY)) expect(exported(n), `the sidecar does not export ${n}`).toBe(true);
+    const empty = [...pending.values()]
+      .filter((q) => !(failureOnly(q.expr) && metricNames(q.expr).every(exported)))
+      .map((q) => `${q.where} (${last.get(q.where)}): ${q.expr}`);
     expect(empty, `panel queries without data:\n${empty.join('\n')}`).toEqual([]);
   }, PANEL_DEADLINE_MS + 15_000);
 
