@@ -44,10 +44,10 @@ export class BoundedLabel {
   constructor(private readonly max: number) {}
   value(v: string | undefined): string {
     if (v === undefined || v === '') return 'unknown';
-    if (this.seen.has(v)) return v;
-    if (this.seen.size >= this.max) return 'other';
-    // Label values must stay printable and short; agent names are user-controlled.
+    // Label values must stay short; agent names are user-controlled. Cut first, so a long name maps to one label.
     const clean = v.length > 64 ? v.slice(0, 64) : v;
+    if (this.seen.has(clean)) return clean;
+    if (this.seen.size >= this.max) return 'other';
     this.seen.add(clean);
     return clean;
   }

@@ -1,3 +1,4 @@
+import { TracewireError } from '../errors/errors.js';
 import type { DropReason, EventType, Metrics, Verdict } from './Metrics.js';
 import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, RunRecord, type EventRecord, type Judgement } from './RunRecord.js';
 
@@ -16,29 +17,79 @@ export interface RunLedgerOptions {
 }
 
 export interface RunQuery {
+  /** A verdict, or `in_flight` for runs not judged yet. */
   readonly verdict?: string;
+  /** Top-level agent name (exact). */
   readonly agent?: string;
+  /** User id (exact). */
   readonly user?: string;
+  /** Runs that started at or after this time (epoch ms). */
   readonly sinceMs?: number;
+  /** Runs that started at or before this time (epoch ms). */
   readonly untilMs?: number;
+  /** Page size, 1..500, default 50. */
   readonly limit?: number;
   /** Opaque cursor from a previous page (`next_cursor`). */
   readonly cursor?: string;
 }
 
+/** Why a verdict was forced on a run before its top-level span ended. */
+type ForcedCause = 'timeout' | 'evicted';
+
+export const LIST_DEFAULT_LIMIT = 50;
+export const LIST_MAX_LIMIT = 500;
+
 /**
  * The run ledger: in-flight runs, their delivery outcomes, verdicts after the
  * grace period, and a bounded store of judged runs for the runs API.
+ *
+ * Lifecycle of a run: `open()` when its top-level agent span starts;
+ * `ended()` when that span ends, then the verdict comes `graceMillis` later
+ * (late write callbacks and audit span events still count until then). A
+ * run whose top-level span has not ended `runTimeoutMillis` after it was
+ * opened is judged `abandoned`; one evicted by the bridge's bounded state is
+ * judged at once (its undelivered events get reason `evicted`); at shutdown
+ * the runs still in flight are judged `interrupted`.
+ *
+ * Retention (memory is bounded):
+ * - In-flight runs: bounded by the bridge's `maxInFlightRuns` (the oldest is
+ *   evicted) and by time (`runTimeoutMillis`, then `graceMillis`).
+ * - Judged runs are kept for the runs API and the inspector: at most
+ *   `runsMaxCount` (the earliest judged is dropped first) and each for at most
+ *   `runsMaxAgeMillis` after its verdict. An expired run disappears from
+ *   `get()`/`list()` at once; its memory is released at the next sweep
+ *   (every min(1 s, runTimeoutMillis / 4)). Metrics are never retracted.
+ * - The verdict queue holds ended runs for `graceMillis` only; the list index
+ *   holds one entry per kept run plus a bounded number of dead entries that
+ *   are compacted away.
+ * - Each RunRecord is itself bounded by the bridge (`maxSpansPerRun` spans,
+ *   twice that many events).
+ *
+ * Outcomes after the verdict: the verdict and its counts never change. An
+ * event still held for a user with no connection at verdict time counts as
+ * undelivered (`no_subscriber`); if that user connects within the hold window
+ * it is still delivered and counted in `tracewire_events_delivered_total` and
+ * `..._delivered_late_total`, otherwise it is counted as dropped when the hold
+ * expires. Outcomes for events the verdict already dropped are ignored, so
+ * each event is counted delivered or dropped once (except events re-sent on
+ * resume before the verdict, which may be counted as both).
  */
 export class RunLedger {
   private readonly inFlight = new Map<string, RunRecord>();
   /** Ended runs awaiting their verdict; due times are monotonic (end + constant grace). */
-  private readonly due: RunRecord[] = [];
+  private due: RunRecord[] = [];
   private dueHead = 0;
+  /** Judged runs in judgement order (oldest first): count and age eviction pop from the front. */
   private readonly judged = new Map<string, RunRecord>();
+  /**
+   * Every kept run (in flight or judged), sorted ascending by (startMs, runId),
+   * for newest-first pages without sorting. Entries for runs no longer kept
+   * stay until compaction (`indexDead` counts them).
+   */
+  private index: RunRecord[] = [];
+  private indexDead = 0;
   private timer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
-  private judgedSeq = 0;
   private readonly now: () => number;
   private closed = false;
 
@@ -53,18 +104,36 @@ export class RunLedger {
     return this.inFlight.size;
   }
 
+  /** Judged runs currently kept (including ones past their age until the next sweep). */
+  get judgedCount(): number {
+    return this.judged.size;
+  }
+
+  /** Entries of the list index, live and dead (tests check it stays bounded). */
+  get indexSize(): number {
+    return this.index.length;
+  }
+
   open(record: RunRecord): void {
+    const prev = this.inFlight.get(record.runId);
+    if (prev === record) return;
+    if (prev !== undefined) this.indexDead++; // same run id opened again: the old record is unreachable
     this.inFlight.set(record.runId, record);
+    this.indexInsert(record);
     this.opts.metrics.runsInFlight.set(this.inFlight.size);
   }
 
+  /** A kept run by id (in flight, or judged and within retention). */
   get(runId: string): RunRecord | undefined {
-    return this.inFlight.get(runId) ?? this.judged.get(runId);
+    const r = this.inFlight.get(runId);
+    if (r !== undefined) return r;
+    const j = this.judged.get(runId);
+    return j !== undefined && !this.expired(j, this.now()) ? j : undefined;
   }
 
   /** The run's top-level agent span ended: judge after the grace period. */
   ended(record: RunRecord, endMs: number): void {
-    if (record.judgement) return;
+    if (record.judgement || record.endMs !== undefined) return;
     record.endMs = endMs;
     record.dueAtMs = this.now() + this.opts.graceMillis;
     this.due.push(record);
@@ -73,15 +142,17 @@ export class RunLedger {
 
   markDelivered(run: RunRecord, ev: EventRecord, late: boolean): void {
     if (ev.state === EV_DELIVERED) return;
+    // After the verdict only a held event can still be delivered (the user connected late);
+    // an event the verdict dropped stays dropped so it is not counted twice.
+    if (run.judgement !== undefined && ev.state !== EV_HELD) return;
     ev.state = EV_DELIVERED;
     ev.reason = undefined;
     ev.deliveredAtMs = this.now();
     this.opts.metrics.eventsDelivered.inc({ type: ev.type });
-    if (late) {
+    if (late || run.judgement !== undefined) {
       ev.late = true;
       this.opts.metrics.eventsDeliveredLate.inc({ type: ev.type });
     }
-    void run;
   }
 
   markHeld(ev: EventRecord): void {
@@ -97,41 +168,51 @@ export class RunLedger {
   }
 
   /**
-   * Audit mode: the backend recorded an `agent.event` span event for the
-   * lifecycle span `spanId`. Matches the first expected event of that type on
-   * that span that has no outcome yet.
+   * Audit mode: the backend recorded an `agent.event` span event whose
+   * nearest lifecycle span is `spanId`. Matches the first expected event of
+   * that type on that span with no outcome yet; failing that, the first one on
+   * a lifecycle span below it (a backend that records a tool's events on the
+   * agent span that called the tool).
    */
   recordAudit(run: RunRecord, spanId: string, type: EventType, outcome: 'delivered' | 'dropped', reason: DropReason | undefined): boolean {
     run.auditOutcomes++;
-    for (const ev of run.events) {
-      if (ev.spanId !== spanId || ev.type !== type || (ev.state !== EV_PENDING && ev.state !== EV_HELD)) continue;
-      if (outcome === 'delivered') {
-        ev.connections = 1;
-        this.markDelivered(run, ev, false);
-      } else this.markDropped(run, ev, reason ?? 'reported_dropped');
-      return true;
+    const open = (ev: EventRecord): boolean => ev.type === type && (ev.state === EV_PENDING || ev.state === EV_HELD);
+    let match = run.events.find((ev) => ev.spanId === spanId && open(ev));
+    if (match === undefined) {
+      const below = descendantsOf(run, spanId);
+      if (below.size > 0) match = run.events.find((ev) => below.has(ev.spanId) && open(ev));
     }
-    return false;
+    if (match === undefined) return false;
+    if (outcome === 'delivered') {
+      match.connections = Math.max(match.connections, 1);
+      this.markDelivered(run, match, false);
+    } else this.markDropped(run, match, reason ?? 'reported_dropped');
+    return true;
   }
 
   /** Judge now, with the given verdict forced (abandoned, interrupted) or computed. */
   judge(record: RunRecord, forced?: Verdict): Judgement {
+    return this.judgeWith(record, forced, forced === 'abandoned' ? 'timeout' : undefined);
+  }
+
+  private judgeWith(record: RunRecord, forced: Verdict | undefined, cause: ForcedCause | undefined): Judgement {
     if (record.judgement) return record.judgement;
     if (record.auditPending !== undefined) {
       const pending = record.auditPending;
       record.auditPending = undefined;
       for (const o of pending) this.recordAudit(record, o.spanId, o.type, o.outcome, o.reason);
     }
-    const j = computeJudgement(record, this.opts.mode, forced, this.now(), this.opts.runTimeoutMillis);
+    const j = computeJudgement(record, this.opts.mode, forced, this.now(), this.opts.runTimeoutMillis, cause);
     record.judgement = j;
-    this.inFlight.delete(record.runId);
+    if (this.inFlight.get(record.runId) === record) this.inFlight.delete(record.runId);
     this.opts.metrics.runsInFlight.set(this.inFlight.size);
     // Events that never got an outcome are dropped now with the reason the verdict gave them.
+    const reason = pendingReason(this.opts.mode, forced, record);
     for (const ev of record.events) {
       if (ev.state === EV_PENDING) {
         ev.state = EV_DROPPED;
-        ev.reason = pendingReason(this.opts.mode, forced);
-        this.opts.metrics.eventsDropped.inc({ type: ev.type, reason: ev.reason });
+        ev.reason = reason;
+        this.opts.metrics.eventsDropped.inc({ type: ev.type, reason });
       }
     }
     this.opts.metrics.runs.inc({ verdict: j.verdict, reason: j.mainReason, agent: this.opts.metrics.agentLabel.value(record.agent) });
@@ -145,10 +226,12 @@ export class RunLedger {
     return j;
   }
 
-  /** Evict an in-flight run (bounded state): judged now, its pending events dropped as `evicted`. */
+  /** Evict an in-flight run (bounded state): judged now, its undelivered events dropped as `evicted`. */
   evict(record: RunRecord): void {
+    if (record.judgement) return;
     for (const ev of record.events) if (ev.state === EV_PENDING || ev.state === EV_HELD) this.markDropped(record, ev, 'evicted');
-    this.judge(record, record.endMs === undefined ? 'abandoned' : undefined);
+    if (record.endMs === undefined) this.judgeWith(record, 'abandoned', 'evicted');
+    else this.judgeWith(record, undefined, undefined);
   }
 
   /** Shutdown: every in-flight run gets `interrupted`; ended runs awaiting grace are judged as they stand. */
@@ -157,34 +240,40 @@ export class RunLedger {
       const r = this.due[i]!;
       if (!r.judgement) this.judge(r);
     }
-    this.due.length = 0;
+    this.due = [];
     this.dueHead = 0;
     for (const r of [...this.inFlight.values()]) this.judge(r, 'interrupted');
   }
 
+  /**
+   * Kept runs, newest first (by start time, then run id), filtered, one page
+   * at a time. The cursor is the position of the last run returned, so pages
+   * neither repeat nor skip runs while new runs arrive (they sort before it).
+   * Cost: O(log n + runs scanned), no sort per call.
+   */
   list(q: RunQuery): { runs: RunRecord[]; nextCursor: string | undefined } {
-    const limit = Math.min(Math.max(q.limit ?? 50, 1), 500);
-    let before = Number.POSITIVE_INFINITY;
-    if (q.cursor) before = Number(q.cursor);
-    const all: RunRecord[] = [];
-    // newest first: in-flight (by start), then judged (by judgement order)
-    for (const r of this.inFlight.values()) all.push(r);
-    for (const r of this.judged.values()) all.push(r);
-    all.sort((a, b) => b.startMs - a.startMs || (a.runId < b.runId ? 1 : -1));
+    const limit = Math.min(Math.max(q.limit ?? LIST_DEFAULT_LIMIT, 1), LIST_MAX_LIMIT);
+    const a = this.index;
+    let end = a.length; // exclusive: scan a[end-1] down to a[0]
+    if (q.cursor !== undefined && q.cursor !== '') {
+      const key = decodeCursor(q.cursor);
+      if (key === undefined) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
+      end = lowerBound(a, key.startMs, key.runId);
+    }
+    if (q.untilMs !== undefined) end = Math.min(end, upperBoundStart(a, q.untilMs));
+    const now = this.now();
     const out: RunRecord[] = [];
-    let idx = 0;
-    for (const r of all) {
-      idx++;
-      if (idx <= (Number.isFinite(before) ? before : 0)) continue;
-      if (q.verdict) {
-        const v = r.judgement?.verdict ?? 'in_flight';
-        if (v !== q.verdict) continue;
+    for (let i = end - 1; i >= 0; i--) {
+      const r = a[i]!;
+      if (q.sinceMs !== undefined && r.startMs < q.sinceMs) break;
+      if (!this.isKept(r, now)) continue;
+      if (q.verdict !== undefined && (r.judgement?.verdict ?? 'in_flight') !== q.verdict) continue;
+      if (q.agent !== undefined && r.agent !== q.agent) continue;
+      if (q.user !== undefined && r.user !== q.user) continue;
+      if (out.length === limit) {
+        const last = out[out.length - 1]!;
+        return { runs: out, nextCursor: encodeCursor(last.startMs, last.runId) };
       }
-      if (q.agent && r.agent !== q.agent) continue;
-      if (q.user && r.user !== q.user) continue;
-      if (q.sinceMs !== undefined && r.startMs < q.sinceMs) continue;
-      if (q.untilMs !== undefined && r.startMs > q.untilMs) continue;
-      if (out.length === limit) return { runs: out, nextCursor: String(idx - 1) };
       out.push(r);
     }
     return { runs: out, nextCursor: undefined };
@@ -197,13 +286,48 @@ export class RunLedger {
     if (this.sweepTimer) clearInterval(this.sweepTimer);
   }
 
+  // ---- internals --------------------------------------------------------------
+
+  private expired(r: RunRecord, now: number): boolean {
+    return r.judgement !== undefined && r.judgement.judgedAtMs + this.opts.runsMaxAgeMillis <= now;
+  }
+
+  private isKept(r: RunRecord, now: number): boolean {
+    if (r.judgement === undefined) return this.inFlight.get(r.runId) === r;
+    return this.judged.get(r.runId) === r && !this.expired(r, now);
+  }
+
   private retain(record: RunRecord): void {
-    this.judgedSeq++;
+    const prev = this.judged.get(record.runId);
+    if (prev !== undefined) {
+      // Same run id judged again (trace evicted and seen anew): keep Map order = judgement order.
+      this.judged.delete(record.runId);
+      if (prev !== record) this.indexDead++;
+    }
     this.judged.set(record.runId, record);
     while (this.judged.size > this.opts.runsMaxCount) {
       const oldest = this.judged.keys().next().value as string;
       this.judged.delete(oldest);
+      this.indexDead++;
     }
+    this.maybeCompact();
+  }
+
+  private indexInsert(r: RunRecord): void {
+    const a = this.index;
+    const n = a.length;
+    if (n === 0 || compareKey(a[n - 1]!, r.startMs, r.runId) <= 0) {
+      a.push(r); // the usual case: runs open in start order
+      return;
+    }
+    a.splice(upperBound(a, r.startMs, r.runId), 0, r);
+  }
+
+  private maybeCompact(): void {
+    if (this.indexDead <= 1024 || this.indexDead * 2 <= this.index.length) return;
+    // Membership only (not age): a run past its age leaves the index when the sweep drops it.
+    this.index = this.index.filter((r) => this.inFlight.get(r.runId) === r || this.judged.get(r.runId) === r);
+    this.indexDead = 0;
   }
 
   private arm(): void {
@@ -226,7 +350,10 @@ export class RunLedger {
       this.dueHead++;
       if (!r.judgement) this.judge(r);
     }
-    if (this.dueHead > 1024 && this.dueHead * 2 > this.due.length) {
+    if (this.dueHead === this.due.length) {
+      this.due = [];
+      this.dueHead = 0;
+    } else if (this.dueHead > 1024 && this.dueHead * 2 > this.due.length) {
       this.due.splice(0, this.dueHead);
       this.dueHead = 0;
     }
@@ -235,36 +362,117 @@ export class RunLedger {
 
   /** Abandon runs past the timeout; expire judged runs past their age. */
   sweep(): void {
+    if (this.closed) return;
     const now = this.now();
     for (const r of this.inFlight.values()) {
       if (r.openedAtMs + this.opts.runTimeoutMillis > now) break; // insertion order = open order
       if (r.endMs === undefined) this.judge(r, 'abandoned');
     }
     for (const [id, r] of this.judged) {
-      if ((r.judgement?.judgedAtMs ?? 0) + this.opts.runsMaxAgeMillis > now) break;
+      if (!this.expired(r, now)) break; // judgement order
       this.judged.delete(id);
+      this.indexDead++;
     }
+    this.maybeCompact();
     this.judgeDue();
   }
 }
 
-function pendingReason(mode: 'emit' | 'audit', forced: Verdict | undefined): DropReason {
+function compareKey(r: RunRecord, startMs: number, runId: string): number {
+  return r.startMs - startMs || (r.runId < runId ? -1 : r.runId > runId ? 1 : 0);
+}
+
+/** First index whose key is >= (startMs, runId). */
+function lowerBound(a: readonly RunRecord[], startMs: number, runId: string): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (compareKey(a[mid]!, startMs, runId) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** First index whose key is > (startMs, runId). */
+function upperBound(a: readonly RunRecord[], startMs: number, runId: string): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (compareKey(a[mid]!, startMs, runId) <= 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** First index whose start is > startMs. */
+function upperBoundStart(a: readonly RunRecord[], startMs: number): number {
+  let lo = 0;
+  let hi = a.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (a[mid]!.startMs <= startMs) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** Cursor: base64url of `<startMs>:<runId>` of the last run of the page. */
+export function encodeCursor(startMs: number, runId: string): string {
+  return Buffer.from(`${startMs}:${runId}`, 'utf8').toString('base64url');
+}
+
+export function decodeCursor(cursor: string): { startMs: number; runId: string } | undefined {
+  if (!/^[A-Za-z0-9_-]{1,2048}$/.test(cursor)) return undefined;
+  const s = Buffer.from(cursor, 'base64url').toString('utf8');
+  const i = s.indexOf(':');
+  if (i <= 0 || i === s.length - 1) return undefined;
+  const num = s.slice(0, i);
+  if (!/^-?\d+(\.\d+)?(e[+-]?\d+)?$/i.test(num)) return undefined;
+  const startMs = Number(num);
+  if (!Number.isFinite(startMs)) return undefined;
+  return { startMs, runId: s.slice(i + 1) };
+}
+
+/** The ids of the lifecycle spans below `spanId` in the run (from its span summaries). */
+function descendantsOf(run: RunRecord, spanId: string): Set<string> {
+  const out = new Set<string>();
+  const frontier = [spanId];
+  // Spans are recorded parents first, so a single pass per level suffices; bounded by the run's span count.
+  while (frontier.length > 0) {
+    const id = frontier.pop()!;
+    for (const s of run.spans) {
+      if (s.parentSpanId === id && !out.has(s.spanId)) {
+        out.add(s.spanId);
+        frontier.push(s.spanId);
+      }
+    }
+  }
+  return out;
+}
+
+/** The reason an event that never got an outcome is given at verdict time. */
+function pendingReason(mode: 'emit' | 'audit', forced: Verdict | undefined, r: RunRecord): DropReason {
   if (forced === 'interrupted') return 'shutdown';
   if (mode === 'audit') return 'not_recorded';
+  if (r.user === undefined) return 'no_user';
   return 'send_failed';
 }
 
-export function computeJudgement(r: RunRecord, mode: 'emit' | 'audit', forced: Verdict | undefined, now: number, timeoutMs: number): Judgement {
+const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
+
+export function computeJudgement(r: RunRecord, mode: 'emit' | 'audit', forced: Verdict | undefined, now: number, timeoutMs: number, cause?: ForcedCause): Judgement {
   const undeliveredByType: Partial<Record<EventType, number>> = {};
   const reasons: Partial<Record<DropReason, number>> = {};
+  const pending = pendingReason(mode, forced, r);
   let delivered = 0;
   for (const ev of r.events) {
     if (ev.state === EV_DELIVERED) {
       delivered++;
       continue;
     }
-    const reason: DropReason =
-      ev.state === EV_DROPPED ? ev.reason ?? 'send_failed' : ev.state === EV_HELD ? 'no_subscriber' : pendingReason(mode, forced);
+    const reason: DropReason = ev.state === EV_DROPPED ? ev.reason ?? 'send_failed' : ev.state === EV_HELD ? 'no_subscriber' : pending;
     undeliveredByType[ev.type] = (undeliveredByType[ev.type] ?? 0) + 1;
     reasons[reason] = (reasons[reason] ?? 0) + 1;
   }
@@ -288,30 +496,36 @@ export function computeJudgement(r: RunRecord, mode: 'emit' | 'audit', forced: V
   }
   if (mainReason === 'none' && reasons.no_subscriber) mainReason = 'no_subscriber';
 
-  const who = r.user ? `user ${r.user}` : 'an unidentified user';
+  const who = r.user !== undefined ? `user ${r.user}` : 'an unidentified user';
   const reasonText = Object.entries(reasons).map(([k, n]) => `${k} ×${n}`).join(', ');
   const typeText = Object.entries(undeliveredByType).map(([k, n]) => `${k} ×${n}`).join(', ');
+  const whileOpen = r.sawConnection && mainReason !== 'no_subscriber' && mode === 'emit' ? ' although a connection of the user was open' : '';
+  const ran = `Agents ran (${plural(expected, 'event')} expected)`;
   let explanation: string;
   switch (verdict) {
     case 'complete':
-      explanation = `All ${expected} expected events were delivered to ${who}.`;
+      explanation = `All ${plural(expected, 'expected event')} were delivered to ${who}.`;
       break;
     case 'missing_events':
       if (mode === 'audit' && r.auditOutcomes === 0)
-        explanation = `Agents ran (${expected} events expected) but the backend recorded no agent.event at all: its event emitter is not wired.`;
+        explanation = `${ran} but the backend recorded no agent.event span event at all: its event emitter is not wired (not_recorded ×${missing}).`;
       else if (mainReason === 'no_subscriber')
-        explanation = `Agents ran (${expected} events expected) but none reached ${who}: nobody was connected (no_subscriber ×${reasons.no_subscriber}).`;
-      else
-        explanation = `Agents ran (${expected} events expected) and none reached ${who}${r.sawConnection ? ' although a connection was open' : ''}: ${reasonText}.`;
+        explanation = `${ran} but none reached ${who}: nobody was connected (no_subscriber ×${reasons.no_subscriber}).`;
+      else if (mainReason === 'no_user')
+        explanation = `${ran} but none could be routed: the run carries no user id (${reasonText}).`;
+      else explanation = `${ran} and none reached ${who}${whileOpen}: ${reasonText}.`;
       break;
     case 'partial':
-      explanation = `${missing} of ${expected} expected events did not reach ${who}: ${typeText} (${reasonText}).`;
+      explanation = `${missing} of ${plural(expected, 'expected event')} did not reach ${who}${whileOpen}: ${typeText} (${reasonText}).`;
       break;
     case 'abandoned':
-      explanation = `The top-level agent span did not end within ${timeoutMs} ms; ${delivered} of ${expected} events were delivered before it was given up.`;
+      explanation =
+        cause === 'evicted'
+          ? `The run was given up before its top-level agent span ended because tracewire's in-flight run limit was reached; ${delivered} of ${plural(expected, 'event')} had been delivered.`
+          : `The top-level agent span did not end within ${timeoutMs} ms; ${delivered} of ${plural(expected, 'event')} were delivered before the run was given up.`;
       break;
     case 'interrupted':
-      explanation = `tracewire shut down while the run was in flight; ${delivered} of ${expected} events had been delivered.`;
+      explanation = `tracewire shut down while the run was in flight; ${delivered} of ${plural(expected, 'event')} had been delivered.`;
       break;
   }
   return { verdict, judgedAtMs: now, expected, delivered, undeliveredByType, reasons, mainReason, explanation };

@@ -1,8 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import { TracewireError } from '../errors/errors.js';
 import { VERDICTS } from './Metrics.js';
-import { EV_DELIVERED, EV_DROPPED, EV_HELD, type RunRecord } from './RunRecord.js';
-import type { RunLedger } from './RunLedger.js';
+import { EV_DELIVERED, EV_DROPPED, EV_HELD, type EventRecord, type RunRecord } from './RunRecord.js';
+import { decodeCursor, LIST_MAX_LIMIT, type RunLedger } from './RunLedger.js';
 
 export interface RunsApiOptions {
   readonly ledger: RunLedger;
@@ -10,98 +10,262 @@ export interface RunsApiOptions {
   readonly traceUrlTemplate?: string;
 }
 
-const STATE_NAMES = ['pending', 'delivered', 'dropped', 'held'];
+const iso = (ms: number): string => new Date(ms).toISOString();
+
+export function traceUrl(template: string | undefined, traceId: string): string | null {
+  return template ? template.split('{trace_id}').join(encodeURIComponent(traceId)) : null;
+}
+
+/** A run's state word: judged, ended (waiting for its verdict) or in_flight. */
+function statusOf(r: RunRecord): 'judged' | 'ended' | 'in_flight' {
+  return r.judgement ? 'judged' : r.endMs !== undefined ? 'ended' : 'in_flight';
+}
 
 export function runSummary(r: RunRecord, traceUrlTemplate?: string): Record<string, unknown> {
   const j = r.judgement;
+  let undeliveredByType = j?.undeliveredByType;
+  let reasons = j?.reasons;
+  if (j === undefined) {
+    // In flight: what is undelivered so far (held or dropped); pending writes are not counted yet.
+    const byType: Record<string, number> = {};
+    const byReason: Record<string, number> = {};
+    for (const e of r.events) {
+      const reason = e.state === EV_DROPPED ? e.reason ?? 'send_failed' : e.state === EV_HELD ? 'no_subscriber' : undefined;
+      if (reason === undefined) continue;
+      byType[e.type] = (byType[e.type] ?? 0) + 1;
+      byReason[reason] = (byReason[reason] ?? 0) + 1;
+    }
+    undeliveredByType = byType;
+    reasons = byReason;
+  }
   return {
     run_id: r.runId,
     trace_id: r.traceId,
+    span_id: r.spanId,
     agent: r.agent,
     user: r.user ?? null,
     conversation_id: r.conversation ?? null,
-    started_at: new Date(r.startMs).toISOString(),
-    ended_at: r.endMs !== undefined ? new Date(r.endMs).toISOString() : null,
-    status: j ? 'judged' : r.endMs !== undefined ? 'ended' : 'in_flight',
+    started_at: iso(r.startMs),
+    ended_at: r.endMs !== undefined ? iso(r.endMs) : null,
+    duration_ms: r.endMs !== undefined ? Math.round((r.endMs - r.startMs) * 1000) / 1000 : null,
+    status: statusOf(r),
     verdict: j?.verdict ?? null,
     reason: j?.mainReason ?? null,
+    judged_at: j ? iso(j.judgedAtMs) : null,
     expected: j?.expected ?? r.events.length,
     delivered: j?.delivered ?? r.events.filter((e) => e.state === EV_DELIVERED).length,
-    undelivered_by_type: j?.undeliveredByType ?? {},
-    reasons: j?.reasons ?? {},
-    explanation: j?.explanation ?? (r.endMs !== undefined ? 'The run ended; its verdict comes after the grace period.' : 'The run is in flight.'),
-    trace_url: traceUrlTemplate ? traceUrlTemplate.replace('{trace_id}', r.traceId) : null,
+    undelivered_by_type: undeliveredByType,
+    reasons,
+    connection_seen: r.sawConnection,
+    explanation:
+      j?.explanation ??
+      (r.endMs !== undefined
+        ? `The run ended; its verdict comes after the grace period (${r.events.length} events so far).`
+        : `The run is in flight (${r.events.length} events so far).`),
+    trace_url: traceUrl(traceUrlTemplate, r.traceId),
   };
 }
 
-/** One timeline: spans (start/end) and each expected event with its outcome, by time. */
-export function runDetail(r: RunRecord, traceUrlTemplate?: string): Record<string, unknown> {
-  const events = r.events.map((e) => ({
+/**
+ * What became of one expected event: `delivered`, `dropped` (with a reason),
+ * `held` (waiting for a connection of the user; `no_subscriber`), or
+ * `emitted` (no outcome yet). Once the run is judged, an event still held
+ * counts as dropped for `no_subscriber` (as in the verdict), with `held: true`.
+ */
+function eventView(e: EventRecord, judged: boolean): Record<string, unknown> {
+  let outcome: string;
+  let reason: string | null = null;
+  if (e.state === EV_DELIVERED) outcome = 'delivered';
+  else if (e.state === EV_DROPPED) {
+    outcome = 'dropped';
+    reason = e.reason ?? 'send_failed';
+  } else if (e.state === EV_HELD) {
+    outcome = judged ? 'dropped' : 'held';
+    reason = 'no_subscriber';
+  } else outcome = 'emitted';
+  return {
     seq: e.seq,
     type: e.type,
     span_id: e.spanId,
-    ts: new Date(e.tsMs).toISOString(),
-    outcome: STATE_NAMES[e.state] ?? 'pending',
-    reason: e.state === EV_DROPPED ? e.reason ?? null : e.state === EV_HELD ? 'no_subscriber' : null,
+    ts: iso(e.tsMs),
+    outcome,
+    reason,
     connections: e.connections,
     attempts: e.attempts,
-    delivered_at: e.deliveredAtMs !== undefined ? new Date(e.deliveredAtMs).toISOString() : null,
+    delivered_at: e.deliveredAtMs !== undefined ? iso(e.deliveredAtMs) : null,
     late: e.late === true,
+    held: e.state === EV_HELD,
     acked: e.acked === true,
-  }));
-  const spans = r.spans.map((s) => ({
-    span_id: s.spanId,
-    parent_span_id: s.parentSpanId ?? null,
-    kind: s.kind,
-    name: s.name ?? null,
-    start: new Date(s.startMs).toISOString(),
-    end: s.endMs !== undefined ? new Date(s.endMs).toISOString() : null,
-    duration_ms: s.endMs !== undefined ? Math.round((s.endMs - s.startMs) * 1000) / 1000 : null,
-    error: s.error ?? null,
-  }));
-  type Item = { at: number; order: number; item: Record<string, unknown> };
-  const timeline: Item[] = [];
-  r.spans.forEach((s, i) => {
-    timeline.push({ at: s.startMs, order: 0, item: { at: spans[i]!.start, what: 'span_start', span_id: s.spanId, kind: s.kind, name: s.name ?? null } });
-    if (s.endMs !== undefined) timeline.push({ at: s.endMs, order: 2, item: { at: spans[i]!.end, what: 'span_end', span_id: s.spanId, kind: s.kind, name: s.name ?? null, error: s.error ?? null } });
+  };
+}
+
+const START_EVENTS: ReadonlySet<string> = new Set(['agent_started', 'agent_thinking', 'tool_executing']);
+
+type TimelineItem = Record<string, unknown> & { readonly what: string; readonly at: string };
+interface Placed {
+  readonly atMs: number;
+  /** A start time with millisecond resolution only (OTel JS takes span starts from Date.now()). */
+  readonly coarseStart: boolean;
+  readonly item: TimelineItem;
+}
+
+/**
+ * One timeline of the run, in causal order: the expected events in seq order
+ * (the order the user's client receives them), each span's start just before
+ * the event its start caused and its end just before the event its end
+ * caused. Ends that cause no event (thinking spans) are placed by time after
+ * their start; a start time that is a whole millisecond may lie anywhere in
+ * that millisecond, so an end within it is placed before it.
+ */
+export function runDetail(r: RunRecord, traceUrlTemplate?: string): Record<string, unknown> {
+  const judged = r.judgement !== undefined;
+  const events = r.events.map((e) => eventView(e, judged));
+  const depth = new Map<string, number>();
+  const spans = r.spans.map((s) => {
+    const d = s.parentSpanId !== undefined && depth.has(s.parentSpanId) ? depth.get(s.parentSpanId)! + 1 : 0;
+    depth.set(s.spanId, d);
+    return {
+      span_id: s.spanId,
+      parent_span_id: s.parentSpanId ?? null,
+      depth: d,
+      kind: s.kind,
+      name: s.name ?? null,
+      start: iso(s.startMs),
+      end: s.endMs !== undefined ? iso(s.endMs) : null,
+      duration_ms: s.endMs !== undefined ? Math.round((s.endMs - s.startMs) * 1000) / 1000 : null,
+      error: s.error ?? null,
+    };
   });
-  r.events.forEach((e, i) => timeline.push({ at: e.tsMs, order: 1, item: { at: events[i]!.ts, what: 'event', ...events[i]! } }));
-  timeline.sort((a, b) => a.at - b.at || a.order - b.order);
-  return { ...runSummary(r, traceUrlTemplate), spans, events, timeline: timeline.map((t) => t.item) };
+  const offset = (ms: number): number => Math.round((ms - r.startMs) * 1000) / 1000;
+  const index = new Map(r.spans.map((s, i) => [s.spanId, i] as const));
+  const startItem = (i: number): Placed => {
+    const s = r.spans[i]!;
+    const v = spans[i]!;
+    return {
+      atMs: s.startMs,
+      coarseStart: Number.isInteger(s.startMs),
+      item: { at: v.start, offset_ms: offset(s.startMs), what: 'span_start', span_id: s.spanId, kind: s.kind, name: v.name, depth: v.depth },
+    };
+  };
+  const endItem = (i: number): Placed => {
+    const s = r.spans[i]!;
+    const v = spans[i]!;
+    return {
+      atMs: s.endMs!,
+      coarseStart: false,
+      item: { at: v.end!, offset_ms: offset(s.endMs!), what: 'span_end', span_id: s.spanId, kind: s.kind, name: v.name, depth: v.depth, duration_ms: v.duration_ms, error: v.error },
+    };
+  };
+  const line: Placed[] = [];
+  const startPos = new Map<number, number>();
+  const endPos = new Map<number, number>();
+  r.events.forEach((e, k) => {
+    const i = index.get(e.spanId);
+    const isStart = START_EVENTS.has(e.type);
+    if (i !== undefined) {
+      if (isStart && !startPos.has(i)) {
+        startPos.set(i, line.length);
+        line.push(startItem(i));
+      } else if (!isStart && r.spans[i]!.endMs !== undefined && !endPos.has(i)) {
+        endPos.set(i, line.length);
+        line.push(endItem(i));
+      }
+    }
+    const s = i !== undefined ? r.spans[i] : undefined;
+    line.push({
+      atMs: e.tsMs,
+      coarseStart: isStart && Number.isInteger(e.tsMs),
+      item: { at: events[k]!.ts as string, offset_ms: offset(e.tsMs), what: 'event', kind: s?.kind ?? null, name: s?.name ?? null, depth: depth.get(e.spanId) ?? 0, ...events[k]! },
+    });
+  });
+  // Span starts and ends that caused no event go by time, after the span's own start and before
+  // its parent's end: before the first later item (a whole-millisecond start may be anywhere in it).
+  const positionFrom = (atMs: number, from: number): number => {
+    let j = from;
+    while (j < line.length) {
+      const q = line[j]!;
+      if (atMs < (q.coarseStart ? q.atMs + 1 : q.atMs)) break;
+      j++;
+    }
+    return j;
+  };
+  const extra: Array<{ pos: number; order: number; p: Placed }> = [];
+  r.spans.forEach((s, i) => {
+    let from = startPos.get(i);
+    if (from === undefined) {
+      from = positionFrom(s.startMs, 0);
+      extra.push({ pos: from, order: extra.length, p: startItem(i) });
+    } else from += 2; // after the span's start and the event it caused
+    if (s.endMs === undefined || endPos.has(i)) return;
+    let pos = positionFrom(s.endMs, from);
+    // End times carry the start's millisecond error too: a span ends before its parent does.
+    const parentEnd = s.parentSpanId !== undefined ? endPos.get(index.get(s.parentSpanId) ?? -1) : undefined;
+    if (parentEnd !== undefined && parentEnd >= from) pos = Math.min(pos, parentEnd);
+    extra.push({ pos, order: extra.length, p: endItem(i) });
+  });
+  let timeline: Placed[] = line;
+  if (extra.length > 0) {
+    extra.sort((a, b) => a.pos - b.pos || a.p.atMs - b.p.atMs || a.order - b.order);
+    timeline = [];
+    let x = 0;
+    for (let j = 0; j <= line.length; j++) {
+      while (x < extra.length && extra[x]!.pos === j) timeline.push(extra[x++]!.p);
+      if (j < line.length) timeline.push(line[j]!);
+    }
+  }
+  return { ...runSummary(r, traceUrlTemplate), spans, events, timeline: timeline.map((p) => p.item) };
+}
+
+function single(q: Record<string, unknown>, name: string): string | undefined {
+  const v = q[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string') throw new TracewireError('TW_BAD_QUERY', name, 'give it once');
+  return v;
 }
 
 function parseTime(name: string, v: string | undefined): number | undefined {
   if (v === undefined || v === '') return undefined;
-  const n = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
+  const n = /^\d+$/.test(v) ? Number(v) : /^\d{4}-\d{2}-\d{2}/.test(v) ? Date.parse(v) : Number.NaN;
   if (!Number.isFinite(n)) throw new TracewireError('TW_BAD_QUERY', name, 'expected epoch milliseconds or an ISO 8601 time');
   return n;
 }
 
+const VERDICT_FILTERS: readonly string[] = [...VERDICTS, 'in_flight'];
+
 /**
- * `GET /api/runs` (filters: verdict, agent, user, since, until; newest first;
- * `limit` and `cursor` paginate) and `GET /api/runs/:run_id`.
+ * `GET /api/runs`: kept runs, newest first. Filters `verdict` (a verdict or
+ * `in_flight`), `agent`, `user`, `since`, `until` (epoch ms or ISO 8601, on
+ * the start time); `limit` (1..500, default 50) and `cursor` (the previous
+ * page's `next_cursor`) paginate. `GET /api/runs/:run_id`: one run with its
+ * spans, events and timeline. Errors: 400 TW_BAD_QUERY, 404 TW_RUN_NOT_FOUND.
  */
 export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promise<void> {
   const { ledger } = opts;
   app.get('/api/runs', async (req) => {
-    const q = req.query as Record<string, string | undefined>;
-    if (q.verdict !== undefined && q.verdict !== 'in_flight' && !(VERDICTS as readonly string[]).includes(q.verdict)) {
-      throw new TracewireError('TW_BAD_QUERY', 'verdict', `one of ${[...VERDICTS, 'in_flight'].join(', ')}`);
+    const q = (req.query ?? {}) as Record<string, unknown>;
+    const verdict = single(q, 'verdict') || undefined;
+    if (verdict !== undefined && !VERDICT_FILTERS.includes(verdict)) {
+      throw new TracewireError('TW_BAD_QUERY', 'verdict', `one of ${VERDICT_FILTERS.join(', ')}`);
     }
+    const rawLimit = single(q, 'limit');
     let limit: number | undefined;
-    if (q.limit !== undefined) {
-      limit = Number(q.limit);
-      if (!Number.isInteger(limit) || limit < 1 || limit > 500) throw new TracewireError('TW_BAD_QUERY', 'limit', 'an integer from 1 to 500');
+    if (rawLimit !== undefined) {
+      limit = /^\d+$/.test(rawLimit) ? Number(rawLimit) : Number.NaN;
+      if (!Number.isInteger(limit) || limit < 1 || limit > LIST_MAX_LIMIT) throw new TracewireError('TW_BAD_QUERY', 'limit', `an integer from 1 to ${LIST_MAX_LIMIT}`);
     }
-    if (q.cursor !== undefined && !/^\d+$/.test(q.cursor)) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
+    const cursor = single(q, 'cursor') || undefined;
+    if (cursor !== undefined && decodeCursor(cursor) === undefined) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
+    const sinceMs = parseTime('since', single(q, 'since'));
+    const untilMs = parseTime('until', single(q, 'until'));
+    if (sinceMs !== undefined && untilMs !== undefined && sinceMs > untilMs) throw new TracewireError('TW_BAD_QUERY', 'since', 'must not be after until');
     const { runs, nextCursor } = ledger.list({
-      verdict: q.verdict,
-      agent: q.agent,
-      user: q.user,
-      sinceMs: parseTime('since', q.since),
-      untilMs: parseTime('until', q.until),
+      verdict,
+      agent: single(q, 'agent') || undefined,
+      user: single(q, 'user') || undefined,
+      sinceMs,
+      untilMs,
       limit,
-      cursor: q.cursor,
+      cursor,
     });
     return { runs: runs.map((r) => runSummary(r, opts.traceUrlTemplate)), next_cursor: nextCursor ?? null };
   });

@@ -41,6 +41,9 @@ export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
   installErrorHandling(app);
   await app.register(tw.fastifyPlugin);
 
+  // Browsers ask for it on every inspector load; answer without a 404 in their console.
+  app.get('/favicon.ico', async (_req, reply) => reply.status(204).send());
+
   app.get('/healthz', async () => ({ status: 'ok', mode: tw.config.mode, connections: tw.hub.connectionCount, runs_in_flight: tw.ledger.inFlightCount }));
 
   app.get('/metrics', async (req, reply) => {

@@ -1,0 +1,250 @@
+import type { Tracer } from '@opentelemetry/api';
+import { afterEach, describe, expect, it } from 'vitest';
+import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
+import type { Sidecar } from '../../src/surfaces/server.js';
+import { connectAcked, inProcessTracer, startTestSidecar, until } from '../helpers.js';
+import { getJson, judged, runIdOf } from './support.js';
+
+let sc: Sidecar | undefined;
+afterEach(async () => {
+  await sc?.close();
+  sc = undefined;
+});
+
+interface Summary {
+  run_id: string;
+  agent: string;
+  user: string | null;
+  verdict: string | null;
+  started_at: string;
+  status: string;
+  explanation: string;
+  trace_url: string | null;
+}
+
+/** A tiny run (one agent span, two events) for `user` with agent name `agent`; resolves with its run id. */
+function tinyRun(tracer: Tracer, agent: string, user: string): string {
+  const span = tracer.startSpan(`invoke_agent ${agent}`, { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': agent, 'user.id': user } });
+  span.end();
+  return runIdOf(span.spanContext());
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Every page of a query, following next_cursor; `between` runs after each page. */
+async function allPages(s: Sidecar, query: string, between?: () => Promise<void>): Promise<{ pages: Summary[][]; ids: string[] }> {
+  const pages: Summary[][] = [];
+  let cursor: string | null = null;
+  for (let i = 0; i < 100; i++) {
+    const { status, body } = await getJson(s, `/api/runs?${query}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`);
+    expect(status).toBe(200);
+    pages.push(body.runs);
+    cursor = body.next_cursor;
+    if (cursor === null) break;
+    await between?.();
+  }
+  return { pages, ids: pages.flat().map((r) => r.run_id) };
+}
+
+describe('runs API', () => {
+  it('lists newest first with filters and stable cursor pagination while new runs arrive', async () => {
+    sc = await startTestSidecar({ graceMillis: 20 });
+    const s = sc;
+    const { tracer } = inProcessTracer(sc);
+    await connectAcked(sc, 'u1'); // u1 listens (complete), u2 does not (missing_events)
+    const made: Array<{ id: string; agent: string; user: string; startMs: number }> = [];
+    for (let i = 0; i < 23; i++) {
+      const agent = i % 3 === 0 ? 'alpha' : 'beta';
+      const user = i % 2 === 0 ? 'u1' : 'u2';
+      const id = tinyRun(tracer, agent, user);
+      await until(() => s.tw.ledger.get(id) !== undefined, 2000, 'run open');
+      made.push({ id, agent, user, startMs: s.tw.ledger.get(id)!.startMs });
+      await sleep(2); // distinct start times
+    }
+    await until(() => made.every((m) => s.tw.ledger.get(m.id)?.judgement !== undefined), 5000, 'verdicts');
+    const newestFirst = [...made].reverse().map((m) => m.id);
+
+    // Everything, default page size.
+    const all = await getJson(sc, '/api/runs');
+    expect(all.body.runs.map((r: Summary) => r.run_id)).toEqual(newestFirst);
+    expect(all.body.next_cursor).toBeNull();
+
+    // Pages of 5 while new runs keep arriving: no duplicates, no omissions, same order.
+    let extra = 0;
+    const paged = await allPages(sc, 'limit=5', async () => {
+      tinyRun(tracer, 'gamma', 'u1');
+      extra++;
+      await sleep(3);
+    });
+    expect(paged.pages.map((p) => p.length)).toEqual([5, 5, 5, 5, 3]);
+    expect(paged.ids).toEqual(newestFirst);
+    expect(extra).toBe(4);
+    // The new runs are on top of a fresh first page.
+    const fresh = await getJson(sc, '/api/runs?limit=4');
+    expect(fresh.body.runs.map((r: Summary) => r.agent)).toEqual(['gamma', 'gamma', 'gamma', 'gamma']);
+
+    // Filters, alone and together, also paginated.
+    const ids = (pred: (m: (typeof made)[number]) => boolean): string[] => [...made].reverse().filter(pred).map((m) => m.id);
+    expect((await allPages(sc, 'verdict=complete&agent=alpha&limit=2')).ids).toEqual(ids((m) => m.user === 'u1' && m.agent === 'alpha'));
+    expect((await allPages(sc, 'verdict=missing_events&limit=3')).ids).toEqual(ids((m) => m.user === 'u2'));
+    expect((await allPages(sc, 'user=u2&agent=beta&limit=4')).ids).toEqual(ids((m) => m.user === 'u2' && m.agent === 'beta'));
+    const missing = await getJson(sc, '/api/runs?verdict=missing_events&limit=1');
+    expect(missing.body.runs[0]).toMatchObject({ user: 'u2', verdict: 'missing_events', reason: 'no_subscriber', status: 'judged' });
+    expect(missing.body.runs[0].explanation).toBe('Agents ran (2 events expected) but none reached user u2: nobody was connected (no_subscriber ×2).');
+
+    // since / until (inclusive, on the start time), epoch ms and ISO 8601.
+    const since = made[5]!.startMs;
+    const until_ = made[15]!.startMs;
+    const window = ids((m) => m.startMs >= since && m.startMs <= until_);
+    expect(window).toHaveLength(11);
+    expect((await allPages(sc, `since=${Math.ceil(since)}&until=${Math.floor(until_)}&limit=4`)).ids).toEqual(
+      ids((m) => m.startMs >= Math.ceil(since) && m.startMs <= Math.floor(until_)),
+    );
+    const isoSince = new Date(Math.ceil(since)).toISOString();
+    expect((await getJson(sc, `/api/runs?since=${isoSince}&agent=alpha&limit=500`)).body.runs.map((r: Summary) => r.run_id)).toEqual(
+      ids((m) => m.startMs >= Math.ceil(since) && m.agent === 'alpha'),
+    );
+    expect((await getJson(sc, '/api/runs?agent=nobody')).body).toEqual({ runs: [], next_cursor: null });
+
+    // In-flight runs are listed too and filterable.
+    const open = tracer.startSpan('invoke_agent delta', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'delta', 'user.id': 'u1' } });
+    await until(() => s.tw.ledger.get(runIdOf(open.spanContext())) !== undefined, 2000, 'open run');
+    const inFlight = await getJson(sc, '/api/runs?verdict=in_flight');
+    expect(inFlight.body.runs).toHaveLength(1);
+    expect(inFlight.body.runs[0]).toMatchObject({ run_id: runIdOf(open.spanContext()), status: 'in_flight', verdict: null, reason: null, ended_at: null });
+    open.end();
+  });
+
+  it('answers errors with stable codes', async () => {
+    sc = await startTestSidecar();
+    const cases: Array<[string, number, string, string]> = [
+      ['/api/runs/nope', 404, 'TW_RUN_NOT_FOUND', 'no run "nope" (runs are kept for a bounded count and age)'],
+      ['/api/runs?verdict=bogus', 400, 'TW_BAD_QUERY', 'bad query parameter verdict: one of complete, partial, missing_events, abandoned, interrupted, in_flight'],
+      ['/api/runs?limit=0', 400, 'TW_BAD_QUERY', 'bad query parameter limit: an integer from 1 to 500'],
+      ['/api/runs?limit=501', 400, 'TW_BAD_QUERY', 'bad query parameter limit: an integer from 1 to 500'],
+      ['/api/runs?limit=ten', 400, 'TW_BAD_QUERY', 'bad query parameter limit: an integer from 1 to 500'],
+      ['/api/runs?limit=2.5', 400, 'TW_BAD_QUERY', 'bad query parameter limit: an integer from 1 to 500'],
+      ['/api/runs?since=yesterday', 400, 'TW_BAD_QUERY', 'bad query parameter since: expected epoch milliseconds or an ISO 8601 time'],
+      ['/api/runs?until=2026-13-45', 400, 'TW_BAD_QUERY', 'bad query parameter until: expected epoch milliseconds or an ISO 8601 time'],
+      ['/api/runs?since=2000&until=1000', 400, 'TW_BAD_QUERY', 'bad query parameter since: must not be after until'],
+      ['/api/runs?cursor=!!', 400, 'TW_BAD_QUERY', 'bad query parameter cursor: use next_cursor from the previous page'],
+      ['/api/runs?cursor=12', 400, 'TW_BAD_QUERY', 'bad query parameter cursor: use next_cursor from the previous page'],
+      ['/api/runs?verdict=complete&verdict=partial', 400, 'TW_BAD_QUERY', 'bad query parameter verdict: give it once'],
+    ];
+    for (const [path, status, code, message] of cases) {
+      const res = await getJson(sc, path);
+      expect({ path, status: res.status, body: res.body }).toEqual({ path, status, body: { code, message } });
+    }
+    expect((await getJson(sc, '/api/runs?limit=500&verdict=')).status).toBe(200);
+  });
+
+  it('returns one run as a single timeline of spans and events with outcomes, reasons and connections', async () => {
+    sc = await startTestSidecar({ traceUrlTemplate: 'http://tempo.local/explore?trace={trace_id}' });
+    const { tracer } = inProcessTracer(sc);
+    const c1 = await connectAcked(sc, 'alice');
+    const c2 = await connectAcked(sc, 'alice');
+    const ids = await runDemoAgent(tracer, { user: 'alice', stepMillis: 2 });
+    const runId = runIdOf(ids);
+    await judged(sc, runId);
+    expect(c1.events).toHaveLength(11);
+    expect(c2.events).toHaveLength(11);
+
+    const { status, body } = await getJson(sc, `/api/runs/${runId}`);
+    expect(status).toBe(200);
+    expect(body).toMatchObject({
+      run_id: runId,
+      trace_id: ids.traceId,
+      span_id: ids.spanId,
+      agent: 'supervisor',
+      user: 'alice',
+      conversation_id: 'conv-alice',
+      status: 'judged',
+      verdict: 'complete',
+      reason: 'none',
+      expected: 11,
+      delivered: 11,
+      undelivered_by_type: {},
+      reasons: {},
+      connection_seen: true,
+      explanation: 'All 11 expected events were delivered to user alice.',
+      trace_url: `http://tempo.local/explore?trace=${ids.traceId}`,
+    });
+    expect(Date.parse(body.ended_at)).toBeGreaterThanOrEqual(Date.parse(body.started_at));
+    expect(body.spans).toHaveLength(7);
+    expect(body.events).toHaveLength(11);
+
+    const line = (t: { what: string; type?: string; name: string | null }): string => (t.what === 'event' ? `event ${t.type}` : `${t.what} ${t.name}`);
+    expect(body.timeline.map(line)).toEqual([
+      'span_start supervisor',
+      'event agent_started',
+      'span_start gpt-4o',
+      'event agent_thinking',
+      'span_end gpt-4o',
+      'span_start search_docs',
+      'event tool_executing',
+      'span_end search_docs',
+      'event tool_completed',
+      'span_start researcher',
+      'event agent_started',
+      'span_start gpt-4o-mini',
+      'event agent_thinking',
+      'span_end gpt-4o-mini',
+      'span_start fetch_page',
+      'event tool_executing',
+      'span_end fetch_page',
+      'event tool_completed',
+      'span_end researcher',
+      'event agent_completed',
+      'span_start gpt-4o',
+      'event agent_thinking',
+      'span_end gpt-4o',
+      'span_end supervisor',
+      'event agent_completed',
+    ]);
+    // Offsets are relative to the run start; events keep seq order; each span's end follows its start.
+    expect(body.timeline[0].offset_ms).toBe(0);
+    for (const t of body.timeline) expect(t.offset_ms).toBeGreaterThanOrEqual(0);
+    for (const sp of body.spans) {
+      const at = (what: string): number => body.timeline.findIndex((t: { what: string; span_id: string }) => t.what === what && t.span_id === sp.span_id);
+      expect(at('span_start')).toBeLessThan(at('span_end'));
+    }
+    const evs = body.timeline.filter((t: { what: string }) => t.what === 'event');
+    expect(evs.map((e: { seq: number }) => e.seq)).toEqual(DEMO_EXPECTED.map((_, i) => i + 1));
+    expect(evs.map((e: { type: string }) => e.type)).toEqual(DEMO_EXPECTED.map((e) => e.type));
+    for (const e of evs) {
+      expect(e).toMatchObject({ what: 'event', outcome: 'delivered', reason: null, connections: 2, attempts: 2, late: false, held: false });
+      expect(typeof e.delivered_at).toBe('string');
+    }
+    const failed = body.timeline.find((t: { what: string; name: string }) => t.what === 'span_end' && t.name === 'fetch_page');
+    expect(failed).toMatchObject({ kind: 'tool', error: 'tool_error', depth: 2 });
+    expect(failed.duration_ms).toBeGreaterThan(0);
+    const researcher = body.spans.find((sp: { name: string }) => sp.name === 'researcher');
+    expect(researcher).toMatchObject({ kind: 'agent', parent_span_id: ids.spanId, depth: 1, error: null });
+    expect(evs[4]).toMatchObject({ type: 'agent_started', kind: 'agent', name: 'researcher', span_id: researcher.span_id, depth: 1 });
+
+    // The list entry of the same run carries the trace link too.
+    const list = await getJson(sc, '/api/runs');
+    expect(list.body.runs[0]).toMatchObject({ run_id: runId, trace_url: `http://tempo.local/explore?trace=${ids.traceId}` });
+  });
+
+  it('keeps judged runs bounded by runsMaxCount and runsMaxAgeMillis', async () => {
+    sc = await startTestSidecar({ graceMillis: 0, runsMaxCount: 5, runsMaxAgeMillis: 400, runTimeoutMillis: 200 });
+    const s = sc;
+    const { tracer } = inProcessTracer(sc);
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      ids.push(tinyRun(tracer, 'alpha', 'u9'));
+      await sleep(2);
+    }
+    await until(() => s.tw.ledger.judgedCount === 5 && s.tw.ledger.inFlightCount === 0, 3000, 'judged');
+    await until(() => (s.tw.ledger.get(ids[11]!)?.judgement !== undefined), 3000, 'last verdict');
+    const listed = (await getJson(sc, '/api/runs')).body.runs.map((r: Summary) => r.run_id);
+    expect(listed).toEqual(ids.slice(7).reverse());
+    expect((await getJson(sc, `/api/runs/${ids[0]}`)).status).toBe(404);
+    expect((await getJson(sc, `/api/runs/${ids[11]}`)).status).toBe(200);
+    await sleep(450);
+    expect((await getJson(sc, `/api/runs/${ids[11]}`)).status).toBe(404);
+    expect((await getJson(sc, '/api/runs')).body.runs).toEqual([]);
+    await until(() => s.tw.ledger.judgedCount === 0, 2000, 'expired runs released');
+  });
+});
