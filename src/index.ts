@@ -15,3 +15,4 @@ export { ERRORS, TracewireError, type ErrorCode } from './errors/errors.js';
 export { buildPublicApp, buildOtlpApp, startSidecar, type Sidecar } from './surfaces/server.js';
 export { probe, type ProbeOptions, type ProbeResult } from './surfaces/probe.js';
 export { runDemoAgent, DEMO_EXPECTED } from './demo/demoAgent.js';
+export { LiveSpanExporter, type LiveSpanExporterOptions } from './sources/LiveSpanExporter.js';

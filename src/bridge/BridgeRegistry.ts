@@ -112,6 +112,7 @@ export class BridgeRegistry {
     const run = new RunState(runId, tb, top, record);
     this.runs.set(runId, run);
     tb.activeRuns++;
+    tb.hadRun = true;
     this.ledger.open(record);
     return run;
   }
@@ -261,6 +262,11 @@ export class BridgeRegistry {
   private maybeRelease(tb: TraceBridge): void {
     if (tb.activeRuns > 0 || tb.heldCount > 0) return;
     if (!this.opts.parentsArriveFirst && !tb.localRootEnded) return;
+    // OTLP: a trace whose runs completed stays until the idle sweep, so a span
+    // that arrives after its run (a later or reordered request) finds its
+    // ancestors and is dropped as late_span, instead of being held as an
+    // orphan and opening a phantom run of its own.
+    if (!this.opts.parentsArriveFirst && tb.hadRun) return;
     if (this.traces.get(tb.traceId) === tb) {
       this.traces.delete(tb.traceId);
       this.metrics.tracesInFlight.set(this.traces.size);

@@ -69,6 +69,8 @@ export class TraceBridge {
   private readonly waiting = new Map<string, SpanNode[]>();
   heldCount = 0;
   activeRuns = 0;
+  /** A run was opened in this trace (OTLP keeps such traces until idle, for late spans). */
+  hadRun = false;
   localRootEnded = false;
   lastSeenMs = 0;
 

@@ -77,7 +77,8 @@ export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
 
 /** The OTLP/HTTP app: `POST /v1/traces` feeding the OTLP bridges. */
 export async function buildOtlpApp(tw: Tracewire): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false, bodyLimit: tw.config.otlpMaxBodyBytes });
+  // Slow uploads must not hold a request slot for Node's default 300 s.
+  const app = Fastify({ logger: false, bodyLimit: tw.config.otlpMaxBodyBytes, requestTimeout: 30_000, connectionTimeout: 60_000 });
   installErrorHandling(app);
   await app.register(otlpReceiver, { tw });
   return app;

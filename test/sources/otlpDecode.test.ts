@@ -1,0 +1,179 @@
+import { Readable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { TracewireError } from '../../src/errors/errors.js';
+import { decodeJson, decodeProtobuf, TooManySpansError } from '../../src/sources/otlp/decode.js';
+import { gunzipLimited } from '../../src/sources/otlp/gunzip.js';
+import { otlpTypes } from '../../src/sources/otlp/schema.js';
+import { gzip, jsonRequest, protobufRequest } from './otlpSupport.js';
+
+const TRACE = '0af7651916cd43dd8448eb211c80319c';
+const SPAN = 'b7ad6b7169203331';
+const PARENT = '00f067aa0ba902b7';
+const opts = { maxSpans: 100 };
+const json = (v: unknown): Uint8Array => Buffer.from(JSON.stringify(v));
+
+function span(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { traceId: TRACE, spanId: SPAN, name: 'invoke_agent a', startTimeUnixNano: '1700000000000000000', endTimeUnixNano: '1700000000250000000', ...extra };
+}
+
+describe('OTLP/JSON decoding', () => {
+  it('maps ids, times, status, flags and events', () => {
+    const d = decodeJson(
+      json(
+        jsonRequest([
+          span({
+            parentSpanId: PARENT,
+            flags: 0x301,
+            status: { code: 2, message: 'boom' },
+            events: [{ timeUnixNano: '1700000000100000000', name: 'agent.event', attributes: [{ key: 'agent.event.type', value: { stringValue: 'agent_started' } }] }],
+          }),
+        ]),
+      ),
+      opts,
+    );
+    expect(d.rejected).toBe(0);
+    expect(d.spans[0]).toMatchObject({
+      traceId: TRACE,
+      spanId: SPAN,
+      parentSpanId: PARENT,
+      parentIsRemote: true,
+      name: 'invoke_agent a',
+      startMs: 1700000000000,
+      endMs: 1700000000250,
+      statusCode: 2,
+      statusMessage: 'boom',
+      events: [{ name: 'agent.event', timeMs: 1700000000100, attributes: { 'agent.event.type': 'agent_started' } }],
+    });
+  });
+
+  it('flattens AnyValue attributes', () => {
+    const attrs = [
+      { key: 's', value: { stringValue: 'x' } },
+      { key: 'b', value: { boolValue: true } },
+      { key: 'i', value: { intValue: '42' } },
+      { key: 'n', value: { intValue: 7 } },
+      { key: 'big', value: { intValue: '9223372036854775807' } },
+      { key: 'd', value: { doubleValue: 1.5 } },
+      { key: 'arr', value: { arrayValue: { values: [{ stringValue: 'a' }, { intValue: '2' }, {}] } } },
+      { key: 'kv', value: { kvlistValue: { values: [{ key: 'inner', value: { stringValue: 'y' } }, { key: 'deep', value: { kvlistValue: { values: [{ key: 'z', value: { boolValue: false } }] } } }] } } },
+      { key: 'bytes', value: { bytesValue: 'AQID' } },
+      { key: 'empty', value: {} },
+      { key: '__proto__', value: { stringValue: 'no' } },
+    ];
+    const a = decodeJson(json(jsonRequest([span({ attributes: attrs })])), opts).spans[0]!.attributes;
+    expect(a).toEqual({ s: 'x', b: true, i: 42, n: 7, big: 9223372036854775807n, d: 1.5, arr: ['a', 2, null], 'kv.inner': 'y', 'kv.deep.z': false, bytes: 'AQID' });
+    expect(Object.getPrototypeOf(a)).toBe(Object.prototype);
+  });
+
+  it('end time 0 or absent is a started span, without events', () => {
+    for (const end of ['0', 0, undefined]) {
+      const d = decodeJson(json(jsonRequest([span({ endTimeUnixNano: end, events: [{ name: 'x', timeUnixNano: '1' }] })])), opts);
+      expect(d.spans[0]!.endMs).toBeUndefined();
+      expect(d.spans[0]!.events).toBeUndefined();
+    }
+  });
+
+  it('accepts snake_case fields, base64 ids, numeric nanos and enum names', () => {
+    const d = decodeJson(
+      json({
+        resource_spans: [{ scope_spans: [{ spans: [{ trace_id: Buffer.from(TRACE, 'hex').toString('base64'), span_id: Buffer.from(SPAN, 'hex').toString('base64'), name: 'n', start_time_unix_nano: 1700000000000000000, status: { code: 'STATUS_CODE_ERROR' } }] }] }],
+      }),
+      opts,
+    );
+    expect(d.rejected).toBe(0);
+    expect(d.spans[0]).toMatchObject({ traceId: TRACE, spanId: SPAN, statusCode: 2, parentIsRemote: false });
+    expect(d.spans[0]!.parentSpanId).toBeUndefined();
+  });
+
+  it('keeps request order and rejects bad spans one by one', () => {
+    const d = decodeJson(
+      json(
+        jsonRequest([
+          span({ spanId: '1111111111111111' }),
+          span({ spanId: 'nothex!!nothex!!' }),
+          span({ spanId: '2222222222222222', startTimeUnixNano: '0' }),
+          span({ spanId: '3333333333333333', parentSpanId: '0000000000000000' }),
+          span({ spanId: '4444444444444444', flags: -1 }),
+          span({ spanId: '5555555555555555', name: 5 }),
+          'not a span' as unknown as Record<string, unknown>,
+        ]),
+      ),
+      opts,
+    );
+    expect(d.spans.map((s) => s.spanId)).toEqual(['1111111111111111', '3333333333333333']);
+    expect(d.spans[1]!.parentSpanId).toBeUndefined();
+    expect(d.rejected).toBe(5);
+    expect(Object.fromEntries(d.reasons)).toEqual({ bad_span_id: 1, bad_time: 1, bad_field: 3 });
+    expect(d.firstRejection).toMatch(/^span 1: span_id/);
+  });
+
+  it('refuses bodies that are not an ExportTraceServiceRequest', () => {
+    for (const body of ['', 'null', '[]', '"x"', '{"resourceSpans":1}', '{"resourceSpans":[{"scopeSpans":{}}]}']) {
+      expect(() => decodeJson(Buffer.from(body), opts)).toThrowError(TracewireError);
+    }
+    expect(decodeJson(Buffer.from('{}'), opts).spans).toEqual([]);
+  });
+
+  it('counts spans before mapping them against the limit', () => {
+    const many = Array.from({ length: 5 }, () => span());
+    expect(() => decodeJson(json(jsonRequest(many)), { maxSpans: 4 })).toThrowError(TooManySpansError);
+    expect(decodeJson(json(jsonRequest(many)), { maxSpans: 5 }).spans).toHaveLength(5);
+  });
+});
+
+describe('protobuf decoding', () => {
+  it('decodes what the schema encodes, with 64-bit times and ints', () => {
+    const body = protobufRequest([
+      span({ parentSpanId: PARENT, flags: 0x101, attributes: [{ key: 'i', value: { intValue: '-5' } }, { key: 'big', value: { intValue: '9007199254740993' } }, { key: 'arr', value: { arrayValue: { values: [{ doubleValue: 0.5 }, { boolValue: true }] } } }] }),
+    ]);
+    const d = decodeProtobuf(body, opts);
+    expect(d.rejected).toBe(0);
+    expect(d.spans[0]).toMatchObject({ traceId: TRACE, spanId: SPAN, parentSpanId: PARENT, parentIsRemote: false, startMs: 1700000000000, endMs: 1700000000250 });
+    expect(d.spans[0]!.attributes).toEqual({ i: -5, big: 9007199254740993n, arr: [0.5, true] });
+  });
+
+  it('an empty body is an empty request; garbage is TW_OTLP_BAD_BODY', () => {
+    expect(decodeProtobuf(new Uint8Array(0), opts).spans).toEqual([]);
+    expect(() => decodeProtobuf(Buffer.from('{"resourceSpans":[]}'), opts)).toThrowError(/cannot decode request body: protobuf/);
+  });
+
+  it('rejects ids of the wrong length', () => {
+    const t = otlpTypes().request;
+    const body = t
+      .encode(t.fromObject({ resourceSpans: [{ scopeSpans: [{ spans: [{ traceId: Buffer.alloc(15, 1), spanId: Buffer.alloc(8, 1), name: 'x', startTimeUnixNano: '1' }] }] }] }))
+      .finish();
+    const d = decodeProtobuf(body, opts);
+    expect(d.rejected).toBe(1);
+    expect(d.reasons.get('bad_trace_id')).toBe(1);
+  });
+});
+
+describe('gunzipLimited', () => {
+  it('stops inflating a gzip bomb at the limit without reading the rest', async () => {
+    const member = gzip(Buffer.alloc(1024 * 1024));
+    const bomb = Buffer.concat(Array.from({ length: 100 }, () => member));
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < bomb.length; i += 1024) chunks.push(bomb.subarray(i, i + 1024));
+    const src = Readable.from(chunks, { objectMode: false });
+    const out = gunzipLimited(src, 256 * 1024);
+    let inflated = 0;
+    const err = await new Promise<Error | undefined>((resolve) => {
+      out.on('data', (c: Buffer) => (inflated += c.length));
+      out.on('error', resolve);
+      out.on('end', () => resolve(undefined));
+    });
+    expect(err).toBeInstanceOf(TracewireError);
+    expect((err as TracewireError).code).toBe('TW_OTLP_TOO_LARGE');
+    expect(inflated).toBeLessThanOrEqual(256 * 1024);
+    expect(out.receivedEncodedLength).toBeLessThan(bomb.length / 4);
+  });
+
+  it('passes a small body through and counts its compressed length', async () => {
+    const body = gzip('{"resourceSpans":[]}');
+    const out = gunzipLimited(Readable.from([body]), 1024);
+    let text = '';
+    for await (const c of out) text += (c as Buffer).toString();
+    expect(text).toBe('{"resourceSpans":[]}');
+    expect(out.receivedEncodedLength).toBe(body.length);
+  });
+});

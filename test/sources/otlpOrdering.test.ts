@@ -1,0 +1,162 @@
+import { context, trace } from '@opentelemetry/api';
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runDemoAgent } from '../../src/demo/demoAgent.js';
+import type { Sidecar } from '../../src/surfaces/server.js';
+import type { RunRecord } from '../../src/audit/RunRecord.js';
+import { connectAcked, metricValue, startTestSidecar, until } from '../helpers.js';
+import { expectDemoRun, jsonRequest, jsonSpan, post, postJson, protobufRequest, recordDemo } from './otlpSupport.js';
+
+let sc: Sidecar;
+const verdicts: RunRecord[] = [];
+beforeAll(async () => {
+  sc = await startTestSidecar({ onVerdict: (r) => verdicts.push(r) }, true);
+});
+afterAll(async () => {
+  await sc?.close();
+});
+
+describe('spans arriving children first, over several requests', () => {
+  it('OTLP/JSON in 3 requests in end order gives the same event sequence', async () => {
+    const user = 'dave-json';
+    const client = await connectAcked(sc, user);
+    const { spans, traceId, spanId } = await recordDemo(user);
+    expect(spans).toHaveLength(7);
+    // End order: the top-level agent span is last; its children and the sub-agent's come before it.
+    expect(spans.at(-1)!.spanContext().spanId).toBe(spanId);
+    for (const part of [spans.slice(0, 3), spans.slice(3, 6), spans.slice(6)]) {
+      const r = await postJson(sc.otlpUrl!, jsonRequest(part.map((s) => jsonSpan(s))));
+      expect(r.status).toBe(200);
+      expect(r.json).toEqual({});
+    }
+    await expectDemoRun(client, `${traceId}-${spanId}`);
+    await until(() => verdicts.some((v) => v.runId === `${traceId}-${spanId}`), 5000, 'the verdict');
+    expect(verdicts.find((v) => v.runId === `${traceId}-${spanId}`)!.judgement?.verdict).toBe('complete');
+    client.close();
+  });
+
+  it('protobuf, one span per request, children first, gives the same event sequence', async () => {
+    const user = 'dave-proto';
+    const client = await connectAcked(sc, user);
+    const { spans, traceId, spanId } = await recordDemo(user);
+    const held = await metricValue(sc, 'tracewire_held_spans');
+    expect(held).toBe(0);
+    for (const s of spans) {
+      const r = await post(sc.otlpUrl!, protobufRequest([jsonSpan(s)]), { contentType: 'application/x-protobuf' });
+      expect(r.status).toBe(200);
+      expect(r.headers.get('content-type')).toBe('application/x-protobuf');
+      expect(r.body.length).toBe(0);
+    }
+    await expectDemoRun(client, `${traceId}-${spanId}`);
+    expect(sc.tw.otlpBridges.heldCount).toBe(0);
+    client.close();
+  });
+
+  it('live starts then ended spans (as a partial-span exporter sends them) emit each event once', async () => {
+    const user = 'dave-live';
+    const client = await connectAcked(sc, user);
+    const { spans, traceId, spanId } = await recordDemo(user);
+    const top = spans.at(-1)!;
+    // The top-level span's start first, then everything ended, children first.
+    await postJson(sc.otlpUrl!, jsonRequest([jsonSpan(top, { started: true })]));
+    await client.until((c) => c.events.length === 1, 5000, 'agent_started');
+    // A start repeated with the ends in one request changes nothing.
+    const r = await postJson(sc.otlpUrl!, jsonRequest([jsonSpan(top, { started: true }), ...spans.map((s) => jsonSpan(s))]));
+    expect(r.status).toBe(200);
+    await expectDemoRun(client, `${traceId}-${spanId}`);
+    client.close();
+  });
+});
+
+describe('a subtree arriving after its run completed (reordered requests)', () => {
+  it('is dropped as late_span, without opening a phantom run', async () => {
+    const late: RunRecord[] = [];
+    const s2 = await startTestSidecar({ orphanHoldMillis: 200, onVerdict: (r) => late.push(r) }, true);
+    try {
+      const user = 'dave-late';
+      const client = await connectAcked(s2, user);
+      const { spans, traceId, spanId } = await recordDemo(user);
+      const researcher = spans.find((s) => s.name === 'invoke_agent researcher')!.spanContext().spanId;
+      const sub = spans.filter((s) => s.spanContext().spanId === researcher || s.parentSpanContext?.spanId === researcher);
+      expect(sub).toHaveLength(3);
+      // The supervisor's own spans first (its run completes), the researcher's subtree after.
+      await postJson(s2.otlpUrl!, jsonRequest(spans.filter((s) => !sub.includes(s)).map((s) => jsonSpan(s))));
+      await client.until((c) => c.events.some((e) => e.type === 'agent_completed'), 5000, 'the run to complete');
+      await postJson(s2.otlpUrl!, jsonRequest(sub.map((s) => jsonSpan(s))));
+      // Past the orphan hold and the verdict grace: a phantom "researcher" run would have been judged by now.
+      await new Promise((r) => setTimeout(r, 700));
+      expect(late.map((v) => v.runId)).toEqual([`${traceId}-${spanId}`]);
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(5);
+      expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'agent_thinking', 'tool_executing', 'tool_completed', 'agent_thinking', 'agent_completed']);
+      expect(s2.tw.otlpBridges.heldCount).toBe(0);
+      client.close();
+    } finally {
+      await s2.close();
+    }
+  });
+});
+
+describe('a run below a non-agent root span (an HTTP server span)', () => {
+  it('is held until the root arrives, then delivered in order', async () => {
+    const user = 'dave-http';
+    const client = await connectAcked(sc, user);
+    const mem = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
+    const tracer = provider.getTracer('http');
+    const server = tracer.startSpan('POST /chat', { kind: 1 });
+    const ids = await runDemoAgent(tracer, { user, parent: trace.setSpan(context.active(), server) });
+    server.end();
+    const spans = mem.getFinishedSpans().slice();
+    expect(spans).toHaveLength(8);
+    await postJson(sc.otlpUrl!, jsonRequest(spans.slice(0, 7).map((s) => jsonSpan(s))));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(client.events).toHaveLength(0);
+    expect(sc.tw.otlpBridges.heldCount).toBeGreaterThan(0);
+    await postJson(sc.otlpUrl!, jsonRequest([jsonSpan(spans[7]!)]));
+    await expectDemoRun(client, `${ids.traceId}-${ids.spanId}`);
+    expect(sc.tw.otlpBridges.heldCount).toBe(0);
+    await provider.shutdown();
+    client.close();
+  });
+});
+
+describe('audit mode: agent.event span events over OTLP', () => {
+  const auditVerdicts: RunRecord[] = [];
+  let audit: Sidecar;
+  beforeAll(async () => {
+    audit = await startTestSidecar({ mode: 'audit', onVerdict: (r) => auditVerdicts.push(r) }, true);
+  });
+  afterAll(async () => {
+    await audit?.close();
+  });
+
+  const recorded = (dropFetchCompleted: boolean) => (s: { name: string }) => {
+    if (s.name.startsWith('invoke_agent')) return [{ type: 'agent_started', outcome: 'delivered' }, { type: 'agent_completed', outcome: 'delivered' }];
+    if (s.name.startsWith('chat')) return [{ type: 'agent_thinking', outcome: 'delivered' }];
+    if (s.name === 'execute_tool fetch_page' && dropFetchCompleted) return [{ type: 'tool_executing', outcome: 'delivered' }, { type: 'tool_completed', outcome: 'dropped', reason: 'send_failed' }];
+    return [{ type: 'tool_executing', outcome: 'delivered' }, { type: 'tool_completed', outcome: 'delivered' }];
+  };
+
+  async function judge(user: string, audited: ((s: { name: string }) => Array<{ type: string; outcome: string; reason?: string }>) | undefined): Promise<RunRecord> {
+    const { spans, traceId, spanId } = await recordDemo(user);
+    const r = await postJson(audit.otlpUrl!, jsonRequest(spans.map((s) => jsonSpan(s, { audit: audited }))));
+    expect(r.status).toBe(200);
+    const runId = `${traceId}-${spanId}`;
+    await until(() => auditVerdicts.some((v) => v.runId === runId), 5000, 'the verdict');
+    return auditVerdicts.find((v) => v.runId === runId)!;
+  }
+
+  it('a backend that recorded every delivery gets complete', async () => {
+    expect((await judge('frank', recorded(false))).judgement?.verdict).toBe('complete');
+  });
+
+  it('a recorded drop makes the run partial, with its reason', async () => {
+    const j = (await judge('frank', recorded(true))).judgement!;
+    expect(j.verdict).toBe('partial');
+    expect(j.mainReason).toBe('send_failed');
+  });
+
+  it('no agent.event at all is missing_events', async () => {
+    expect((await judge('frank', undefined)).judgement?.verdict).toBe('missing_events');
+  });
+});
