@@ -1,6 +1,7 @@
 import { DROP_REASONS, EVENT_TYPES, type DropReason, type EventType, type EvictionReason, type Metrics } from '../audit/Metrics.js';
 import { RunRecord } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
+import { classify } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 import type { EventSink, OutboundEvent } from './EventSink.js';
@@ -41,6 +42,8 @@ export class BridgeRegistry {
   private readonly runs = new Map<string, RunState>();
   /** Held spans in hold order (oldest first) with their trace. */
   private readonly heldIndex = new Map<SpanNode, TraceBridge>();
+  /** Recently released traces that had runs (in-process late ends are dropped). */
+  private readonly released = new Set<string>();
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
   readonly now: () => number;
@@ -84,6 +87,10 @@ export class BridgeRegistry {
     let tb = this.traces.get(span.traceId);
     if (tb === undefined) {
       if (this.opts.parentsArriveFirst && !isCandidate(span)) return;
+      if (ended && this.released.has(span.traceId)) {
+        this.lateEnd(span);
+        return;
+      }
       if (this.traces.size >= this.opts.maxTraces) this.evictOldestTrace();
       tb = new TraceBridge(span.traceId, this);
       this.traces.set(span.traceId, tb);
@@ -172,6 +179,13 @@ export class BridgeRegistry {
     this.publish(ev);
   }
 
+  /** A lifecycle span of a released trace ended: its completion cannot be emitted after the run's end. */
+  private lateEnd(span: SpanInput): void {
+    const kind = classify(span).kind;
+    if (kind === 'agent') this.metrics.eventsDropped.inc({ type: 'agent_completed', reason: 'late_span' });
+    else if (kind === 'tool') this.metrics.eventsDropped.inc({ type: 'tool_completed', reason: 'late_span' });
+  }
+
   private publish(ev: OutboundEvent): void {
     try {
       this.sink!.publish(ev);
@@ -227,7 +241,8 @@ export class BridgeRegistry {
     }
     const owner = tb.lifecycleOwner(node);
     const run = owner?.run;
-    if (owner === undefined || run === undefined) return;
+    // Outcomes recorded after the run was judged cannot change its verdict.
+    if (owner === undefined || run === undefined || run.record.judgement !== undefined) return;
     for (const e of mine) {
       const type = e.attributes['agent.event.type'];
       if (typeof type !== 'string' || !EVENT_TYPE_SET.has(type)) continue;
@@ -270,7 +285,19 @@ export class BridgeRegistry {
     if (this.traces.get(tb.traceId) === tb) {
       this.traces.delete(tb.traceId);
       this.metrics.tracesInFlight.set(this.traces.size);
+      if (tb.hadRun) this.rememberReleased(tb.traceId);
     }
+  }
+
+  /**
+   * In-process, a trace is released as soon as its runs ended. A span of it
+   * that ends later (an abandoned run's top-level span, a sub-agent that
+   * outlived its run) must not open a phantom run: remember recently released
+   * traces (bounded, oldest forgotten first) and drop their late ends.
+   */
+  private rememberReleased(traceId: string): void {
+    this.released.add(traceId);
+    if (this.released.size > RELEASED_MEMORY) this.released.delete(this.released.values().next().value as string);
   }
 
   private evictOldestTrace(): void {
@@ -312,6 +339,8 @@ export class BridgeRegistry {
     clearInterval(this.sweepTimer);
   }
 }
+
+const RELEASED_MEMORY = 65_536;
 
 /** Could this span start a run (is it a lifecycle span by name or attributes)? Cheap pre-check. */
 function isCandidate(span: SpanInput): boolean {

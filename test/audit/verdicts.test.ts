@@ -128,7 +128,7 @@ describe('run verdicts', () => {
   // Known bug in src/bridge (reported, not owned here): once the abandoned run is released, the in-process
   // trace is forgotten, so the late end of the top-level span opens a new run with the same run_id and a
   // second verdict (complete) replaces the abandoned one. Flip to `it` when the bridge keeps a tombstone.
-  it.fails('keeps the abandoned verdict when the top-level span ends after the timeout', async () => {
+  it('keeps the abandoned verdict when the top-level span ends after the timeout', async () => {
     sc = await startTestSidecar({ runTimeoutMillis: 200 });
     const { tracer } = inProcessTracer(sc);
     await connectAcked(sc, 'erin');
