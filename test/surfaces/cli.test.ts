@@ -101,3 +101,42 @@ describe('tracewire serve', () => {
     expect(err).toMatch(/TW_CONFIG_INVALID/);
   });
 });
+
+describe('tracewire probe', () => {
+  it('passes against a healthy deployment: all five events in order, then the run is complete', async () => {
+    const sc = await startTestSidecar({ graceMillis: 20 }, true);
+    try {
+      const r = await cli(['probe', '--url', sc.publicUrl, '--otlp-url', sc.otlpUrl!, '--jwt-secret', TEST_SECRET, '--timeout-ms', '5000']);
+      expect(r.err).toEqual([]);
+      expect(r.code).toBe(0);
+      expect(r.out[0]).toMatch(/^probe ok: run [0-9a-f]{32}-[0-9a-f]{16} delivered all 5 events in order in \d+ ms \(1:agent_started 2:agent_thinking 3:tool_executing 4:tool_completed 5:agent_completed\)$/);
+      const runId = /run (\S+)/.exec(r.out[0]!)![1]!;
+      await until(() => sc.tw.ledger.get(runId)?.judgement !== undefined, 3000, 'verdict');
+      expect(sc.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
+    } finally {
+      await sc.close();
+    }
+  });
+
+  it('fails with exit code 1 and says why when events do not arrive', async () => {
+    const sc = await startTestSidecar({ graceMillis: 20, failWritesFor: () => true, mode: 'audit' }, true);
+    try {
+      const r = await cli(['probe', '--url', sc.publicUrl, '--otlp-url', sc.otlpUrl!, '--jwt-secret', TEST_SECRET, '--timeout-ms', '700']);
+      expect(r.code).toBe(1);
+      expect(r.err.join('\n')).toMatch(/^probe FAILED: timed out after 700 ms with 0 of 5 events \(run \S+; received: nothing\)$/);
+    } finally {
+      await sc.close();
+    }
+  });
+
+  it('fails when the token is signed with the wrong secret, naming the server error', async () => {
+    const sc = await startTestSidecar({}, true);
+    try {
+      const r = await cli(['probe', '--url', sc.publicUrl, '--otlp-url', sc.otlpUrl!, '--jwt-secret', 'some-other-secret-0123456', '--timeout-ms', '3000']);
+      expect(r.code).toBe(1);
+      expect(r.err.join('\n')).toMatch(/probe FAILED: server error TW_AUTH_INVALID/);
+    } finally {
+      await sc.close();
+    }
+  });
+});
