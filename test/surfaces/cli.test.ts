@@ -140,3 +140,21 @@ describe('tracewire probe', () => {
     }
   });
 });
+
+describe('tracewire demo', () => {
+  it('prints what a connected client receives and the run\'s verdict, then exits', async () => {
+    const child = spawn(process.execPath, ['bin/tracewire.js', 'demo', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--step-ms', '1', '--grace-ms', '50'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    expect(code, out).toBe(0);
+    const events = out.split('\n').filter((l) => /^#\s*\d+ /.test(l)).map((l) => l.replace(/^#\s*(\d+) (\S+)\s+(\S+).*$/, '$1 $2 $3'));
+    expect(events).toEqual([
+      '1 agent_started supervisor', '2 agent_thinking supervisor', '3 tool_executing supervisor', '4 tool_completed supervisor',
+      '5 agent_started researcher', '6 agent_thinking researcher', '7 tool_executing researcher', '8 tool_completed researcher',
+      '9 agent_completed researcher', '10 agent_thinking supervisor', '11 agent_completed supervisor',
+    ]);
+    expect(out).toMatch(/u-1\s+complete\s+All 11 expected events were delivered to user u-1\./);
+  });
+});
