@@ -88,6 +88,7 @@ export class RunLedger {
    */
   private index: RunRecord[] = [];
   private indexDead = 0;
+  private openCounter = 0;
   private timer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
@@ -119,6 +120,7 @@ export class RunLedger {
     if (prev === record) return;
     if (prev !== undefined) this.indexDead++; // same run id opened again: the old record is unreachable
     this.inFlight.set(record.runId, record);
+    record.openSeq = ++this.openCounter;
     this.indexInsert(record);
     this.opts.metrics.runsInFlight.set(this.inFlight.size);
   }
@@ -258,7 +260,7 @@ export class RunLedger {
     if (q.cursor !== undefined && q.cursor !== '') {
       const key = decodeCursor(q.cursor);
       if (key === undefined) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
-      end = lowerBound(a, key.startMs, key.runId);
+      end = lowerBound(a, key.startMs, key.openSeq);
     }
     if (q.untilMs !== undefined) end = Math.min(end, upperBoundStart(a, q.untilMs));
     const now = this.now();
@@ -272,7 +274,7 @@ export class RunLedger {
       if (q.user !== undefined && r.user !== q.user) continue;
       if (out.length === limit) {
         const last = out[out.length - 1]!;
-        return { runs: out, nextCursor: encodeCursor(last.startMs, last.runId) };
+        return { runs: out, nextCursor: encodeCursor(last.startMs, last.openSeq) };
       }
       out.push(r);
     }
@@ -316,11 +318,11 @@ export class RunLedger {
   private indexInsert(r: RunRecord): void {
     const a = this.index;
     const n = a.length;
-    if (n === 0 || compareKey(a[n - 1]!, r.startMs, r.runId) <= 0) {
+    if (n === 0 || compareKey(a[n - 1]!, r.startMs, r.openSeq) <= 0) {
       a.push(r); // the usual case: runs open in start order
       return;
     }
-    a.splice(upperBound(a, r.startMs, r.runId), 0, r);
+    a.splice(upperBound(a, r.startMs, r.openSeq), 0, r);
   }
 
   private maybeCompact(): void {
@@ -378,29 +380,30 @@ export class RunLedger {
   }
 }
 
-function compareKey(r: RunRecord, startMs: number, runId: string): number {
-  return r.startMs - startMs || (r.runId < runId ? -1 : r.runId > runId ? 1 : 0);
+// Ties on start time are broken by open order, so runs opened in the same millisecond append (no splice).
+function compareKey(r: RunRecord, startMs: number, openSeq: number): number {
+  return r.startMs - startMs || r.openSeq - openSeq;
 }
 
 /** First index whose key is >= (startMs, runId). */
-function lowerBound(a: readonly RunRecord[], startMs: number, runId: string): number {
+function lowerBound(a: readonly RunRecord[], startMs: number, openSeq: number): number {
   let lo = 0;
   let hi = a.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (compareKey(a[mid]!, startMs, runId) < 0) lo = mid + 1;
+    if (compareKey(a[mid]!, startMs, openSeq) < 0) lo = mid + 1;
     else hi = mid;
   }
   return lo;
 }
 
 /** First index whose key is > (startMs, runId). */
-function upperBound(a: readonly RunRecord[], startMs: number, runId: string): number {
+function upperBound(a: readonly RunRecord[], startMs: number, openSeq: number): number {
   let lo = 0;
   let hi = a.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (compareKey(a[mid]!, startMs, runId) <= 0) lo = mid + 1;
+    if (compareKey(a[mid]!, startMs, openSeq) <= 0) lo = mid + 1;
     else hi = mid;
   }
   return lo;
@@ -418,12 +421,12 @@ function upperBoundStart(a: readonly RunRecord[], startMs: number): number {
   return lo;
 }
 
-/** Cursor: base64url of `<startMs>:<runId>` of the last run of the page. */
-export function encodeCursor(startMs: number, runId: string): string {
-  return Buffer.from(`${startMs}:${runId}`, 'utf8').toString('base64url');
+/** Cursor: base64url of `<startMs>:<openSeq>` of the last run of the page. */
+export function encodeCursor(startMs: number, openSeq: number): string {
+  return Buffer.from(`${startMs}:${openSeq}`, 'utf8').toString('base64url');
 }
 
-export function decodeCursor(cursor: string): { startMs: number; runId: string } | undefined {
+export function decodeCursor(cursor: string): { startMs: number; openSeq: number } | undefined {
   if (!/^[A-Za-z0-9_-]{1,2048}$/.test(cursor)) return undefined;
   const s = Buffer.from(cursor, 'base64url').toString('utf8');
   const i = s.indexOf(':');
@@ -432,7 +435,9 @@ export function decodeCursor(cursor: string): { startMs: number; runId: string }
   if (!/^-?\d+(\.\d+)?(e[+-]?\d+)?$/i.test(num)) return undefined;
   const startMs = Number(num);
   if (!Number.isFinite(startMs)) return undefined;
-  return { startMs, runId: s.slice(i + 1) };
+  const openSeq = Number(s.slice(i + 1));
+  if (!Number.isSafeInteger(openSeq) || openSeq < 0) return undefined;
+  return { startMs, openSeq };
 }
 
 /** The ids of the lifecycle spans below `spanId` in the run (from its span summaries). */

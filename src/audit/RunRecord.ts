@@ -73,6 +73,8 @@ export class RunRecord {
   auditOutcomes: number = 0;
   /** Audit mode: outcomes waiting to be matched to expected events at verdict time. */
   auditPending: AuditOutcome[] | undefined;
+  /** Order in which the ledger opened the run (list order among runs started in the same millisecond); internal. */
+  openSeq = 0;
   /** Index into the ledger's due queue; internal. */
   dueAtMs = 0;
 
