@@ -62,7 +62,7 @@ describe('RunLedger', () => {
   it('rejects a malformed cursor and round-trips a good one', () => {
     const { l } = make();
     expect(() => l.list({ cursor: 'not a cursor' })).toThrow(/TW_BAD_QUERY|bad query parameter cursor/);
-    expect(decodeCursor(encodeCursor(1795624867767.6143, 'abc-def:1'))).toEqual({ startMs: 1795624867767.6143, runId: 'abc-def:1' });
+    expect(decodeCursor(encodeCursor(1795624867767.6143, 42))).toEqual({ startMs: 1795624867767.6143, openSeq: 42 });
     expect(decodeCursor('MTI')).toBeUndefined();
   });
 
