@@ -38,6 +38,37 @@ export const COMPONENTS = ['sink', 'bridge', 'hub', 'ledger', 'otlp'] as const;
 
 /** Reasons of tracewire_ws_disconnects_total. */
 export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', 'heartbeat_timeout', 'token_expired', 'bad_frames', 'shutdown'] as const;
+/**
+ * A counter for the hot path: `inc()` adds to a plain map keyed by the label
+ * values (no prom-client label hashing per event); the prom-client counter is
+ * brought up to date in its `collect()`, i.e. on every scrape or `get()`.
+ */
+export class HotCounter<L extends string> {
+  private readonly totals = new Map<string, { labels: Record<L, string>; value: number }>();
+  readonly counter: Counter<L>;
+  private readonly names: readonly L[];
+
+  constructor(cfg: { name: string; help: string; labelNames: readonly L[]; registers: Registry[] }) {
+    this.names = cfg.labelNames;
+    const totals = this.totals;
+    this.counter = new Counter<L>({
+      ...cfg,
+      collect(this: Counter<L>) {
+        this.reset();
+        for (const t of totals.values()) this.inc(t.labels as Partial<Record<L, string>>, t.value);
+      },
+    });
+  }
+
+  inc(labels: Record<L, string>, value = 1): void {
+    const n = this.names;
+    const key = n.length === 1 ? labels[n[0]!] : n.length === 0 ? '' : n.map((k) => labels[k]).join('\u0000');
+    const t = this.totals.get(key);
+    if (t !== undefined) t.value += value;
+    else this.totals.set(key, { labels: { ...labels }, value });
+  }
+}
+
 /** Caps a label value to a bounded set: the first `max` distinct values pass, later ones become "other". */
 export class BoundedLabel {
   private readonly seen = new Set<string>();
@@ -66,12 +97,12 @@ export class Metrics {
   private readonly regs = [this.registry] as unknown as Registry[];
   readonly agentLabel: BoundedLabel;
 
-  readonly lifecycleSpans = new Counter({ name: 'tracewire_lifecycle_spans_total', help: 'Lifecycle spans seen, by kind (agent, thinking, tool).', labelNames: ['kind'] as const, registers: this.regs });
-  readonly spansSeen = new Counter({ name: 'tracewire_spans_seen_total', help: 'All span starts and ends handed to the bridge, by source.', labelNames: ['source'] as const, registers: this.regs });
-  readonly eventsEmitted = new Counter({ name: 'tracewire_events_emitted_total', help: 'Events produced by the bridge (in audit mode: expected).', labelNames: ['type'] as const, registers: this.regs });
-  readonly eventsDelivered = new Counter({ name: 'tracewire_events_delivered_total', help: 'Events whose write completed on at least one connection of their user.', labelNames: ['type'] as const, registers: this.regs });
-  readonly eventsDeliveredLate = new Counter({ name: 'tracewire_events_delivered_late_total', help: 'Events delivered after being held for a user with no connection, or by resume.', labelNames: ['type'] as const, registers: this.regs });
-  readonly eventsDropped = new Counter({ name: 'tracewire_events_dropped_total', help: 'Events not delivered, by reason.', labelNames: ['type', 'reason'] as const, registers: this.regs });
+  readonly lifecycleSpans = new HotCounter({ name: 'tracewire_lifecycle_spans_total', help: 'Lifecycle spans seen, by kind (agent, thinking, tool).', labelNames: ['kind'] as const, registers: this.regs });
+  readonly spansSeen = new HotCounter({ name: 'tracewire_spans_seen_total', help: 'All span starts and ends handed to the bridge, by source.', labelNames: ['source'] as const, registers: this.regs });
+  readonly eventsEmitted = new HotCounter({ name: 'tracewire_events_emitted_total', help: 'Events produced by the bridge (in audit mode: expected).', labelNames: ['type'] as const, registers: this.regs });
+  readonly eventsDelivered = new HotCounter({ name: 'tracewire_events_delivered_total', help: 'Events whose write completed on at least one connection of their user.', labelNames: ['type'] as const, registers: this.regs });
+  readonly eventsDeliveredLate = new HotCounter({ name: 'tracewire_events_delivered_late_total', help: 'Events delivered after being held for a user with no connection, or by resume.', labelNames: ['type'] as const, registers: this.regs });
+  readonly eventsDropped = new HotCounter({ name: 'tracewire_events_dropped_total', help: 'Events not delivered, by reason.', labelNames: ['type', 'reason'] as const, registers: this.regs });
   readonly runs = new Counter({ name: 'tracewire_runs_total', help: 'Judged runs by verdict, main undelivered reason ("none" when complete) and top-level agent (capped).', labelNames: ['verdict', 'reason', 'agent'] as const, registers: this.regs });
   readonly deliverySeconds = new Histogram({
     name: 'tracewire_event_delivery_seconds',

@@ -88,6 +88,9 @@ export class RunLedger {
    */
   private index: RunRecord[] = [];
   private indexDead = 0;
+  /** Judged runs in judgement order (a queue with a head index; stale entries skipped). */
+  private judgedOrder: RunRecord[] = [];
+  private judgedHead = 0;
   private openCounter = 0;
   private timer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -307,12 +310,24 @@ export class RunLedger {
       if (prev !== record) this.indexDead++;
     }
     this.judged.set(record.runId, record);
-    while (this.judged.size > this.opts.runsMaxCount) {
-      const oldest = this.judged.keys().next().value as string;
-      this.judged.delete(oldest);
-      this.indexDead++;
+    this.judgedOrder.push(record);
+    // Oldest first from an array queue: finding a Map's first live key is O(deleted entries) in V8.
+    while (this.judged.size > this.opts.runsMaxCount && this.judgedHead < this.judgedOrder.length) {
+      const oldest = this.judgedOrder[this.judgedHead++]!;
+      if (this.judged.get(oldest.runId) === oldest) {
+        this.judged.delete(oldest.runId);
+        this.indexDead++;
+      }
     }
+    this.compactJudgedOrder();
     this.maybeCompact();
+  }
+
+  private compactJudgedOrder(): void {
+    if (this.judgedHead > 1024 && this.judgedHead * 2 > this.judgedOrder.length) {
+      this.judgedOrder = this.judgedOrder.slice(this.judgedHead);
+      this.judgedHead = 0;
+    }
   }
 
   private indexInsert(r: RunRecord): void {
@@ -370,11 +385,16 @@ export class RunLedger {
       if (r.openedAtMs + this.opts.runTimeoutMillis > now) break; // insertion order = open order
       if (r.endMs === undefined) this.judge(r, 'abandoned');
     }
-    for (const [id, r] of this.judged) {
-      if (!this.expired(r, now)) break; // judgement order
-      this.judged.delete(id);
-      this.indexDead++;
+    while (this.judgedHead < this.judgedOrder.length) {
+      const r = this.judgedOrder[this.judgedHead]!;
+      if (this.judged.get(r.runId) === r) {
+        if (!this.expired(r, now)) break; // judgement order
+        this.judged.delete(r.runId);
+        this.indexDead++;
+      }
+      this.judgedHead++;
     }
+    this.compactJudgedOrder();
     this.maybeCompact();
     this.judgeDue();
   }

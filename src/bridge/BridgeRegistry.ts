@@ -2,6 +2,7 @@ import { DROP_REASONS, EVENT_TYPES, type DropReason, type EventType, type Evicti
 import { RunRecord } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
 import { classify } from '../conventions/classify.js';
+import { BoundedMap } from '../util/BoundedMap.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 import type { EventSink, OutboundEvent } from './EventSink.js';
@@ -43,7 +44,7 @@ export class BridgeRegistry {
   /** Held spans in hold order (oldest first) with their trace. */
   private readonly heldIndex = new Map<SpanNode, TraceBridge>();
   /** Recently released traces that had runs (in-process late ends are dropped). */
-  private readonly released = new Set<string>();
+  private readonly released = new BoundedMap<string, true>(RELEASED_MEMORY);
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
   readonly now: () => number;
@@ -296,8 +297,7 @@ export class BridgeRegistry {
    * traces (bounded, oldest forgotten first) and drop their late ends.
    */
   private rememberReleased(traceId: string): void {
-    this.released.add(traceId);
-    if (this.released.size > RELEASED_MEMORY) this.released.delete(this.released.values().next().value as string);
+    this.released.set(traceId, true);
   }
 
   private evictOldestTrace(): void {
