@@ -1,0 +1,217 @@
+// Figure 2: span to client latency, in process. One server process runs a
+// tracewire sidecar (in-process SpanProcessor -> bridge -> hub) and, beside it,
+// the baseline: a plain `ws` server fed by a hand-written emitter that calls
+// `ws.send(JSON.stringify(event))` at the same points of the same span code
+// path. Clients are raw WebSocket connections in a forked client process.
+//
+// Method: the load generator takes t0 = process.hrtime (CLOCK_MONOTONIC) just
+// before each span start/end call and keys it by the event it causes
+// (run_id:seq). The client process stamps each frame with the same clock when
+// its bytes are read from the socket, before parsing. CLOCK_MONOTONIC is one
+// system-wide clock on Linux, so latency = t_client - t0 needs no offset; the
+// process also checks the offset between the two processes' clocks over IPC.
+//
+// Besides the hand-written baseline, a floor: the same span code path writing
+// the smallest frame that names the event, pre-framed, straight to the socket
+// (no ws.send, no JSON.stringify of the event): what this machine's loopback
+// and process wake-ups cost by themselves.
+//
+// Load: span operations (starts and ends) are paced individually at the
+// target rate from a setImmediate loop (1k spans/s = 2k span ops/s). Scenarios:
+// 1 client (one user), and 100 clients (100 users, one connection each, runs
+// round-robin over the users). The tracewire histogram
+// tracewire_event_delivery_seconds (hook -> write completion) is read from
+// /metrics before and after each tracewire phase as a second view.
+import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
+import { monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { WebSocketServer } from 'ws';
+import { makeTracewire, startSidecar } from './lib/tw.mjs';
+import { eventObject, NoopSpanProcessor, RunStepper } from './lib/agentRuns.mjs';
+import { ClientProcess } from './lib/clientproc.mjs';
+import { deadline, diffHistogram, histogramQuantile, immediate, log, nowNs, parseHistogram, pct, report, sleep } from './lib/common.mjs';
+
+deadline(240_000, 'latency');
+const quick = process.env.BENCH_QUICK === '1';
+const WARMUP_MS = quick ? 500 : 1000;
+const MEASURE_MS = quick ? 1500 : 3000;
+const SECRET = 'bench-secret-0123456789abcdef';
+
+// ---- servers -----------------------------------------------------------------
+const tw = makeTracewire({ jwtSecret: SECRET, wsHeartbeatMillis: 0 });
+const sc = await startSidecar(tw, { host: '127.0.0.1', port: 0 }, undefined);
+const twPort = Number(new URL(sc.publicUrl).port);
+const twStepperTracer = new BasicTracerProvider({ spanProcessors: [tw.spanProcessor()] }).getTracer('bench');
+const baseTracer = new BasicTracerProvider({ spanProcessors: [new NoopSpanProcessor()] }).getTracer('bench');
+
+// The hand-written baseline: a plain ws server and an emitter called from the span code path.
+const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, perMessageDeflate: false });
+await new Promise((r) => wss.once('listening', r));
+const basePort = wss.address().port;
+const byUser = new Map();
+wss.on('connection', (ws, req) => {
+  const user = new URL(req.url, 'http://x').searchParams.get('user');
+  let set = byUser.get(user);
+  if (!set) byUser.set(user, (set = new Set()));
+  set.add(ws);
+  ws.on('close', () => set.delete(ws));
+});
+/** The floor: the smallest frame naming the event, pre-framed, written straight to the socket. */
+function floorEmit(e) {
+  const set = byUser.get(e.user);
+  if (set === undefined) return;
+  const p = Buffer.from(`{"run_id":"${e.runId}","seq":${e.seq}}`);
+  const f = Buffer.allocUnsafe(p.length + 2);
+  f[0] = 0x81;
+  f[1] = p.length; // < 126 bytes
+  p.copy(f, 2);
+  for (const ws of set) ws._socket.write(f);
+}
+function handWrittenEmit(e) {
+  const set = byUser.get(e.user);
+  if (set === undefined) return;
+  const event = eventObject(e);
+  for (const ws of set) ws.send(JSON.stringify(event));
+}
+
+const clients = await ClientProcess.start();
+
+// ---- clock check: offset between this process's and the client process's CLOCK_MONOTONIC ----
+async function clockOffsetNs() {
+  // Round trips over IPC; the client's stamp should sit in the middle of [t0, t1].
+  const offsets = [];
+  for (let i = 0; i < 20; i++) {
+    const t0 = nowNs();
+    const r = await clients.request({ cmd: 'clock' });
+    const t1 = nowNs();
+    offsets.push(r.t - (t0 + t1) / 2);
+  }
+  offsets.sort((a, b) => a - b);
+  return offsets[10];
+}
+
+// ---- load -----------------------------------------------------------------
+/** Runs span operations at `opsPerSec` for `ms`; returns the stamps of the events they caused. */
+function paced(opsPerSec, ms, stepper, after, stamps) {
+  return new Promise((resolve) => {
+    const start = nowNs();
+    const total = Math.round((opsPerSec * ms) / 1000);
+    let done = 0;
+    const tick = () => {
+      const due = Math.min(total, Math.floor(((nowNs() - start) * opsPerSec) / 1e9));
+      while (done < due) {
+        const t0 = nowNs();
+        const e = stepper.step();
+        if (e !== undefined) {
+          if (stamps !== undefined) stamps.set(`${e.runId}:${e.seq}`, t0);
+          after?.(e);
+        }
+        done++;
+      }
+      if (done >= total) resolve();
+      else setImmediate(tick);
+    };
+    tick();
+  });
+}
+
+async function metricsHistogram() {
+  const text = await (await fetch(`${sc.publicUrl}/metrics`)).text();
+  return parseHistogram(text, 'tracewire_event_delivery_seconds');
+}
+
+async function phase(impl, users, spansPerSec) {
+  const group = impl === 'tracewire' ? 'tw' : 'base';
+  const stepper = new RunStepper(impl === 'tracewire' ? twStepperTracer : baseTracer, users);
+  const after = impl === 'tracewire' ? undefined : impl === 'floor' ? floorEmit : handWrittenEmit;
+  const opsPerSec = spansPerSec * 2;
+  await paced(opsPerSec, WARMUP_MS, stepper, after, undefined);
+  await sleep(100);
+  await clients.collect(group);
+  const h0 = impl === 'tracewire' ? await metricsHistogram() : undefined;
+  const stamps = new Map();
+  const eld = monitorEventLoopDelay({ resolution: 1 });
+  eld.enable();
+  const gc = { count: 0, totalMs: 0, maxMs: 0 };
+  const obs = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gc.count++;
+      gc.totalMs += e.duration;
+      gc.maxMs = Math.max(gc.maxMs, e.duration);
+    }
+  });
+  obs.observe({ entryTypes: ['gc'] });
+  const cpu0 = process.cpuUsage();
+  const w0 = nowNs();
+  await paced(opsPerSec, MEASURE_MS, stepper, after, stamps);
+  const wall = (nowNs() - w0) / 1e9;
+  const cpu = process.cpuUsage(cpu0);
+  eld.disable();
+  await sleep(0);
+  obs.disconnect();
+  await sleep(200);
+  await immediate();
+  const { keys, times } = await clients.collect(group);
+  const lat = [];
+  for (let i = 0; i < keys.length; i++) {
+    const t0 = stamps.get(keys[i]);
+    if (t0 !== undefined) lat.push(times[i] - t0);
+  }
+  const s = Float64Array.from(lat).sort();
+  const out = {
+    impl,
+    clients: users.length,
+    spansPerSec,
+    events: stamps.size,
+    received: s.length,
+    p50: pct(s, 50),
+    p90: pct(s, 90),
+    p99: pct(s, 99),
+    p999: pct(s, 99.9),
+    max: s[s.length - 1],
+    serverCpuPct: (100 * (cpu.user + cpu.system)) / 1e6 / wall,
+    // Event-loop delay of the server process during the phase (stalls show up as latency tails).
+    eldP99Ms: eld.percentile(99) / 1e6,
+    eldMaxMs: eld.max / 1e6,
+    gcCount: gc.count,
+    gcTotalMs: gc.totalMs,
+    gcMaxMs: gc.maxMs,
+  };
+  if (h0 !== undefined) {
+    const h = diffHistogram(await metricsHistogram(), h0);
+    out.metrics = { count: h[h.length - 1]?.[1] ?? 0, p50: histogramQuantile(0.5, h) * 1e9, p99: histogramQuantile(0.99, h) * 1e9 };
+  }
+  log(`[latency] ${impl.padEnd(9)} clients=${users.length} ${spansPerSec}/s events=${out.events} recv=${out.received} p50=${(out.p50 / 1000).toFixed(1)}µs p99=${(out.p99 / 1000).toFixed(1)}µs eld-max=${out.eldMaxMs.toFixed(1)}ms gc-max=${out.gcMaxMs.toFixed(1)}ms gc-total=${out.gcTotalMs.toFixed(0)}ms` +
+    (out.metrics ? ` | /metrics p50≈${(out.metrics.p50 / 1000).toFixed(1)}µs p99≈${(out.metrics.p99 / 1000).toFixed(1)}µs` : ''));
+  return out;
+}
+
+const results = [];
+const offset = await clockOffsetNs();
+log(`[latency] clock offset client-server (CLOCK_MONOTONIC): ${(offset / 1000).toFixed(1)} µs (IPC midpoint estimate)`);
+// BENCH_LAT_ONLY=clients:rate:impl[,…] runs only those phases (analysis).
+const onlyPhases = process.env.BENCH_LAT_ONLY?.split(',');
+const wanted = (n, rate, impl) => onlyPhases === undefined || onlyPhases.includes(`${n}:${rate}:${impl}`);
+for (const n of [1, 100]) {
+  if (onlyPhases !== undefined && !onlyPhases.some((p) => p.startsWith(`${n}:`))) continue;
+  const users = Array.from({ length: n }, (_, i) => `lat-${n}-${i}`);
+  const twConns = [];
+  for (const u of users) twConns.push({ path: '/v1/events', headers: { authorization: `Bearer ${await tw.token(u)}` } });
+  await clients.open('tw', 'tw', twPort, twConns, true);
+  await clients.open('base', 'ws', basePort, users.map((u) => ({ path: `/?user=${encodeURIComponent(u)}` })), true);
+  await sleep(100);
+  let flip = false;
+  for (const rate of [1000, 10000]) {
+    const order = flip ? ['floor', 'baseline', 'tracewire'] : ['tracewire', 'baseline', 'floor'];
+    flip = !flip;
+    for (const impl of order) if (wanted(n, rate, impl)) results.push(await phase(impl, users, rate));
+  }
+  await clients.close('tw');
+  await clients.close('base');
+  await sleep(200);
+}
+
+report({ figure: 'latency', clockOffsetNs: offset, warmupMs: WARMUP_MS, measureMs: MEASURE_MS, phases: results });
+await clients.stop();
+wss.close();
+await sc.close();
+process.exit(0);
