@@ -2,12 +2,13 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { DropReason, Metrics } from '../audit/Metrics.js';
+import type { DISCONNECT_REASONS, DropReason, Metrics } from '../audit/Metrics.js';
+import type { EventRecord } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
 import type { EventSink, OutboundEvent } from '../bridge/EventSink.js';
 import { TracewireError, type ErrorCode } from '../errors/errors.js';
 import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
-import { Connection, type Delivery } from './Connection.js';
+import { Connection, type Delivery, type HubEvent } from './Connection.js';
 import { buildTextFrame } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
 
@@ -15,7 +16,11 @@ export interface EventHubOptions {
   readonly jwtSecret: string;
   /** WebSocket endpoint path. Default `/v1/events`. */
   readonly path?: string;
-  /** Unsent bytes per connection before it is closed with 4408. Default 4 MiB. */
+  /**
+   * Unsent bytes per connection (its queue plus the socket's buffer) before
+   * it is closed with 4408. Also the largest burst one connection absorbs.
+   * Default 4 MiB.
+   */
   readonly wsMaxBufferedBytes: number;
   /** Ping interval; no pong by the next ping terminates. 0 disables. Default 30000. */
   readonly wsHeartbeatMillis: number;
@@ -27,10 +32,19 @@ export interface EventHubOptions {
   readonly replayMaxEventsPerRun: number;
   /** Default 1 MiB. */
   readonly replayMaxBytesPerRun: number;
+  /** Resume window across all runs (frames plus per-event overhead). Default 256 MiB. */
+  readonly replayMaxTotalBytes?: number;
   /** Held events (users with no connection) across all users. Default 200000. */
   readonly maxHeldEvents?: number;
+  /** Frame bytes of held events across all users. Default 64 MiB. */
+  readonly maxHeldBytes?: number;
   /** A run's replay entry is dropped after this long without events even if it never ended. Default 600000. */
   readonly replayMaxIdleMillis?: number;
+  /**
+   * After a close for backpressure, how long the close frame may take to get
+   * through before the socket is destroyed. Default 1000.
+   */
+  readonly wsCloseGraceMillis?: number;
   readonly metrics: Metrics;
   readonly ledger: RunLedger;
   /**
@@ -41,10 +55,13 @@ export interface EventHubOptions {
   readonly now?: () => number;
 }
 
+type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
+
+/** An event waiting for a connection of its user (none wanted it when it was published). */
 interface Held {
-  readonly ev: OutboundEvent;
-  readonly frame: Buffer;
+  readonly ev: HubEvent;
   readonly atMs: number;
+  done: boolean;
 }
 
 const MAX_BAD_FRAMES = 10;
@@ -53,7 +70,9 @@ const MAX_BAD_FRAMES = 10;
  * The event hub: authenticated WebSocket connections grouped by user, each
  * event written only to its user's connections (optionally narrowed to one
  * conversation), delivery outcomes reported to the ledger, a resume window,
- * held events for users not connected yet, backpressure and heartbeats.
+ * held events for users not connected yet, backpressure, heartbeats and a
+ * graceful close. Every piece of state is bounded; docs/delivery.md has the
+ * numbers.
  */
 export class EventHub implements EventSink {
   readonly path: string;
@@ -63,23 +82,36 @@ export class EventHub implements EventSink {
   private readonly all = new Set<Connection>();
   private readonly dirty = new Set<Connection>();
   private flushScheduled = false;
-  private readonly held = new Map<string, Held[]>();
-  private heldTotal = 0;
+  // Held events: per user (release on connect) and one FIFO across users (expiry and bounds).
+  private readonly heldByUser = new Map<string, Held[]>();
+  private readonly heldByRecord = new Map<EventRecord, Held>();
+  private heldQ: Held[] = [];
+  private heldHead = 0;
+  private heldCount = 0;
+  private heldBytes = 0;
+  private readonly maxHeld: number;
+  private readonly maxHeldBytes: number;
   private readonly replay: ReplayStore;
   private nextId = 1;
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly sweeper: NodeJS.Timeout;
   private closing = false;
+  private closed = false;
   private readonly now: () => number;
   private readonly metrics: Metrics;
   private readonly ledger: RunLedger;
+  private readonly closeGraceMillis: number;
   private readonly onDone = (d: Delivery, ok: boolean, reason: DropReason | undefined): void => this.settle(d, ok, reason);
+  private readonly isRetained = (runId: string): boolean => this.replay.contains(runId);
 
   constructor(private readonly opts: EventHubOptions) {
     this.path = opts.path ?? '/v1/events';
     this.now = opts.now ?? Date.now;
     this.metrics = opts.metrics;
     this.ledger = opts.ledger;
+    this.maxHeld = opts.maxHeldEvents ?? 200_000;
+    this.maxHeldBytes = opts.maxHeldBytes ?? 64 * 1024 * 1024;
+    this.closeGraceMillis = opts.wsCloseGraceMillis ?? 1000;
     this.verifier = new JwtVerifier(opts.jwtSecret);
     this.wss = new WebSocketServer({
       noServer: true,
@@ -91,7 +123,7 @@ export class EventHub implements EventSink {
       retentionMillis: opts.replayRetentionMillis,
       maxEventsPerRun: opts.replayMaxEventsPerRun,
       maxBytesPerRun: opts.replayMaxBytesPerRun,
-      maxTotalBytes: 256 * 1024 * 1024,
+      maxTotalBytes: opts.replayMaxTotalBytes ?? 256 * 1024 * 1024,
       maxIdleMillis: opts.replayMaxIdleMillis ?? 600_000,
       now: this.now,
     });
@@ -139,6 +171,10 @@ export class EventHub implements EventSink {
 
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer, then: (ws: WebSocket) => void): void {
     if (socket.destroyed) return;
+    if (this.closing) {
+      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n');
+      return;
+    }
     try {
       this.wss.handleUpgrade(req, socket, head, (ws) => {
         ws.on('error', () => ws.terminate());
@@ -158,6 +194,7 @@ export class EventHub implements EventSink {
   }
 
   private sendError(ws: WebSocket, e: TracewireError): void {
+    if (ws.readyState !== 1) return;
     try {
       ws.send(JSON.stringify({ type: 'error', ...e.toJSON() }));
     } catch {
@@ -175,7 +212,7 @@ export class EventHub implements EventSink {
       return;
     }
     const conversation = url.searchParams.get('conversation_id') || undefined;
-    const conn = new Connection(this.nextId++, p.user, conversation, ws, socket, this.opts.wsMaxBufferedBytes, this.onDone);
+    const conn = new Connection(this.nextId++, p.user, conversation, ws, socket, this.opts.wsMaxBufferedBytes, this.onDone, this.isRetained);
     this.all.add(conn);
     let set = this.byUser.get(p.user);
     if (set === undefined) this.byUser.set(p.user, (set = new Set()));
@@ -191,46 +228,62 @@ export class EventHub implements EventSink {
     if (p.expiresAtMs !== undefined) {
       const wait = p.expiresAtMs - this.now();
       conn.expiryTimer = setTimeout(() => {
-        conn.failQueued('unauthorised');
-        this.closeWith(conn, new TracewireError('TW_AUTH_EXPIRED', new Date(p.expiresAtMs!).toISOString()), 'token_expired');
+        this.closeWith(conn, new TracewireError('TW_AUTH_EXPIRED', new Date(p.expiresAtMs!).toISOString()), 'token_expired', 'unauthorised');
       }, Math.max(0, Math.min(wait, 2 ** 31 - 1)));
       conn.expiryTimer.unref();
     }
 
     ws.send(JSON.stringify({ type: 'ack', protocol: PROTOCOL, user: p.user, connection_id: conn.id, conversation_id: conversation ?? null }));
 
-    // Resume named in the URL first (?resume=<run_id>:<seq>,...), then events held while the user had no connection.
+    // Resume named in the URL first (?resume=<run_id>:<seq>,...[&resume_all=1]), then events held while the user had no connection.
     const resume = url.searchParams.get('resume');
-    if (resume) {
+    const resumeAll = url.searchParams.get('resume_all');
+    if (resume || resumeAll === '1' || resumeAll === 'true') {
       const runs: Record<string, number> = {};
-      for (const part of resume.split(',')) {
+      for (const part of (resume ?? '').split(',')) {
         const i = part.lastIndexOf(':');
         const seq = Number(part.slice(i + 1));
         if (i > 0 && Number.isInteger(seq) && seq >= 0) runs[part.slice(0, i)] = seq;
+        else if (part !== '') this.sendError(ws, new TracewireError('TW_WS_BAD_FIELD', 'resume', `"${part.slice(0, 200)}" is not <run_id>:<seq>`));
       }
-      this.resume(conn, runs);
+      this.resume(conn, runs, resumeAll === '1' || resumeAll === 'true');
     }
-    this.releaseHeld(conn);
+    if (!conn.closed) this.releaseHeld(conn);
     this.scheduleFlush();
   }
 
   // ---- sink side ----------------------------------------------------------
 
   publish(ev: OutboundEvent): void {
-    const frame = buildTextFrame(ev.payload);
-    this.replay.add(ev, frame);
-    const set = this.byUser.get(ev.user);
-    let targets = 0;
-    if (set !== undefined) for (const c of set) if (!c.closed && c.wants(ev)) targets++;
-    if (targets === 0) {
-      this.hold(ev, frame);
+    const he: HubEvent = {
+      user: ev.user,
+      conversation: ev.conversation,
+      runId: ev.runId,
+      traceId: ev.traceId,
+      seq: ev.seq,
+      type: ev.type,
+      record: ev.record,
+      run: ev.run,
+      hookAt: ev.hookAt,
+      frame: buildTextFrame(ev.payload),
+    };
+    if (this.closed) {
+      this.ledger.markDropped(he.run, he.record, 'shutdown');
       return;
     }
-    ev.run.sawConnection = true;
-    const d: Delivery = { ev, frame, remaining: targets, ok: false, late: false, failReason: undefined };
+    this.replay.add(he);
+    const set = this.byUser.get(he.user);
+    let targets = 0;
+    if (set !== undefined) for (const c of set) if (c.accepts(he)) targets++;
+    if (targets === 0) {
+      this.hold(he);
+      return;
+    }
+    he.run.sawConnection = true;
+    const d: Delivery = { ev: he, remaining: targets, ok: false, late: false, failReason: undefined };
     for (const c of set!) {
-      if (c.closed || !c.wants(ev)) continue;
-      ev.record.attempts++;
+      if (!c.accepts(he)) continue;
+      he.record.attempts++;
       if (!c.enqueue(d)) this.backpressure(c);
       else this.dirty.add(c);
     }
@@ -241,87 +294,136 @@ export class EventHub implements EventSink {
     this.replay.ended(runId);
   }
 
-  private hold(ev: OutboundEvent, frame: Buffer): void {
+  // ---- held events (users with no connection) -------------------------------
+
+  private hold(ev: HubEvent): void {
     this.ledger.markHeld(ev.record);
-    const maxHeld = this.opts.maxHeldEvents ?? 200_000;
-    if (this.opts.replayRetentionMillis === 0) {
-      this.ledger.markDropped(ev.run, ev.record, 'no_subscriber');
+    if (this.opts.replayRetentionMillis === 0 || this.closing) {
+      this.ledger.markDropped(ev.run, ev.record, this.closing ? 'shutdown' : 'no_subscriber');
       return;
     }
-    let list = this.held.get(ev.user);
-    if (list === undefined) this.held.set(ev.user, (list = []));
-    list.push({ ev, frame, atMs: this.now() });
-    this.heldTotal++;
-    while (this.heldTotal > maxHeld) {
-      const [user, oldest] = this.held.entries().next().value as [string, Held[]];
-      const h = oldest.shift()!;
-      if (oldest.length === 0) this.held.delete(user);
-      this.heldTotal--;
-      this.ledger.markDropped(h.ev.run, h.ev.record, 'no_subscriber');
+    const h: Held = { ev, atMs: this.now(), done: false };
+    let list = this.heldByUser.get(ev.user);
+    if (list === undefined) this.heldByUser.set(ev.user, (list = []));
+    list.push(h);
+    this.heldQ.push(h);
+    this.heldByRecord.set(ev.record, h);
+    this.heldCount++;
+    this.heldBytes += ev.frame.length;
+    // Bounds: give up the oldest held events (across users) first.
+    while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldHead < this.heldQ.length) {
+      const old = this.heldQ[this.heldHead++]!;
+      if (old.done) continue;
+      this.unheld(old);
+      this.ledger.markDropped(old.ev.run, old.ev.record, 'no_subscriber');
+      this.trimUser(old.ev.user);
+    }
+    this.compactHeld();
+  }
+
+  /** Take one held event out of the hold (delivered, dropped or expired). */
+  private unheld(h: Held): void {
+    h.done = true;
+    this.heldCount--;
+    this.heldBytes -= h.ev.frame.length;
+    this.heldByRecord.delete(h.ev.record);
+  }
+
+  /** Drop given-up entries at the head of a user's held list. */
+  private trimUser(user: string): void {
+    const list = this.heldByUser.get(user);
+    if (list === undefined) return;
+    let i = 0;
+    while (i < list.length && list[i]!.done) i++;
+    if (i === list.length) this.heldByUser.delete(user);
+    else if (i > 0) list.splice(0, i);
+  }
+
+  private compactHeld(): void {
+    if (this.heldHead === this.heldQ.length) {
+      this.heldQ = [];
+      this.heldHead = 0;
+    } else if (this.heldHead > 1024 && this.heldHead * 2 > this.heldQ.length) {
+      this.heldQ = this.heldQ.slice(this.heldHead);
+      this.heldHead = 0;
     }
   }
 
-  /** Deliver events held for this connection's user (those it wants), in order. */
+  /** Deliver events held for this connection's user (those it wants), in order, counted as delivered late. */
   private releaseHeld(conn: Connection): void {
-    const list = this.held.get(conn.user);
+    const list = this.heldByUser.get(conn.user);
     if (list === undefined) return;
     const keep: Held[] = [];
-    for (const h of list) {
+    let i = 0;
+    for (; i < list.length; i++) {
+      const h = list[i]!;
+      if (h.done) continue;
       if (!conn.wants(h.ev)) {
         keep.push(h);
         continue;
       }
-      this.heldTotal--;
+      this.unheld(h);
       h.ev.run.sawConnection = true;
-      const d: Delivery = { ev: h.ev, frame: h.frame, remaining: 1, ok: false, late: true, failReason: undefined };
       h.ev.record.attempts++;
+      const d: Delivery = { ev: h.ev, remaining: 1, ok: false, late: true, failReason: undefined };
       if (!conn.enqueue(d)) {
         this.backpressure(conn);
+        i++;
         break;
       }
     }
-    if (keep.length > 0) this.held.set(conn.user, keep);
-    else this.held.delete(conn.user);
+    // Whatever was not reached (the connection was closed for backpressure) stays held.
+    for (; i < list.length; i++) if (!list[i]!.done) keep.push(list[i]!);
+    if (keep.length > 0) this.heldByUser.set(conn.user, keep);
+    else this.heldByUser.delete(conn.user);
     if (conn.dirty) this.dirty.add(conn);
   }
 
-  /** Re-send what a reconnecting client missed: seq > the last seq it names, per run of its user. */
-  private resume(conn: Connection, runs: Record<string, number>): void {
+  // ---- resume ----------------------------------------------------------------
+
+  /**
+   * Send what a reconnecting client missed: per named run of its user, every
+   * retained event with seq > the last seq it names that this connection has
+   * not been sent yet, ascending. With `all`, also every other retained run
+   * of the user from its first retained event (runs that started while the
+   * client was away and went to another of its connections). Counted as
+   * delivered late; streamed at the client's pace.
+   */
+  private resume(conn: Connection, runs: Record<string, number>, all = false): void {
     let n = 0;
-    for (const [runId, lastSeq] of Object.entries(runs)) {
+    const wanted: Array<[string, number, boolean]> = Object.entries(runs).map(([id, seq]) => [id, seq, true]);
+    if (all) for (const id of this.replay.runIdsOf(conn.user)) if (!Object.hasOwn(runs, id)) wanted.push([id, 0, false]);
+    for (const [runId, lastSeq, named] of wanted) {
+      if (conn.closed) break;
       const evs = this.replay.since(runId, conn.user, lastSeq);
       if (evs === undefined) {
+        // Unknown, expired, or another user's run: the same answer, so run ids leak nothing.
         this.sendError(conn.ws, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, 'run unknown or outside the resume window'));
         continue;
       }
-      const first = evs[0]?.ev.seq;
-      if (first !== undefined && first > lastSeq + 1) {
+      const first = this.replay.firstSeq(runId);
+      if (named && first !== undefined && first > lastSeq + 1) {
         this.sendError(conn.ws, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${lastSeq + 1}..${first - 1} are past the resume window`));
       }
-      for (const { ev, frame } of evs) {
+      for (const ev of evs) {
+        if (conn.has(runId, ev.seq) || !conn.wants(ev)) continue;
         // An event still held for this user is delivered by resume: take it out of the hold.
-        this.unhold(ev);
-        const d: Delivery = { ev, frame, remaining: 1, ok: false, late: true, failReason: undefined };
+        const h = this.heldByRecord.get(ev.record);
+        if (h !== undefined) this.unheld(h);
+        ev.record.attempts++;
+        const d: Delivery = { ev, remaining: 1, ok: false, late: true, failReason: undefined };
+        n++;
         if (!conn.enqueue(d)) {
           this.backpressure(conn);
-          return;
+          break;
         }
-        n++;
       }
     }
-    this.metrics.replayedEvents.inc(n);
+    if (n > 0) this.metrics.replayedEvents.inc(n);
     if (conn.dirty) this.dirty.add(conn);
   }
 
-  private unhold(ev: OutboundEvent): void {
-    const list = this.held.get(ev.user);
-    if (list === undefined) return;
-    const i = list.findIndex((h) => h.ev === ev);
-    if (i < 0) return;
-    list.splice(i, 1);
-    this.heldTotal--;
-    if (list.length === 0) this.held.delete(ev.user);
-  }
+  // ---- delivery outcomes ------------------------------------------------------
 
   private settle(d: Delivery, ok: boolean, reason: DropReason | undefined): void {
     if (this.opts.failWritesFor !== undefined && ok && this.opts.failWritesFor(d.ev.user)) {
@@ -330,22 +432,20 @@ export class EventHub implements EventSink {
     }
     d.remaining--;
     if (ok) {
+      d.ev.record.connections++;
       if (!d.ok) {
         d.ok = true;
-        d.ev.record.connections++;
         this.ledger.markDelivered(d.ev.run, d.ev.record, d.late);
         if (d.ev.hookAt !== undefined && !d.late) {
           const seconds = (performance.now() - d.ev.hookAt) / 1000;
           this.metrics.deliverySeconds.observe({ labels: { type: d.ev.type }, value: seconds, exemplarLabels: { trace_id: d.ev.traceId } as Record<string, string> });
         }
-      } else d.ev.record.connections++;
+      }
       return;
     }
-    if (d.failReason === undefined || reason === 'backpressure') d.failReason = reason;
-    if (d.remaining <= 0 && !d.ok) {
-      if (d.failReason === 'no_subscriber') this.ledger.markDropped(d.ev.run, d.ev.record, 'no_subscriber');
-      else this.ledger.markDropped(d.ev.run, d.ev.record, d.failReason ?? 'send_failed');
-    }
+    // The reason that names the failure best: backpressure and shutdown outrank a plain write error.
+    if (d.failReason === undefined || d.failReason === 'send_failed') d.failReason = reason;
+    if (d.remaining <= 0 && !d.ok) this.ledger.markDropped(d.ev.run, d.ev.record, d.failReason ?? 'send_failed');
   }
 
   private scheduleFlush(): void {
@@ -354,35 +454,45 @@ export class EventHub implements EventSink {
     queueMicrotask(() => this.flush());
   }
 
-  /** Write every dirty connection's batch now. */
+  /** Write every dirty connection's batch now (each up to what its socket takes; the rest follows on drain). */
   flush(): void {
     this.flushScheduled = false;
     for (const c of this.dirty) c.flush();
     this.dirty.clear();
   }
 
+  // ---- closing connections ---------------------------------------------------
+
+  /**
+   * The client is not reading: give up its queue (those events count as
+   * dropped for backpressure unless another connection of the user got them;
+   * they stay resumable), then close with 4408. The close frame waits behind
+   * at most the socket's small buffer; if the client does not read it within
+   * wsCloseGraceMillis, the socket is destroyed.
+   */
   private backpressure(conn: Connection): void {
     const buffered = conn.bufferedBytes;
-    conn.failQueued('backpressure');
-    this.closeWith(conn, new TracewireError('TW_WS_BACKPRESSURE', buffered, this.opts.wsMaxBufferedBytes), 'backpressure');
+    this.closeWith(conn, new TracewireError('TW_WS_BACKPRESSURE', buffered, this.opts.wsMaxBufferedBytes), 'backpressure', 'backpressure');
   }
 
-  private closeWith(conn: Connection, e: TracewireError, reason: string): void {
+  private closeWith(conn: Connection, e: TracewireError, reason: DisconnectReason, dropReason: DropReason): void {
     if (conn.closed) return;
-    this.forget(conn, reason);
-    // The client is not reading: a polite close would sit behind the backlog, so end the socket.
-    if (reason === 'backpressure') {
-      conn.socket.destroy();
-      conn.ws.terminate();
-      return;
-    }
+    this.forget(conn, reason, dropReason);
     this.sendError(conn.ws, e);
-    conn.ws.close(e.closeCode ?? 1011, e.code);
+    try {
+      conn.ws.close(e.closeCode ?? 1011, e.code);
+    } catch {
+      /* already closing */
+    }
+    conn.closeTimer = setTimeout(() => conn.ws.terminate(), this.closeGraceMillis);
+    conn.closeTimer.unref();
   }
 
-  private forget(conn: Connection, reason: string): void {
+  /** Take a connection out of routing; whatever is still queued for it fails with `dropReason`. */
+  private forget(conn: Connection, reason: DisconnectReason, dropReason: DropReason): void {
     if (conn.closed) return;
     conn.closed = true;
+    conn.closeReason = dropReason;
     if (conn.expiryTimer) clearTimeout(conn.expiryTimer);
     this.all.delete(conn);
     this.dirty.delete(conn);
@@ -391,16 +501,20 @@ export class EventHub implements EventSink {
       set.delete(conn);
       if (set.size === 0) this.byUser.delete(conn.user);
     }
-    conn.failQueued('send_failed');
+    conn.failQueued(dropReason);
     this.metrics.disconnects.inc({ reason });
     this.metrics.connections.set(this.all.size);
   }
 
   private onClose(conn: Connection, code: number): void {
-    this.forget(conn, code === 1000 || code === 1001 ? 'client_close' : code === 1006 ? 'abnormal' : 'client_close');
+    if (conn.closeTimer) clearTimeout(conn.closeTimer);
+    this.forget(conn, this.closing ? 'shutdown' : code === 1006 ? 'abnormal' : 'client_close', this.closing ? 'shutdown' : 'send_failed');
   }
 
+  // ---- client frames -----------------------------------------------------------
+
   private onClientFrame(conn: Connection, data: Buffer, isBinary: boolean): void {
+    if (conn.closed) return;
     let msg: unknown;
     try {
       if (isBinary) throw new Error('binary frame');
@@ -413,12 +527,16 @@ export class EventHub implements EventSink {
     const m = msg as Record<string, unknown>;
     switch (m.type) {
       case 'resume': {
-        const runs = m.runs;
+        const runs = m.runs ?? {};
         if (runs === null || typeof runs !== 'object' || Array.isArray(runs) || !Object.values(runs).every((v) => Number.isInteger(v) && (v as number) >= 0)) {
           this.badFrame(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', 'expected an object of run_id -> last seq (integer >= 0)'));
           return;
         }
-        this.resume(conn, runs as Record<string, number>);
+        if (m.all !== undefined && typeof m.all !== 'boolean') {
+          this.badFrame(conn, new TracewireError('TW_WS_BAD_FIELD', 'all', 'expected a boolean'));
+          return;
+        }
+        this.resume(conn, runs as Record<string, number>, m.all === true);
         this.scheduleFlush();
         return;
       }
@@ -427,10 +545,7 @@ export class EventHub implements EventSink {
           this.badFrame(conn, new TracewireError('TW_WS_BAD_FIELD', 'run_id/seq', 'expected {"type":"ack","run_id":string,"seq":integer}'));
           return;
         }
-        const rec = this.ledger.get(m.run_id);
-        if (rec !== undefined && rec.user === conn.user) {
-          for (const ev of rec.events) if (ev.seq <= (m.seq as number)) ev.acked = true;
-        }
+        this.ack(conn, m.run_id, m.seq as number);
         return;
       }
       case 'ping':
@@ -441,20 +556,42 @@ export class EventHub implements EventSink {
     }
   }
 
+  /** Cumulative: the client has every event of the run up to `seq`. Cost is the number of newly acked events. */
+  private ack(conn: Connection, runId: string, seq: number): void {
+    const rec = this.ledger.get(runId);
+    if (rec === undefined || rec.user !== conn.user) return;
+    const evs = rec.events;
+    // Events are kept in seq order; stop at the first one already acked (everything below it is too).
+    for (let i = Math.min(seq, evs.length) - 1; i >= 0; i--) {
+      const ev = evs[i]!;
+      if (ev.seq > seq) continue;
+      if (ev.acked) break;
+      ev.acked = true;
+    }
+  }
+
   private badFrame(conn: Connection, e: TracewireError): void {
     conn.badFrames++;
     this.metrics.clientFrameErrors.inc({ code: e.code as ErrorCode });
     if (conn.badFrames >= MAX_BAD_FRAMES) {
-      this.closeWith(conn, new TracewireError('TW_WS_TOO_MANY_BAD_FRAMES', conn.badFrames), 'bad_frames');
+      this.closeWith(conn, new TracewireError('TW_WS_TOO_MANY_BAD_FRAMES', conn.badFrames), 'bad_frames', 'send_failed');
       return;
     }
     this.sendError(conn.ws, e);
   }
 
+  // ---- liveness and expiry -------------------------------------------------------
+
   private beat(): void {
-    for (const c of this.all) {
+    for (const c of [...this.all]) {
       if (!c.alive) {
-        this.forget(c, 'heartbeat_timeout');
+        // No pong since the last ping: the peer is gone or not reading. Best-effort close frame, then terminate.
+        this.forget(c, 'heartbeat_timeout', 'send_failed');
+        try {
+          c.ws.close(4409, 'TW_WS_HEARTBEAT_TIMEOUT');
+        } catch {
+          /* closing already */
+        }
         c.ws.terminate();
         continue;
       }
@@ -470,40 +607,53 @@ export class EventHub implements EventSink {
   private sweep(): void {
     this.replay.sweep();
     const cutoff = this.now() - this.opts.replayRetentionMillis;
-    for (const [user, list] of this.held) {
-      let i = 0;
-      while (i < list.length && list[i]!.atMs <= cutoff) {
-        const h = list[i]!;
-        this.ledger.markDropped(h.ev.run, h.ev.record, 'no_subscriber');
-        i++;
-      }
-      if (i > 0) {
-        list.splice(0, i);
-        this.heldTotal -= i;
-        if (list.length === 0) this.held.delete(user);
-      }
+    const users = new Set<string>();
+    while (this.heldHead < this.heldQ.length) {
+      const h = this.heldQ[this.heldHead]!;
+      if (!h.done && h.atMs > cutoff) break;
+      this.heldHead++;
+      if (h.done) continue;
+      this.unheld(h);
+      this.ledger.markDropped(h.ev.run, h.ev.record, 'no_subscriber');
+      users.add(h.ev.user);
     }
+    for (const u of users) this.trimUser(u);
+    this.compactHeld();
   }
 
+  // ---- shutdown --------------------------------------------------------------------
+
   /**
-   * Graceful shutdown: refuse new connections, flush pending writes, close
-   * every connection with 1001 (going away; clients resume), and resolve when
-   * they are closed or `timeoutMillis` passed (then terminate).
+   * Graceful shutdown: refuse new connections, write every queued event,
+   * close each connection with 1001 (going away; the client reconnects and
+   * resumes), and resolve once every connection has closed or
+   * `timeoutMillis` passed (then the rest are terminated). Events whose write
+   * did not complete, and events still held, are dropped as `shutdown`.
    */
   async close(timeoutMillis = 5000): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    this.flush();
     if (this.heartbeat) clearInterval(this.heartbeat);
     clearInterval(this.sweeper);
+    this.flushScheduled = false;
+    this.dirty.clear();
     const conns = [...this.all];
-    const closed = conns.map((c) => new Promise<void>((resolve) => {
-      if (c.ws.readyState === c.ws.CLOSED) return resolve();
-      c.ws.once('close', () => resolve());
-    }));
+    const closed = conns.map(
+      (c) =>
+        new Promise<void>((resolve) => {
+          if (c.ws.readyState === c.ws.CLOSED) return resolve();
+          c.ws.once('close', () => resolve());
+        }),
+    );
     for (const c of conns) {
+      c.closeReason = 'shutdown';
+      c.flush(true);
       this.sendError(c.ws, new TracewireError('TW_WS_SHUTDOWN'));
-      c.ws.close(1001, 'TW_WS_SHUTDOWN');
+      try {
+        c.ws.close(1001, 'TW_WS_SHUTDOWN');
+      } catch {
+        /* closing already */
+      }
     }
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
@@ -514,17 +664,29 @@ export class EventHub implements EventSink {
     ]);
     if (timer) clearTimeout(timer);
     for (const c of conns) {
-      if (!c.closed) this.forget(c, 'shutdown');
+      this.forget(c, 'shutdown', 'shutdown');
       c.ws.terminate();
     }
-    for (const list of this.held.values()) for (const h of list) this.ledger.markDropped(h.ev.run, h.ev.record, 'shutdown');
-    this.held.clear();
-    this.heldTotal = 0;
+    // Terminated sockets report their unfinished writes on the next ticks.
+    await new Promise((r) => setImmediate(r));
+    for (let i = this.heldHead; i < this.heldQ.length; i++) {
+      const h = this.heldQ[i]!;
+      if (h.done) continue;
+      this.unheld(h);
+      this.ledger.markDropped(h.ev.run, h.ev.record, 'shutdown');
+    }
+    this.heldByUser.clear();
+    this.heldQ = [];
+    this.heldHead = 0;
+    this.replay.clear();
+    this.closed = true;
     this.wss.close();
   }
 
   /** Introspection for tests and the inspector. */
-  stats(): { connections: number; users: number; held: number; replayRuns: number; replayBytes: number } {
-    return { connections: this.all.size, users: this.byUser.size, held: this.heldTotal, replayRuns: this.replay.size, replayBytes: this.replay.bytes };
+  stats(): { connections: number; users: number; held: number; heldBytes: number; replayRuns: number; replayBytes: number; queuedBytes: number } {
+    let queued = 0;
+    for (const c of this.all) queued += c.bufferedBytes;
+    return { connections: this.all.size, users: this.byUser.size, held: this.heldCount, heldBytes: this.heldBytes, replayRuns: this.replay.size, replayBytes: this.replay.bytes, queuedBytes: queued };
   }
 }

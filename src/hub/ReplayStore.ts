@@ -1,10 +1,12 @@
-import type { OutboundEvent } from '../bridge/EventSink.js';
+import type { HubEvent } from './Connection.js';
 
 export interface ReplayEntry {
   readonly runId: string;
   readonly user: string;
-  /** Retained events of the run, ascending seq, contiguous from `events[0].seq`. */
-  readonly events: Array<{ ev: OutboundEvent; frame: Buffer }>;
+  /** Retained events of the run from index `head`, ascending seq. */
+  events: HubEvent[];
+  head: number;
+  /** Frame bytes retained. */
   bytes: number;
   endedAtMs: number | undefined;
   lastAddMs: number;
@@ -15,23 +17,29 @@ export interface ReplayStoreOptions {
   readonly retentionMillis: number;
   /** Events kept per run (oldest dropped first). Default 1000. */
   readonly maxEventsPerRun: number;
-  /** Bytes kept per run (oldest dropped first). Default 1 MiB. */
+  /** Frame bytes kept per run (oldest dropped first). Default 1 MiB. */
   readonly maxBytesPerRun: number;
-  /** Bytes across all runs; the oldest runs are dropped past it. Default 256 MiB. */
+  /** Bytes across all runs, frames plus a fixed per-event overhead; the oldest runs are dropped past it. Default 256 MiB. */
   readonly maxTotalBytes: number;
   /** A run with no new event for this long is dropped even if it never ended. */
   readonly maxIdleMillis: number;
   readonly now: () => number;
 }
 
+/** Accounting estimate of what one retained event costs besides its frame (objects, array slot). */
+export const EVENT_OVERHEAD_BYTES = 160;
+
 /**
- * The resume window: each run's recent frames, bounded per run, in total and
- * by age after the run ends, so a reconnecting client can catch up.
+ * The resume window: each run's recent frames, bounded per run (events and
+ * bytes), in total (bytes), by age after the run ends and by idle time, so a
+ * reconnecting client can catch up on what it missed.
  */
 export class ReplayStore {
   private readonly runs = new Map<string, ReplayEntry>();
+  /** The retained runs of each user, oldest first (resume of every run of a user). */
+  private readonly byUser = new Map<string, Set<ReplayEntry>>();
   private totalBytes = 0;
-  /** Frames given up to the bounds (no longer resumable). */
+  /** Events given up to the bounds before their run expired (no longer resumable). */
   trimmed = 0;
 
   constructor(private readonly opts: ReplayStoreOptions) {}
@@ -39,31 +47,49 @@ export class ReplayStore {
   get size(): number {
     return this.runs.size;
   }
+  /** Accounted bytes (frames plus per-event overhead). */
   get bytes(): number {
     return this.totalBytes;
   }
 
-  add(ev: OutboundEvent, frame: Buffer): void {
-    if (this.opts.maxEventsPerRun === 0 || this.opts.retentionMillis === 0) return;
+  get enabled(): boolean {
+    return this.opts.maxEventsPerRun > 0 && this.opts.retentionMillis > 0;
+  }
+
+  add(ev: HubEvent): void {
+    if (!this.enabled) return;
     let e = this.runs.get(ev.runId);
     const now = this.opts.now();
     if (e === undefined) {
-      e = { runId: ev.runId, user: ev.user, events: [], bytes: 0, endedAtMs: undefined, lastAddMs: now };
+      e = { runId: ev.runId, user: ev.user, events: [], head: 0, bytes: 0, endedAtMs: undefined, lastAddMs: now };
       this.runs.set(ev.runId, e);
+      let set = this.byUser.get(ev.user);
+      if (set === undefined) this.byUser.set(ev.user, (set = new Set()));
+      set.add(e);
     }
     e.lastAddMs = now;
-    e.events.push({ ev, frame });
-    e.bytes += frame.length;
-    this.totalBytes += frame.length;
-    while (e.events.length > 1 && (e.events.length > this.opts.maxEventsPerRun || e.bytes > this.opts.maxBytesPerRun)) {
-      const old = e.events.shift()!;
+    e.events.push(ev);
+    e.bytes += ev.frame.length;
+    this.totalBytes += ev.frame.length + EVENT_OVERHEAD_BYTES;
+    while (e.events.length - e.head > 1 && (e.events.length - e.head > this.opts.maxEventsPerRun || e.bytes > this.opts.maxBytesPerRun)) {
+      const old = e.events[e.head]!;
+      e.events[e.head] = undefined as unknown as HubEvent;
+      e.head++;
       e.bytes -= old.frame.length;
-      this.totalBytes -= old.frame.length;
+      this.totalBytes -= old.frame.length + EVENT_OVERHEAD_BYTES;
       this.trimmed++;
     }
-    while (this.totalBytes > this.opts.maxTotalBytes && this.runs.size > 1) {
-      const [id, oldest] = this.runs.entries().next().value as [string, ReplayEntry];
-      this.drop(id, oldest);
+    if (e.head > 64 && e.head * 2 > e.events.length) {
+      e.events = e.events.slice(e.head);
+      e.head = 0;
+    }
+    if (this.totalBytes > this.opts.maxTotalBytes) {
+      for (const [id, old] of this.runs) {
+        if (this.totalBytes <= this.opts.maxTotalBytes) break;
+        if (old === e) continue;
+        this.trimmed += old.events.length - old.head;
+        this.drop(id, old);
+      }
     }
   }
 
@@ -72,18 +98,45 @@ export class ReplayStore {
     if (e !== undefined) e.endedAtMs = this.opts.now();
   }
 
-  /** Retained events of `runId` with seq > `afterSeq`, only if the run belongs to `user`. */
-  since(runId: string, user: string, afterSeq: number): Array<{ ev: OutboundEvent; frame: Buffer }> | undefined {
+  /** Is the run retained (resumable)? */
+  contains(runId: string): boolean {
+    return this.runs.has(runId);
+  }
+
+  /** Is the run retained for `user`? */
+  has(runId: string, user: string): boolean {
+    const e = this.runs.get(runId);
+    return e !== undefined && e.user === user;
+  }
+
+  /**
+   * Retained events of `runId` with seq > `afterSeq`, ascending, only if the
+   * run belongs to `user` (otherwise undefined, as for an unknown run).
+   */
+  since(runId: string, user: string, afterSeq: number): HubEvent[] | undefined {
     const e = this.runs.get(runId);
     if (e === undefined || e.user !== user) return undefined;
-    const first = e.events[0]?.ev.seq ?? 1;
-    const from = Math.max(0, afterSeq + 1 - first);
-    return e.events.slice(from);
+    const evs = e.events;
+    let lo = e.head;
+    let hi = evs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (evs[mid]!.seq <= afterSeq) lo = mid + 1;
+      else hi = mid;
+    }
+    return evs.slice(lo);
+  }
+
+  /** Ids of the runs retained for `user`, oldest first. */
+  runIdsOf(user: string): string[] {
+    const set = this.byUser.get(user);
+    return set === undefined ? [] : [...set].map((e) => e.runId);
   }
 
   /** The lowest seq still retained for a run (a resume below it has a gap). */
   firstSeq(runId: string): number | undefined {
-    return this.runs.get(runId)?.events[0]?.ev.seq;
+    const e = this.runs.get(runId);
+    return e === undefined ? undefined : e.events[e.head]?.seq;
   }
 
   sweep(): void {
@@ -95,8 +148,19 @@ export class ReplayStore {
     }
   }
 
+  clear(): void {
+    this.runs.clear();
+    this.byUser.clear();
+    this.totalBytes = 0;
+  }
+
   private drop(id: string, e: ReplayEntry): void {
     this.runs.delete(id);
-    this.totalBytes -= e.bytes;
+    const set = this.byUser.get(e.user);
+    if (set !== undefined) {
+      set.delete(e);
+      if (set.size === 0) this.byUser.delete(e.user);
+    }
+    this.totalBytes -= e.bytes + (e.events.length - e.head) * EVENT_OVERHEAD_BYTES;
   }
 }

@@ -1,0 +1,210 @@
+import { context, trace, type Span } from '@opentelemetry/api';
+import { randomBytes } from 'node:crypto';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { SpanInput } from '../../src/conventions/SpanInput.js';
+import type { Sidecar } from '../../src/surfaces/server.js';
+import { connectAcked, inProcessTracer, metricValue, startTestSidecar, until } from '../helpers.js';
+
+/**
+ * Bounded in-flight state: max runs, max spans per run (trace), max held
+ * orphan spans (and their hold time), max traces. Each bound is set small
+ * through the Tracewire options; every eviction is counted in
+ * tracewire_bridge_evictions_total with its reason, the gauges never pass the
+ * bound, and evicted runs get a verdict that says so.
+ */
+
+let sc: Sidecar | undefined;
+afterEach(async () => {
+  await sc?.close();
+  sc = undefined;
+});
+
+const evictions = (s: Sidecar, reason?: string): Promise<number> => metricValue(s, 'tracewire_bridge_evictions_total', reason ? { reason } : {});
+const runsTotal = (s: Sidecar, labels: Record<string, string> = {}): Promise<number> => metricValue(s, 'tracewire_runs_total', labels);
+const settle = (ms = 50): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+const AGENT = { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor' };
+const TOOL = { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' };
+
+function startRun(tracer: ReturnType<typeof inProcessTracer>['tracer'], user: string): Span {
+  return tracer.startSpan('invoke_agent supervisor', { attributes: { ...AGENT, 'user.id': user } });
+}
+
+const hex = (bytes: number): string => randomBytes(bytes).toString('hex');
+
+/** An ended span as the OTLP receiver hands it to the bridge. */
+function otlpSpan(o: { traceId: string; spanId?: string; parentSpanId?: string; name: string; attributes: Record<string, unknown> }): SpanInput {
+  const now = Date.now();
+  return { traceId: o.traceId, spanId: o.spanId ?? hex(8), parentSpanId: o.parentSpanId, name: o.name, startMs: now - 5, endMs: now, attributes: o.attributes, statusCode: 0 };
+}
+
+describe('bounded in-flight state', () => {
+  it('maxInFlightRuns: the oldest run is evicted (max_runs), judged abandoned with reason evicted; its late end opens nothing', async () => {
+    sc = await startTestSidecar({ maxInFlightRuns: 3 });
+    const { tracer } = inProcessTracer(sc);
+    const tops = Array.from({ length: 5 }, () => startRun(tracer, 'ann'));
+    await until(() => sc!.tw.inProcessBridges.runCount === 3 && sc!.tw.ledger.inFlightCount === 3, 2000, 'three runs in flight');
+    expect(await evictions(sc, 'max_runs')).toBe(2);
+    expect(await evictions(sc)).toBe(2);
+    expect(await metricValue(sc, 'tracewire_runs_in_flight')).toBe(3);
+    expect(await runsTotal(sc, { verdict: 'abandoned', reason: 'evicted' })).toBe(2);
+    const first = sc.tw.ledger.get(`${tops[0]!.spanContext().traceId}-${tops[0]!.spanContext().spanId}`)!;
+    expect(first.judgement).toMatchObject({ verdict: 'abandoned', reasons: { evicted: 1 } });
+
+    for (const t of tops) t.end();
+    await until(() => sc!.tw.ledger.inFlightCount === 0, 2000, 'the rest judged');
+    await settle(150);
+    // 5 runs, 5 verdicts: the evicted runs' late ends did not reopen them.
+    expect(await runsTotal(sc)).toBe(5);
+    expect(await evictions(sc)).toBe(2);
+  });
+
+  it('maxTraces: the oldest trace is evicted (max_traces) with its runs; the gauge stays at the bound', async () => {
+    sc = await startTestSidecar({ maxTraces: 3 });
+    const { tracer } = inProcessTracer(sc);
+    const tops = Array.from({ length: 5 }, () => startRun(tracer, 'bea'));
+    await until(() => sc!.tw.ledger.inFlightCount === 3, 2000, 'three runs in flight');
+    expect(sc.tw.inProcessBridges.traceCount).toBe(3);
+    expect(await metricValue(sc, 'tracewire_traces_in_flight')).toBe(3);
+    expect(await evictions(sc, 'max_traces')).toBe(2);
+    expect(await runsTotal(sc, { verdict: 'abandoned', reason: 'evicted' })).toBe(2);
+    for (const t of tops.slice(2)) t.end();
+    await until(() => sc!.tw.ledger.inFlightCount === 0, 2000, 'the kept runs judged');
+    await settle(150);
+    expect(await runsTotal(sc)).toBe(5);
+    expect(await evictions(sc)).toBe(2);
+  });
+
+  // Known bug in src/bridge (reported, not owned here): evictOldestTrace() does not remember the evicted trace
+  // as released, so when an evicted run's top-level span ends later it opens a phantom run (a second verdict for
+  // the same run_id) and, the trace table being full, evicts another live trace. Flip to `it` once fixed.
+  it.fails('maxTraces: the late end of an evicted run opens no phantom run and evicts nothing else', async () => {
+    sc = await startTestSidecar({ maxTraces: 3 });
+    const { tracer } = inProcessTracer(sc);
+    const tops = Array.from({ length: 5 }, () => startRun(tracer, 'bea'));
+    await until(() => sc!.tw.ledger.inFlightCount === 3, 2000, 'three runs in flight');
+    for (const t of tops) t.end();
+    await until(() => sc!.tw.ledger.inFlightCount === 0, 2000, 'all judged');
+    await settle(150);
+    expect(await evictions(sc)).toBe(2);
+    expect(await runsTotal(sc)).toBe(5);
+  });
+
+  it('maxSpansPerRun: spans past the bound are dropped and counted (max_spans), once each (OTLP)', async () => {
+    sc = await startTestSidecar({ maxSpansPerRun: 5 }, true);
+    const client = await connectAcked(sc, 'cy');
+    const traceId = hex(16);
+    const top = hex(8);
+    const b = sc.tw.otlpBridges;
+    // A live export of the agent span, its 10 tool spans (ended), then the agent span's end.
+    const agent = otlpSpan({ traceId, spanId: top, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': 'cy' } });
+    b.startSpan({ ...agent, endMs: undefined });
+    for (let i = 0; i < 10; i++) b.endSpan(otlpSpan({ traceId, parentSpanId: top, name: 'execute_tool lookup', attributes: TOOL }));
+    b.endSpan(agent);
+    // Agent + 4 tools kept: agent_started, 4 × (tool_executing, tool_completed), agent_completed.
+    await client.until((c) => c.events.length >= 10, 2000, 'the kept events');
+    await settle();
+    expect(client.events.map((e) => e.seq)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+    expect(client.events.at(-1)!.type).toBe('agent_completed');
+    expect(await evictions(sc, 'max_spans')).toBe(6);
+    expect(await evictions(sc)).toBe(6);
+  });
+
+  // Known gap in src/bridge (reported, not owned here): OTLP exporters send children before their parents, so
+  // in a trace with more than maxSpansPerRun spans the first spans to arrive fill the trace and the top-level
+  // agent span, which ends and arrives last, is the one dropped: no run opens, the held tools time out as
+  // orphans, and the run gets no verdict at all (only max_spans evictions say something happened).
+  it.fails('maxSpansPerRun: OTLP children-first, the run is still opened and judged', async () => {
+    sc = await startTestSidecar({ maxSpansPerRun: 5, orphanHoldMillis: 100 }, true);
+    const traceId = hex(16);
+    const top = hex(8);
+    const b = sc.tw.otlpBridges;
+    for (let i = 0; i < 10; i++) b.endSpan(otlpSpan({ traceId, parentSpanId: top, name: 'execute_tool lookup', attributes: TOOL }));
+    b.endSpan(otlpSpan({ traceId, spanId: top, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': 'cy' } }));
+    await until(() => sc!.tw.ledger.list({}).runs.length === 1, 1000, 'a run');
+  });
+
+  it('maxSpansPerRun: a run stays within the bound (in-process); dropped spans are counted', async () => {
+    sc = await startTestSidecar({ maxSpansPerRun: 5 });
+    const client = await connectAcked(sc, 'dee');
+    const { tracer } = inProcessTracer(sc);
+    const top = startRun(tracer, 'dee');
+    const ctx = trace.setSpan(context.active(), top);
+    for (let i = 0; i < 10; i++) tracer.startSpan('execute_tool lookup', { attributes: TOOL }, ctx).end();
+    top.end();
+    // Agent + 4 tools kept: agent_started, 4 × (tool_executing, tool_completed), agent_completed.
+    await client.until((c) => c.events.length >= 10, 2000, 'the kept events');
+    await settle();
+    expect(client.events.map((e) => e.seq)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+    const rec = sc.tw.ledger.get(client.events[0]!.run_id as string)!;
+    expect(rec.events).toHaveLength(10);
+    expect(await evictions(sc, 'max_spans')).toBeGreaterThanOrEqual(6);
+  });
+
+  // Known bug in src/bridge (reported, not owned here): in-process, a span dropped by maxSpansPerRun is counted at
+  // its start and again at its end (TraceBridge.handle counts every call for an unknown node). Flip once fixed.
+  it.fails('maxSpansPerRun: in-process, each dropped span is counted once', async () => {
+    sc = await startTestSidecar({ maxSpansPerRun: 5 });
+    const { tracer } = inProcessTracer(sc);
+    const top = startRun(tracer, 'dee');
+    const ctx = trace.setSpan(context.active(), top);
+    for (let i = 0; i < 10; i++) tracer.startSpan('execute_tool lookup', { attributes: TOOL }, ctx).end();
+    top.end();
+    await settle(100);
+    expect(await evictions(sc, 'max_spans')).toBe(6);
+  });
+
+  it('maxOrphanSpans: held spans past the bound are given up oldest first (max_orphans); the gauge stays at the bound', async () => {
+    sc = await startTestSidecar({ maxOrphanSpans: 3, orphanHoldMillis: 60_000 }, true);
+    const b = sc.tw.otlpBridges;
+    // Tool spans whose parent agent span never arrives.
+    for (let i = 0; i < 5; i++) b.endSpan(otlpSpan({ traceId: hex(16), parentSpanId: hex(8), name: 'execute_tool lookup', attributes: TOOL }));
+    expect(b.heldCount).toBe(3);
+    expect(await metricValue(sc, 'tracewire_held_spans')).toBe(3);
+    expect(await evictions(sc, 'max_orphans')).toBe(2);
+    expect(await evictions(sc)).toBe(2);
+  });
+
+  it('orphanHoldMillis: held spans are given up after the hold time (orphan_timeout)', async () => {
+    sc = await startTestSidecar({ maxOrphanSpans: 100, orphanHoldMillis: 100 }, true);
+    const b = sc.tw.otlpBridges;
+    for (let i = 0; i < 3; i++) b.endSpan(otlpSpan({ traceId: hex(16), parentSpanId: hex(8), name: 'execute_tool lookup', attributes: TOOL }));
+    expect(b.heldCount).toBe(3);
+    await until(() => b.heldCount === 0, 2000, 'hold expiry');
+    expect(await evictions(sc, 'orphan_timeout')).toBe(3);
+    expect(await metricValue(sc, 'tracewire_held_spans')).toBe(0);
+    // A held agent span given up becomes a run of its own (its parent is outside tracewire's view).
+    const traceId = hex(16);
+    b.endSpan(otlpSpan({ traceId, parentSpanId: hex(8), name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': 'eve' } }));
+    await until(() => b.heldCount === 0, 2000, 'hold expiry');
+    await until(() => sc!.tw.ledger.list({}).runs.length === 1, 2000, 'a run');
+    expect(await evictions(sc, 'orphan_timeout')).toBe(4);
+  });
+
+  it('many runs through small bounds leave every gauge at or under its bound, and each run gets one verdict', async () => {
+    sc = await startTestSidecar({ maxInFlightRuns: 20, maxTraces: 30, maxSpansPerRun: 8 });
+    const { tracer } = inProcessTracer(sc);
+    const open: Span[] = [];
+    let maxRuns = 0;
+    let maxTraces = 0;
+    for (let i = 0; i < 200; i++) {
+      const top = startRun(tracer, `u-${i % 7}`);
+      const ctx = trace.setSpan(context.active(), top);
+      for (let j = 0; j < 10; j++) tracer.startSpan('execute_tool lookup', { attributes: TOOL }, ctx).end();
+      if (i % 3 === 0) top.end();
+      else open.push(top);
+      await settle(0);
+      maxRuns = Math.max(maxRuns, sc.tw.inProcessBridges.runCount);
+      maxTraces = Math.max(maxTraces, sc.tw.inProcessBridges.traceCount);
+    }
+    expect(maxRuns).toBeLessThanOrEqual(20);
+    expect(maxTraces).toBeLessThanOrEqual(30);
+    expect(await evictions(sc, 'max_runs')).toBeGreaterThan(0);
+    // Runs still open at the end are interrupted at close; count verdicts through onVerdict-free metrics.
+    const s = sc;
+    sc = undefined;
+    await s.close();
+    expect(await runsTotal(s)).toBe(200);
+    void open;
+  });
+});

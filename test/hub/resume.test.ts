@@ -1,0 +1,276 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
+import type { Sidecar } from '../../src/surfaces/server.js';
+import { connect, connectAcked, inProcessTracer, metricValue, startTestSidecar, until, type Frame, type TestClient } from '../helpers.js';
+
+/**
+ * Resume: a client that lost its connection names, per run, the last seq it
+ * saw (in the URL or in a resume frame) and receives what it missed, in
+ * order, without duplicates. Events for a user with no connection are held
+ * and delivered (late) on connect, or dropped as no_subscriber once the hold
+ * window has passed.
+ */
+
+const N = DEMO_EXPECTED.length; // 11
+const ALL = Array.from({ length: N }, (_, i) => i + 1);
+
+let sc: Sidecar | undefined;
+const clients: TestClient[] = [];
+afterEach(async () => {
+  for (const c of clients.splice(0)) c.ws.terminate();
+  await sc?.close();
+  sc = undefined;
+});
+
+function track(c: TestClient): TestClient {
+  clients.push(c);
+  return c;
+}
+
+const seqsOf = (evs: Frame[], runId?: string): number[] => evs.filter((e) => runId === undefined || e.run_id === runId).map((e) => e.seq as number);
+const errorsOf = (c: TestClient): Frame[] => c.frames.filter((f) => f.type === 'error');
+const closed = (c: TestClient): Promise<void> => c.until((x) => x.closeCode !== undefined, 5000, 'close');
+
+async function runDetail(s: Sidecar, runId: string): Promise<{ events: Array<Record<string, unknown>>; verdict: string | null }> {
+  const res = await fetch(`${s.publicUrl}/api/runs/${encodeURIComponent(runId)}`);
+  expect(res.status).toBe(200);
+  return (await res.json()) as { events: Array<Record<string, unknown>>; verdict: string | null };
+}
+
+/**
+ * Runs the demo agent (11 events, a step every 30 ms) for `user`; `first`
+ * is connected; it leaves after 4 events (a clean close, or an abrupt
+ * terminate). Resolves with what it saw, the run id and the run's promise.
+ */
+async function leaveMidRun(s: Sidecar, user: string, first: TestClient, how: 'close' | 'terminate') {
+  const { tracer } = inProcessTracer(s);
+  let finished = false;
+  const run = runDemoAgent(tracer, { user, stepMillis: 30 }).then((ids) => {
+    finished = true;
+    return ids;
+  });
+  await first.until((c) => c.events.length >= 4, 5000, '4 events');
+  if (how === 'close') {
+    first.close();
+    await closed(first);
+  } else {
+    first.ws.terminate();
+    await closed(first);
+  }
+  const seen = seqsOf(first.events);
+  expect(finished).toBe(false); // still mid-run
+  expect(seen.length).toBeLessThan(N);
+  return { seen, runId: first.events[0]!.run_id as string, run, isFinished: () => finished };
+}
+
+describe('resume after a disconnect in the middle of a run', () => {
+  it('via ?resume=<run_id>:<seq> in the URL: the client ends with exactly 1..11, in order (user had no other connection)', async () => {
+    sc = await startTestSidecar();
+    const a = track(await connectAcked(sc, 'alice'));
+    const { seen, runId, run, isFinished } = await leaveMidRun(sc, 'alice', a, 'close');
+    // Two events are published while alice has no connection: they are held (and retained for resume).
+    await until(() => sc!.tw.hub.stats().held >= 2, 5000, 'two held events');
+    const b = track(await connectAcked(sc, 'alice', `resume=${runId}:${seen.at(-1)}`));
+    expect(isFinished()).toBe(false); // reconnected while the run goes on
+    expect(sc.tw.hub.stats().held).toBe(0); // the resume took them out of the hold: sent once
+    await run;
+    await b.until((c) => seen.length + c.events.length >= N, 5000, 'the rest of the run');
+    await new Promise((r) => setTimeout(r, 100)); // nothing more arrives (no duplicates)
+    expect([...seen, ...seqsOf(b.events)]).toEqual(ALL);
+    expect(errorsOf(b)).toEqual([]);
+    expect(b.events.map((e) => e.type)).toEqual(DEMO_EXPECTED.slice(seen.length).map((e) => e.type));
+    // Every event reached the user: the verdict is complete once judged.
+    await until(() => sc!.tw.ledger.get(runId)?.judgement !== undefined, 5000, 'verdict');
+    expect(sc.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
+  });
+
+  it('via ?resume= after an abrupt disconnect while another tab of the user stays connected (replay, not the hold)', async () => {
+    sc = await startTestSidecar();
+    const tab = track(await connectAcked(sc, 'alice'));
+    const a = track(await connectAcked(sc, 'alice'));
+    const { seen, runId, run, isFinished } = await leaveMidRun(sc, 'alice', a, 'terminate');
+    // Let the run go on without this client for two more events.
+    await tab.until((c) => c.events.length >= seen.length + 2, 5000, 'two more events');
+    const b = track(await connectAcked(sc, 'alice', `resume=${runId}:${seen.at(-1)}`));
+    expect(isFinished()).toBe(false);
+    await run;
+    await b.until((c) => seen.length + c.events.length >= N, 5000, 'the rest of the run');
+    await tab.until((c) => c.events.length >= N, 5000, 'the other tab');
+    await new Promise((r) => setTimeout(r, 100));
+    expect([...seen, ...seqsOf(b.events)]).toEqual(ALL);
+    expect(seqsOf(tab.events)).toEqual(ALL);
+    // The missed events came from the replay store (the other tab had them, so nothing was held).
+    expect(await metricValue(sc, 'tracewire_events_replayed_total')).toBeGreaterThan(0);
+  });
+
+  it('via a resume frame sent right after open (user had no other connection): exactly 1..11, in order', async () => {
+    sc = await startTestSidecar();
+    const a = track(await connectAcked(sc, 'alice'));
+    const { seen, runId, run } = await leaveMidRun(sc, 'alice', a, 'close');
+    await until(() => sc!.tw.hub.stats().held >= 2, 5000, 'two held events');
+    const b = track(await connect(sc, { user: 'alice' }));
+    b.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: seen.at(-1) } }));
+    await run;
+    await b.until((c) => seen.length + c.events.length >= N, 5000, 'the rest of the run');
+    await new Promise((r) => setTimeout(r, 100));
+    // The held events went out on connect; the resume frame found nothing this connection lacked.
+    expect([...seen, ...seqsOf(b.events)]).toEqual(ALL);
+    expect(errorsOf(b)).toEqual([]);
+  });
+
+  it('via a resume frame while another tab stays connected, reconnecting after the run ended: exactly the missed seqs, in order', async () => {
+    sc = await startTestSidecar();
+    const tab = track(await connectAcked(sc, 'alice'));
+    const a = track(await connectAcked(sc, 'alice'));
+    const { seen, runId, run } = await leaveMidRun(sc, 'alice', a, 'close');
+    await run;
+    await tab.until((c) => c.events.length >= N, 5000, 'the other tab');
+    const b = track(await connectAcked(sc, 'alice'));
+    expect(b.events).toEqual([]); // nothing was held: the other tab got everything
+    b.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: seen.at(-1) } }));
+    await b.until((c) => seen.length + c.events.length >= N, 5000, 'the rest of the run');
+    // The same frame again sends nothing more: this connection has those seqs already.
+    b.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: seen.at(-1) } }));
+    await new Promise((r) => setTimeout(r, 100));
+    expect([...seen, ...seqsOf(b.events)]).toEqual(ALL);
+    expect(errorsOf(b)).toEqual([]);
+  });
+
+  it('via a resume frame mid-run while another tab stays connected: no gap and no duplicate (live events that raced the frame come first)', async () => {
+    sc = await startTestSidecar();
+    const tab = track(await connectAcked(sc, 'alice'));
+    const a = track(await connectAcked(sc, 'alice'));
+    const { seen, runId, run } = await leaveMidRun(sc, 'alice', a, 'close');
+    await tab.until((c) => c.events.length >= seen.length + 2, 5000, 'two more events');
+    const b = track(await connect(sc, { user: 'alice' }));
+    b.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: seen.at(-1) } }));
+    await run;
+    await b.until((c) => seen.length + c.events.length >= N, 5000, 'the rest of the run');
+    await new Promise((r) => setTimeout(r, 100));
+    const got = [...seen, ...seqsOf(b.events)];
+    expect([...got].sort((x, y) => x - y)).toEqual(ALL);
+    expect(got).toHaveLength(N);
+    expect(await metricValue(sc, 'tracewire_events_replayed_total')).toBeGreaterThanOrEqual(2);
+  });
+});
+
+describe('resume of runs the client never heard of (resume_all / "all": true)', () => {
+  it('a run that started and ended while the client was away (another tab got it) is sent whole, after the named runs', async () => {
+    sc = await startTestSidecar();
+    const tab = track(await connectAcked(sc, 'ivy'));
+    const a = track(await connectAcked(sc, 'ivy'));
+    const { seen, runId, run } = await leaveMidRun(sc, 'ivy', a, 'close');
+    await run;
+    // A second run, entirely while this client is away.
+    const { tracer } = inProcessTracer(sc);
+    const ids2 = await runDemoAgent(tracer, { user: 'ivy' });
+    const run2 = `${ids2.traceId}-${ids2.spanId}`;
+    await tab.until((c) => c.events.length >= 2 * N, 5000, 'both runs on the other tab');
+    const b = track(await connectAcked(sc, 'ivy', `resume=${runId}:${seen.at(-1)}&resume_all=1`));
+    await b.until((c) => c.events.length >= N - seen.length + N, 5000, 'the rest of run 1 and all of run 2');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(b.events.map((e) => `${e.run_id === runId ? 1 : e.run_id === run2 ? 2 : '?'}:${e.seq}`)).toEqual([
+      ...ALL.slice(seen.length).map((q) => `1:${q}`),
+      ...ALL.map((q) => `2:${q}`),
+    ]);
+    // Naming both runs as complete with all=true again sends nothing.
+    b.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: N, [run2]: N }, all: true }));
+    const c = track(await connect(sc, { user: 'ivy' }));
+    c.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: N, [run2]: N }, all: true }));
+    await new Promise((r) => setTimeout(r, 150));
+    expect(b.events).toHaveLength(N - seen.length + N);
+    expect(c.events).toEqual([]);
+  });
+});
+
+describe('resume window and protocol details', () => {
+  it('tells the client which seqs are past the window and sends what is retained', async () => {
+    sc = await startTestSidecar({ replayMaxEventsPerRun: 3 });
+    const tab = track(await connectAcked(sc, 'dana'));
+    const { tracer } = inProcessTracer(sc);
+    await runDemoAgent(tracer, { user: 'dana' });
+    await tab.until((c) => c.events.length >= N, 5000, 'run');
+    const runId = tab.events[0]!.run_id as string;
+    const b = track(await connectAcked(sc, 'dana', `resume=${runId}:2`));
+    await b.until((c) => c.events.length >= 3, 5000, 'retained events');
+    expect(seqsOf(b.events)).toEqual([9, 10, 11]);
+    expect(errorsOf(b)).toEqual([{ type: 'error', code: 'TW_WS_BAD_FIELD', message: `bad field runs.${runId}: events 3..8 are past the resume window` }]);
+  });
+
+  it("answers a resume of an unknown run, or of another user's run, the same way, and sends nothing", async () => {
+    sc = await startTestSidecar();
+    const owner = track(await connectAcked(sc, 'erin'));
+    const { tracer } = inProcessTracer(sc);
+    await runDemoAgent(tracer, { user: 'erin' });
+    await owner.until((c) => c.events.length >= N, 5000, 'run');
+    const runId = owner.events[0]!.run_id as string;
+    const other = track(await connectAcked(sc, 'mallory', `resume=${runId}:0,nope:3`));
+    await other.until((c) => errorsOf(c).length >= 2, 5000, 'errors');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(other.events).toEqual([]);
+    expect(errorsOf(other).map((e) => e.message)).toEqual([
+      `bad field runs.${runId}: run unknown or outside the resume window`,
+      'bad field runs.nope: run unknown or outside the resume window',
+    ]);
+  });
+
+  it('records client acks (cumulative) in the runs API detail', async () => {
+    sc = await startTestSidecar();
+    const c = track(await connectAcked(sc, 'fay'));
+    const { tracer } = inProcessTracer(sc);
+    await runDemoAgent(tracer, { user: 'fay' });
+    await c.until((x) => x.events.length >= N, 5000, 'run');
+    const runId = c.events[0]!.run_id as string;
+    c.ws.send(JSON.stringify({ type: 'ack', run_id: runId, seq: 3 }));
+    c.ws.send(JSON.stringify({ type: 'ack', run_id: runId, seq: 7 }));
+    c.ws.send(JSON.stringify({ type: 'ping' }));
+    await c.until((x) => x.frames.some((f) => f.type === 'pong'), 5000, 'pong');
+    const detail = await runDetail(sc, runId);
+    expect(detail.events.map((e) => e.acked)).toEqual(ALL.map((s) => s <= 7));
+    // An ack for another user's run changes nothing.
+    const m = track(await connectAcked(sc, 'mallory'));
+    m.ws.send(JSON.stringify({ type: 'ack', run_id: runId, seq: 11 }));
+    m.ws.send(JSON.stringify({ type: 'ping' }));
+    await m.until((x) => x.frames.some((f) => f.type === 'pong'), 5000, 'pong');
+    expect((await runDetail(sc, runId)).events.map((e) => e.acked)).toEqual(ALL.map((s) => s <= 7));
+  });
+});
+
+describe('events for a user with no connection', () => {
+  it('are held and delivered on connect, counted as delivered late', async () => {
+    sc = await startTestSidecar();
+    const { tracer } = inProcessTracer(sc);
+    const ids = await runDemoAgent(tracer, { user: 'gus' });
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await new Promise((r) => setTimeout(r, 50));
+    expect(sc.tw.hub.stats().held).toBe(N);
+    const c = track(await connectAcked(sc, 'gus'));
+    await c.until((x) => x.events.length >= N, 5000, 'held events');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(seqsOf(c.events, runId)).toEqual(ALL);
+    expect(await metricValue(sc, 'tracewire_events_delivered_late_total')).toBe(N);
+    expect(await metricValue(sc, 'tracewire_events_delivered_total')).toBe(N);
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'no_subscriber' })).toBe(0);
+    expect(sc.tw.hub.stats().held).toBe(0);
+    const detail = await runDetail(sc, runId);
+    expect(detail.events.every((e) => e.outcome === 'delivered' && e.late === true)).toBe(true);
+  });
+
+  it('with a tiny replayRetentionMillis are dropped as no_subscriber and never sent', async () => {
+    sc = await startTestSidecar({ replayRetentionMillis: 30 });
+    const { tracer } = inProcessTracer(sc);
+    const ids = await runDemoAgent(tracer, { user: 'hal' });
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await until(() => sc!.tw.hub.stats().held === 0, 5000, 'hold expiry');
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'no_subscriber' })).toBe(N);
+    const c = track(await connectAcked(sc, 'hal', `resume=${runId}:0`));
+    await c.until((x) => errorsOf(x).length >= 1, 5000, 'resume error');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(c.events).toEqual([]);
+    expect(errorsOf(c)[0]!.message).toBe(`bad field runs.${runId}: run unknown or outside the resume window`);
+    expect(await metricValue(sc, 'tracewire_events_delivered_late_total')).toBe(0);
+    expect(await metricValue(sc, 'tracewire_events_delivered_total')).toBe(0);
+    await until(() => sc!.tw.ledger.get(runId)?.judgement !== undefined, 5000, 'verdict');
+    expect(sc.tw.ledger.get(runId)!.judgement).toMatchObject({ verdict: 'missing_events', mainReason: 'no_subscriber' });
+  });
+});
