@@ -121,6 +121,7 @@ export class BridgeRegistry {
     this.runs.set(runId, run);
     tb.activeRuns++;
     tb.hadRun = true;
+    tb.runs.push(run);
     this.ledger.open(record);
     return run;
   }
@@ -303,14 +304,17 @@ export class BridgeRegistry {
   private evictOldestTrace(): void {
     const [id, tb] = this.traces.entries().next().value as [string, TraceBridge];
     this.traces.delete(id);
+    this.metrics.tracesInFlight.set(this.traces.size);
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.heldIndex.delete(n);
-    for (const run of [...this.runs.values()]) {
-      if (run.trace === tb) {
-        this.releaseRun(run);
-        this.ledger.evict(run.record);
-      }
+    this.metrics.heldSpans.set(this.heldIndex.size);
+    for (const run of tb.runs) {
+      if (run.ended) continue;
+      this.releaseRun(run);
+      this.ledger.evict(run.record);
     }
+    // Its spans that end later must not open a phantom run of the same id.
+    if (tb.hadRun) this.rememberReleased(id);
   }
 
   /** Give up on held spans past the hold time; drop idle traces with nothing in flight. */

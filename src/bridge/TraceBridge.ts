@@ -71,6 +71,10 @@ export class TraceBridge {
   activeRuns = 0;
   /** A run was opened in this trace (OTLP keeps such traces until idle, for late spans). */
   hadRun = false;
+  /** Runs opened in this trace (a trace evicted as a whole releases them). */
+  readonly runs: RunState[] = [];
+  /** Span ids dropped by maxSpansPerRun (bounded), so a start and an end count once. */
+  private droppedSpans: Set<string> | undefined;
   localRootEnded = false;
   lastSeenMs = 0;
 
@@ -83,8 +87,17 @@ export class TraceBridge {
     const c = classify(span);
     let node = this.nodes.get(span.spanId);
     if (node === undefined) {
-      if (this.nodes.size >= this.reg.opts.maxSpansPerRun) {
-        this.reg.evicted('max_spans');
+      const max = this.reg.opts.maxSpansPerRun;
+      // Agent spans get headroom (up to twice the limit): over OTLP a big trace
+      // arrives children first, and dropping its top-level agent span would
+      // leave the whole run unjudged.
+      if (this.nodes.size >= max && (c.kind !== 'agent' || this.nodes.size >= 2 * max)) {
+        // Count each dropped span once, though its start and end both arrive.
+        const dropped = (this.droppedSpans ??= new Set<string>());
+        if (!dropped.has(span.spanId)) {
+          if (dropped.size < 4096) dropped.add(span.spanId);
+          this.reg.evicted('max_spans');
+        }
         return;
       }
       node = {
