@@ -65,6 +65,10 @@ export class Tracewire {
       replayRetentionMillis: c.replayRetentionMillis,
       replayMaxEventsPerRun: c.replayMaxEventsPerRun,
       replayMaxBytesPerRun: c.replayMaxBytesPerRun,
+      replayMaxTotalBytes: c.replayMaxTotalBytes,
+      maxHeldEvents: c.maxHeldEvents,
+      maxHeldBytes: c.maxHeldBytes,
+      wsCloseGraceMillis: c.wsCloseGraceMillis,
       replayMaxIdleMillis: c.runTimeoutMillis,
       metrics: this.metrics,
       ledger: this.ledger,
@@ -130,6 +134,11 @@ export class Tracewire {
    * Graceful stop: drain the span queues, close connections with 1001 after
    * flushing, give in-flight runs the `interrupted` verdict. Runs once.
    */
+  /** True once `close()` was called (health checks report `shutting_down`). */
+  get closing(): boolean {
+    return this.closed !== undefined;
+  }
+
   close(timeoutMillis = this.config.shutdownTimeoutMillis): Promise<void> {
     return (this.closed ??= (async () => {
       for (const p of this.processors) await p.shutdown();

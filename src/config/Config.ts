@@ -42,7 +42,11 @@ export interface TracewireConfig {
   readonly replayRetentionMillis: number;
   readonly replayMaxEventsPerRun: number;
   readonly replayMaxBytesPerRun: number;
+  readonly replayMaxTotalBytes: number;
+  readonly maxHeldEvents: number;
+  readonly maxHeldBytes: number;
   readonly wsMaxBufferedBytes: number;
+  readonly wsCloseGraceMillis: number;
   readonly wsHeartbeatMillis: number;
   readonly wsMaxConnections: number;
   readonly otlpMaxBodyBytes: number;
@@ -75,7 +79,11 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'replayRetentionMillis', flag: '--replay-retention-ms', env: 'TRACEWIRE_REPLAY_RETENTION_MS', kind: 'int', min: 0, default: '60000', doc: 'how long after a run ends its events stay resumable, and how long events wait for a user with no connection' },
   { key: 'replayMaxEventsPerRun', flag: '--replay-max-events', env: 'TRACEWIRE_REPLAY_MAX_EVENTS', kind: 'int', min: 0, default: '1000', doc: 'resumable events kept per run' },
   { key: 'replayMaxBytesPerRun', flag: '--replay-max-bytes', env: 'TRACEWIRE_REPLAY_MAX_BYTES', kind: 'int', min: 0, default: '1048576', doc: 'resumable bytes kept per run' },
+  { key: 'replayMaxTotalBytes', flag: '--replay-max-total-bytes', env: 'TRACEWIRE_REPLAY_MAX_TOTAL_BYTES', kind: 'int', min: 0, default: '268435456', doc: 'resumable bytes across all runs; the oldest runs are dropped past it' },
+  { key: 'maxHeldEvents', flag: '--max-held-events', env: 'TRACEWIRE_MAX_HELD_EVENTS', kind: 'int', min: 0, default: '200000', doc: 'events held for users with no connection, across all users (oldest dropped as no_subscriber)' },
+  { key: 'maxHeldBytes', flag: '--max-held-bytes', env: 'TRACEWIRE_MAX_HELD_BYTES', kind: 'int', min: 0, default: '67108864', doc: 'frame bytes of held events across all users' },
   { key: 'wsMaxBufferedBytes', flag: '--ws-max-buffered-bytes', env: 'TRACEWIRE_WS_MAX_BUFFERED_BYTES', kind: 'int', min: 1024, default: '4194304', doc: 'unsent bytes per connection before it is closed (4408)' },
+  { key: 'wsCloseGraceMillis', flag: '--ws-close-grace-ms', env: 'TRACEWIRE_WS_CLOSE_GRACE_MS', kind: 'int', min: 0, default: '1000', doc: 'after a 4408 backpressure close, how long the close handshake may take before the socket is destroyed' },
   { key: 'wsHeartbeatMillis', flag: '--ws-heartbeat-ms', env: 'TRACEWIRE_WS_HEARTBEAT_MS', kind: 'int', min: 0, default: '30000', doc: 'ping interval; a connection with no pong by the next ping is terminated; 0 disables' },
   { key: 'wsMaxConnections', flag: '--ws-max-connections', env: 'TRACEWIRE_WS_MAX_CONNECTIONS', kind: 'int', min: 1, default: '20000', doc: 'open WebSocket connections' },
   { key: 'otlpMaxBodyBytes', flag: '--otlp-max-body-bytes', env: 'TRACEWIRE_OTLP_MAX_BODY_BYTES', kind: 'int', min: 1024, default: '8388608', doc: 'request body limit, compressed and decompressed' },

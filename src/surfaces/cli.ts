@@ -84,7 +84,15 @@ function take(flags: Record<string, string>, name: string): string | undefined {
 async function serve(flags: Record<string, string>, out: Out, err: Out): Promise<number> {
   const cfg = config(flags);
   const { listen, otlpListen, ...rest } = cfg;
-  const tw = new Tracewire(rest);
+  // Verdicts given while shutting down are summarised on exit (in-flight runs become "interrupted").
+  let stopping = false;
+  const atShutdown = new Map<string, number>();
+  const tw = new Tracewire({
+    ...rest,
+    onVerdict: (r) => {
+      if (stopping && r.judgement) atShutdown.set(r.judgement.verdict, (atShutdown.get(r.judgement.verdict) ?? 0) + 1);
+    },
+  });
   const sc = await startSidecar(tw, listen, otlpListen);
   if (cfg.logLevel !== 'silent') {
     out(`tracewire ${VERSION} serve (${cfg.mode} mode)\n${describeConfig(cfg)}`);
@@ -93,7 +101,12 @@ async function serve(flags: Record<string, string>, out: Out, err: Out): Promise
   }
   await untilSignal(async (signal) => {
     if (cfg.logLevel !== 'silent') out(`tracewire: ${signal}, shutting down (bound ${cfg.shutdownTimeoutMillis} ms)`);
+    stopping = true;
     await sc.close();
+    if (cfg.logLevel !== 'silent') {
+      const judged = [...atShutdown].map(([v, n]) => `${n} ${v}`).join(', ') || 'none';
+      out(`tracewire: stopped; runs judged at shutdown: ${judged}`);
+    }
   }, cfg.shutdownTimeoutMillis, err);
   return 0;
 }

@@ -44,7 +44,11 @@ export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
   // Browsers ask for it on every inspector load; answer without a 404 in their console.
   app.get('/favicon.ico', async (_req, reply) => reply.status(204).send());
 
-  app.get('/healthz', async () => ({ status: 'ok', mode: tw.config.mode, connections: tw.hub.connectionCount, runs_in_flight: tw.ledger.inFlightCount }));
+  app.get('/healthz', async (_req, reply) => {
+    // Load balancers stop routing to a sidecar that is draining.
+    if (tw.closing) void reply.status(503);
+    return { status: tw.closing ? 'shutting_down' : 'ok', mode: tw.config.mode, connections: tw.hub.connectionCount, runs_in_flight: tw.ledger.inFlightCount };
+  });
 
   app.get('/metrics', async (req, reply) => {
     const accept = String(req.headers.accept ?? '');

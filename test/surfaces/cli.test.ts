@@ -90,6 +90,7 @@ describe('tracewire serve', () => {
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
+    expect(out).toMatch(/tracewire: SIGTERM, shutting down \(bound 10000 ms\)\ntracewire: stopped; runs judged at shutdown: none/);
   });
 
   it('refuses to start on bad configuration with exit code 2', async () => {
