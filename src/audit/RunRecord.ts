@@ -61,8 +61,8 @@ export interface Judgement {
  * by the ledger.
  */
 export class RunRecord {
-  readonly events: EventRecord[] = [];
-  readonly spans: SpanSummary[] = [];
+  events: EventRecord[] = [];
+  spans: SpanSummary[] = [];
   endMs: number | undefined;
   user: string | undefined;
   conversation: string | undefined;
@@ -89,7 +89,9 @@ export class RunRecord {
 
   addEvent(seq: number, type: EventType, spanId: string, tsMs: number): EventRecord {
     const ev: EventRecord = { seq, type, spanId, tsMs, state: EV_PENDING, connections: 0, attempts: 0 };
-    this.events.push(ev);
+    // An exact-size first array: `[].push` reserves 17 slots.
+    if (this.events.length === 0) this.events = [ev];
+    else this.events.push(ev);
     return ev;
   }
 }

@@ -55,6 +55,9 @@ export class RunState {
   ) {}
 }
 
+/** Shared empty map (never written: `hold()` swaps in a real one). */
+const NO_WAITING: Map<string, SpanNode[]> = new Map();
+
 const START_TYPE: Record<LifecycleKind, EventType> = { agent: 'agent_started', thinking: 'agent_thinking', tool: 'tool_executing' };
 
 /**
@@ -66,7 +69,8 @@ const START_TYPE: Record<LifecycleKind, EventType> = { agent: 'agent_started', t
 export class TraceBridge {
   readonly nodes = new Map<string, SpanNode>();
   /** Held spans by the parent id they wait for. */
-  private readonly waiting = new Map<string, SpanNode[]>();
+  /** Created on the first held span: in-process traces never hold, and most OTLP traces hold briefly. */
+  private waiting: Map<string, SpanNode[]> = NO_WAITING;
   heldCount = 0;
   activeRuns = 0;
   /** A run was opened in this trace (OTLP keeps such traces until idle, for late spans). */
@@ -174,7 +178,7 @@ export class TraceBridge {
     node.heldAtMs = this.reg.now();
     const list = this.waiting.get(node.parentId!);
     if (list) list.push(node);
-    else this.waiting.set(node.parentId!, [node]);
+    else (this.waiting === NO_WAITING ? (this.waiting = new Map()) : this.waiting).set(node.parentId!, [node]);
     this.heldCount++;
     this.reg.held(this, node);
   }
@@ -266,7 +270,10 @@ export class TraceBridge {
     const rec = run.record;
     if (rec.spans.length < this.reg.opts.maxSpansPerRun) {
       node.summaryIndex = rec.spans.length;
-      rec.spans.push({ spanId: node.spanId, parentSpanId: node.parentId, kind: node.kind, name: node.name, startMs: node.startMs });
+      const sum = { spanId: node.spanId, parentSpanId: node.parentId, kind: node.kind, name: node.name, startMs: node.startMs };
+      // An exact-size first array: `[].push` reserves 17 slots, most runs have a handful of spans.
+      if (rec.spans.length === 0) rec.spans = [sum];
+      else rec.spans.push(sum);
     }
     let data: Record<string, unknown>;
     if (node.kind === 'agent') {
