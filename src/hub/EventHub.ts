@@ -441,7 +441,7 @@ export class EventHub implements EventSink {
         if (d.ev.hookAt !== undefined && !d.late) {
           const seconds = (performance.now() - d.ev.hookAt) / 1000;
           // Exemplars (trace ids) for slow deliveries and one in 64 of the rest: each costs a label hash.
-          const exemplar = seconds > 0.001 || (++this.exemplarTick & 63) === 0;
+          const exemplar = seconds > 0.001 || (++this.exemplarTick & 63) === 1;
           this.metrics.deliverySeconds.observe({ labels: { type: d.ev.type }, value: seconds, exemplarLabels: (exemplar ? { trace_id: d.ev.traceId } : NO_EXEMPLAR) as Record<string, string> });
         }
       }
