@@ -11,6 +11,7 @@ import WebSocket from 'ws';
 import { JwtVerifier } from '../../src/hub/auth.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
 import { inProcessTracer, metricValue, startTestSidecar, TestClient, TEST_SECRET, until } from '../helpers.js';
+import { writeTsLoader } from '../support/tsLoader.js';
 
 /**
  * Backpressure: a client that stops reading never grows server memory without
@@ -40,36 +41,7 @@ let dir = '';
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'tw-backpressure-'));
   // A minimal ESM loader: .ts from src/ and test/ transpiled with the project's TypeScript; bare imports resolved from the repo.
-  writeFileSync(
-    join(dir, 'hooks.mjs'),
-    `import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
-const ROOT_URL = ${JSON.stringify(ROOT_URL)};
-const ts = createRequire(ROOT_URL + 'package.json')('typescript');
-export async function resolve(specifier, context, next) {
-  if (specifier.endsWith('.js') && context.parentURL?.endsWith('.ts') && /^\\.\\.?\\//.test(specifier)) {
-    const url = new URL(specifier, context.parentURL);
-    const tsUrl = url.href.slice(0, -3) + '.ts';
-    if (!existsSync(fileURLToPath(url)) && existsSync(fileURLToPath(tsUrl))) return { url: tsUrl, format: 'module', shortCircuit: true };
-  }
-  if (!/^[./]/.test(specifier) && !specifier.includes(':') && !context.parentURL?.startsWith(ROOT_URL)) {
-    return next(specifier, { ...context, parentURL: ROOT_URL + 'package.json' });
-  }
-  return next(specifier, context);
-}
-export async function load(url, context, next) {
-  if (url.startsWith('file:') && url.endsWith('.ts')) {
-    const file = fileURLToPath(url);
-    const out = ts.transpileModule(readFileSync(file, 'utf8'), { fileName: file, compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } });
-    return { format: 'module', source: out.outputText, shortCircuit: true };
-  }
-  return next(url, context);
-}
-`,
-  );
-  writeFileSync(join(dir, 'register.mjs'), `import { register } from 'node:module';\nregister('./hooks.mjs', import.meta.url);\n`);
+  writeTsLoader(dir, ROOT_URL);
   // The sidecar child: a test sidecar plus an in-process tracer; floods on request and samples its own RSS.
   writeFileSync(
     join(dir, 'sidecar.mjs'),

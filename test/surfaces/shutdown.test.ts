@@ -7,6 +7,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { JwtVerifier } from '../../src/hub/auth.js';
 import { TestClient, until } from '../helpers.js';
+import { writeTsLoader } from '../support/tsLoader.js';
 
 /**
  * Graceful shutdown. SIGTERM on `tracewire serve`: stop accepting, write
@@ -35,35 +36,7 @@ const SHUTDOWN_MS = 3000;
 let dir = '';
 beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'tw-shutdown-'));
-  writeFileSync(
-    join(dir, 'hooks.mjs'),
-    `import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-const ROOT_URL = ${JSON.stringify(ROOT_URL)};
-const ts = createRequire(ROOT_URL + 'package.json')('typescript');
-export async function resolve(specifier, context, next) {
-  if (specifier.endsWith('.js') && context.parentURL?.endsWith('.ts') && /^\\.\\.?\\//.test(specifier)) {
-    const url = new URL(specifier, context.parentURL);
-    const tsUrl = url.href.slice(0, -3) + '.ts';
-    if (!existsSync(fileURLToPath(url)) && existsSync(fileURLToPath(tsUrl))) return { url: tsUrl, format: 'module', shortCircuit: true };
-  }
-  if (!/^[./]/.test(specifier) && !specifier.includes(':') && !context.parentURL?.startsWith(ROOT_URL)) {
-    return next(specifier, { ...context, parentURL: ROOT_URL + 'package.json' });
-  }
-  return next(specifier, context);
-}
-export async function load(url, context, next) {
-  if (url.startsWith('file:') && url.endsWith('.ts')) {
-    const file = fileURLToPath(url);
-    const out = ts.transpileModule(readFileSync(file, 'utf8'), { fileName: file, compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } });
-    return { format: 'module', source: out.outputText, shortCircuit: true };
-  }
-  return next(url, context);
-}
-`,
-  );
-  writeFileSync(join(dir, 'register.mjs'), `import { register } from 'node:module';\nregister('./hooks.mjs', import.meta.url);\n`);
+  writeTsLoader(dir, ROOT_URL);
   // bin/tracewire.js, pointed at src/ instead of dist/.
   writeFileSync(
     join(dir, 'tracewire.mjs'),
