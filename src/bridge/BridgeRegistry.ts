@@ -248,7 +248,13 @@ export class BridgeRegistry {
       const outcome = e.attributes['agent.event.outcome'] === 'delivered' ? 'delivered' : 'dropped';
       const r = e.attributes['agent.event.reason'];
       const reason = typeof r === 'string' && REASON_SET.has(r) ? (r as DropReason) : undefined;
-      (run.record.auditPending ??= []).push({ spanId: owner.spanId, type: type as EventType, outcome, reason });
+      const pending = (run.record.auditPending ??= []);
+      // Bounded like the run's events: a backend cannot report more outcomes than there are events to match.
+      if (pending.length >= this.opts.maxSpansPerRun * 2) {
+        this.evicted('max_spans');
+        continue;
+      }
+      pending.push({ spanId: owner.spanId, type: type as EventType, outcome, reason });
     }
   }
 
