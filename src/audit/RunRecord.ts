@@ -88,7 +88,8 @@ export class RunRecord {
   ) {}
 
   addEvent(seq: number, type: EventType, spanId: string, tsMs: number): EventRecord {
-    const ev: EventRecord = { seq, type, spanId, tsMs, state: EV_PENDING, connections: 0, attempts: 0 };
+    // Every field set up front: the record keeps one shape and no out-of-object property store.
+    const ev: EventRecord = { seq, type, spanId, tsMs, state: EV_PENDING, reason: undefined, connections: 0, attempts: 0, deliveredAtMs: undefined, late: undefined, acked: undefined };
     // An exact-size first array: `[].push` reserves 17 slots.
     if (this.events.length === 0) this.events = [ev];
     else this.events.push(ev);

@@ -121,7 +121,9 @@ export class BridgeRegistry {
     this.runs.set(runId, run);
     tb.activeRuns++;
     tb.hadRun = true;
-    tb.runs.push(run);
+    // Exact-size first array (`[].push` reserves 17 slots); most traces hold one run.
+    if (tb.runs === undefined) tb.runs = [run];
+    else tb.runs.push(run);
     this.ledger.open(record);
     return run;
   }
@@ -311,7 +313,7 @@ export class BridgeRegistry {
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.heldIndex.delete(n);
     this.metrics.heldSpans.set(this.heldIndex.size);
-    for (const run of tb.runs) {
+    for (const run of tb.runs ?? []) {
       if (run.ended) continue;
       this.releaseRun(run);
       this.ledger.evict(run.record);

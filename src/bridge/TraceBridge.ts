@@ -76,7 +76,7 @@ export class TraceBridge {
   /** A run was opened in this trace (OTLP keeps such traces until idle, for late spans). */
   hadRun = false;
   /** Runs opened in this trace (a trace evicted as a whole releases them). */
-  readonly runs: RunState[] = [];
+  runs: RunState[] | undefined;
   /** Span ids dropped by maxSpansPerRun (bounded), so a start and an end count once. */
   private droppedSpans: Set<string> | undefined;
   localRootEnded = false;
