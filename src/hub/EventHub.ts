@@ -85,6 +85,8 @@ export class EventHub implements EventSink {
   private flushScheduled = false;
   // Held events: per user (release on connect) and one FIFO across users (expiry and bounds).
   private readonly heldByUser = new Map<string, Held[]>();
+  /** Given-up entries at the front of each user's held list (skipped by readers via `done`). */
+  private readonly heldUserHead = new Map<string, number>();
   private readonly heldByRecord = new Map<EventRecord, Held>();
   private heldQ: Held[] = [];
   private heldHead = 0;
@@ -335,10 +337,17 @@ export class EventHub implements EventSink {
   private trimUser(user: string): void {
     const list = this.heldByUser.get(user);
     if (list === undefined) return;
-    let i = 0;
+    // The dead prefix is remembered per user, so each trim only looks at new entries, and the
+    // front is spliced off only once it is most of the list (splicing on every eviction is O(n)).
+    let i = this.heldUserHead.get(user) ?? 0;
     while (i < list.length && list[i]!.done) i++;
-    if (i === list.length) this.heldByUser.delete(user);
-    else if (i > 0) list.splice(0, i);
+    if (i === list.length) {
+      this.heldByUser.delete(user);
+      this.heldUserHead.delete(user);
+    } else if (i > 64 && i * 2 > list.length) {
+      list.splice(0, i);
+      this.heldUserHead.delete(user);
+    } else if (i > 0) this.heldUserHead.set(user, i);
   }
 
   private compactHeld(): void {
@@ -376,6 +385,7 @@ export class EventHub implements EventSink {
     }
     // Whatever was not reached (the connection was closed for backpressure) stays held.
     for (; i < list.length; i++) if (!list[i]!.done) keep.push(list[i]!);
+    this.heldUserHead.delete(conn.user);
     if (keep.length > 0) this.heldByUser.set(conn.user, keep);
     else this.heldByUser.delete(conn.user);
     if (conn.dirty) this.dirty.add(conn);
@@ -680,6 +690,7 @@ export class EventHub implements EventSink {
       this.ledger.markDropped(h.ev.run, h.ev.record, 'shutdown');
     }
     this.heldByUser.clear();
+    this.heldUserHead.clear();
     this.heldQ = [];
     this.heldHead = 0;
     this.replay.clear();
