@@ -4,7 +4,6 @@ import { connect as netConnect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { fileURLToPath } from 'node:url';
 import { context, trace } from '@opentelemetry/api';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
@@ -28,7 +27,6 @@ import { writeTsLoader } from '../support/tsLoader.js';
  * a fixed slack over it.
  */
 
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ROOT_URL = new URL('../..', import.meta.url).href;
 const TOOLS = 5000; // 5000 tool spans: 10,000 tool events, plus agent_started and agent_completed
 const EVENTS = TOOLS * 2 + 2;
