@@ -1,6 +1,7 @@
 import type { IncomingMessage } from 'node:http';
 import { errors as joseErrors, jwtVerify, SignJWT } from 'jose';
 import { TracewireError } from '../errors/errors.js';
+import { bearerOf } from '../util/bearer.js';
 
 export const PROTOCOL = 'tracewire.v1';
 const BEARER_PROTOCOL_PREFIX = 'bearer.';
@@ -19,7 +20,7 @@ export interface Principal {
  */
 export function tokenFrom(req: IncomingMessage, url: URL): string | undefined {
   const h = req.headers.authorization;
-  if (typeof h === 'string' && /^bearer\s+/i.test(h)) return h.replace(/^bearer\s+/i, '').trim() || undefined;
+  if (h !== undefined && /^bearer\s/i.test(h)) return bearerOf(h);
   const q = url.searchParams.get('access_token');
   if (q) return q;
   const proto = req.headers['sec-websocket-protocol'];

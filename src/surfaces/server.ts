@@ -1,16 +1,10 @@
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import { timingSafeEqual } from 'node:crypto';
 import { runsApi } from '../audit/runsApi.js';
 import { TracewireError } from '../errors/errors.js';
+import { bearerOf, safeEqual } from '../util/bearer.js';
 import { otlpReceiver } from '../sources/otlp/otlpReceiver.js';
 import type { Tracewire } from '../Tracewire.js';
 import { INSPECTOR_HTML } from './inspector/page.js';
-
-export function safeEqual(a: string, b: string): boolean {
-  const x = Buffer.from(a);
-  const y = Buffer.from(b);
-  return x.length === y.length && timingSafeEqual(x, y);
-}
 
 /** Errors become `{code, message}` with their status; unknown errors are 500 TW_INTERNAL and the app keeps serving. */
 export function installErrorHandling(app: FastifyInstance): void {
@@ -63,9 +57,7 @@ export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
   await app.register(async (scope) => {
     if (tw.config.apiToken !== '') {
       scope.addHook('onRequest', async (req) => {
-        const h = req.headers.authorization ?? '';
-        const q = (req.query as Record<string, string | undefined>).token ?? '';
-        const given = h.toLowerCase().startsWith('bearer ') ? h.slice(7).trim() : q;
+        const given = bearerOf(req.headers.authorization) ?? (req.query as Record<string, string | undefined>).token ?? '';
         if (!safeEqual(given, tw.config.apiToken)) throw new TracewireError('TW_API_UNAUTHORISED');
       });
     }

@@ -1,8 +1,8 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { timingSafeEqual } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type { Readable } from 'node:stream';
 import { TracewireError } from '../../errors/errors.js';
+import { bearerOf, safeEqual } from '../../util/bearer.js';
 import type { Tracewire } from '../../Tracewire.js';
 import { decodeJson, decodeProtobuf, TooManySpansError, type DecodedRequest } from './decode.js';
 import { gunzipLimited } from './gunzip.js';
@@ -66,7 +66,7 @@ export async function otlpReceiver(app: FastifyInstance, opts: { tw: Tracewire }
     bodyLimit: limit,
     onRequest: async (req, reply) => {
       const state = stateOf(req);
-      if (token !== '' && !bearerMatches(req.headers.authorization, token)) throw new TracewireError('TW_OTLP_UNAUTHORISED');
+      if (token !== '' && !safeEqual(bearerOf(req.headers.authorization) ?? '', token)) throw new TracewireError('TW_OTLP_UNAUTHORISED');
       if (state.encoding === 'unsupported') throw new TracewireError('TW_OTLP_UNSUPPORTED_MEDIA', mediaType(req.headers['content-type']) || '(none)');
       const enc = contentEncodingOf(req.headers['content-encoding']);
       if (enc === undefined) throw new TracewireError('TW_OTLP_UNSUPPORTED_ENCODING', String(req.headers['content-encoding']));
@@ -154,13 +154,6 @@ function contentEncodingOf(header: string | string[] | undefined): 'gzip' | 'ide
   if (v === '' || v === 'identity') return 'identity';
   if (v === 'gzip' || v === 'x-gzip') return 'gzip';
   return undefined;
-}
-
-function bearerMatches(header: string | undefined, token: string): boolean {
-  if (header === undefined || !/^bearer /i.test(header)) return false;
-  const given = Buffer.from(header.slice(7).trim());
-  const want = Buffer.from(token);
-  return given.length === want.length && timingSafeEqual(given, want);
 }
 
 /** Any error of the route as a catalogue error (fastify's body errors included). */
