@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
-import type { DropReason, EventType } from '../audit/Metrics.js';
-import type { EventRecord, RunRecord } from '../audit/RunRecord.js';
+import type { DropReason } from '../audit/Metrics.js';
+import type { OutboundEvent } from '../bridge/EventSink.js';
 
 /**
  * What the hub keeps of one event: routing, the ledger records its outcome
@@ -9,19 +9,7 @@ import type { EventRecord, RunRecord } from '../audit/RunRecord.js';
  * recipient, the replay store and the hold). The JSON payload string of the
  * bridge's OutboundEvent is not kept: the frame already holds it.
  */
-export interface HubEvent {
-  readonly user: string;
-  readonly conversation: string | undefined;
-  readonly runId: string;
-  readonly traceId: string;
-  readonly seq: number;
-  readonly type: EventType;
-  readonly record: EventRecord;
-  readonly run: RunRecord;
-  /** performance.now() when the span hook ran (delivery latency histogram). */
-  readonly hookAt: number | undefined;
-  readonly frame: Buffer;
-}
+export type HubEvent = Omit<OutboundEvent, 'payload'> & { readonly frame: Buffer };
 
 /** One event written to one or more connections; settled once every write finished. */
 export interface Delivery {

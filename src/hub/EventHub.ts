@@ -65,6 +65,8 @@ interface Held {
 }
 
 const NO_EXEMPLAR = Object.freeze({});
+/** The answer to an upgrade while the hub shuts down (before a WebSocket exists to carry 1001). */
+const SHUTTING_DOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n';
 const MAX_BAD_FRAMES = 10;
 
 /**
@@ -163,7 +165,7 @@ export class EventHub implements EventSink {
     if (url.pathname !== this.path) return false;
     socket.on('error', () => socket.destroy());
     if (this.closing) {
-      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n');
+      socket.end(SHUTTING_DOWN_RESPONSE);
       return true;
     }
     this.verifier.verify(tokenFrom(req, url)).then(
@@ -176,7 +178,7 @@ export class EventHub implements EventSink {
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer, then: (ws: WebSocket) => void): void {
     if (socket.destroyed) return;
     if (this.closing) {
-      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n');
+      socket.end(SHUTTING_DOWN_RESPONSE);
       return;
     }
     try {
