@@ -82,7 +82,7 @@ export class RunLedger {
   /** Judged runs in judgement order (oldest first): count and age eviction pop from the front. */
   private readonly judged = new Map<string, RunRecord>();
   /**
-   * Every kept run (in flight or judged), sorted ascending by (startMs, runId),
+   * Every kept run (in flight or judged), sorted ascending by (startMs, openSeq),
    * for newest-first pages without sorting. Entries for runs no longer kept
    * stay until compaction (`indexDead` counts them).
    */
@@ -251,8 +251,8 @@ export class RunLedger {
   }
 
   /**
-   * Kept runs, newest first (by start time, then run id), filtered, one page
-   * at a time. The cursor is the position of the last run returned, so pages
+   * Kept runs, newest first (by start time, then open order), filtered, one
+   * page at a time. The cursor is the key of the last run returned, so pages
    * neither repeat nor skip runs while new runs arrive (they sort before it).
    * Cost: O(log n + runs scanned), no sort per call.
    */
@@ -263,9 +263,9 @@ export class RunLedger {
     if (q.cursor !== undefined && q.cursor !== '') {
       const key = decodeCursor(q.cursor);
       if (key === undefined) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
-      end = lowerBound(a, key.startMs, key.openSeq);
+      end = indexAfter(a, key.startMs, key.openSeq - 1);
     }
-    if (q.untilMs !== undefined) end = Math.min(end, upperBoundStart(a, q.untilMs));
+    if (q.untilMs !== undefined) end = Math.min(end, indexAfter(a, q.untilMs, Number.POSITIVE_INFINITY));
     const now = this.now();
     const out: RunRecord[] = [];
     for (let i = end - 1; i >= 0; i--) {
@@ -332,12 +332,10 @@ export class RunLedger {
 
   private indexInsert(r: RunRecord): void {
     const a = this.index;
-    const n = a.length;
-    if (n === 0 || compareKey(a[n - 1]!, r.startMs, r.openSeq) <= 0) {
-      a.push(r); // the usual case: runs open in start order
-      return;
-    }
-    a.splice(upperBound(a, r.startMs, r.openSeq), 0, r);
+    const last = a[a.length - 1];
+    // The usual case: runs open in start order (openSeq only grows), so the new run goes last.
+    if (last === undefined || last.startMs <= r.startMs) a.push(r);
+    else a.splice(indexAfter(a, r.startMs, r.openSeq), 0, r);
   }
 
   private maybeCompact(): void {
@@ -400,42 +398,19 @@ export class RunLedger {
   }
 }
 
-// Ties on start time are broken by open order, so runs opened in the same millisecond append (no splice).
-function compareKey(r: RunRecord, startMs: number, openSeq: number): number {
-  return r.startMs - startMs || r.openSeq - openSeq;
-}
-
-/** First index whose key is >= (startMs, runId). */
-function lowerBound(a: readonly RunRecord[], startMs: number, openSeq: number): number {
+/**
+ * First index of the list index whose key (startMs, then openSeq: ties on
+ * start time are broken by open order, so runs opened in the same millisecond
+ * append) is above (startMs, openSeq). With openSeq - 1 it is the first index
+ * at or above the key; with Infinity, the first run that started after startMs.
+ */
+function indexAfter(a: readonly RunRecord[], startMs: number, openSeq: number): number {
   let lo = 0;
   let hi = a.length;
   while (lo < hi) {
     const mid = (lo + hi) >>> 1;
-    if (compareKey(a[mid]!, startMs, openSeq) < 0) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
-/** First index whose key is > (startMs, runId). */
-function upperBound(a: readonly RunRecord[], startMs: number, openSeq: number): number {
-  let lo = 0;
-  let hi = a.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (compareKey(a[mid]!, startMs, openSeq) <= 0) lo = mid + 1;
-    else hi = mid;
-  }
-  return lo;
-}
-
-/** First index whose start is > startMs. */
-function upperBoundStart(a: readonly RunRecord[], startMs: number): number {
-  let lo = 0;
-  let hi = a.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >>> 1;
-    if (a[mid]!.startMs <= startMs) lo = mid + 1;
+    const r = a[mid]!;
+    if (r.startMs < startMs || (r.startMs === startMs && r.openSeq <= openSeq)) lo = mid + 1;
     else hi = mid;
   }
   return lo;
