@@ -1,3 +1,4 @@
+import { append } from '../util/arrays.js';
 import type { DropReason, EventType, LifecycleKind, Verdict } from './Metrics.js';
 
 export const EV_PENDING = 0;
@@ -90,9 +91,7 @@ export class RunRecord {
   addEvent(seq: number, type: EventType, spanId: string, tsMs: number): EventRecord {
     // Every field set up front: the record keeps one shape and no out-of-object property store.
     const ev: EventRecord = { seq, type, spanId, tsMs, state: EV_PENDING, reason: undefined, connections: 0, attempts: 0, deliveredAtMs: undefined, late: undefined, acked: undefined };
-    // An exact-size first array: `[].push` reserves 17 slots.
-    if (this.events.length === 0) this.events = [ev];
-    else this.events.push(ev);
+    this.events = append(this.events, ev);
     return ev;
   }
 }

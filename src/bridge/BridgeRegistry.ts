@@ -2,6 +2,7 @@ import { DROP_REASONS, EVENT_TYPES, type DropReason, type EventType, type Evicti
 import { RunRecord } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
 import { classify } from '../conventions/classify.js';
+import { append } from '../util/arrays.js';
 import { BoundedMap } from '../util/BoundedMap.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
@@ -43,7 +44,12 @@ export class BridgeRegistry {
   private readonly runs = new Map<string, RunState>();
   /** Held spans in hold order (oldest first) with their trace. */
   private readonly heldIndex = new Map<SpanNode, TraceBridge>();
-  /** Recently released traces that had runs (in-process late ends are dropped). */
+  /**
+   * Recently released traces that had runs. In-process, a trace is released
+   * as soon as its runs ended; a span of it that ends later (an abandoned
+   * run's top-level span, a sub-agent that outlived its run) must not open a
+   * phantom run, so its late end is dropped. Bounded, oldest forgotten first.
+   */
   private readonly released = new BoundedMap<string, true>(RELEASED_MEMORY);
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
@@ -120,16 +126,12 @@ export class BridgeRegistry {
     const run = new RunState(runId, tb, top, record);
     this.runs.set(runId, run);
     tb.activeRuns++;
-    tb.hadRun = true;
-    // Exact-size first array (`[].push` reserves 17 slots); most traces hold one run.
-    if (tb.runs === undefined) tb.runs = [run];
-    else tb.runs.push(run);
+    tb.runs = append(tb.runs, run);
     this.ledger.open(record);
     return run;
   }
 
   resolveUser(run: RunState, user: string): void {
-    run.user = user;
     run.record.user = user;
     const pending = run.unrouted;
     if (pending === undefined) return;
@@ -152,7 +154,7 @@ export class BridgeRegistry {
     const evRec = rec.addEvent(seq, type, node.spanId, tsMs);
     this.metrics.eventsEmitted.inc({ type });
     if (this.opts.mode === 'audit' || this.sink === undefined) return;
-    const conv = node.conv ?? run.conv;
+    const conv = node.conv ?? run.record.conversation;
     // Serialised once per event, by hand: same bytes as JSON.stringify of the
     // envelope, about twice as fast (the envelope's shape is fixed).
     const agent = node.agentName;
@@ -162,7 +164,7 @@ export class BridgeRegistry {
       `"agent":${agent === undefined ? 'null' : JSON.stringify(agent)},"conversation_id":${conv === undefined ? 'null' : JSON.stringify(conv)},` +
       `"data":${JSON.stringify(data)}}`;
     const ev: OutboundEvent = {
-      user: run.user ?? '',
+      user: run.record.user ?? '',
       conversation: conv,
       runId: run.id,
       traceId: run.trace.traceId,
@@ -173,7 +175,7 @@ export class BridgeRegistry {
       run: rec,
       hookAt: node.hookAt,
     };
-    if (run.user === undefined) {
+    if (run.record.user === undefined) {
       (run.unrouted ??= []).push(ev);
       return;
     }
@@ -288,22 +290,12 @@ export class BridgeRegistry {
     // that arrives after its run (a later or reordered request) finds its
     // ancestors and is dropped as late_span, instead of being held as an
     // orphan and opening a phantom run of its own.
-    if (!this.opts.parentsArriveFirst && tb.hadRun) return;
+    if (!this.opts.parentsArriveFirst && tb.runs !== undefined) return;
     if (this.traces.get(tb.traceId) === tb) {
       this.traces.delete(tb.traceId);
       this.metrics.tracesInFlight.set(this.traces.size);
-      if (tb.hadRun) this.rememberReleased(tb.traceId);
+      if (tb.runs !== undefined) this.released.set(tb.traceId, true);
     }
-  }
-
-  /**
-   * In-process, a trace is released as soon as its runs ended. A span of it
-   * that ends later (an abandoned run's top-level span, a sub-agent that
-   * outlived its run) must not open a phantom run: remember recently released
-   * traces (bounded, oldest forgotten first) and drop their late ends.
-   */
-  private rememberReleased(traceId: string): void {
-    this.released.set(traceId, true);
   }
 
   private evictOldestTrace(): void {
@@ -319,7 +311,7 @@ export class BridgeRegistry {
       this.ledger.evict(run.record);
     }
     // Its spans that end later must not open a phantom run of the same id.
-    if (tb.hadRun) this.rememberReleased(id);
+    if (tb.runs !== undefined) this.released.set(id, true);
   }
 
   /** Give up on held spans past the hold time; drop idle traces with nothing in flight. */

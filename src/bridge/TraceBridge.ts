@@ -1,4 +1,5 @@
 import type { DropReason, EventType, LifecycleKind } from '../audit/Metrics.js';
+import { append } from '../util/arrays.js';
 import { RunRecord } from '../audit/RunRecord.js';
 import { classify } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
@@ -42,8 +43,7 @@ export interface SpanNode {
 export class RunState {
   seq = 0;
   ended = false;
-  user: string | undefined;
-  conv: string | undefined;
+  // The run's user and conversation live on its record (`record.user`, `record.conversation`).
   /** Events produced before the run's user was known. */
   unrouted: OutboundEvent[] | undefined;
 
@@ -73,9 +73,7 @@ export class TraceBridge {
   private waiting: Map<string, SpanNode[]> = NO_WAITING;
   heldCount = 0;
   activeRuns = 0;
-  /** A run was opened in this trace (OTLP keeps such traces until idle, for late spans). */
-  hadRun = false;
-  /** Runs opened in this trace (a trace evicted as a whole releases them). */
+  /** Runs opened in this trace, undefined until the first (a trace evicted as a whole releases them; OTLP keeps a trace that had runs until idle, for late spans). */
   runs: RunState[] | undefined;
   /** Span ids dropped by maxSpansPerRun (bounded), so a start and an end count once. */
   private droppedSpans: Set<string> | undefined;
@@ -222,11 +220,8 @@ export class TraceBridge {
       node.agentName = parent?.agentName;
     }
     const run = node.run;
-    if (run !== undefined && run.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
-    if (run !== undefined && run.conv === undefined && node.conv !== undefined) {
-      run.conv = node.conv;
-      run.record.conversation = node.conv;
-    }
+    if (run !== undefined && run.record.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
+    if (run !== undefined && run.record.conversation === undefined && node.conv !== undefined) run.record.conversation = node.conv;
     if (node.pendingAudit !== undefined) {
       const evs = node.pendingAudit;
       node.pendingAudit = undefined;
@@ -270,10 +265,7 @@ export class TraceBridge {
     const rec = run.record;
     if (rec.spans.length < this.reg.opts.maxSpansPerRun) {
       node.summaryIndex = rec.spans.length;
-      const sum = { spanId: node.spanId, parentSpanId: node.parentId, kind: node.kind, name: node.name, startMs: node.startMs };
-      // An exact-size first array: `[].push` reserves 17 slots, most runs have a handful of spans.
-      if (rec.spans.length === 0) rec.spans = [sum];
-      else rec.spans.push(sum);
+      rec.spans = append(rec.spans, { spanId: node.spanId, parentSpanId: node.parentId, kind: node.kind, name: node.name, startMs: node.startMs });
     }
     let data: Record<string, unknown>;
     if (node.kind === 'agent') {
@@ -305,7 +297,7 @@ export class TraceBridge {
     } else if (node.kind === 'agent') {
       const data: Record<string, unknown> = { agent: node.name, status, duration_ms: durationMs };
       if (node.error !== undefined) data.error = node.error;
-      if (node === run.top && run.user === undefined && node.ownUser !== undefined) this.reg.resolveUser(run, node.ownUser);
+      if (node === run.top && run.record.user === undefined && node.ownUser !== undefined) this.reg.resolveUser(run, node.ownUser);
       this.reg.emit(run, node, 'agent_completed', node.endMs ?? node.startMs, data);
       if (node === run.top) this.reg.endRun(run, node.endMs ?? node.startMs);
     }
