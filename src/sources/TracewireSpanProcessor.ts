@@ -32,6 +32,7 @@ export class TracewireSpanProcessor implements SpanProcessor {
   private readonly max: number;
   private dropped = 0;
   private readonly diag: Diag;
+  private readonly withEvents: boolean;
   private readonly drainFn = (): void => this.drain();
   /**
    * User and conversation known for a live span (own attributes, or inherited
@@ -48,6 +49,8 @@ export class TracewireSpanProcessor implements SpanProcessor {
   ) {
     this.max = (opts.maxQueueSize ?? 65536) * 3;
     this.diag = opts.diag ?? new Diag('warn');
+    // Span events matter only to audit mode (agent.event); emit mode does not copy them per span.
+    this.withEvents = registry.opts.mode === 'audit';
   }
 
   onStart(span: Span, parentContext: Context): void {
@@ -93,7 +96,7 @@ export class TracewireSpanProcessor implements SpanProcessor {
         const span = q[i] as ReadableSpan;
         const ctx = q[i + 1];
         const at = q[i + 2] as number;
-        if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, true, this.inherited));
+        if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, this.withEvents, this.inherited));
         else this.registry.startSpan(toInput(span, ctx as Context, at, false, this.inherited));
       } catch (err) {
         this.metrics.internalErrors.inc({ component: 'bridge' });
@@ -124,7 +127,9 @@ interface Inherited {
   readonly conversation: string | undefined;
 }
 
-function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, ended: boolean, inherited: WeakMap<object, Inherited>): SpanInput {
+/** A span start (`ctx` given: its parent context) or end (`ctx` undefined; `withEvents`: copy its span events). */
+function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, withEvents: boolean, inherited: WeakMap<object, Inherited>): SpanInput {
+  const ended = ctx === undefined;
   const sc = span.spanContext();
   const parent = span.parentSpanContext;
   let baggageUser: string | undefined;
@@ -138,15 +143,18 @@ function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, e
       baggageConversation = bag.getEntry('gen_ai.conversation.id')?.value ?? bag.getEntry('session.id')?.value;
     }
     const p = trace.getSpan(ctx) as unknown as { attributes?: Record<string, unknown> } | undefined;
-    if (p !== undefined) {
-      const fromAncestors = inherited.get(p);
-      // The parent's attributes now (they may have been set after it started), then what it inherited.
-      parentUser = (p.attributes !== undefined ? userOf(p.attributes) : undefined) ?? fromAncestors?.user;
-      parentConversation = (p.attributes !== undefined ? conversationOf(p.attributes) : undefined) ?? fromAncestors?.conversation;
-    }
+    const fromAncestors = p !== undefined ? inherited.get(p) : undefined;
+    // The parent's attributes now (they may have been set after it started), then what it inherited.
+    const pa = p?.attributes;
+    parentUser = (pa !== undefined ? userOf(pa) : undefined) ?? fromAncestors?.user;
+    parentConversation = (pa !== undefined ? conversationOf(pa) : undefined) ?? fromAncestors?.conversation;
     const user = userOf(span.attributes) ?? parentUser ?? baggageUser;
     const conversation = conversationOf(span.attributes) ?? parentConversation ?? baggageConversation;
-    if (user !== undefined || conversation !== undefined) inherited.set(span, { user, conversation });
+    if (user !== undefined || conversation !== undefined) {
+      // A span that adds nothing shares its parent's entry instead of a copy per span.
+      const same = fromAncestors !== undefined && fromAncestors.user === user && fromAncestors.conversation === conversation;
+      inherited.set(span, same ? fromAncestors : { user, conversation });
+    }
   }
   return {
     traceId: sc.traceId,
@@ -159,7 +167,7 @@ function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, e
     attributes: span.attributes,
     statusCode: span.status.code,
     statusMessage: span.status.message,
-    events: ended ? span.events.map((e) => ({ name: e.name, timeMs: toMs(e.time as HrTime), attributes: e.attributes ?? {} })) : undefined,
+    events: withEvents && span.events.length > 0 ? span.events.map((e) => ({ name: e.name, timeMs: toMs(e.time as HrTime), attributes: e.attributes ?? {} })) : undefined,
     baggageUser,
     baggageConversation,
     parentUser,
