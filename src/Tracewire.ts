@@ -130,15 +130,15 @@ export class Tracewire {
     this.hub.attach(app.server);
   };
 
-  /**
-   * Graceful stop: drain the span queues, close connections with 1001 after
-   * flushing, give in-flight runs the `interrupted` verdict. Runs once.
-   */
   /** True once `close()` was called (health checks report `shutting_down`). */
   get closing(): boolean {
     return this.closed !== undefined;
   }
 
+  /**
+   * Graceful stop: drain the span queues, close connections with 1001 after
+   * flushing, give in-flight runs the `interrupted` verdict. Runs once.
+   */
   close(timeoutMillis = this.config.shutdownTimeoutMillis): Promise<void> {
     return (this.closed ??= (async () => {
       for (const p of this.processors) await p.shutdown();

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
+import { Metrics } from '../../src/audit/Metrics.js';
 import { OPTIONS } from '../../src/config/Config.js';
 import { ERRORS, TracewireError } from '../../src/errors/errors.js';
 
@@ -14,6 +15,12 @@ describe('error catalogue', () => {
   it('documents every option, flag and environment variable in the README', () => {
     const missing = OPTIONS.filter((o) => !readme.includes(`\`${o.flag}\``) || !readme.includes(`\`${o.env}\``)).map((o) => o.flag);
     expect(missing).toEqual([]);
+  });
+
+  it('documents every metric series in the README', () => {
+    const names = new Metrics().registry.getMetricsAsArray().map((m) => m.name);
+    expect(names.length).toBeGreaterThan(20);
+    expect(names.filter((n) => !readme.includes(`\`${n}\``))).toEqual([]);
   });
 
   it('gives each error a status or a close code, and unique close codes per meaning', () => {
