@@ -27,8 +27,8 @@ if (want('sweep')) {
     const rs = new ReplayStore({ retentionMillis: 60_000, maxEventsPerRun: 1000, maxBytesPerRun: 1 << 20, maxTotalBytes: 1 << 30, maxIdleMillis: 600_000, now: Date.now });
     const frame = Buffer.alloc(300);
     for (let i = 0; i < n; i++) {
-      const ev = { runId: `run-${i}`, user: `u-${i % 100}`, seq: 1, frame, payload: '' };
-      rs.add(ev, frame);
+      const ev = { runId: `run-${i}`, user: `u-${i % 100}`, seq: 1, frame, bytes: frame.length, payload: '' };
+      rs.add(ev);
       if (i % 5 === 4) rs.ended(`run-${i}`);
     }
     const xs = [];

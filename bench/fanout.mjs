@@ -21,7 +21,7 @@ import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import http from 'node:http';
 import { Server as SioServer } from 'socket.io';
 import { WebSocketServer } from 'ws';
-import { makeTracewire, RunRecord, startSidecar } from './lib/tw.mjs';
+import { makeTracewire, OutboundEvent, RunRecord, startSidecar } from './lib/tw.mjs';
 import { EVENTS_PER_RUN, runOnce } from './lib/agentRuns.mjs';
 import { ClientProcess } from './lib/clientproc.mjs';
 import { cpuSeconds, deadline, log, nowNs, report, sleep } from './lib/common.mjs';
@@ -108,7 +108,7 @@ if (impl === 'tw-spans' || impl === 'tw-publish') {
         const o = pool[(run % POOL_RUNS) * EVENTS_PER_RUN + seq - 1];
         const payload = JSON.stringify({ ...o, ts: new Date().toISOString() });
         const evRec = rec.addEvent(seq, o.type, o.span_id, Date.now());
-        tw.hub.publish({ user: USER, conversation: `c-${USER}`, runId, traceId: o.trace_id, seq, type: o.type, payload, record: evRec, run: rec, hookAt: performance.now() });
+        tw.hub.publish(new OutboundEvent(USER, `c-${USER}`, runId, o.trace_id, seq, o.type, payload, evRec, rec, performance.now()));
         if (seq === EVENTS_PER_RUN) {
           tw.hub.runEnded(runId);
           seq = 0;

@@ -4,7 +4,8 @@ export { TracewireSpanProcessor, type TracewireSpanProcessorOptions } from './so
 export { EventHub, type EventHubOptions } from './hub/EventHub.js';
 export { JwtVerifier, PROTOCOL } from './hub/auth.js';
 export { BridgeRegistry, type BridgeOptions } from './bridge/BridgeRegistry.js';
-export type { EventSink, OutboundEvent } from './bridge/EventSink.js';
+export { OutboundEvent } from './bridge/EventSink.js';
+export type { EventSink } from './bridge/EventSink.js';
 export { classify, type Classified } from './conventions/classify.js';
 export type { SpanInput, SpanEventInput } from './conventions/SpanInput.js';
 export { Metrics, EVENT_TYPES, VERDICTS, DROP_REASONS, type EventType, type Verdict, type DropReason } from './audit/Metrics.js';

@@ -25,13 +25,17 @@ export function inProcessTracer(sc: Sidecar): { tracer: Tracer; provider: BasicT
 
 export class TestClient {
   readonly frames: Frame[] = [];
+  /** Each frame's text as received. */
+  readonly texts: string[] = [];
   closeCode: number | undefined;
   closeReason = '';
   private waiters: Array<() => void> = [];
 
   constructor(readonly ws: WebSocket) {
     ws.on('message', (data) => {
-      this.frames.push(JSON.parse(data.toString()) as Frame);
+      const text = data.toString();
+      this.texts.push(text);
+      this.frames.push(JSON.parse(text) as Frame);
       this.wake();
     });
     ws.on('close', (code, reason) => {

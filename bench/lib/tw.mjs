@@ -9,7 +9,7 @@ import { applyExperiments } from './experiments.mjs';
 const root = process.env.TRACEWIRE_DIST ? path.resolve(process.env.TRACEWIRE_DIST) : fileURLToPath(new URL('../../dist', import.meta.url));
 export const distUrl = (p) => pathToFileURL(path.join(root, p)).href;
 const TW = await import(distUrl('index.js'));
-export const { startSidecar, RunRecord } = TW;
+export const { startSidecar, RunRecord, OutboundEvent } = TW;
 
 /** `new Tracewire(opts)` with the selected experiments applied. */
 export function makeTracewire(opts) {

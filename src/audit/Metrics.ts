@@ -69,6 +69,36 @@ export class HotCounter<L extends string> {
   }
 }
 
+/**
+ * A gauge whose value is read at scrape time from the components that own the
+ * number (the sum of their sources): sizes of maps and queues cost nothing on
+ * the hot path. `track()` returns the function that removes the source.
+ */
+export class LiveGauge {
+  private readonly sources: Array<() => number> = [];
+  readonly gauge: Gauge;
+
+  constructor(cfg: { name: string; help: string; registers: Registry[] }) {
+    const sources = this.sources;
+    this.gauge = new Gauge({
+      ...cfg,
+      collect(this: Gauge) {
+        let n = 0;
+        for (const s of sources) n += s();
+        this.set(n);
+      },
+    });
+  }
+
+  track(source: () => number): () => void {
+    this.sources.push(source);
+    return () => {
+      const i = this.sources.indexOf(source);
+      if (i >= 0) this.sources.splice(i, 1);
+    };
+  }
+}
+
 /** Caps a label value to a bounded set: the first `max` distinct values pass, later ones become "other". */
 export class BoundedLabel {
   private readonly seen = new Set<string>();
@@ -103,7 +133,7 @@ export class Metrics {
   readonly eventsDelivered = new HotCounter({ name: 'tracewire_events_delivered_total', help: 'Events whose write completed on at least one connection of their user.', labelNames: ['type'] as const, registers: this.regs });
   readonly eventsDeliveredLate = new HotCounter({ name: 'tracewire_events_delivered_late_total', help: 'Events delivered after being held for a user with no connection, or by resume.', labelNames: ['type'] as const, registers: this.regs });
   readonly eventsDropped = new HotCounter({ name: 'tracewire_events_dropped_total', help: 'Events not delivered, by reason.', labelNames: ['type', 'reason'] as const, registers: this.regs });
-  readonly runs = new Counter({ name: 'tracewire_runs_total', help: 'Judged runs by verdict, main undelivered reason ("none" when complete) and top-level agent (capped).', labelNames: ['verdict', 'reason', 'agent'] as const, registers: this.regs });
+  readonly runs = new HotCounter({ name: 'tracewire_runs_total', help: 'Judged runs by verdict, main undelivered reason ("none" when complete) and top-level agent (capped).', labelNames: ['verdict', 'reason', 'agent'] as const, registers: this.regs });
   readonly deliverySeconds = new Histogram({
     name: 'tracewire_event_delivery_seconds',
     help: 'From the span hook to the completed WebSocket write of the event.',
@@ -112,13 +142,13 @@ export class Metrics {
     enableExemplars: true,
     registers: this.regs,
   });
-  readonly connections = new Gauge({ name: 'tracewire_ws_connections', help: 'Open, authenticated WebSocket connections.', registers: this.regs });
+  readonly connections = new LiveGauge({ name: 'tracewire_ws_connections', help: 'Open, authenticated WebSocket connections.', registers: this.regs });
   readonly connectionAttempts = new Counter({ name: 'tracewire_ws_connections_total', help: 'WebSocket connection attempts by result.', labelNames: ['result'] as const, registers: this.regs });
   readonly disconnects = new Counter({ name: 'tracewire_ws_disconnects_total', help: 'Closed WebSocket connections by reason.', labelNames: ['reason'] as const, registers: this.regs });
   readonly clientFrameErrors = new Counter({ name: 'tracewire_ws_client_errors_total', help: 'Bad client frames by error code.', labelNames: ['code'] as const, registers: this.regs });
-  readonly runsInFlight = new Gauge({ name: 'tracewire_runs_in_flight', help: 'Runs whose top-level agent span has started and not been judged yet.', registers: this.regs });
-  readonly tracesInFlight = new Gauge({ name: 'tracewire_traces_in_flight', help: 'Traces the bridge tracks.', registers: this.regs });
-  readonly heldSpans = new Gauge({ name: 'tracewire_held_spans', help: 'Spans held until their ancestors arrive.', registers: this.regs });
+  readonly runsInFlight = new LiveGauge({ name: 'tracewire_runs_in_flight', help: 'Runs whose top-level agent span has started and not been judged yet.', registers: this.regs });
+  readonly tracesInFlight = new LiveGauge({ name: 'tracewire_traces_in_flight', help: 'Traces the bridge tracks.', registers: this.regs });
+  readonly heldSpans = new LiveGauge({ name: 'tracewire_held_spans', help: 'Spans held until their ancestors arrive.', registers: this.regs });
   readonly evictions = new Counter({ name: 'tracewire_bridge_evictions_total', help: 'Spans, traces or runs given up by bounded state, by reason.', labelNames: ['reason'] as const, registers: this.regs });
   readonly internalErrors = new Counter({ name: 'tracewire_internal_errors_total', help: 'Faults caught inside tracewire (never thrown into the caller), by component.', labelNames: ['component'] as const, registers: this.regs });
   readonly hookQueueDrops = new Counter({ name: 'tracewire_hook_queue_dropped_total', help: 'Span hook records dropped because the in-process queue was full.', registers: this.regs });
@@ -154,10 +184,6 @@ export class Metrics {
     for (const reason of DISCONNECT_REASONS) this.disconnects.inc({ reason }, 0);
     for (const encoding of ['protobuf', 'json']) this.otlpRequests.inc({ encoding, status: '200' }, 0);
     this.otlpSpans.inc(0);
-    this.connections.set(0);
-    this.runsInFlight.set(0);
-    this.tracesInFlight.set(0);
-    this.heldSpans.set(0);
   }
 }
 

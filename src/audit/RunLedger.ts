@@ -1,6 +1,6 @@
 import { TracewireError } from '../errors/errors.js';
 import type { DropReason, EventType, Metrics, Verdict } from './Metrics.js';
-import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, RunRecord, type EventRecord, type Judgement } from './RunRecord.js';
+import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, Judgement, RunRecord, type EventRecord, type ExplainContext, type ForcedCause } from './RunRecord.js';
 
 export interface RunLedgerOptions {
   readonly mode: 'emit' | 'audit';
@@ -33,8 +33,6 @@ export interface RunQuery {
   readonly cursor?: string;
 }
 
-/** Why a verdict was forced on a run before its top-level span ended. */
-type ForcedCause = 'timeout' | 'evicted';
 
 export const LIST_DEFAULT_LIMIT = 50;
 export const LIST_MAX_LIMIT = 500;
@@ -96,9 +94,11 @@ export class RunLedger {
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
   private closed = false;
+  private readonly untrack: () => void;
 
   constructor(private readonly opts: RunLedgerOptions) {
     this.now = opts.now ?? Date.now;
+    this.untrack = opts.metrics.runsInFlight.track(() => this.inFlight.size);
     const sweepEvery = Math.max(50, Math.min(1000, Math.floor(opts.runTimeoutMillis / 4)));
     this.sweepTimer = setInterval(() => this.sweep(), sweepEvery);
     this.sweepTimer.unref();
@@ -125,7 +125,6 @@ export class RunLedger {
     this.inFlight.set(record.runId, record);
     record.openSeq = ++this.openCounter;
     this.indexInsert(record);
-    this.opts.metrics.runsInFlight.set(this.inFlight.size);
   }
 
   /** A kept run by id (in flight, or judged and within retention). */
@@ -210,7 +209,6 @@ export class RunLedger {
     const j = computeJudgement(record, this.opts.mode, forced, this.now(), this.opts.runTimeoutMillis, cause);
     record.judgement = j;
     if (this.inFlight.get(record.runId) === record) this.inFlight.delete(record.runId);
-    this.opts.metrics.runsInFlight.set(this.inFlight.size);
     // Events that never got an outcome are dropped now with the reason the verdict gave them.
     const reason = pendingReason(this.opts.mode, forced, record);
     for (const ev of record.events) {
@@ -287,6 +285,7 @@ export class RunLedger {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.untrack();
     if (this.timer) clearTimeout(this.timer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
   }
@@ -460,17 +459,22 @@ function pendingReason(mode: 'emit' | 'audit', forced: Verdict | undefined, r: R
   return 'send_failed';
 }
 
-const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
+/** Shared by every judgement with nothing undelivered (frozen: never written). */
+const NONE: Readonly<Record<string, number>> = Object.freeze({});
 
 export function computeJudgement(r: RunRecord, mode: 'emit' | 'audit', forced: Verdict | undefined, now: number, timeoutMs: number, cause?: ForcedCause): Judgement {
-  const undeliveredByType: Partial<Record<EventType, number>> = {};
-  const reasons: Partial<Record<DropReason, number>> = {};
+  let undeliveredByType: Partial<Record<EventType, number>> = NONE;
+  let reasons: Partial<Record<DropReason, number>> = NONE;
   const pending = pendingReason(mode, forced, r);
   let delivered = 0;
   for (const ev of r.events) {
     if (ev.state === EV_DELIVERED) {
       delivered++;
       continue;
+    }
+    if (reasons === NONE) {
+      reasons = {};
+      undeliveredByType = {};
     }
     const reason: DropReason = ev.state === EV_DROPPED ? ev.reason ?? 'send_failed' : ev.state === EV_HELD ? 'no_subscriber' : pending;
     undeliveredByType[ev.type] = (undeliveredByType[ev.type] ?? 0) + 1;
@@ -486,47 +490,18 @@ export function computeJudgement(r: RunRecord, mode: 'emit' | 'audit', forced: V
 
   // The reason dashboards group by: a failure while someone listened outranks "nobody listening".
   let mainReason: DropReason | 'none' = 'none';
-  let best = 0;
-  for (const [k, n] of Object.entries(reasons) as [DropReason, number][]) {
-    if (k === 'no_subscriber') continue;
-    if (n > best) {
-      best = n;
-      mainReason = k;
+  if (reasons !== NONE) {
+    let best = 0;
+    for (const k in reasons) {
+      const n = reasons[k as DropReason]!;
+      if (k !== 'no_subscriber' && n > best) {
+        best = n;
+        mainReason = k as DropReason;
+      }
     }
+    if (mainReason === 'none' && reasons.no_subscriber) mainReason = 'no_subscriber';
   }
-  if (mainReason === 'none' && reasons.no_subscriber) mainReason = 'no_subscriber';
-
-  const who = r.user !== undefined ? `user ${r.user}` : 'an unidentified user';
-  const reasonText = Object.entries(reasons).map(([k, n]) => `${k} ×${n}`).join(', ');
-  const typeText = Object.entries(undeliveredByType).map(([k, n]) => `${k} ×${n}`).join(', ');
-  const whileOpen = r.sawConnection && mainReason !== 'no_subscriber' && mode === 'emit' ? ' although a connection of the user was open' : '';
-  const ran = `Agents ran (${plural(expected, 'event')} expected)`;
-  let explanation: string;
-  switch (verdict) {
-    case 'complete':
-      explanation = `All ${plural(expected, 'expected event')} were delivered to ${who}.`;
-      break;
-    case 'missing_events':
-      if (mode === 'audit' && r.auditOutcomes === 0)
-        explanation = `${ran} but the backend recorded no agent.event span event at all: its event emitter is not wired (not_recorded ×${missing}).`;
-      else if (mainReason === 'no_subscriber')
-        explanation = `${ran} but none reached ${who}: nobody was connected (no_subscriber ×${reasons.no_subscriber}).`;
-      else if (mainReason === 'no_user')
-        explanation = `${ran} but none could be routed: the run carries no user id (${reasonText}).`;
-      else explanation = `${ran} and none reached ${who}${whileOpen}: ${reasonText}.`;
-      break;
-    case 'partial':
-      explanation = `${missing} of ${plural(expected, 'expected event')} did not reach ${who}${whileOpen}: ${typeText} (${reasonText}).`;
-      break;
-    case 'abandoned':
-      explanation =
-        cause === 'evicted'
-          ? `The run was given up before its top-level agent span ended because tracewire's in-flight run limit was reached; ${delivered} of ${plural(expected, 'event')} had been delivered.`
-          : `The top-level agent span did not end within ${timeoutMs} ms; ${delivered} of ${plural(expected, 'event')} were delivered before the run was given up.`;
-      break;
-    case 'interrupted':
-      explanation = `tracewire shut down while the run was in flight; ${delivered} of ${plural(expected, 'event')} had been delivered.`;
-      break;
-  }
-  return { verdict, judgedAtMs: now, expected, delivered, undeliveredByType, reasons, mainReason, explanation };
+  // The explanation is written when first read (the runs API, the inspector), from what is known now.
+  const context: ExplainContext = { mode, cause, timeoutMs, user: r.user, sawConnection: r.sawConnection, auditOutcomes: r.auditOutcomes };
+  return new Judgement(verdict, now, expected, delivered, undeliveredByType, reasons, mainReason, context);
 }

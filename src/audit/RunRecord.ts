@@ -42,18 +42,70 @@ export interface SpanSummary {
   error?: string;
 }
 
-export interface Judgement {
-  readonly verdict: Verdict;
-  readonly judgedAtMs: number;
-  readonly expected: number;
-  readonly delivered: number;
-  /** Undelivered counts per event type. */
-  readonly undeliveredByType: Partial<Record<EventType, number>>;
-  /** Undelivered counts per reason. */
-  readonly reasons: Partial<Record<DropReason, number>>;
-  /** The reason a dashboard groups by: "none", "no_subscriber", or the failure. */
-  readonly mainReason: DropReason | 'none';
-  readonly explanation: string;
+/** Why a verdict was forced on a run before its top-level span ended. */
+export type ForcedCause = 'timeout' | 'evicted';
+
+/** What a judgement's explanation is written from, as it stood at verdict time. */
+export interface ExplainContext {
+  readonly mode: 'emit' | 'audit';
+  readonly cause: ForcedCause | undefined;
+  readonly timeoutMs: number;
+  readonly user: string | undefined;
+  readonly sawConnection: boolean;
+  readonly auditOutcomes: number;
+}
+
+/** A run's verdict with its counts; the one-sentence explanation is written when first read. */
+export class Judgement {
+  private text: string | undefined;
+
+  constructor(
+    readonly verdict: Verdict,
+    readonly judgedAtMs: number,
+    readonly expected: number,
+    readonly delivered: number,
+    /** Undelivered counts per event type. */
+    readonly undeliveredByType: Partial<Record<EventType, number>>,
+    /** Undelivered counts per reason. */
+    readonly reasons: Partial<Record<DropReason, number>>,
+    /** The reason a dashboard groups by: "none", "no_subscriber", or the failure. */
+    readonly mainReason: DropReason | 'none',
+    private readonly context: ExplainContext,
+  ) {}
+
+  get explanation(): string {
+    return (this.text ??= explain(this, this.context));
+  }
+}
+
+const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
+
+function explain(j: Judgement, c: ExplainContext): string {
+  const { expected, delivered, reasons, undeliveredByType, mainReason } = j;
+  const missing = expected - delivered;
+  const who = c.user !== undefined ? `user ${c.user}` : 'an unidentified user';
+  const reasonText = Object.entries(reasons).map(([k, n]) => `${k} ×${n}`).join(', ');
+  const typeText = Object.entries(undeliveredByType).map(([k, n]) => `${k} ×${n}`).join(', ');
+  const whileOpen = c.sawConnection && mainReason !== 'no_subscriber' && c.mode === 'emit' ? ' although a connection of the user was open' : '';
+  const ran = `Agents ran (${plural(expected, 'event')} expected)`;
+  switch (j.verdict) {
+    case 'complete':
+      return `All ${plural(expected, 'expected event')} were delivered to ${who}.`;
+    case 'missing_events':
+      if (c.mode === 'audit' && c.auditOutcomes === 0)
+        return `${ran} but the backend recorded no agent.event span event at all: its event emitter is not wired (not_recorded ×${missing}).`;
+      if (mainReason === 'no_subscriber') return `${ran} but none reached ${who}: nobody was connected (no_subscriber ×${reasons.no_subscriber}).`;
+      if (mainReason === 'no_user') return `${ran} but none could be routed: the run carries no user id (${reasonText}).`;
+      return `${ran} and none reached ${who}${whileOpen}: ${reasonText}.`;
+    case 'partial':
+      return `${missing} of ${plural(expected, 'expected event')} did not reach ${who}${whileOpen}: ${typeText} (${reasonText}).`;
+    case 'abandoned':
+      return c.cause === 'evicted'
+        ? `The run was given up before its top-level agent span ended because tracewire's in-flight run limit was reached; ${delivered} of ${plural(expected, 'event')} had been delivered.`
+        : `The top-level agent span did not end within ${c.timeoutMs} ms; ${delivered} of ${plural(expected, 'event')} were delivered before the run was given up.`;
+    case 'interrupted':
+      return `tracewire shut down while the run was in flight; ${delivered} of ${plural(expected, 'event')} had been delivered.`;
+  }
 }
 
 /**

@@ -6,7 +6,7 @@ import { append } from '../util/arrays.js';
 import { BoundedMap } from '../util/BoundedMap.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
-import type { EventSink, OutboundEvent } from './EventSink.js';
+import { OutboundEvent, type EventSink } from './EventSink.js';
 import { RunState, TraceBridge, type SpanNode } from './TraceBridge.js';
 
 export interface BridgeOptions {
@@ -53,6 +53,10 @@ export class BridgeRegistry {
   private readonly released = new BoundedMap<string, true>(RELEASED_MEMORY);
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
+  /** The run whose envelope part `head` is (emit). */
+  private headRun: RunState | undefined;
+  private head = '';
+  private readonly untrack: Array<() => void> = [];
   readonly now: () => number;
 
   constructor(
@@ -67,6 +71,7 @@ export class BridgeRegistry {
     const every = Math.max(20, Math.min(1000, Math.floor(opts.orphanHoldMillis / 4) || 20));
     this.sweepTimer = setInterval(() => this.sweep(), every);
     this.sweepTimer.unref();
+    this.untrack.push(metrics.tracesInFlight.track(() => this.traces.size), metrics.heldSpans.track(() => this.heldIndex.size));
   }
 
   get traceCount(): number {
@@ -101,7 +106,6 @@ export class BridgeRegistry {
       if (this.traces.size >= this.opts.maxTraces) this.evictOldestTrace();
       tb = new TraceBridge(span.traceId, this);
       this.traces.set(span.traceId, tb);
-      this.metrics.tracesInFlight.set(this.traces.size);
     } else if (this.opts.parentsArriveFirst && !tb.nodes.has(span.spanId)) {
       // In-process: a non-lifecycle span whose parent we never saw is outside every run.
       const parent = span.parentSpanId ? tb.nodes.get(span.parentSpanId) : undefined;
@@ -136,10 +140,18 @@ export class BridgeRegistry {
     const pending = run.unrouted;
     if (pending === undefined) return;
     run.unrouted = undefined;
-    for (const ev of pending) this.publish({ ...ev, user });
+    for (const ev of pending) {
+      ev.user = user;
+      this.publish(ev);
+    }
   }
 
-  emit(run: RunState, node: SpanNode, type: EventType, tsMs: number, data: Record<string, unknown>): void {
+  /**
+   * Record one event of `run` (the ledger's expected event) and, in emit
+   * mode, serialise it once and hand it to the sink. `data` is the JSON text
+   * of the event's `data` object (built by the caller from a fixed shape).
+   */
+  emit(run: RunState, node: SpanNode, type: EventType, tsMs: number, data: string): void {
     const rec = run.record;
     if (run.ended || rec.judgement !== undefined) {
       // The run already completed: emitting now would break "agent_completed last".
@@ -154,28 +166,21 @@ export class BridgeRegistry {
     const evRec = rec.addEvent(seq, type, node.spanId, tsMs);
     this.metrics.eventsEmitted.inc({ type });
     if (this.opts.mode === 'audit' || this.sink === undefined) return;
-    const conv = node.conv ?? run.record.conversation;
-    // Serialised once per event, by hand: same bytes as JSON.stringify of the
-    // envelope, about twice as fast (the envelope's shape is fixed).
+    const conv = node.conv ?? rec.conversation;
+    // Serialised once per event, by hand: the same bytes as JSON.stringify of
+    // the envelope (its shape is fixed), several times faster. The run's part
+    // is kept for the run last serialised: a run's events come in bursts.
+    if (run !== this.headRun) {
+      this.headRun = run;
+      this.head = `,"run_id":${jsonString(run.id)},"trace_id":${jsonString(run.trace.traceId)},"span_id":`;
+    }
     const agent = node.agentName;
     const payload =
-      `{"type":"${type}","run_id":${JSON.stringify(run.id)},"trace_id":${JSON.stringify(run.trace.traceId)},` +
-      `"span_id":${JSON.stringify(node.spanId)},"seq":${seq},"ts":"${isoTime(tsMs)}",` +
-      `"agent":${agent === undefined ? 'null' : JSON.stringify(agent)},"conversation_id":${conv === undefined ? 'null' : JSON.stringify(conv)},` +
-      `"data":${JSON.stringify(data)}}`;
-    const ev: OutboundEvent = {
-      user: run.record.user ?? '',
-      conversation: conv,
-      runId: run.id,
-      traceId: run.trace.traceId,
-      seq,
-      type,
-      payload,
-      record: evRec,
-      run: rec,
-      hookAt: node.hookAt,
-    };
-    if (run.record.user === undefined) {
+      `{"type":"${type}"${this.head}${jsonString(node.spanId)},"seq":${seq},"ts":"${isoTime(tsMs)}",` +
+      `"agent":${agent === undefined ? 'null' : jsonString(agent)},"conversation_id":${conv === undefined ? 'null' : jsonString(conv)},` +
+      `"data":${data}}`;
+    const ev = new OutboundEvent(rec.user ?? '', conv, run.id, run.trace.traceId, seq, type, payload, evRec, rec, node.hookAt);
+    if (rec.user === undefined) {
       (run.unrouted ??= []).push(ev);
       return;
     }
@@ -269,12 +274,10 @@ export class BridgeRegistry {
       this.evicted('max_orphans');
       otb.forceAnchor(oldest);
     }
-    this.metrics.heldSpans.set(this.heldIndex.size);
   }
 
   unheld(node: SpanNode): void {
     this.heldIndex.delete(node);
-    this.metrics.heldSpans.set(this.heldIndex.size);
   }
 
   evicted(reason: EvictionReason): void {
@@ -293,7 +296,6 @@ export class BridgeRegistry {
     if (!this.opts.parentsArriveFirst && tb.runs !== undefined) return;
     if (this.traces.get(tb.traceId) === tb) {
       this.traces.delete(tb.traceId);
-      this.metrics.tracesInFlight.set(this.traces.size);
       if (tb.runs !== undefined) this.released.set(tb.traceId, true);
     }
   }
@@ -301,10 +303,8 @@ export class BridgeRegistry {
   private evictOldestTrace(): void {
     const [id, tb] = this.traces.entries().next().value as [string, TraceBridge];
     this.traces.delete(id);
-    this.metrics.tracesInFlight.set(this.traces.size);
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.heldIndex.delete(n);
-    this.metrics.heldSpans.set(this.heldIndex.size);
     for (const run of tb.runs ?? []) {
       if (run.ended) continue;
       this.releaseRun(run);
@@ -330,14 +330,13 @@ export class BridgeRegistry {
           this.traces.delete(id);
         }
       }
-      this.metrics.tracesInFlight.set(this.traces.size);
     }
-    this.metrics.heldSpans.set(this.heldIndex.size);
   }
 
   close(): void {
     this.closed = true;
     clearInterval(this.sweepTimer);
+    for (const u of this.untrack) u();
   }
 }
 
@@ -356,6 +355,12 @@ export function isoTime(ms: number): string {
   }
   const frac = Math.floor(ms - sec * 1000);
   return `${isoPrefix}${frac < 10 ? '00' : frac < 100 ? '0' : ''}${frac}Z`;
+}
+
+const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
+/** JSON.stringify(s) for a string: most ids and names need no escaping, and the test is cheaper. */
+export function jsonString(s: string): string {
+  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`;
 }
 
 /** Could this span start a run (is it a lifecycle span by name or attributes)? Cheap pre-check. */

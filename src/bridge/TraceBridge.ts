@@ -3,7 +3,7 @@ import { append } from '../util/arrays.js';
 import { RunRecord } from '../audit/RunRecord.js';
 import { classify } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
-import type { BridgeRegistry } from './BridgeRegistry.js';
+import { jsonString, type BridgeRegistry } from './BridgeRegistry.js';
 import type { OutboundEvent } from './EventSink.js';
 
 /** What the bridge keeps of one span of a trace. */
@@ -53,6 +53,15 @@ export class RunState {
     readonly top: SpanNode,
     readonly record: RunRecord,
   ) {}
+}
+
+/** `"key":<value>,` (JSON, with a trailing comma), or '' when the value is undefined (JSON.stringify leaves the key out). */
+function lead(key: string, value: string | undefined): string {
+  return value === undefined ? '' : `"${key}":${jsonString(value)},`;
+}
+
+function orNull(value: string | undefined): string {
+  return value === undefined ? 'null' : jsonString(value);
 }
 
 /** Shared empty map (never written: `hold()` swaps in a real one). */
@@ -267,13 +276,16 @@ export class TraceBridge {
       node.summaryIndex = rec.spans.length;
       rec.spans = append(rec.spans, { spanId: node.spanId, parentSpanId: node.parentId, kind: node.kind, name: node.name, startMs: node.startMs });
     }
-    let data: Record<string, unknown>;
+    // `data` by hand (fixed shapes), as JSON.stringify writes it: undefined fields are left out.
+    let data: string;
     if (node.kind === 'agent') {
-      data = node === run.top ? { agent: node.name } : { agent: node.name, parent_agent: this.parentAgentName(node) };
+      const parent = node === run.top ? undefined : this.parentAgentName(node);
+      const agent = lead('agent', node.name);
+      data = parent === undefined ? `{${agent.slice(0, -1)}}` : `{${agent}"parent_agent":${jsonString(parent)}}`;
     } else if (node.kind === 'thinking') {
-      data = { model: node.model ?? null };
+      data = `{"model":${orNull(node.model)}}`;
     } else {
-      data = { tool: node.name, call_id: node.callId ?? null };
+      data = `{${lead('tool', node.name)}"call_id":${orNull(node.callId)}}`;
     }
     this.reg.emit(run, node, START_TYPE[node.kind], node.startMs, data);
   }
@@ -288,17 +300,14 @@ export class TraceBridge {
       s.endMs = node.endMs;
       if (node.error !== undefined) s.error = node.error;
     }
-    const durationMs = node.endMs !== undefined ? Math.max(0, Math.round((node.endMs - node.startMs) * 1000) / 1000) : null;
-    const status = node.error === undefined ? 'ok' : 'error';
+    const d = node.endMs !== undefined ? Math.max(0, Math.round((node.endMs - node.startMs) * 1000) / 1000) : Number.NaN;
+    // status, duration_ms and error, as JSON.stringify would write them (a non-finite duration is null).
+    const tail = `"status":"${node.error === undefined ? 'ok' : 'error'}","duration_ms":${Number.isFinite(d) ? String(d) : 'null'}${node.error === undefined ? '' : `,"error":${jsonString(node.error)}`}}`;
     if (node.kind === 'tool') {
-      const data: Record<string, unknown> = { tool: node.name, call_id: node.callId ?? null, status, duration_ms: durationMs };
-      if (node.error !== undefined) data.error = node.error;
-      this.reg.emit(run, node, 'tool_completed', node.endMs ?? node.startMs, data);
+      this.reg.emit(run, node, 'tool_completed', node.endMs ?? node.startMs, `{${lead('tool', node.name)}"call_id":${orNull(node.callId)},${tail}`);
     } else if (node.kind === 'agent') {
-      const data: Record<string, unknown> = { agent: node.name, status, duration_ms: durationMs };
-      if (node.error !== undefined) data.error = node.error;
       if (node === run.top && run.record.user === undefined && node.ownUser !== undefined) this.reg.resolveUser(run, node.ownUser);
-      this.reg.emit(run, node, 'agent_completed', node.endMs ?? node.startMs, data);
+      this.reg.emit(run, node, 'agent_completed', node.endMs ?? node.startMs, `{${lead('agent', node.name)}${tail}`);
       if (node === run.top) this.reg.endRun(run, node.endMs ?? node.startMs);
     }
   }

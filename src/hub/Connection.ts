@@ -2,14 +2,14 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { DropReason } from '../audit/Metrics.js';
 import type { OutboundEvent } from '../bridge/EventSink.js';
+import { copyFrame, frameOf } from './frame.js';
 
 /**
- * What the hub keeps of one event: routing, the ledger records its outcome
- * goes to, and the prebuilt WebSocket frame (the same bytes for every
- * recipient, the replay store and the hold). The JSON payload string of the
- * bridge's OutboundEvent is not kept: the frame already holds it.
+ * What the hub keeps of one event: the bridge's OutboundEvent itself, with
+ * its frame cached on it at the first write (the same bytes for every
+ * recipient, the replay store and the hold).
  */
-export type HubEvent = Omit<OutboundEvent, 'payload'> & { readonly frame: Buffer };
+export type HubEvent = OutboundEvent;
 
 /** One event written to one or more connections; settled once every write finished. */
 export interface Delivery {
@@ -220,10 +220,10 @@ export class Connection {
     if (d.late || this.backlogHead < this.backlog.length) {
       this.backlog.push(d);
       if (d.late) return true;
-      this.backlogLiveBytes += ev.frame.length;
+      this.backlogLiveBytes += ev.bytes;
     } else {
       this.out.push(d);
-      this.outBytes += ev.frame.length;
+      this.outBytes += ev.bytes;
     }
     return this.bufferedBytes <= this.maxBufferedBytes;
   }
@@ -239,9 +239,9 @@ export class Connection {
     while (this.backlogHead < backlog.length && (all || this.head >= this.out.length || this.outBytes + this.socket.writableLength < refill)) {
       const d = backlog[this.backlogHead]!;
       backlog[this.backlogHead++] = undefined as unknown as Delivery;
-      if (!d.late) this.backlogLiveBytes -= d.ev.frame.length;
+      if (!d.late) this.backlogLiveBytes -= d.ev.bytes;
       this.out.push(d);
-      this.outBytes += d.ev.frame.length;
+      this.outBytes += d.ev.bytes;
     }
     if (this.backlogHead === backlog.length) {
       if (backlog.length > 0) {
@@ -278,8 +278,8 @@ export class Connection {
       const start = this.head;
       let end = start;
       let bytes = 0;
-      while (end < out.length && (end === start || all || bytes + out[end]!.ev.frame.length <= WRITE_CHUNK_BYTES)) {
-        bytes += out[end]!.ev.frame.length;
+      while (end < out.length && (end === start || all || bytes + out[end]!.ev.bytes <= WRITE_CHUNK_BYTES)) {
+        bytes += out[end]!.ev.bytes;
         end++;
       }
       this.head = end;
@@ -303,14 +303,11 @@ export class Connection {
       for (const d of batch) this.done(d, ok, reason);
     };
     try {
-      if (batch.length === 1) this.socket.write(batch[0]!.ev.frame, cb);
+      if (batch.length === 1) this.socket.write(frameOf(batch[0]!.ev), cb);
       else {
         const buf = Buffer.allocUnsafe(bytes);
         let at = 0;
-        for (const d of batch) {
-          d.ev.frame.copy(buf, at);
-          at += d.ev.frame.length;
-        }
+        for (const d of batch) at += copyFrame(d.ev, buf, at);
         this.socket.write(buf, cb);
       }
     } catch (err) {

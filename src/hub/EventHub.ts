@@ -9,7 +9,7 @@ import type { EventSink, OutboundEvent } from '../bridge/EventSink.js';
 import { TracewireError, type ErrorCode } from '../errors/errors.js';
 import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
 import { Connection, type Delivery, type HubEvent } from './Connection.js';
-import { buildTextFrame } from './frame.js';
+import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
 
 export interface EventHubOptions {
@@ -57,12 +57,6 @@ export interface EventHubOptions {
 
 type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
 
-/** An event waiting for a connection of its user (none wanted it when it was published). */
-interface Held {
-  readonly ev: HubEvent;
-  readonly atMs: number;
-  done: boolean;
-}
 
 const NO_EXEMPLAR = Object.freeze({});
 /** The answer to an upgrade while the hub shuts down (before a WebSocket exists to carry 1001). */
@@ -85,12 +79,12 @@ export class EventHub implements EventSink {
   private readonly all = new Set<Connection>();
   private readonly dirty = new Set<Connection>();
   private flushScheduled = false;
-  // Held events: per user (release on connect) and one FIFO across users (expiry and bounds).
-  private readonly heldByUser = new Map<string, Held[]>();
-  /** Given-up entries at the front of each user's held list (skipped by readers via `done`). */
+  // Held events (no connection wanted them when they were published; `heldAtMs` >= 0 while held):
+  // per user (release on connect) and one FIFO across users (expiry and bounds).
+  private readonly heldByUser = new Map<string, HubEvent[]>();
+  /** Given-up entries at the front of each user's held list (skipped by readers: `heldAtMs` < 0). */
   private readonly heldUserHead = new Map<string, number>();
-  private readonly heldByRecord = new Map<EventRecord, Held>();
-  private heldQ: Held[] = [];
+  private heldQ: HubEvent[] = [];
   private heldHead = 0;
   private heldCount = 0;
   private heldBytes = 0;
@@ -107,6 +101,7 @@ export class EventHub implements EventSink {
   private readonly metrics: Metrics;
   private readonly ledger: RunLedger;
   private readonly closeGraceMillis: number;
+  private readonly untrack: () => void;
   private readonly onDone = (d: Delivery, ok: boolean, reason: DropReason | undefined): void => this.settle(d, ok, reason);
   private readonly isRetained = (runId: string): boolean => this.replay.contains(runId);
 
@@ -140,6 +135,7 @@ export class EventHub implements EventSink {
     const sweepEvery = Math.max(50, Math.min(1000, Math.floor(opts.replayRetentionMillis / 4) || 50));
     this.sweeper = setInterval(() => this.sweep(), sweepEvery);
     this.sweeper.unref();
+    this.untrack = this.metrics.connections.track(() => this.all.size);
   }
 
   get connectionCount(): number {
@@ -224,7 +220,6 @@ export class EventHub implements EventSink {
     if (set === undefined) this.byUser.set(p.user, (set = new Set()));
     set.add(conn);
     this.metrics.connectionAttempts.inc({ result: 'accepted' });
-    this.metrics.connections.set(this.all.size);
 
     ws.on('pong', () => {
       conn.alive = true;
@@ -261,35 +256,26 @@ export class EventHub implements EventSink {
   // ---- sink side ----------------------------------------------------------
 
   publish(ev: OutboundEvent): void {
-    const he: HubEvent = {
-      user: ev.user,
-      conversation: ev.conversation,
-      runId: ev.runId,
-      traceId: ev.traceId,
-      seq: ev.seq,
-      type: ev.type,
-      record: ev.record,
-      run: ev.run,
-      hookAt: ev.hookAt,
-      frame: buildTextFrame(ev.payload),
-    };
     if (this.closed) {
-      this.ledger.markDropped(he.run, he.record, 'shutdown');
+      this.ledger.markDropped(ev.run, ev.record, 'shutdown');
       return;
     }
-    this.replay.add(he);
-    const set = this.byUser.get(he.user);
+    ev.bytes = frameSize(ev.payload);
+    this.replay.add(ev);
+    const set = this.byUser.get(ev.user);
     let targets = 0;
-    if (set !== undefined) for (const c of set) if (c.accepts(he)) targets++;
+    if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
     if (targets === 0) {
-      this.hold(he);
+      this.hold(ev);
       return;
     }
-    he.run.sawConnection = true;
-    const d: Delivery = { ev: he, remaining: targets, ok: false, late: false, failReason: undefined };
+    // Framed once for several connections; one connection writes it straight into its batch.
+    if (targets > 1) frameOf(ev);
+    ev.run.sawConnection = true;
+    const d: Delivery = { ev, remaining: targets, ok: false, late: false, failReason: undefined };
     for (const c of set!) {
-      if (!c.accepts(he)) continue;
-      he.record.attempts++;
+      if (!c.accepts(ev)) continue;
+      ev.record.attempts++;
       if (!c.enqueue(d)) this.backpressure(c);
       else this.dirty.add(c);
     }
@@ -308,31 +294,29 @@ export class EventHub implements EventSink {
       this.ledger.markDropped(ev.run, ev.record, this.closing ? 'shutdown' : 'no_subscriber');
       return;
     }
-    const h: Held = { ev, atMs: this.now(), done: false };
+    ev.heldAtMs = this.now();
     let list = this.heldByUser.get(ev.user);
     if (list === undefined) this.heldByUser.set(ev.user, (list = []));
-    list.push(h);
-    this.heldQ.push(h);
-    this.heldByRecord.set(ev.record, h);
+    list.push(ev);
+    this.heldQ.push(ev);
     this.heldCount++;
-    this.heldBytes += ev.frame.length;
+    this.heldBytes += ev.bytes;
     // Bounds: give up the oldest held events (across users) first.
     while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldHead < this.heldQ.length) {
       const old = this.heldQ[this.heldHead++]!;
-      if (old.done) continue;
+      if (old.heldAtMs < 0) continue;
       this.unheld(old);
-      this.ledger.markDropped(old.ev.run, old.ev.record, 'no_subscriber');
-      this.trimUser(old.ev.user);
+      this.ledger.markDropped(old.run, old.record, 'no_subscriber');
+      this.trimUser(old.user);
     }
     this.compactHeld();
   }
 
   /** Take one held event out of the hold (delivered, dropped or expired). */
-  private unheld(h: Held): void {
-    h.done = true;
+  private unheld(ev: HubEvent): void {
+    ev.heldAtMs = -1;
     this.heldCount--;
-    this.heldBytes -= h.ev.frame.length;
-    this.heldByRecord.delete(h.ev.record);
+    this.heldBytes -= ev.bytes;
   }
 
   /** Drop given-up entries at the head of a user's held list. */
@@ -342,7 +326,7 @@ export class EventHub implements EventSink {
     // The dead prefix is remembered per user, so each trim only looks at new entries, and the
     // front is spliced off only once it is most of the list (splicing on every eviction is O(n)).
     let i = this.heldUserHead.get(user) ?? 0;
-    while (i < list.length && list[i]!.done) i++;
+    while (i < list.length && list[i]!.heldAtMs < 0) i++;
     if (i === list.length) {
       this.heldByUser.delete(user);
       this.heldUserHead.delete(user);
@@ -366,19 +350,19 @@ export class EventHub implements EventSink {
   private releaseHeld(conn: Connection): void {
     const list = this.heldByUser.get(conn.user);
     if (list === undefined) return;
-    const keep: Held[] = [];
+    const keep: HubEvent[] = [];
     let i = 0;
     for (; i < list.length; i++) {
-      const h = list[i]!;
-      if (h.done) continue;
-      if (!conn.wants(h.ev)) {
-        keep.push(h);
+      const ev = list[i]!;
+      if (ev.heldAtMs < 0) continue;
+      if (!conn.wants(ev)) {
+        keep.push(ev);
         continue;
       }
-      this.unheld(h);
-      h.ev.run.sawConnection = true;
-      h.ev.record.attempts++;
-      const d: Delivery = { ev: h.ev, remaining: 1, ok: false, late: true, failReason: undefined };
+      this.unheld(ev);
+      ev.run.sawConnection = true;
+      ev.record.attempts++;
+      const d: Delivery = { ev, remaining: 1, ok: false, late: true, failReason: undefined };
       if (!conn.enqueue(d)) {
         this.backpressure(conn);
         i++;
@@ -386,7 +370,7 @@ export class EventHub implements EventSink {
       }
     }
     // Whatever was not reached (the connection was closed for backpressure) stays held.
-    for (; i < list.length; i++) if (!list[i]!.done) keep.push(list[i]!);
+    for (; i < list.length; i++) if (list[i]!.heldAtMs >= 0) keep.push(list[i]!);
     this.heldUserHead.delete(conn.user);
     if (keep.length > 0) this.heldByUser.set(conn.user, keep);
     else this.heldByUser.delete(conn.user);
@@ -422,8 +406,7 @@ export class EventHub implements EventSink {
       for (const ev of evs) {
         if (conn.has(runId, ev.seq) || !conn.wants(ev)) continue;
         // An event still held for this user is delivered by resume: take it out of the hold.
-        const h = this.heldByRecord.get(ev.record);
-        if (h !== undefined) this.unheld(h);
+        if (ev.heldAtMs >= 0) this.unheld(ev);
         ev.record.attempts++;
         const d: Delivery = { ev, remaining: 1, ok: false, late: true, failReason: undefined };
         n++;
@@ -519,7 +502,6 @@ export class EventHub implements EventSink {
     }
     conn.failQueued(dropReason);
     this.metrics.disconnects.inc({ reason });
-    this.metrics.connections.set(this.all.size);
   }
 
   private onClose(conn: Connection, code: number): void {
@@ -625,13 +607,13 @@ export class EventHub implements EventSink {
     const cutoff = this.now() - this.opts.replayRetentionMillis;
     const users = new Set<string>();
     while (this.heldHead < this.heldQ.length) {
-      const h = this.heldQ[this.heldHead]!;
-      if (!h.done && h.atMs > cutoff) break;
+      const ev = this.heldQ[this.heldHead]!;
+      if (ev.heldAtMs > cutoff) break;
       this.heldHead++;
-      if (h.done) continue;
-      this.unheld(h);
-      this.ledger.markDropped(h.ev.run, h.ev.record, 'no_subscriber');
-      users.add(h.ev.user);
+      if (ev.heldAtMs < 0) continue;
+      this.unheld(ev);
+      this.ledger.markDropped(ev.run, ev.record, 'no_subscriber');
+      users.add(ev.user);
     }
     for (const u of users) this.trimUser(u);
     this.compactHeld();
@@ -686,10 +668,10 @@ export class EventHub implements EventSink {
     // Terminated sockets report their unfinished writes on the next ticks.
     await new Promise((r) => setImmediate(r));
     for (let i = this.heldHead; i < this.heldQ.length; i++) {
-      const h = this.heldQ[i]!;
-      if (h.done) continue;
-      this.unheld(h);
-      this.ledger.markDropped(h.ev.run, h.ev.record, 'shutdown');
+      const ev = this.heldQ[i]!;
+      if (ev.heldAtMs < 0) continue;
+      this.unheld(ev);
+      this.ledger.markDropped(ev.run, ev.record, 'shutdown');
     }
     this.heldByUser.clear();
     this.heldUserHead.clear();
@@ -697,6 +679,7 @@ export class EventHub implements EventSink {
     this.heldHead = 0;
     this.replay.clear();
     this.closed = true;
+    this.untrack();
     this.wss.close();
   }
 

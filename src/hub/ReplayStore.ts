@@ -69,14 +69,14 @@ export class ReplayStore {
     }
     e.lastAddMs = now;
     e.events.push(ev);
-    e.bytes += ev.frame.length;
-    this.totalBytes += ev.frame.length + EVENT_OVERHEAD_BYTES;
+    e.bytes += ev.bytes;
+    this.totalBytes += ev.bytes + EVENT_OVERHEAD_BYTES;
     while (e.events.length - e.head > 1 && (e.events.length - e.head > this.opts.maxEventsPerRun || e.bytes > this.opts.maxBytesPerRun)) {
       const old = e.events[e.head]!;
       e.events[e.head] = undefined as unknown as HubEvent;
       e.head++;
-      e.bytes -= old.frame.length;
-      this.totalBytes -= old.frame.length + EVENT_OVERHEAD_BYTES;
+      e.bytes -= old.bytes;
+      this.totalBytes -= old.bytes + EVENT_OVERHEAD_BYTES;
       this.trimmed++;
     }
     if (e.head > 64 && e.head * 2 > e.events.length) {

@@ -1,0 +1,41 @@
+// Quick in-process ingest profile (no HTTP): decode, or decode + bridge, of a
+// pre-built OTLP body, for `node --cpu-prof`. Usage:
+//   node bench/lib/ingestprof.mjs [protobuf|json] [spans] [decode|bridge] [seconds]
+import { distUrl, makeTracewire } from './tw.mjs';
+import { buildBody, stamp } from './otlpBodies.mjs';
+import { cpuSeconds, nowNs } from './common.mjs';
+
+const [encoding = 'protobuf', spansArg = '512', mode = 'bridge', secs = '3'] = process.argv.slice(2);
+const { decodeProtobuf, decodeJson } = await import(distUrl('sources/otlp/decode.js'));
+const tw = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbeatMillis: 0 });
+const b = buildBody(encoding, Number(spansArg));
+const decode = encoding === 'protobuf' ? decodeProtobuf : decodeJson;
+const bridges = tw.otlpBridges;
+let n = 0;
+let k = 1e6;
+// bridgeonly: decode 2000 stamped copies up front, then time the bridge alone.
+const pre = [];
+if (mode === 'bridgeonly') for (let i = 0; i < 400; i++) { stamp(b, k++); pre.push(decode(b.body, { maxSpans: 20000 }).spans); }
+let p = 0;
+globalThis.gc?.();
+const c0 = cpuSeconds();
+const until = nowNs() + Number(secs) * 1e9;
+while (nowNs() < until) {
+  if (mode === 'bridgeonly') {
+    if (p === pre.length) break;
+    for (let i = 0; i < 8 && p < pre.length; i++) { for (const s of pre[p++]) (s.endMs === undefined ? bridges.startSpan(s) : bridges.endSpan(s)); n += 512; }
+    await new Promise((r) => setImmediate(r));
+    continue;
+  }
+  for (let i = 0; i < 8; i++) {
+    stamp(b, k++);
+    const d = decode(b.body, { maxSpans: 20000 });
+    if (mode === 'bridge') for (const s of d.spans) (s.endMs === undefined ? bridges.startSpan(s) : bridges.endSpan(s));
+    n += d.spans.length;
+  }
+  await new Promise((r) => setImmediate(r));
+}
+const cpu = cpuSeconds() - c0;
+console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span), heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB`);
+await tw.close(1000);
+process.exit(0);
