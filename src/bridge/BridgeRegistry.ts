@@ -357,6 +357,7 @@ export function isoTime(ms: number): string {
   return `${isoPrefix}${frac < 10 ? '00' : frac < 100 ? '0' : ''}${frac}Z`;
 }
 
+// eslint-disable-next-line no-control-regex -- control characters are exactly what JSON must escape
 const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
 /** JSON.stringify(s) for a string: most ids and names need no escaping, and the test is cheaper. */
 export function jsonString(s: string): string {

@@ -3,7 +3,6 @@ import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { DISCONNECT_REASONS, DropReason, Metrics } from '../audit/Metrics.js';
-import type { EventRecord } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
 import type { EventSink, OutboundEvent } from '../bridge/EventSink.js';
 import { TracewireError, type ErrorCode } from '../errors/errors.js';
