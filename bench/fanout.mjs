@@ -97,17 +97,19 @@ if (impl === 'tw-spans' || impl === 'tw-publish') {
     let rec;
     let seq = 0;
     let runId;
+    let span; // the span summary the run's events are about (the bridge passes its span node)
     produce = (n) => {
       for (let i = 0; i < n; i++) {
         if (seq === 0) {
           run++;
           runId = `run-${run}`;
           rec = new RunRecord(runId, `trace-${run}`, `span-${run}`, 'supervisor', Date.now(), Date.now());
+          span = { spanId: `span-${run}`, parentSpanId: undefined, kind: 'agent', name: 'supervisor', startMs: Date.now(), endMs: undefined };
         }
         seq++;
         const o = pool[(run % POOL_RUNS) * EVENTS_PER_RUN + seq - 1];
         const payload = JSON.stringify({ ...o, ts: new Date().toISOString() });
-        const evRec = rec.addEvent(seq, o.type, o.span_id, Date.now());
+        const evRec = rec.addEvent(seq, o.type, span);
         tw.hub.publish(new OutboundEvent(USER, `c-${USER}`, runId, o.trace_id, seq, o.type, payload, evRec, rec, performance.now()));
         if (seq === EVENTS_PER_RUN) {
           tw.hub.runEnded(runId);

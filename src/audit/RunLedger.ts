@@ -74,8 +74,9 @@ export const LIST_MAX_LIMIT = 500;
  */
 export class RunLedger {
   private readonly inFlight = new Map<string, RunRecord>();
-  /** Ended runs awaiting their verdict; due times are monotonic (end + constant grace). */
+  /** Ended runs awaiting their verdict, and when each is due (monotonic: end + constant grace). */
   private due: RunRecord[] = [];
+  private dueAt: number[] = [];
   private dueHead = 0;
   /** Judged runs in judgement order (oldest first): count and age eviction pop from the front. */
   private readonly judged = new Map<string, RunRecord>();
@@ -139,8 +140,8 @@ export class RunLedger {
   ended(record: RunRecord, endMs: number): void {
     if (record.judgement || record.endMs !== undefined) return;
     record.endMs = endMs;
-    record.dueAtMs = this.now() + this.opts.graceMillis;
     this.due.push(record);
+    this.dueAt.push(this.now() + this.opts.graceMillis);
     this.arm();
   }
 
@@ -179,7 +180,7 @@ export class RunLedger {
    * agent span that called the tool).
    */
   recordAudit(run: RunRecord, spanId: string, type: EventType, outcome: 'delivered' | 'dropped', reason: DropReason | undefined): boolean {
-    run.auditOutcomes++;
+    (run.audit ??= { outcomes: 0, pending: undefined }).outcomes++;
     const open = (ev: EventRecord): boolean => ev.type === type && (ev.state === EV_PENDING || ev.state === EV_HELD);
     let match = run.events.find((ev) => ev.spanId === spanId && open(ev));
     if (match === undefined) {
@@ -201,9 +202,9 @@ export class RunLedger {
 
   private judgeWith(record: RunRecord, forced: Verdict | undefined, cause: ForcedCause | undefined): Judgement {
     if (record.judgement) return record.judgement;
-    if (record.auditPending !== undefined) {
-      const pending = record.auditPending;
-      record.auditPending = undefined;
+    if (record.audit?.pending !== undefined) {
+      const pending = record.audit.pending;
+      record.audit.pending = undefined;
       for (const o of pending) this.recordAudit(record, o.spanId, o.type, o.outcome, o.reason);
     }
     const j = computeJudgement(record, this.opts.mode, forced, this.now(), this.opts.runTimeoutMillis, cause);
@@ -244,6 +245,7 @@ export class RunLedger {
       if (!r.judgement) this.judge(r);
     }
     this.due = [];
+    this.dueAt = [];
     this.dueHead = 0;
     for (const r of [...this.inFlight.values()]) this.judge(r, 'interrupted');
   }
@@ -346,9 +348,8 @@ export class RunLedger {
 
   private arm(): void {
     if (this.timer || this.closed) return;
-    const head = this.due[this.dueHead];
-    if (!head) return;
-    const wait = Math.max(0, head.dueAtMs - this.now());
+    if (this.dueHead >= this.due.length) return;
+    const wait = Math.max(0, this.dueAt[this.dueHead]! - this.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.judgeDue();
@@ -360,15 +361,17 @@ export class RunLedger {
     const now = this.now();
     while (this.dueHead < this.due.length) {
       const r = this.due[this.dueHead]!;
-      if (r.dueAtMs > now) break;
+      if (this.dueAt[this.dueHead]! > now) break;
       this.dueHead++;
       if (!r.judgement) this.judge(r);
     }
     if (this.dueHead === this.due.length) {
       this.due = [];
+      this.dueAt = [];
       this.dueHead = 0;
     } else if (this.dueHead > 1024 && this.dueHead * 2 > this.due.length) {
       this.due.splice(0, this.dueHead);
+      this.dueAt.splice(0, this.dueHead);
       this.dueHead = 0;
     }
     this.arm();

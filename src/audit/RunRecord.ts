@@ -1,5 +1,5 @@
 import { append } from '../util/arrays.js';
-import type { DropReason, EventType, LifecycleKind, Verdict } from './Metrics.js';
+import { DROP_REASONS, type DropReason, type EventType, type LifecycleKind, type Verdict } from './Metrics.js';
 
 export const EV_PENDING = 0;
 export const EV_DELIVERED = 1;
@@ -7,21 +7,80 @@ export const EV_DROPPED = 2;
 /** Held for a user with no matching connection (undelivered as no_subscriber if still held at verdict time). */
 export const EV_HELD = 3;
 
-/** One expected event of a run and what became of it. */
-export interface EventRecord {
-  readonly seq: number;
-  readonly type: EventType;
-  readonly spanId: string;
-  readonly tsMs: number;
-  state: number;
-  reason?: DropReason;
+const STATE_MASK = 3;
+const LATE = 4;
+const ACKED = 8;
+const REASON_SHIFT = 4;
+
+/**
+ * One expected event of a run and what became of it. Kept small (every event
+ * of every kept run has one): state, flags and the drop reason share one
+ * small integer, the time is read from the span's summary, and the delivery
+ * time is kept as whole milliseconds after the event's time.
+ */
+export class EventRecord {
+  private bits = EV_PENDING;
   /** Connections whose write of this event completed. */
-  connections: number;
+  connections = 0;
   /** Connections the event was written to (attempts). */
-  attempts: number;
-  deliveredAtMs?: number;
-  late?: boolean;
-  acked?: boolean;
+  attempts = 0;
+  private deliveredAfterMs = -1;
+
+  constructor(
+    readonly seq: number,
+    readonly type: EventType,
+    /** The span the event is about (its start or its end). */
+    readonly span: SpanSummary,
+  ) {}
+
+  get spanId(): string {
+    return this.span.spanId;
+  }
+
+  /** The span's start for a start event, its end for a completion. */
+  get tsMs(): number {
+    const s = this.span;
+    return this.type === 'tool_completed' || this.type === 'agent_completed' ? s.endMs ?? s.startMs : s.startMs;
+  }
+
+  /** EV_PENDING, EV_DELIVERED, EV_DROPPED or EV_HELD. */
+  get state(): number {
+    return this.bits & STATE_MASK;
+  }
+  set state(v: number) {
+    this.bits = (this.bits & ~STATE_MASK) | v;
+  }
+
+  get reason(): DropReason | undefined {
+    const i = this.bits >>> REASON_SHIFT;
+    return i === 0 ? undefined : DROP_REASONS[i - 1];
+  }
+  set reason(r: DropReason | undefined) {
+    this.bits = (this.bits & ((1 << REASON_SHIFT) - 1)) | ((r === undefined ? 0 : DROP_REASONS.indexOf(r) + 1) << REASON_SHIFT);
+  }
+
+  get late(): boolean {
+    return (this.bits & LATE) !== 0;
+  }
+  set late(v: boolean) {
+    this.bits = v ? this.bits | LATE : this.bits & ~LATE;
+  }
+
+  get acked(): boolean {
+    return (this.bits & ACKED) !== 0;
+  }
+  set acked(v: boolean) {
+    this.bits = v ? this.bits | ACKED : this.bits & ~ACKED;
+  }
+
+  /** When the first write completed (epoch ms, whole milliseconds), if it did. */
+  get deliveredAtMs(): number | undefined {
+    return this.deliveredAfterMs < 0 ? undefined : Math.round(this.tsMs) + this.deliveredAfterMs;
+  }
+  set deliveredAtMs(ms: number | undefined) {
+    // An event delivered "before" its span time (clock skew of a remote span) is kept as delivered at that time.
+    this.deliveredAfterMs = ms === undefined ? -1 : Math.max(0, Math.round(ms) - Math.round(this.tsMs));
+  }
 }
 
 export interface AuditOutcome {
@@ -29,6 +88,14 @@ export interface AuditOutcome {
   readonly type: EventType;
   readonly outcome: 'delivered' | 'dropped';
   readonly reason: DropReason | undefined;
+}
+
+/** Audit mode: the agent.event outcomes a backend recorded for a run. */
+export interface RunAudit {
+  /** How many were recorded. */
+  outcomes: number;
+  /** Waiting to be matched to expected events at verdict time. */
+  pending: AuditOutcome[] | undefined;
 }
 
 /** One span of the run, for the inspector timeline. */
@@ -122,14 +189,10 @@ export class RunRecord {
   judgement: Judgement | undefined;
   /** Connections of the user open when the run started/ended (for "was anyone listening"). */
   sawConnection = false;
-  /** Audit mode: agent.event outcomes recorded by the backend. */
-  auditOutcomes: number = 0;
-  /** Audit mode: outcomes waiting to be matched to expected events at verdict time. */
-  auditPending: AuditOutcome[] | undefined;
+  /** Audit mode only: what the backend recorded (one field for both, so emit-mode runs stay small). */
+  audit: RunAudit | undefined;
   /** Order in which the ledger opened the run (list order among runs started in the same millisecond); internal. */
   openSeq = 0;
-  /** Index into the ledger's due queue; internal. */
-  dueAtMs = 0;
 
   constructor(
     readonly runId: string,
@@ -140,9 +203,13 @@ export class RunRecord {
     readonly openedAtMs: number,
   ) {}
 
-  addEvent(seq: number, type: EventType, spanId: string, tsMs: number): EventRecord {
-    // Every field set up front: the record keeps one shape and no out-of-object property store.
-    const ev: EventRecord = { seq, type, spanId, tsMs, state: EV_PENDING, reason: undefined, connections: 0, attempts: 0, deliveredAtMs: undefined, late: undefined, acked: undefined };
+  /** Audit mode: agent.event outcomes recorded by the backend. */
+  get auditOutcomes(): number {
+    return this.audit?.outcomes ?? 0;
+  }
+
+  addEvent(seq: number, type: EventType, span: SpanSummary): EventRecord {
+    const ev = new EventRecord(seq, type, span);
     this.events = append(this.events, ev);
     return ev;
   }

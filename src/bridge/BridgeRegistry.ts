@@ -1,8 +1,7 @@
 import { DROP_REASONS, EVENT_TYPES, type DropReason, type EventType, type EvictionReason, type Metrics } from '../audit/Metrics.js';
-import { RunRecord } from '../audit/RunRecord.js';
+import type { RunRecord, SpanSummary } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
 import { classify } from '../conventions/classify.js';
-import { append } from '../util/arrays.js';
 import { BoundedMap } from '../util/BoundedMap.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
@@ -29,6 +28,14 @@ export interface BridgeOptions {
   readonly maxTraces: number;
 }
 
+/** A span waiting for its ancestors. */
+interface Held {
+  readonly tb: TraceBridge;
+  readonly atMs: number;
+  /** Audit mode: agent.event span events it carries, noted once it is anchored. */
+  audit: SpanEventInput[] | undefined;
+}
+
 const AGENT_EVENT = 'agent.event';
 const EVENT_TYPE_SET = new Set<string>(EVENT_TYPES);
 const REASON_SET = new Set<string>(DROP_REASONS);
@@ -41,9 +48,17 @@ const REASON_SET = new Set<string>(DROP_REASONS);
  */
 export class BridgeRegistry {
   private readonly traces = new Map<string, TraceBridge>();
-  private readonly runs = new Map<string, RunState>();
-  /** Held spans in hold order (oldest first) with their trace. */
-  private readonly heldIndex = new Map<SpanNode, TraceBridge>();
+  /**
+   * In-flight runs in open order, for evicting the oldest at maxInFlightRuns.
+   * Released runs are skipped at the head and compacted away once they are
+   * most of the queue (runs end in any order).
+   */
+  private runQ: RunState[] = [];
+  private runQHead = 0;
+  private liveRuns = 0;
+  private releasedInQ = 0;
+  /** Held spans in hold order (oldest first): their trace, since when, and audit events they carry. */
+  private readonly heldIndex = new Map<SpanNode, Held>();
   /**
    * Recently released traces that had runs. In-process, a trace is released
    * as soon as its runs ended; a span of it that ends later (an abandoned
@@ -53,6 +68,8 @@ export class BridgeRegistry {
   private readonly released = new BoundedMap<string, true>(RELEASED_MEMORY);
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
+  /** See handle(). */
+  private hookAt: number | undefined;
   /** The run whose envelope part `head` is (emit). */
   private headRun: RunState | undefined;
   private head = '';
@@ -78,7 +95,7 @@ export class BridgeRegistry {
     return this.traces.size;
   }
   get runCount(): number {
-    return this.runs.size;
+    return this.liveRuns;
   }
   get heldCount(): number {
     return this.heldIndex.size;
@@ -106,12 +123,15 @@ export class BridgeRegistry {
       if (this.traces.size >= this.opts.maxTraces) this.evictOldestTrace();
       tb = new TraceBridge(span.traceId, this);
       this.traces.set(span.traceId, tb);
-    } else if (this.opts.parentsArriveFirst && !tb.nodes.has(span.spanId)) {
+    } else if (this.opts.parentsArriveFirst && tb.node(span.spanId) === undefined) {
       // In-process: a non-lifecycle span whose parent we never saw is outside every run.
-      const parent = span.parentSpanId ? tb.nodes.get(span.parentSpanId) : undefined;
+      const parent = span.parentSpanId ? tb.node(span.parentSpanId) : undefined;
       if (parent === undefined && !isCandidate(span)) return;
     }
-    tb.lastSeenMs = this.now();
+    // The idle sweep (OTLP only) needs it; an in-process trace is released when its runs end.
+    if (!this.opts.parentsArriveFirst) tb.lastSeenMs = this.now();
+    // performance.now() of the hook or request that made events emittable (delivery latency).
+    this.hookAt = span.hookAt;
     tb.handle(span, ended);
     this.maybeRelease(tb);
   }
@@ -119,24 +139,34 @@ export class BridgeRegistry {
   // ---- called by TraceBridge -------------------------------------------------
 
   openRun(tb: TraceBridge, top: SpanNode): RunState {
-    if (this.runs.size >= this.opts.maxInFlightRuns) {
-      const oldest = this.runs.values().next().value as RunState;
-      this.evicted('max_runs');
-      this.releaseRun(oldest);
-      this.ledger.evict(oldest.record);
+    if (this.liveRuns >= this.opts.maxInFlightRuns) {
+      const oldest = this.oldestRun();
+      if (oldest !== undefined) {
+        this.evicted('max_runs');
+        this.releaseRun(oldest);
+        this.ledger.evict(oldest);
+      }
     }
-    const runId = `${tb.traceId}-${top.spanId}`;
-    const record = new RunRecord(runId, tb.traceId, top.spanId, top.name ?? 'unknown', top.startMs, this.now());
-    const run = new RunState(runId, tb, top, record);
-    this.runs.set(runId, run);
+    const run = new RunState(tb, top, this.now());
+    this.runQ.push(run);
+    this.liveRuns++;
     tb.activeRuns++;
-    tb.runs = append(tb.runs, run);
-    this.ledger.open(record);
+    tb.runCount++;
+    this.ledger.open(run);
     return run;
   }
 
+  private oldestRun(): RunState | undefined {
+    const q = this.runQ;
+    while (this.runQHead < q.length && q[this.runQHead]!.ended) {
+      q[this.runQHead++] = undefined as unknown as RunState;
+      this.releasedInQ--;
+    }
+    return q[this.runQHead];
+  }
+
   resolveUser(run: RunState, user: string): void {
-    run.record.user = user;
+    run.user = user;
     const pending = run.unrouted;
     if (pending === undefined) return;
     run.unrouted = undefined;
@@ -152,7 +182,7 @@ export class BridgeRegistry {
    * of the event's `data` object (built by the caller from a fixed shape).
    */
   emit(run: RunState, node: SpanNode, type: EventType, tsMs: number, data: string): void {
-    const rec = run.record;
+    const rec = run;
     if (run.ended || rec.judgement !== undefined) {
       // The run already completed: emitting now would break "agent_completed last".
       this.metrics.eventsDropped.inc({ type, reason: 'late_span' });
@@ -163,7 +193,8 @@ export class BridgeRegistry {
       return;
     }
     const seq = ++run.seq;
-    const evRec = rec.addEvent(seq, type, node.spanId, tsMs);
+    // A lifecycle node (kind set) is the span summary its events point to.
+    const evRec = rec.addEvent(seq, type, node as SpanSummary);
     this.metrics.eventsEmitted.inc({ type });
     if (this.opts.mode === 'audit' || this.sink === undefined) return;
     const conv = node.conv ?? rec.conversation;
@@ -172,14 +203,14 @@ export class BridgeRegistry {
     // is kept for the run last serialised: a run's events come in bursts.
     if (run !== this.headRun) {
       this.headRun = run;
-      this.head = `,"run_id":${jsonString(run.id)},"trace_id":${jsonString(run.trace.traceId)},"span_id":`;
+      this.head = `,"run_id":${jsonString(run.runId)},"trace_id":${jsonString(run.traceId)},"span_id":`;
     }
     const agent = node.agentName;
     const payload =
       `{"type":"${type}"${this.head}${jsonString(node.spanId)},"seq":${seq},"ts":"${isoTime(tsMs)}",` +
       `"agent":${agent === undefined ? 'null' : jsonString(agent)},"conversation_id":${conv === undefined ? 'null' : jsonString(conv)},` +
       `"data":${data}}`;
-    const ev = new OutboundEvent(rec.user ?? '', conv, run.id, run.trace.traceId, seq, type, payload, evRec, rec, node.hookAt);
+    const ev = new OutboundEvent(rec.user ?? '', conv, run.runId, run.traceId, seq, type, payload, evRec, rec, this.hookAt);
     if (rec.user === undefined) {
       (run.unrouted ??= []).push(ev);
       return;
@@ -208,13 +239,13 @@ export class BridgeRegistry {
   endRun(run: RunState, endMs: number): void {
     if (run.ended) return;
     if (run.unrouted !== undefined) {
-      for (const ev of run.unrouted) this.ledger.markDropped(run.record, ev.record, 'no_user');
+      for (const ev of run.unrouted) this.ledger.markDropped(run, ev.record, 'no_user');
       run.unrouted = undefined;
     }
     this.releaseRun(run);
-    this.ledger.ended(run.record, endMs);
+    this.ledger.ended(run, endMs);
     try {
-      this.sink?.runEnded?.(run.id);
+      this.sink?.runEnded?.(run.runId);
     } catch {
       this.metrics.internalErrors.inc({ component: 'sink' });
     }
@@ -222,16 +253,24 @@ export class BridgeRegistry {
 
   /** The ledger judged a run before its top-level span ended (abandoned, evicted, interrupted). */
   forgetRun(record: RunRecord): void {
-    const run = this.runs.get(record.runId);
-    if (run !== undefined) this.releaseRun(run);
+    if (record instanceof RunState && record.trace?.reg === this) this.releaseRun(record);
   }
 
   private releaseRun(run: RunState): void {
-    if (run.ended) return;
-    run.ended = true;
-    this.runs.delete(run.id);
-    run.trace.activeRuns--;
-    this.maybeRelease(run.trace);
+    const tb = run.trace;
+    if (tb === undefined) return; // released already
+    // A released run keeps no hold on its trace (a judged run stays in the ledger for the runs API).
+    run.trace = undefined;
+    run.top = undefined;
+    this.liveRuns--;
+    this.releasedInQ++;
+    if (this.releasedInQ > 1024 && this.releasedInQ * 2 > this.runQ.length - this.runQHead) {
+      this.runQ = this.runQ.slice(this.runQHead).filter((r) => !r.ended);
+      this.runQHead = 0;
+      this.releasedInQ = 0;
+    }
+    tb.activeRuns--;
+    this.maybeRelease(tb);
   }
 
   outsideRun(node: SpanNode): void {
@@ -244,20 +283,22 @@ export class BridgeRegistry {
     const mine = events.filter((e) => e.name === AGENT_EVENT);
     if (mine.length === 0) return;
     if (!node.anchored) {
-      (node.pendingAudit ??= []).push(...mine);
+      const h = this.heldIndex.get(node);
+      if (h !== undefined) (h.audit ??= []).push(...mine);
       return;
     }
     const owner = tb.lifecycleOwner(node);
     const run = owner?.run;
     // Outcomes recorded after the run was judged cannot change its verdict.
-    if (owner === undefined || run === undefined || run.record.judgement !== undefined) return;
+    if (owner === undefined || run === undefined || run.judgement !== undefined) return;
     for (const e of mine) {
       const type = e.attributes['agent.event.type'];
       if (typeof type !== 'string' || !EVENT_TYPE_SET.has(type)) continue;
       const outcome = e.attributes['agent.event.outcome'] === 'delivered' ? 'delivered' : 'dropped';
       const r = e.attributes['agent.event.reason'];
       const reason = typeof r === 'string' && REASON_SET.has(r) ? (r as DropReason) : undefined;
-      const pending = (run.record.auditPending ??= []);
+      const audit = (run.audit ??= { outcomes: 0, pending: undefined });
+      const pending = (audit.pending ??= []);
       // Bounded like the run's events: a backend cannot report more outcomes than there are events to match.
       if (pending.length >= this.opts.maxSpansPerRun * 2) {
         this.evicted('max_spans');
@@ -268,16 +309,19 @@ export class BridgeRegistry {
   }
 
   held(tb: TraceBridge, node: SpanNode): void {
-    this.heldIndex.set(node, tb);
+    this.heldIndex.set(node, { tb, atMs: this.now(), audit: undefined });
     if (this.heldIndex.size > this.opts.maxOrphanSpans) {
-      const [oldest, otb] = this.heldIndex.entries().next().value as [SpanNode, TraceBridge];
+      const [oldest, h] = this.heldIndex.entries().next().value as [SpanNode, Held];
       this.evicted('max_orphans');
-      otb.forceAnchor(oldest);
+      h.tb.forceAnchor(oldest);
     }
   }
 
-  unheld(node: SpanNode): void {
+  /** A held span is anchored (or given up): returns the audit events it carried. */
+  unheld(node: SpanNode): readonly SpanEventInput[] | undefined {
+    const h = this.heldIndex.get(node);
     this.heldIndex.delete(node);
+    return h?.audit;
   }
 
   evicted(reason: EvictionReason): void {
@@ -293,10 +337,10 @@ export class BridgeRegistry {
     // that arrives after its run (a later or reordered request) finds its
     // ancestors and is dropped as late_span, instead of being held as an
     // orphan and opening a phantom run of its own.
-    if (!this.opts.parentsArriveFirst && tb.runs !== undefined) return;
+    if (!this.opts.parentsArriveFirst && tb.runCount > 0) return;
     if (this.traces.get(tb.traceId) === tb) {
       this.traces.delete(tb.traceId);
-      if (tb.runs !== undefined) this.released.set(tb.traceId, true);
+      if (tb.runCount > 0) this.released.set(tb.traceId, true);
     }
   }
 
@@ -305,23 +349,24 @@ export class BridgeRegistry {
     this.traces.delete(id);
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.heldIndex.delete(n);
-    for (const run of tb.runs ?? []) {
-      if (run.ended) continue;
+    for (const node of [...tb.allNodes()]) {
+      const run = node.run;
+      if (run === undefined || run.ended || run.top !== node) continue;
       this.releaseRun(run);
-      this.ledger.evict(run.record);
+      this.ledger.evict(run);
     }
     // Its spans that end later must not open a phantom run of the same id.
-    if (tb.runs !== undefined) this.released.set(id, true);
+    if (tb.runCount > 0) this.released.set(id, true);
   }
 
   /** Give up on held spans past the hold time; drop idle traces with nothing in flight. */
   sweep(): void {
     const now = this.now();
-    for (const [node, tb] of [...this.heldIndex]) {
-      if (node.heldAtMs + this.opts.orphanHoldMillis > now) break;
+    for (const [node, h] of [...this.heldIndex]) {
+      if (h.atMs + this.opts.orphanHoldMillis > now) break;
       this.evicted('orphan_timeout');
-      tb.forceAnchor(node);
-      this.maybeRelease(tb);
+      h.tb.forceAnchor(node);
+      this.maybeRelease(h.tb);
     }
     if (!this.opts.parentsArriveFirst) {
       const idle = Math.max(this.opts.orphanHoldMillis, 1000);

@@ -1,58 +1,163 @@
 import type { DropReason, EventType, LifecycleKind } from '../audit/Metrics.js';
 import { append } from '../util/arrays.js';
-import { RunRecord } from '../audit/RunRecord.js';
-import { classify } from '../conventions/classify.js';
+import { RunRecord, type SpanSummary } from '../audit/RunRecord.js';
+import { classify, type Classified } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { jsonString, type BridgeRegistry } from './BridgeRegistry.js';
 import type { OutboundEvent } from './EventSink.js';
 
-/** What the bridge keeps of one span of a trace. */
-export interface SpanNode {
-  readonly spanId: string;
-  parentId: string | undefined;
-  parentRemote: boolean;
+const PARENT_REMOTE = 1;
+const SEEN_END = 2;
+const ANCHORED = 4;
+const HELD = 8;
+const EMITTED_START = 16;
+const EMITTED_END = 32;
+const COUNTED = 64;
+/** `user` / `conv` came from the span's own attributes (they outrank the parent's). */
+const OWN_USER = 128;
+const OWN_CONV = 256;
+
+/**
+ * What the bridge keeps of one span of a trace. Kept small (one in-flight run
+ * is at least one of these): booleans share one bit field, the model and the
+ * tool call id share one slot, and a lifecycle span's node is also its entry
+ * in the run's span list (`SpanSummary`) for the inspector.
+ */
+export class SpanNode {
+  private flags = 0;
   kind: LifecycleKind | undefined;
+  /** Agent name (agent), tool name (tool) or model (thinking). */
   name: string | undefined;
-  callId: string | undefined;
-  model: string | undefined;
-  error: string | undefined;
-  ownUser: string | undefined;
-  ownConv: string | undefined;
-  hintUser: string | undefined;
-  hintConv: string | undefined;
+  /** The tool call id (tool) or the model (thinking). */
+  private detail: string | undefined;
+  error: string | undefined = undefined;
+  /** Before anchoring: the span's own user, else the parent-context hint; after: the resolved user. */
   user: string | undefined;
   conv: string | undefined;
-  startMs: number;
-  endMs: number | undefined;
-  seenEnd: boolean;
-  anchored: boolean;
-  held: boolean;
-  heldAtMs: number;
-  run: RunState | undefined;
-  agentName: string | undefined;
-  emittedStart: boolean;
-  emittedEnd: boolean;
-  counted: boolean;
-  hookAt: number | undefined;
-  summaryIndex: number;
-  /** Audit mode: agent.event span events seen before the span was anchored. */
-  pendingAudit: SpanEventInput[] | undefined;
-}
-
-/** A run in flight: one top-level agent span and everything below it. */
-export class RunState {
-  seq = 0;
-  ended = false;
-  // The run's user and conversation live on its record (`record.user`, `record.conversation`).
-  /** Events produced before the run's user was known. */
-  unrouted: OutboundEvent[] | undefined;
+  endMs: number | undefined = undefined;
+  run: RunState | undefined = undefined;
+  agentName: string | undefined = undefined;
 
   constructor(
-    readonly id: string,
-    readonly trace: TraceBridge,
-    readonly top: SpanNode,
-    readonly record: RunRecord,
-  ) {}
+    readonly spanId: string,
+    public parentSpanId: string | undefined,
+    parentRemote: boolean,
+    c: Classified,
+    span: SpanInput,
+    readonly startMs: number,
+  ) {
+    this.kind = c.kind;
+    this.name = c.name;
+    this.detail = c.kind === 'tool' ? c.callId : c.kind === 'thinking' ? c.model : undefined;
+    this.user = c.user ?? span.parentUser;
+    this.conv = c.conversation ?? span.parentConversation;
+    this.flags = (parentRemote ? PARENT_REMOTE : 0) | (c.user !== undefined ? OWN_USER : 0) | (c.conversation !== undefined ? OWN_CONV : 0);
+  }
+
+  get callId(): string | undefined {
+    return this.kind === 'tool' ? this.detail : undefined;
+  }
+  get model(): string | undefined {
+    return this.kind === 'thinking' ? this.detail : undefined;
+  }
+
+  /** What the span's end says that its start did not (attributes set after start). */
+  update(c: Classified): void {
+    if (this.kind === undefined && c.kind !== undefined) this.kind = c.kind;
+    if (c.name !== undefined && this.kind !== 'agent') this.name = c.name;
+    const detail = this.kind === 'tool' ? c.callId : this.kind === 'thinking' ? c.model : undefined;
+    if (detail !== undefined) this.detail = detail;
+    // After anchoring, the user only matters if none was inherited (the run's user, at its end);
+    // the conversation of an anchored span is settled (its events already carry it).
+    if (c.user !== undefined && (!this.anchored || this.user === undefined)) {
+      this.user = c.user;
+      this.flags |= OWN_USER;
+    }
+    if (c.conversation !== undefined && !this.anchored) {
+      this.conv = c.conversation;
+      this.flags |= OWN_CONV;
+    }
+  }
+
+  get ownUser(): boolean {
+    return (this.flags & OWN_USER) !== 0;
+  }
+  get ownConv(): boolean {
+    return (this.flags & OWN_CONV) !== 0;
+  }
+  get parentRemote(): boolean {
+    return (this.flags & PARENT_REMOTE) !== 0;
+  }
+  set parentRemote(v: boolean) {
+    this.set(PARENT_REMOTE, v);
+  }
+  get seenEnd(): boolean {
+    return (this.flags & SEEN_END) !== 0;
+  }
+  set seenEnd(v: boolean) {
+    this.set(SEEN_END, v);
+  }
+  get anchored(): boolean {
+    return (this.flags & ANCHORED) !== 0;
+  }
+  set anchored(v: boolean) {
+    this.set(ANCHORED, v);
+  }
+  get held(): boolean {
+    return (this.flags & HELD) !== 0;
+  }
+  set held(v: boolean) {
+    this.set(HELD, v);
+  }
+  get emittedStart(): boolean {
+    return (this.flags & EMITTED_START) !== 0;
+  }
+  set emittedStart(v: boolean) {
+    this.set(EMITTED_START, v);
+  }
+  get emittedEnd(): boolean {
+    return (this.flags & EMITTED_END) !== 0;
+  }
+  set emittedEnd(v: boolean) {
+    this.set(EMITTED_END, v);
+  }
+  get counted(): boolean {
+    return (this.flags & COUNTED) !== 0;
+  }
+  set counted(v: boolean) {
+    this.set(COUNTED, v);
+  }
+
+  private set(bit: number, v: boolean): void {
+    this.flags = v ? this.flags | bit : this.flags & ~bit;
+  }
+}
+
+/**
+ * A run in flight: one top-level agent span and everything below it. It is
+ * the run's audit record too (one object per run); `trace` and `top` are let
+ * go when the run is released, so a judged run kept for the runs API does not
+ * keep its trace.
+ */
+export class RunState extends RunRecord {
+  seq = 0;
+  /** Events produced before the run's user was known. */
+  unrouted: OutboundEvent[] | undefined = undefined;
+  /** Both let go when the run is released. */
+  trace: TraceBridge | undefined;
+  top: SpanNode | undefined;
+
+  constructor(trace: TraceBridge, top: SpanNode, openedAtMs: number) {
+    // join() makes a flat string; a template literal would keep a rope object besides its flattened copy.
+    super([trace.traceId, top.spanId].join('-'), trace.traceId, top.spanId, top.name ?? 'unknown', top.startMs, openedAtMs);
+    this.trace = trace;
+    this.top = top;
+  }
+
+  /** Released: ended, evicted or judged early; no more events are emitted for it. */
+  get ended(): boolean {
+    return this.trace === undefined;
+  }
 }
 
 /** `"key":<value>,` (JSON, with a trailing comma), or '' when the value is undefined (JSON.stringify leaves the key out). */
@@ -76,14 +181,15 @@ const START_TYPE: Record<LifecycleKind, EventType> = { agent: 'agent_started', t
  * released once its runs have ended; there is no global emitter.
  */
 export class TraceBridge {
-  readonly nodes = new Map<string, SpanNode>();
+  /** The trace's spans: one node, a small list while there are few (most traces), a Map past SMALL_TRACE. */
+  private nodes: SpanNode | SpanNode[] | Map<string, SpanNode> | undefined;
   /** Held spans by the parent id they wait for. */
   /** Created on the first held span: in-process traces never hold, and most OTLP traces hold briefly. */
   private waiting: Map<string, SpanNode[]> = NO_WAITING;
   heldCount = 0;
   activeRuns = 0;
-  /** Runs opened in this trace, undefined until the first (a trace evicted as a whole releases them; OTLP keeps a trace that had runs until idle, for late spans). */
-  runs: RunState[] | undefined;
+  /** Runs opened in this trace (OTLP keeps a trace that had runs until idle, for late spans). */
+  runCount = 0;
   /** Span ids dropped by maxSpansPerRun (bounded), so a start and an end count once. */
   private droppedSpans: Set<string> | undefined;
   localRootEnded = false;
@@ -91,18 +197,52 @@ export class TraceBridge {
 
   constructor(
     readonly traceId: string,
-    private readonly reg: BridgeRegistry,
+    readonly reg: BridgeRegistry,
   ) {}
+
+  get size(): number {
+    const n = this.nodes;
+    return n === undefined ? 0 : n instanceof SpanNode ? 1 : Array.isArray(n) ? n.length : n.size;
+  }
+
+  node(spanId: string): SpanNode | undefined {
+    const n = this.nodes;
+    if (n === undefined) return undefined;
+    if (n instanceof SpanNode) return n.spanId === spanId ? n : undefined;
+    if (!Array.isArray(n)) return n.get(spanId);
+    for (let i = 0; i < n.length; i++) if (n[i]!.spanId === spanId) return n[i];
+    return undefined;
+  }
+
+  private add(node: SpanNode): void {
+    const n = this.nodes;
+    if (n === undefined) this.nodes = node;
+    else if (n instanceof SpanNode) this.nodes = [n, node];
+    else if (!Array.isArray(n)) n.set(node.spanId, node);
+    else if (n.length < SMALL_TRACE) n.push(node);
+    else {
+      const m = new Map(n.map((x) => [x.spanId, x]));
+      m.set(node.spanId, node);
+      this.nodes = m;
+    }
+  }
+
+  /** Every span of the trace (eviction only). */
+  allNodes(): SpanNode[] {
+    const n = this.nodes;
+    return n === undefined ? [] : n instanceof SpanNode ? [n] : Array.isArray(n) ? [...n] : [...n.values()];
+  }
 
   handle(span: SpanInput, ended: boolean): void {
     const c = classify(span);
-    let node = this.nodes.get(span.spanId);
+    let node = this.node(span.spanId);
     if (node === undefined) {
       const max = this.reg.opts.maxSpansPerRun;
+      const size = this.size;
       // Agent spans get headroom (up to twice the limit): over OTLP a big trace
       // arrives children first, and dropping its top-level agent span would
       // leave the whole run unjudged.
-      if (this.nodes.size >= max && (c.kind !== 'agent' || this.nodes.size >= 2 * max)) {
+      if (size >= max && (c.kind !== 'agent' || size >= 2 * max)) {
         // Count each dropped span once, though its start and end both arrive.
         const dropped = (this.droppedSpans ??= new Set<string>());
         if (!dropped.has(span.spanId)) {
@@ -111,47 +251,12 @@ export class TraceBridge {
         }
         return;
       }
-      node = {
-        spanId: span.spanId,
-        parentId: span.parentSpanId || undefined,
-        parentRemote: span.parentIsRemote === true,
-        kind: c.kind,
-        name: c.name,
-        callId: c.callId,
-        model: c.model,
-        error: undefined,
-        ownUser: c.user,
-        ownConv: c.conversation,
-        hintUser: span.parentUser,
-        hintConv: span.parentConversation,
-        user: undefined,
-        conv: undefined,
-        startMs: span.startMs,
-        endMs: undefined,
-        seenEnd: false,
-        anchored: false,
-        held: false,
-        heldAtMs: 0,
-        run: undefined,
-        agentName: undefined,
-        emittedStart: false,
-        emittedEnd: false,
-        counted: false,
-        hookAt: span.hookAt,
-        summaryIndex: -1,
-        pendingAudit: undefined,
-      };
-      this.nodes.set(span.spanId, node);
+      node = new SpanNode(span.spanId, span.parentSpanId || undefined, span.parentIsRemote === true, c, span, span.startMs);
+      this.add(node);
     } else {
       // A second start, a start after the end, or a second end: nothing new.
       if (!ended || node.seenEnd) return;
-      if (node.kind === undefined && c.kind !== undefined) node.kind = c.kind;
-      if (c.name !== undefined && node.kind !== 'agent') node.name = c.name;
-      if (c.callId !== undefined) node.callId = c.callId;
-      if (c.model !== undefined) node.model = c.model;
-      if (c.user !== undefined) node.ownUser = c.user;
-      if (c.conversation !== undefined) node.ownConv = c.conversation;
-      if (span.hookAt !== undefined) node.hookAt = span.hookAt;
+      node.update(c);
     }
     if (node.kind !== undefined && !node.counted) {
       node.counted = true;
@@ -161,31 +266,27 @@ export class TraceBridge {
       node.seenEnd = true;
       node.endMs = span.endMs;
       node.error = c.error;
-      if (!node.parentId || node.parentRemote) this.localRootEnded = true;
+      if (!node.parentSpanId || node.parentRemote) this.localRootEnded = true;
     }
-    if (span.events !== undefined && span.events.length > 0) this.reg.noteSpanEvents(this, node, span.events);
-
-    if (node.anchored) {
-      this.visit(node, false);
-      return;
-    }
-    if (this.canAnchor(node)) this.anchorTree(node);
+    if (node.anchored) this.visit(node, false);
+    else if (this.canAnchor(node)) this.anchorTree(node);
     else if (!node.held) this.hold(node);
+    // Audit mode: outcomes recorded on the span (kept with a held span until it is anchored).
+    if (span.events !== undefined && span.events.length > 0) this.reg.noteSpanEvents(this, node, span.events);
   }
 
   private canAnchor(node: SpanNode): boolean {
-    if (node.parentId === undefined || node.parentRemote) return true;
-    const parent = this.nodes.get(node.parentId);
+    if (node.parentSpanId === undefined || node.parentRemote) return true;
+    const parent = this.node(node.parentSpanId);
     if (parent !== undefined) return parent.anchored;
     return this.reg.opts.parentsArriveFirst;
   }
 
   private hold(node: SpanNode): void {
     node.held = true;
-    node.heldAtMs = this.reg.now();
-    const list = this.waiting.get(node.parentId!);
+    const list = this.waiting.get(node.parentSpanId!);
     if (list) list.push(node);
-    else (this.waiting === NO_WAITING ? (this.waiting = new Map()) : this.waiting).set(node.parentId!, [node]);
+    else (this.waiting === NO_WAITING ? (this.waiting = new Map()) : this.waiting).set(node.parentSpanId!, [node]);
     this.heldCount++;
     this.reg.held(this, node);
   }
@@ -193,49 +294,47 @@ export class TraceBridge {
   /** Give up waiting for `node`'s ancestors: treat its parent as outside tracewire's view. */
   forceAnchor(node: SpanNode): void {
     if (!node.held || node.anchored) return;
-    const list = this.waiting.get(node.parentId!);
+    const list = this.waiting.get(node.parentSpanId!);
     if (list) {
       const i = list.indexOf(node);
       if (i >= 0) list.splice(i, 1);
-      if (list.length === 0) this.waiting.delete(node.parentId!);
+      if (list.length === 0) this.waiting.delete(node.parentSpanId!);
     }
     node.held = false;
     this.heldCount--;
-    this.reg.unheld(node);
+    const audit = this.reg.unheld(node);
     // Its own parent never came: anchor it as a local root.
     node.parentRemote = true;
-    this.anchorTree(node);
+    this.anchorTree(node, audit);
   }
 
-  private anchorTree(node: SpanNode): void {
-    this.attach(node);
+  private anchorTree(node: SpanNode, audit?: readonly SpanEventInput[]): void {
+    this.attach(node, audit);
     this.visit(node, true);
   }
 
-  /** Inherit run, agent, user and conversation from the (anchored) parent. */
-  private attach(node: SpanNode): void {
+  /** Inherit run, agent, user and conversation from the (anchored) parent; then note the audit events it waited with. */
+  private attach(node: SpanNode, audit: readonly SpanEventInput[] | undefined): void {
     node.anchored = true;
-    const parent = node.parentId !== undefined && !node.parentRemote ? this.nodes.get(node.parentId) : undefined;
-    node.user = node.ownUser ?? parent?.user ?? node.hintUser;
-    node.conv = node.ownConv ?? parent?.conv ?? node.hintConv;
+    const parent = node.parentSpanId !== undefined && !node.parentRemote ? this.node(node.parentSpanId) : undefined;
+    if (parent !== undefined) {
+      // Own attributes first, then the parent's, then the hint from the parent context.
+      if (!node.ownUser && parent.user !== undefined) node.user = parent.user;
+      if (!node.ownConv && parent.conv !== undefined) node.conv = parent.conv;
+    }
     const parentRun = parent?.run;
     if (node.kind === 'agent') {
       node.agentName = node.name;
-      if (parentRun !== undefined && !parentRun.ended) node.run = parentRun;
-      else if (parentRun !== undefined && parentRun.ended) node.run = parentRun; // late sub-agent
-      else node.run = this.reg.openRun(this, node);
+      // Inside a run (also a late sub-agent of an ended run: its events are dropped as late), else a new run.
+      node.run = parentRun ?? this.reg.openRun(this, node);
     } else {
       node.run = parentRun;
       node.agentName = parent?.agentName;
     }
     const run = node.run;
-    if (run !== undefined && run.record.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
-    if (run !== undefined && run.record.conversation === undefined && node.conv !== undefined) run.record.conversation = node.conv;
-    if (node.pendingAudit !== undefined) {
-      const evs = node.pendingAudit;
-      node.pendingAudit = undefined;
-      this.reg.noteSpanEvents(this, node, evs);
-    }
+    if (run !== undefined && run.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
+    if (run !== undefined && run.conversation === undefined && node.conv !== undefined) run.conversation = node.conv;
+    if (audit !== undefined) this.reg.noteSpanEvents(this, node, audit);
   }
 
   /**
@@ -244,16 +343,15 @@ export class TraceBridge {
    */
   private visit(node: SpanNode, withChildren: boolean): void {
     this.emitStart(node);
-    if (withChildren) {
+    if (withChildren && this.waiting !== NO_WAITING) {
       const kids = this.waiting.get(node.spanId);
       if (kids !== undefined) {
         this.waiting.delete(node.spanId);
-        kids.sort((a, b) => a.startMs - b.startMs);
+        if (kids.length > 1) kids.sort((a, b) => a.startMs - b.startMs);
         for (const k of kids) {
           k.held = false;
           this.heldCount--;
-          this.reg.unheld(k);
-          this.attach(k);
+          this.attach(k, this.reg.unheld(k));
           this.visit(k, true);
         }
       }
@@ -271,11 +369,8 @@ export class TraceBridge {
       return;
     }
     node.emittedStart = true;
-    const rec = run.record;
-    if (rec.spans.length < this.reg.opts.maxSpansPerRun) {
-      node.summaryIndex = rec.spans.length;
-      rec.spans = append(rec.spans, { spanId: node.spanId, parentSpanId: node.parentId, kind: node.kind, name: node.name, startMs: node.startMs });
-    }
+    // The node is its own entry in the run's span list (a lifecycle node: kind is set).
+    if (run.spans.length < this.reg.opts.maxSpansPerRun) run.spans = append(run.spans, node as SpanSummary);
     // `data` by hand (fixed shapes), as JSON.stringify writes it: undefined fields are left out.
     let data: string;
     if (node.kind === 'agent') {
@@ -295,28 +390,24 @@ export class TraceBridge {
     node.emittedEnd = true;
     const run = node.run;
     if (run === undefined) return;
-    const s = node.summaryIndex >= 0 ? run.record.spans[node.summaryIndex] : undefined;
-    if (s !== undefined) {
-      s.endMs = node.endMs;
-      if (node.error !== undefined) s.error = node.error;
-    }
     const d = node.endMs !== undefined ? Math.max(0, Math.round((node.endMs - node.startMs) * 1000) / 1000) : Number.NaN;
     // status, duration_ms and error, as JSON.stringify would write them (a non-finite duration is null).
     const tail = `"status":"${node.error === undefined ? 'ok' : 'error'}","duration_ms":${Number.isFinite(d) ? String(d) : 'null'}${node.error === undefined ? '' : `,"error":${jsonString(node.error)}`}}`;
     if (node.kind === 'tool') {
       this.reg.emit(run, node, 'tool_completed', node.endMs ?? node.startMs, `{${lead('tool', node.name)}"call_id":${orNull(node.callId)},${tail}`);
     } else if (node.kind === 'agent') {
-      if (node === run.top && run.record.user === undefined && node.ownUser !== undefined) this.reg.resolveUser(run, node.ownUser);
+      const top = node === run.top;
+      if (top && run.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
       this.reg.emit(run, node, 'agent_completed', node.endMs ?? node.startMs, `{${lead('agent', node.name)}${tail}`);
-      if (node === run.top) this.reg.endRun(run, node.endMs ?? node.startMs);
+      if (top) this.reg.endRun(run, node.endMs ?? node.startMs);
     }
   }
 
   private parentAgentName(node: SpanNode): string | undefined {
-    let p = node.parentId !== undefined ? this.nodes.get(node.parentId) : undefined;
+    let p = node.parentSpanId !== undefined ? this.node(node.parentSpanId) : undefined;
     while (p !== undefined) {
       if (p.kind === 'agent') return p.name;
-      p = p.parentId !== undefined && !p.parentRemote ? this.nodes.get(p.parentId) : undefined;
+      p = p.parentSpanId !== undefined && !p.parentRemote ? this.node(p.parentSpanId) : undefined;
     }
     return undefined;
   }
@@ -326,7 +417,7 @@ export class TraceBridge {
     let p: SpanNode | undefined = node;
     while (p !== undefined) {
       if (p.kind !== undefined) return p;
-      p = p.parentId !== undefined && !p.parentRemote ? this.nodes.get(p.parentId) : undefined;
+      p = p.parentSpanId !== undefined && !p.parentRemote ? this.node(p.parentSpanId) : undefined;
     }
     return undefined;
   }
@@ -338,5 +429,8 @@ export class TraceBridge {
     return out;
   }
 }
+
+/** Spans of a trace kept in a list (linear search) before it gets a Map: a Map costs about 300 bytes. */
+const SMALL_TRACE = 8;
 
 export type { SpanEventInput, DropReason };

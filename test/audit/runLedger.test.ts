@@ -1,7 +1,10 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Metrics } from '../../src/audit/Metrics.js';
 import { decodeCursor, encodeCursor, RunLedger, type RunLedgerOptions } from '../../src/audit/RunLedger.js';
-import { EV_DROPPED, EV_HELD, RunRecord } from '../../src/audit/RunRecord.js';
+import { EV_DROPPED, EV_HELD, RunRecord, type SpanSummary } from '../../src/audit/RunRecord.js';
+
+/** The span the test events are about (agent, 1 → 2 ms). */
+const SPAN: SpanSummary = { spanId: 's', parentSpanId: undefined, kind: 'agent', name: 'a', startMs: 1, endMs: 2 };
 
 let ledger: RunLedger | undefined;
 afterEach(() => {
@@ -118,8 +121,8 @@ describe('RunLedger', () => {
   it('ignores outcomes for events the verdict already dropped; a held event may still be delivered late', async () => {
     const { l, m } = make();
     const r = rec('x', 1);
-    const pending = r.addEvent(1, 'agent_started', 's', 1);
-    const held = r.addEvent(2, 'agent_completed', 's', 2);
+    const pending = r.addEvent(1, 'agent_started', SPAN);
+    const held = r.addEvent(2, 'agent_completed', SPAN);
     l.open(r);
     l.markHeld(held);
     l.ended(r, 2);
@@ -139,7 +142,7 @@ describe('RunLedger', () => {
   it('gives an evicted run its own explanation and reason', () => {
     const { l } = make();
     const r = rec('x', 1, 'zoe');
-    r.addEvent(1, 'agent_started', 's', 1);
+    r.addEvent(1, 'agent_started', SPAN);
     l.open(r);
     l.evict(r);
     expect(r.judgement).toMatchObject({ verdict: 'abandoned', mainReason: 'evicted', reasons: { evicted: 1 } });
@@ -151,7 +154,7 @@ describe('RunLedger', () => {
   it('names no_user for events of a run that never had a user', () => {
     const { l } = make();
     const r = new RunRecord('x', 't', 's', 'a', 1, 1);
-    r.addEvent(1, 'agent_started', 's', 1);
+    r.addEvent(1, 'agent_started', SPAN);
     l.open(r);
     l.judge(r, 'abandoned');
     expect(r.judgement).toMatchObject({ mainReason: 'no_user', reasons: { no_user: 1 } });
