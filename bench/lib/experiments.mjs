@@ -19,7 +19,8 @@ export function applyExperiments(tw) {
   }
   if (wanted.has('no-exemplar')) {
     const h = m.deliverySeconds;
-    h.observe = (arg) => h.observeWithoutExemplar(arg.labels, arg.value);
+    const observe = h.observe.bind(h);
+    h.observe = (type, value) => observe(type, value, undefined);
   }
   return tw;
 }

@@ -69,6 +69,88 @@ export class HotCounter<L extends string> {
   }
 }
 
+/** An exemplar as prom-client renders it (OpenMetrics: ` # {labels} value timestamp`). */
+interface ExemplarValue {
+  readonly labelSet: Record<string, string>;
+  readonly value: number;
+  /** Seconds since the epoch. */
+  readonly timestamp: number;
+}
+
+/** One label value's series of a HotHistogram. */
+interface HistogramSeries {
+  readonly counts: Float64Array;
+  readonly exemplars: (ExemplarValue | undefined)[];
+  sum: number;
+  count: number;
+}
+
+/**
+ * A histogram for the hot path with one label: `observe()` adds to plain
+ * arrays (no label hashing, no per-call objects), and the registry renders
+ * it at scrape time in exactly the shape prom-client renders its own
+ * histograms (cumulative `_bucket` lines with `le` first, `+Inf`, `_sum`,
+ * `_count`; OpenMetrics exemplars on buckets). Registered as a custom metric.
+ */
+export class HotHistogram<L extends string> {
+  readonly type = 'histogram';
+  readonly aggregator = 'sum';
+  private readonly series = new Map<string, HistogramSeries>();
+
+  constructor(
+    readonly name: string,
+    readonly help: string,
+    private readonly label: L,
+    private readonly bounds: readonly number[],
+    registers: Registry[],
+  ) {
+    for (const r of registers) r.registerMetric(this as unknown as Histogram);
+  }
+
+  /** Observe `value` for label value `v`, with an exemplar when `exemplar` is given (one label: trace_id). */
+  observe(v: string, value: number, exemplar?: Record<string, string>): void {
+    if (!Number.isFinite(value)) return;
+    let s = this.series.get(v);
+    if (s === undefined) this.series.set(v, (s = { counts: new Float64Array(this.bounds.length + 1), exemplars: [], sum: 0, count: 0 }));
+    const b = this.bounds;
+    let i = 0;
+    while (i < b.length && value > b[i]!) i++;
+    s.counts[i]!++;
+    s.sum += value;
+    s.count++;
+    if (exemplar !== undefined) s.exemplars[i] = { labelSet: exemplar, value, timestamp: Date.now() / 1000 };
+  }
+
+  reset(): void {
+    this.series.clear();
+  }
+
+  /** What the registry renders (prom-client's histogram export shape). */
+  getForPromString(): { name: string; help: string; type: 'histogram'; aggregator: 'sum'; values: Array<{ labels: Record<string, string | number>; sharedLabels?: Record<string, string>; value: number; metricName: string; exemplar?: ExemplarValue | null }> } {
+    const values: ReturnType<HotHistogram<L>['getForPromString']>['values'] = [];
+    const bucket = `${this.name}_bucket`;
+    for (const [v, s] of this.series) {
+      const shared = { [this.label]: v } as Record<string, string>;
+      let acc = 0;
+      for (let i = 0; i < this.bounds.length; i++) {
+        acc += s.counts[i]!;
+        values.push({ labels: { le: this.bounds[i]! }, sharedLabels: shared, value: acc, metricName: bucket, exemplar: s.exemplars[i] ?? null });
+      }
+      values.push({ labels: { le: '+Inf' }, sharedLabels: shared, value: s.count, metricName: bucket, exemplar: s.exemplars[this.bounds.length] ?? null });
+      values.push({ labels: {}, sharedLabels: shared, value: s.sum, metricName: `${this.name}_sum` });
+      values.push({ labels: {}, sharedLabels: shared, value: s.count, metricName: `${this.name}_count` });
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+  }
+
+  /** prom-client's `get()` shape: shared labels merged into each value's labels. */
+  get(): Promise<ReturnType<HotHistogram<L>['getForPromString']>> {
+    const m = this.getForPromString();
+    m.values = m.values.map((x) => ({ ...x, labels: { ...x.labels, ...x.sharedLabels }, sharedLabels: undefined }));
+    return Promise.resolve(m);
+  }
+}
+
 /**
  * A gauge whose value is read at scrape time from the components that own the
  * number (the sum of their sources): sizes of maps and queues cost nothing on
@@ -134,14 +216,13 @@ export class Metrics {
   readonly eventsDeliveredLate = new HotCounter({ name: 'tracewire_events_delivered_late_total', help: 'Events delivered after being held for a user with no connection, or by resume.', labelNames: ['type'] as const, registers: this.regs });
   readonly eventsDropped = new HotCounter({ name: 'tracewire_events_dropped_total', help: 'Events not delivered, by reason.', labelNames: ['type', 'reason'] as const, registers: this.regs });
   readonly runs = new HotCounter({ name: 'tracewire_runs_total', help: 'Judged runs by verdict, main undelivered reason ("none" when complete) and top-level agent (capped).', labelNames: ['verdict', 'reason', 'agent'] as const, registers: this.regs });
-  readonly deliverySeconds = new Histogram({
-    name: 'tracewire_event_delivery_seconds',
-    help: 'From the span hook to the completed WebSocket write of the event.',
-    labelNames: ['type'] as const,
-    buckets: [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
-    enableExemplars: true,
-    registers: this.regs,
-  });
+  readonly deliverySeconds = new HotHistogram(
+    'tracewire_event_delivery_seconds',
+    'From the span hook to the completed WebSocket write of the event.',
+    'type',
+    [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    this.regs,
+  );
   readonly connections = new LiveGauge({ name: 'tracewire_ws_connections', help: 'Open, authenticated WebSocket connections.', registers: this.regs });
   readonly connectionAttempts = new Counter({ name: 'tracewire_ws_connections_total', help: 'WebSocket connection attempts by result.', labelNames: ['result'] as const, registers: this.regs });
   readonly disconnects = new Counter({ name: 'tracewire_ws_disconnects_total', help: 'Closed WebSocket connections by reason.', labelNames: ['reason'] as const, registers: this.regs });

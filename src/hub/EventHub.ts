@@ -57,7 +57,6 @@ export interface EventHubOptions {
 type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
 
 
-const NO_EXEMPLAR = Object.freeze({});
 /** The answer to an upgrade while the hub shuts down (before a WebSocket exists to carry 1001). */
 const SHUTTING_DOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n';
 const MAX_BAD_FRAMES = 10;
@@ -436,7 +435,7 @@ export class EventHub implements EventSink {
           const seconds = (performance.now() - d.ev.hookAt) / 1000;
           // Exemplars (trace ids) for slow deliveries and one in 64 of the rest: each costs a label hash.
           const exemplar = seconds > 0.001 || (++this.exemplarTick & 63) === 1;
-          this.metrics.deliverySeconds.observe({ labels: { type: d.ev.type }, value: seconds, exemplarLabels: (exemplar ? { trace_id: d.ev.traceId } : NO_EXEMPLAR) as Record<string, string> });
+          this.metrics.deliverySeconds.observe(d.ev.type, seconds, exemplar ? { trace_id: d.ev.traceId } : undefined);
         }
       }
       return;
