@@ -259,14 +259,15 @@ export class EventHub implements EventSink {
       return;
     }
     ev.bytes = frameSize(ev.payload);
-    this.replay.add(ev);
     const set = this.byUser.get(ev.user);
     let targets = 0;
     if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
     if (targets === 0) {
+      // Held, not in the resume window yet: it enters the window when a connection takes it.
       this.hold(ev);
       return;
     }
+    this.replay.add(ev);
     // Framed once for several connections; one connection writes it straight into its batch.
     if (targets > 1) frameOf(ev);
     ev.run.sawConnection = true;
@@ -358,6 +359,7 @@ export class EventHub implements EventSink {
         continue;
       }
       this.unheld(ev);
+      this.replay.add(ev);
       ev.run.sawConnection = true;
       ev.record.attempts++;
       const d: Delivery = { ev, remaining: 1, ok: false, late: true, failReason: undefined };

@@ -68,7 +68,17 @@ export class ReplayStore {
       set.add(e);
     }
     e.lastAddMs = now;
-    e.events.push(ev);
+    // A run that ended before its first event entered the window (held events released late) expires from now.
+    if (e.endedAtMs === undefined && ev.run.endMs !== undefined) e.endedAtMs = now;
+    const evs = e.events;
+    if (evs.length === e.head || evs[evs.length - 1]!.seq < ev.seq) evs.push(ev);
+    else {
+      // Out of seq order (a held event released after a later one went out live): keep the window sorted.
+      let i = evs.length;
+      while (i > e.head && evs[i - 1]!.seq > ev.seq) i--;
+      if (i > e.head && evs[i - 1]!.seq === ev.seq) return; // already retained
+      evs.splice(i, 0, ev);
+    }
     e.bytes += ev.bytes;
     this.totalBytes += ev.bytes + EVENT_OVERHEAD_BYTES;
     while (e.events.length - e.head > 1 && (e.events.length - e.head > this.opts.maxEventsPerRun || e.bytes > this.opts.maxBytesPerRun)) {

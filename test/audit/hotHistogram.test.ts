@@ -31,12 +31,12 @@ describe('HotHistogram (the delivery histogram)', () => {
     ours.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
     const theirs = new Registry<OpenMetricsContentType>();
     theirs.setContentType(Registry.OPENMETRICS_CONTENT_TYPE);
-    const hot = new HotHistogram('x_seconds', 'help text', 'type', BOUNDS, [ours]);
-    const ref = new Histogram({ name: 'x_seconds', help: 'help text', labelNames: ['type'], buckets: BOUNDS, enableExemplars: true, registers: [theirs] });
+    const hot = new HotHistogram('x_seconds', 'help text', 'type', BOUNDS, [ours as unknown as Registry]);
+    const ref = new Histogram({ name: 'x_seconds', help: 'help text', labelNames: ['type'], buckets: BOUNDS, enableExemplars: true, registers: [theirs as unknown as Registry] });
     VALUES.forEach((v, i) => {
       const ex = i % 2 === 0 ? { trace_id: `t${i}` } : undefined;
       hot.observe('agent_started', v, ex);
-      ref.observe({ labels: { type: 'agent_started' }, value: v, exemplarLabels: ex ?? {} });
+      ref.observe({ labels: { type: 'agent_started' }, value: v, exemplarLabels: (ex ?? {}) as Record<string, string> as never });
     });
     // Exemplar timestamps are the observation time: compare without them.
     const strip = (s: string): string => s.replace(/ (\d+(\.\d+)?)$/gm, (m, ts: string) => (Number(ts) > 1e9 ? ' <ts>' : m));

@@ -256,6 +256,25 @@ describe('events for a user with no connection', () => {
     expect(detail.events.every((e) => e.outcome === 'delivered' && e.late === true)).toBe(true);
   });
 
+  it('enter the resume window only when a connection takes them: a later reconnect resumes from the replay', async () => {
+    sc = await startTestSidecar();
+    const { tracer } = inProcessTracer(sc);
+    const ids = await runDemoAgent(tracer, { user: 'ivy' });
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await new Promise((r) => setTimeout(r, 50));
+    expect(sc.tw.hub.stats()).toMatchObject({ held: N, replayRuns: 0 });
+    const first = track(await connectAcked(sc, 'ivy'));
+    await first.until((x) => x.events.length >= N, 5000, 'held events');
+    expect(sc.tw.hub.stats()).toMatchObject({ held: 0, replayRuns: 1 });
+    first.ws.terminate();
+    // The tab comes back having seen up to seq 4: it gets 5..N from the resume window, once each, in order.
+    const again = track(await connect(sc, { user: 'ivy', query: `resume=${encodeURIComponent(runId)}:4` }));
+    await again.until((x) => x.events.length >= N - 4, 5000, 'resumed events');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(seqsOf(again.events, runId)).toEqual(ALL.slice(4));
+    expect(errorsOf(again)).toEqual([]);
+  });
+
   it('with a tiny replayRetentionMillis are dropped as no_subscriber and never sent', async () => {
     sc = await startTestSidecar({ replayRetentionMillis: 30 });
     const { tracer } = inProcessTracer(sc);
