@@ -37,5 +37,17 @@ while (nowNs() < until) {
 }
 const cpu = cpuSeconds() - c0;
 console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span), heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB`);
+if (process.env.HEAP === '1') {
+  // What the instance keeps after the run: heap snapshot totals by object kind.
+  const { hub, ledger } = tw;
+  console.log(JSON.stringify({ hub: hub.stats(), inFlight: ledger.inFlightCount, judged: ledger.judgedCount, traces: bridges.traceCount, held: bridges.heldCount }));
+  const v8 = await import('node:v8');
+  const { aggregate } = await import('./heapdiff.mjs');
+  globalThis.gc?.();
+  const file = v8.writeHeapSnapshot(`/tmp/ingest-${process.pid}.heapsnapshot`);
+  const top = [...aggregate(file)].sort((a, b) => b[1].size - a[1].size).slice(0, 20);
+  for (const [k, v] of top) console.log(`${(v.size / 2 ** 20).toFixed(1).padStart(7)} MiB ${String(v.count).padStart(9)}  ${k}`);
+  (await import('node:fs')).rmSync(file);
+}
 await tw.close(1000);
 process.exit(0);

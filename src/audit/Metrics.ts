@@ -44,7 +44,9 @@ export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', '
  * brought up to date in its `collect()`, i.e. on every scrape or `get()`.
  */
 export class HotCounter<L extends string> {
-  private readonly totals = new Map<string, { labels: Record<L, string>; value: number }>();
+  /** One Map level per label (values as keys, no key string built per call); the last level holds the totals. */
+  private readonly root = new Map<string, unknown>();
+  private readonly totals: Array<{ labels: Record<L, string>; value: number }> = [];
   readonly counter: Counter<L>;
   private readonly names: readonly L[];
 
@@ -55,17 +57,29 @@ export class HotCounter<L extends string> {
       ...cfg,
       collect(this: Counter<L>) {
         this.reset();
-        for (const t of totals.values()) this.inc(t.labels as Partial<Record<L, string>>, t.value);
+        for (const t of totals) this.inc(t.labels as Partial<Record<L, string>>, t.value);
       },
     });
   }
 
   inc(labels: Record<L, string>, value = 1): void {
     const n = this.names;
-    const key = n.length === 1 ? labels[n[0]!] : n.length === 0 ? '' : n.map((k) => labels[k]).join('\u0000');
-    const t = this.totals.get(key);
+    let level = this.root;
+    const last = n.length - 1;
+    for (let i = 0; i < last; i++) {
+      const v = labels[n[i]!];
+      let next = level.get(v) as Map<string, unknown> | undefined;
+      if (next === undefined) level.set(v, (next = new Map()));
+      level = next;
+    }
+    const key = last >= 0 ? labels[n[last]!] : '';
+    const t = level.get(key) as { labels: Record<L, string>; value: number } | undefined;
     if (t !== undefined) t.value += value;
-    else this.totals.set(key, { labels: { ...labels }, value });
+    else {
+      const fresh = { labels: { ...labels }, value };
+      level.set(key, fresh);
+      this.totals.push(fresh);
+    }
   }
 }
 

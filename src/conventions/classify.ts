@@ -57,42 +57,61 @@ function errorOf(span: SpanInput): string | undefined {
   return undefined;
 }
 
-function kindOf(span: SpanInput): [LifecycleKind | undefined, Classified['convention']] {
+/** A span's kind and the convention that said so (shared constants: no allocation per span). */
+interface Kind {
+  readonly kind: LifecycleKind | undefined;
+  readonly convention: Classified['convention'];
+}
+const K_AGENT_GEN_AI: Kind = { kind: 'agent', convention: 'gen_ai' };
+const K_AGENT_OPENINFERENCE: Kind = { kind: 'agent', convention: 'openinference' };
+const K_AGENT_OPENLLMETRY: Kind = { kind: 'agent', convention: 'openllmetry' };
+const K_AGENT_VERCEL_AI: Kind = { kind: 'agent', convention: 'vercel_ai' };
+const K_THINKING_GEN_AI: Kind = { kind: 'thinking', convention: 'gen_ai' };
+const K_THINKING_OPENINFERENCE: Kind = { kind: 'thinking', convention: 'openinference' };
+const K_THINKING_OPENLLMETRY: Kind = { kind: 'thinking', convention: 'openllmetry' };
+const K_THINKING_VERCEL_AI: Kind = { kind: 'thinking', convention: 'vercel_ai' };
+const K_TOOL_GEN_AI: Kind = { kind: 'tool', convention: 'gen_ai' };
+const K_TOOL_OPENINFERENCE: Kind = { kind: 'tool', convention: 'openinference' };
+const K_TOOL_OPENLLMETRY: Kind = { kind: 'tool', convention: 'openllmetry' };
+const K_TOOL_VERCEL_AI: Kind = { kind: 'tool', convention: 'vercel_ai' };
+const K_NONE: Kind = { kind: undefined, convention: undefined };
+
+function kindOf(span: SpanInput): Kind {
   const a = span.attributes;
   const op = a['gen_ai.operation.name'];
   if (typeof op === 'string') {
-    if (GENAI_AGENT.has(op)) return ['agent', 'gen_ai'];
-    if (op === 'execute_tool') return ['tool', 'gen_ai'];
-    if (GENAI_THINKING.has(op)) return ['thinking', 'gen_ai'];
+    if (GENAI_AGENT.has(op)) return K_AGENT_GEN_AI;
+    if (op === 'execute_tool') return K_TOOL_GEN_AI;
+    if (GENAI_THINKING.has(op)) return K_THINKING_GEN_AI;
   }
   // An explicit GenAI operation that is none of the above (embeddings, create_agent, ...) is authoritative.
   const genaiNamed = typeof op !== 'string';
   const oi = a['openinference.span.kind'];
   if (typeof oi === 'string') {
-    if (oi === 'AGENT') return ['agent', 'openinference'];
-    if (oi === 'LLM') return ['thinking', 'openinference'];
-    if (oi === 'TOOL') return ['tool', 'openinference'];
+    if (oi === 'AGENT') return K_AGENT_OPENINFERENCE;
+    if (oi === 'LLM') return K_THINKING_OPENINFERENCE;
+    if (oi === 'TOOL') return K_TOOL_OPENINFERENCE;
   }
   const tl = a['traceloop.span.kind'];
   if (typeof tl === 'string') {
-    if (TRACELOOP_AGENT.has(tl)) return ['agent', 'openllmetry'];
-    if (tl === 'tool') return ['tool', 'openllmetry'];
+    if (TRACELOOP_AGENT.has(tl)) return K_AGENT_OPENLLMETRY;
+    if (tl === 'tool') return K_TOOL_OPENLLMETRY;
   }
-  if (typeof a['llm.request.type'] === 'string') return ['thinking', 'openllmetry'];
+  if (typeof a['llm.request.type'] === 'string') return K_THINKING_OPENLLMETRY;
   const aiOp = a['ai.operationId'];
   const vercelOp = typeof aiOp === 'string' ? aiOp : span.name;
-  if (VERCEL_TOP.has(vercelOp)) return ['agent', 'vercel_ai'];
-  if (VERCEL_MODEL.has(vercelOp)) return ['thinking', 'vercel_ai'];
-  if (vercelOp === 'ai.toolCall') return ['tool', 'vercel_ai'];
+  if (VERCEL_TOP.has(vercelOp)) return K_AGENT_VERCEL_AI;
+  if (VERCEL_MODEL.has(vercelOp)) return K_THINKING_VERCEL_AI;
+  if (vercelOp === 'ai.toolCall') return K_TOOL_VERCEL_AI;
   // GenAI span names ("{operation} {name}"), for spans whose attributes are set after start.
-  if (!genaiNamed) return [undefined, undefined];
+  if (!genaiNamed) return K_NONE;
   const n = span.name;
   const sp = n.indexOf(' ');
   const first = sp > 0 ? n.slice(0, sp) : n;
-  if (GENAI_AGENT.has(first)) return ['agent', 'gen_ai'];
-  if (first === 'execute_tool') return ['tool', 'gen_ai'];
-  if (sp > 0 && GENAI_THINKING.has(first)) return ['thinking', 'gen_ai'];
-  return [undefined, undefined];
+  if (GENAI_AGENT.has(first)) return K_AGENT_GEN_AI;
+  if (first === 'execute_tool') return K_TOOL_GEN_AI;
+  if (sp > 0 && GENAI_THINKING.has(first)) return K_THINKING_GEN_AI;
+  return K_NONE;
 }
 
 /** The model in a GenAI thinking span name ("chat gpt-4o"), before its attributes are set. */
@@ -103,7 +122,7 @@ function genaiNameSuffix(name: string): string | undefined {
 
 export function classify(span: SpanInput): Classified {
   const a = span.attributes;
-  const [kind, convention] = kindOf(span);
+  const { kind, convention } = kindOf(span);
   let name: string | undefined;
   let callId: string | undefined;
   let model: string | undefined;
