@@ -7,7 +7,7 @@ import { cpuSeconds, nowNs } from './common.mjs';
 
 const [encoding = 'protobuf', spansArg = '512', mode = 'bridge', secs = '3'] = process.argv.slice(2);
 const { decodeProtobuf, decodeJson } = await import(distUrl('sources/otlp/decode.js'));
-const tw = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbeatMillis: 0 });
+const tw = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbeatMillis: 0, ...JSON.parse(process.env.TW_OPTS ?? '{}') });
 const b = buildBody(encoding, Number(spansArg));
 const decode = encoding === 'protobuf' ? decodeProtobuf : decodeJson;
 const bridges = tw.otlpBridges;

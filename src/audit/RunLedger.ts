@@ -87,6 +87,8 @@ export class RunLedger {
    */
   private index: RunRecord[] = [];
   private indexDead = 0;
+  /** Runs were appended out of start order since the last sort: list() sorts first (a nearly sorted array sorts in about O(n)). */
+  private indexUnsorted = false;
   /** Judged runs in judgement order (a queue with a head index; stale entries skipped). */
   private judgedOrder: RunRecord[] = [];
   private judgedHead = 0;
@@ -258,6 +260,10 @@ export class RunLedger {
    */
   list(q: RunQuery): { runs: RunRecord[]; nextCursor: string | undefined } {
     const limit = Math.min(Math.max(q.limit ?? LIST_DEFAULT_LIMIT, 1), LIST_MAX_LIMIT);
+    if (this.indexUnsorted) {
+      this.index.sort(byKey);
+      this.indexUnsorted = false;
+    }
     const a = this.index;
     let end = a.length; // exclusive: scan a[end-1] down to a[0]
     if (q.cursor !== undefined && q.cursor !== '') {
@@ -334,9 +340,10 @@ export class RunLedger {
   private indexInsert(r: RunRecord): void {
     const a = this.index;
     const last = a[a.length - 1];
-    // The usual case: runs open in start order (openSeq only grows), so the new run goes last.
-    if (last === undefined || last.startMs <= r.startMs) a.push(r);
-    else a.splice(indexAfter(a, r.startMs, r.openSeq), 0, r);
+    // Runs mostly open in start order (openSeq only grows); OTLP batches interleave a little. Appended
+    // either way: an insertion would move the array's tail per run, the sort in list() happens per page.
+    if (last !== undefined && last.startMs > r.startMs) this.indexUnsorted = true;
+    a.push(r);
   }
 
   private maybeCompact(): void {
@@ -406,6 +413,10 @@ export class RunLedger {
  * append) is above (startMs, openSeq). With openSeq - 1 it is the first index
  * at or above the key; with Infinity, the first run that started after startMs.
  */
+function byKey(a: RunRecord, b: RunRecord): number {
+  return a.startMs - b.startMs || a.openSeq - b.openSeq;
+}
+
 function indexAfter(a: readonly RunRecord[], startMs: number, openSeq: number): number {
   let lo = 0;
   let hi = a.length;
