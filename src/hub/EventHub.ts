@@ -56,6 +56,12 @@ export interface EventHubOptions {
 
 type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
 
+/** One user's held events in hold order; entries before `head` were given up (cleared). */
+interface HeldList {
+  items: HubEvent[];
+  head: number;
+}
+
 
 /** The answer to an upgrade while the hub shuts down (before a WebSocket exists to carry 1001). */
 const SHUTTING_DOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n';
@@ -79,9 +85,7 @@ export class EventHub implements EventSink {
   private flushScheduled = false;
   // Held events (no connection wanted them when they were published; `heldAtMs` >= 0 while held):
   // per user (release on connect) and one FIFO across users (expiry and bounds).
-  private readonly heldByUser = new Map<string, HubEvent[]>();
-  /** Given-up entries at the front of each user's held list (skipped by readers: `heldAtMs` < 0). */
-  private readonly heldUserHead = new Map<string, number>();
+  private readonly heldByUser = new Map<string, HeldList>();
   private heldQ: HubEvent[] = [];
   private heldHead = 0;
   private heldCount = 0;
@@ -258,6 +262,8 @@ export class EventHub implements EventSink {
       this.ledger.markDropped(ev.run, ev.record, 'shutdown');
       return;
     }
+    // Measuring the frame also flattens the payload (built by concatenation): a held or retained
+    // event then keeps one flat string, not a tree of string pieces.
     ev.bytes = frameSize(ev.payload);
     const set = this.byUser.get(ev.user);
     let targets = 0;
@@ -295,8 +301,8 @@ export class EventHub implements EventSink {
     }
     ev.heldAtMs = this.now();
     let list = this.heldByUser.get(ev.user);
-    if (list === undefined) this.heldByUser.set(ev.user, (list = []));
-    list.push(ev);
+    if (list === undefined) this.heldByUser.set(ev.user, (list = { items: [], head: 0 }));
+    list.items.push(ev);
     this.heldQ.push(ev);
     this.heldCount++;
     this.heldBytes += ev.bytes;
@@ -322,17 +328,16 @@ export class EventHub implements EventSink {
   private trimUser(user: string): void {
     const list = this.heldByUser.get(user);
     if (list === undefined) return;
-    // The dead prefix is remembered per user, so each trim only looks at new entries, and the
+    // The dead prefix is remembered (head), so each trim only looks at new entries, and the
     // front is spliced off only once it is most of the list (splicing on every eviction is O(n)).
-    let i = this.heldUserHead.get(user) ?? 0;
-    while (i < list.length && list[i]!.heldAtMs < 0) i++;
-    if (i === list.length) {
-      this.heldByUser.delete(user);
-      this.heldUserHead.delete(user);
-    } else if (i > 64 && i * 2 > list.length) {
-      list.splice(0, i);
-      this.heldUserHead.delete(user);
-    } else if (i > 0) this.heldUserHead.set(user, i);
+    const items = list.items;
+    let i = list.head;
+    while (i < items.length && items[i]!.heldAtMs < 0) items[i++] = undefined as unknown as HubEvent;
+    if (i === items.length) this.heldByUser.delete(user);
+    else if (i > 64 && i * 2 > items.length) {
+      list.items = items.slice(i);
+      list.head = 0;
+    } else list.head = i;
   }
 
   private compactHeld(): void {
@@ -347,10 +352,11 @@ export class EventHub implements EventSink {
 
   /** Deliver events held for this connection's user (those it wants), in order, counted as delivered late. */
   private releaseHeld(conn: Connection): void {
-    const list = this.heldByUser.get(conn.user);
-    if (list === undefined) return;
+    const held = this.heldByUser.get(conn.user);
+    if (held === undefined) return;
+    const list = held.items;
     const keep: HubEvent[] = [];
-    let i = 0;
+    let i = held.head;
     for (; i < list.length; i++) {
       const ev = list[i]!;
       if (ev.heldAtMs < 0) continue;
@@ -371,8 +377,7 @@ export class EventHub implements EventSink {
     }
     // Whatever was not reached (the connection was closed for backpressure) stays held.
     for (; i < list.length; i++) if (list[i]!.heldAtMs >= 0) keep.push(list[i]!);
-    this.heldUserHead.delete(conn.user);
-    if (keep.length > 0) this.heldByUser.set(conn.user, keep);
+    if (keep.length > 0) this.heldByUser.set(conn.user, { items: keep, head: 0 });
     else this.heldByUser.delete(conn.user);
     if (conn.dirty) this.dirty.add(conn);
   }
@@ -674,7 +679,6 @@ export class EventHub implements EventSink {
       this.ledger.markDropped(ev.run, ev.record, 'shutdown');
     }
     this.heldByUser.clear();
-    this.heldUserHead.clear();
     this.heldQ = [];
     this.heldHead = 0;
     this.replay.clear();
