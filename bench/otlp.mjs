@@ -58,7 +58,7 @@ await floor.listen({ host: '127.0.0.1', port: 0 });
 const floorPort = floor.server.address().port;
 
 async function acceptedSpans() {
-  const m = await tw.metrics.otlpSpans.get();
+  const m = await tw.metrics.otlpSpans.counter.get();
   return m.values.reduce((a, v) => a + v.value, 0);
 }
 

@@ -247,8 +247,8 @@ export class Metrics {
   readonly evictions = new Counter({ name: 'tracewire_bridge_evictions_total', help: 'Spans, traces or runs given up by bounded state, by reason.', labelNames: ['reason'] as const, registers: this.regs });
   readonly internalErrors = new Counter({ name: 'tracewire_internal_errors_total', help: 'Faults caught inside tracewire (never thrown into the caller), by component.', labelNames: ['component'] as const, registers: this.regs });
   readonly hookQueueDrops = new Counter({ name: 'tracewire_hook_queue_dropped_total', help: 'Span hook records dropped because the in-process queue was full.', registers: this.regs });
-  readonly otlpRequests = new Counter({ name: 'tracewire_otlp_requests_total', help: 'OTLP/HTTP export requests by encoding and response status.', labelNames: ['encoding', 'status'] as const, registers: this.regs });
-  readonly otlpSpans = new Counter({ name: 'tracewire_otlp_spans_received_total', help: 'Spans accepted from OTLP requests.', registers: this.regs });
+  readonly otlpRequests = new HotCounter({ name: 'tracewire_otlp_requests_total', help: 'OTLP/HTTP export requests by encoding and response status.', labelNames: ['encoding', 'status'] as const, registers: this.regs });
+  readonly otlpSpans = new HotCounter({ name: 'tracewire_otlp_spans_received_total', help: 'Spans accepted from OTLP requests.', labelNames: [] as const, registers: this.regs });
   readonly otlpRejectedSpans = new Counter({ name: 'tracewire_otlp_spans_rejected_total', help: 'Spans rejected from OTLP requests, by reason.', labelNames: ['reason'] as const, registers: this.regs });
   readonly replayedEvents = new Counter({ name: 'tracewire_events_replayed_total', help: 'Events re-sent to a resuming connection.', registers: this.regs });
   readonly buildInfo = new Gauge({ name: 'tracewire_build_info', help: 'Constant 1, labelled with the version and mode.', labelNames: ['version', 'mode'] as const, registers: this.regs });
@@ -278,7 +278,7 @@ export class Metrics {
     for (const component of COMPONENTS) this.internalErrors.inc({ component }, 0);
     for (const reason of DISCONNECT_REASONS) this.disconnects.inc({ reason }, 0);
     for (const encoding of ['protobuf', 'json']) this.otlpRequests.inc({ encoding, status: '200' }, 0);
-    this.otlpSpans.inc(0);
+    this.otlpSpans.inc({}, 0);
   }
 }
 

@@ -29,16 +29,16 @@ export async function otlpReceiver(app: FastifyInstance, opts: { tw: Tracewire }
   const cfg = tw.config;
   const limit = cfg.otlpMaxBodyBytes;
   const token = cfg.otlpToken;
-  const states = new WeakMap<FastifyRequest, RequestState>();
   let inFlight = 0;
+  const onClose = (): void => {
+    inFlight--;
+  };
 
+  // Per-request state on the request object (a fastify decoration: one shape for every request).
+  app.decorateRequest('tracewire', null);
   const stateOf = (req: FastifyRequest): RequestState => {
-    let s = states.get(req);
-    if (s === undefined) {
-      s = { encoding: encodingOf(req.headers['content-type']) };
-      states.set(req, s);
-    }
-    return s;
+    const r = req as FastifyRequest & { tracewire: RequestState | null };
+    return (r.tracewire ??= { encoding: encodingOf(req.headers['content-type']), gzip: false });
   };
 
   // Only the two OTLP media types, read as raw bytes within the body limit.
@@ -56,33 +56,34 @@ export async function otlpReceiver(app: FastifyInstance, opts: { tw: Tracewire }
     sendError(reply, stateOf(req).encoding, tErr);
   });
 
-  app.addHook('onResponse', async (req, reply) => {
-    tw.metrics.otlpRequests.inc({ encoding: stateOf(req).encoding, status: String(reply.statusCode) });
+  // Callback-style hooks: an async hook costs a promise per request.
+  app.addHook('onResponse', (req, reply, done) => {
+    tw.metrics.otlpRequests.inc({ encoding: stateOf(req).encoding, status: statusLabel(reply.statusCode) });
+    done();
   });
 
   app.route({
     method: 'POST',
     url: '/v1/traces',
     bodyLimit: limit,
-    onRequest: async (req, reply) => {
+    onRequest: (req, reply, done) => {
       const state = stateOf(req);
-      if (token !== '' && !safeEqual(bearerOf(req.headers.authorization) ?? '', token)) throw new TracewireError('TW_OTLP_UNAUTHORISED');
-      if (state.encoding === 'unsupported') throw new TracewireError('TW_OTLP_UNSUPPORTED_MEDIA', mediaType(req.headers['content-type']) || '(none)');
+      if (token !== '' && !safeEqual(bearerOf(req.headers.authorization) ?? '', token)) return done(new TracewireError('TW_OTLP_UNAUTHORISED'));
+      if (state.encoding === 'unsupported') return done(new TracewireError('TW_OTLP_UNSUPPORTED_MEDIA', mediaType(req.headers['content-type']) || '(none)'));
       const enc = contentEncodingOf(req.headers['content-encoding']);
-      if (enc === undefined) throw new TracewireError('TW_OTLP_UNSUPPORTED_ENCODING', String(req.headers['content-encoding']));
+      if (enc === undefined) return done(new TracewireError('TW_OTLP_UNSUPPORTED_ENCODING', String(req.headers['content-encoding'])));
       state.gzip = enc === 'gzip';
       const len = Number(req.headers['content-length']);
-      if (Number.isFinite(len) && len > limit) throw new TracewireError('TW_OTLP_TOO_LARGE', limit);
-      if (inFlight >= cfg.otlpMaxConcurrentRequests) throw new TracewireError('TW_OTLP_OVERLOADED', RETRY_AFTER_SECONDS);
+      if (Number.isFinite(len) && len > limit) return done(new TracewireError('TW_OTLP_TOO_LARGE', limit));
+      if (inFlight >= cfg.otlpMaxConcurrentRequests) return done(new TracewireError('TW_OTLP_OVERLOADED', RETRY_AFTER_SECONDS));
       inFlight++;
       // 'close' fires once, after the response finished or the connection dropped.
-      reply.raw.once('close', () => {
-        inFlight--;
-      });
+      reply.raw.once('close', onClose);
+      done();
     },
-    preParsing: async (req, _reply, payload) => {
-      if (!stateOf(req).gzip) return payload;
-      return gunzipLimited(payload as Readable, limit);
+    preParsing: (req, _reply, payload, done) => {
+      if (!stateOf(req).gzip) return done(null, payload);
+      done(null, gunzipLimited(payload as Readable, limit));
     },
     handler: async (req, reply) => {
       const state = stateOf(req);
@@ -112,8 +113,19 @@ type Encoding = 'protobuf' | 'json' | 'unsupported';
 
 interface RequestState {
   readonly encoding: Encoding;
-  gzip?: boolean;
+  gzip: boolean;
 }
+
+const STATUS_LABELS = new Map<number, string>();
+/** The status code as a label value (the strings made once). */
+function statusLabel(code: number): string {
+  let s = STATUS_LABELS.get(code);
+  if (s === undefined) STATUS_LABELS.set(code, (s = String(code)));
+  return s;
+}
+
+/** The response to a request with every span accepted: an empty ExportTraceServiceResponse. */
+const EMPTY_PROTOBUF_RESPONSE = Buffer.alloc(0);
 
 const RETRY_AFTER_SECONDS = 1;
 
@@ -133,7 +145,7 @@ function ingest(tw: Tracewire, decoded: DecodedRequest): void {
       tw.diag.repeated('otlp_bridge_fault', 'otlpReceiver', (n) => `${n} span(s) failed in the bridge: ${(err as Error)?.stack ?? String(err)}`);
     }
   }
-  m.otlpSpans.inc(decoded.spans.length);
+  m.otlpSpans.inc({}, decoded.spans.length);
   m.spansSeen.inc({ source: 'otlp' }, decoded.spans.length);
 }
 
@@ -211,7 +223,11 @@ function sendError(reply: FastifyReply, encoding: Encoding, err: TracewireError)
 function sendSuccess(reply: FastifyReply, encoding: Encoding, partial: { rejectedSpans: number; errorMessage: string } | undefined): void {
   void reply.status(200);
   if (encoding === 'protobuf') {
-    const body = otlpTypes().response.encode(partial === undefined ? {} : { partialSuccess: partial }).finish();
+    if (partial === undefined) {
+      void reply.header('content-type', 'application/x-protobuf').send(EMPTY_PROTOBUF_RESPONSE);
+      return;
+    }
+    const body = otlpTypes().response.encode({ partialSuccess: partial }).finish();
     void reply.header('content-type', 'application/x-protobuf').send(Buffer.from(body.buffer, body.byteOffset, body.byteLength));
     return;
   }
