@@ -169,8 +169,6 @@ function orNull(value: string | undefined): string {
   return value === undefined ? 'null' : jsonString(value);
 }
 
-/** Shared empty map (never written: `hold()` swaps in a real one). */
-const NO_WAITING: Map<string, SpanNode[]> = new Map();
 
 const START_TYPE: Record<LifecycleKind, EventType> = { agent: 'agent_started', thinking: 'agent_thinking', tool: 'tool_executing' };
 
@@ -183,9 +181,11 @@ const START_TYPE: Record<LifecycleKind, EventType> = { agent: 'agent_started', t
 export class TraceBridge {
   /** The trace's spans: one node, a small list while there are few (most traces), a Map past SMALL_TRACE. */
   private nodes: SpanNode | SpanNode[] | Map<string, SpanNode> | undefined;
-  /** Held spans by the parent id they wait for. */
-  /** Created on the first held span: in-process traces never hold, and most OTLP traces hold briefly. */
-  private waiting: Map<string, SpanNode[]> = NO_WAITING;
+  /**
+   * Held spans (waiting for their parent): none (in-process traces never hold), a small list in
+   * hold order (most OTLP traces hold a few children briefly), or by parent id past SMALL_TRACE.
+   */
+  private waiting: SpanNode[] | Map<string, SpanNode[]> | undefined;
   heldCount = 0;
   activeRuns = 0;
   /** Runs opened in this trace (OTLP keeps a trace that had runs until idle, for late spans). */
@@ -284,9 +284,16 @@ export class TraceBridge {
 
   private hold(node: SpanNode): void {
     node.held = true;
-    const list = this.waiting.get(node.parentSpanId!);
-    if (list) list.push(node);
-    else (this.waiting === NO_WAITING ? (this.waiting = new Map()) : this.waiting).set(node.parentSpanId!, [node]);
+    const w = this.waiting;
+    if (w === undefined) this.waiting = [node];
+    else if (Array.isArray(w) && w.length < SMALL_TRACE) w.push(node);
+    else {
+      const byParent = Array.isArray(w) ? groupByParent(w) : w;
+      this.waiting = byParent;
+      const list = byParent.get(node.parentSpanId!);
+      if (list) list.push(node);
+      else byParent.set(node.parentSpanId!, [node]);
+    }
     this.heldCount++;
     this.reg.held(this, node);
   }
@@ -294,11 +301,12 @@ export class TraceBridge {
   /** Give up waiting for `node`'s ancestors: treat its parent as outside tracewire's view. */
   forceAnchor(node: SpanNode): void {
     if (!node.held || node.anchored) return;
-    const list = this.waiting.get(node.parentSpanId!);
+    const w = this.waiting;
+    const list = Array.isArray(w) ? w : w?.get(node.parentSpanId!);
     if (list) {
       const i = list.indexOf(node);
       if (i >= 0) list.splice(i, 1);
-      if (list.length === 0) this.waiting.delete(node.parentSpanId!);
+      if (list.length === 0 && w instanceof Map) w.delete(node.parentSpanId!);
     }
     node.held = false;
     this.heldCount--;
@@ -343,10 +351,9 @@ export class TraceBridge {
    */
   private visit(node: SpanNode, withChildren: boolean): void {
     this.emitStart(node);
-    if (withChildren && this.waiting !== NO_WAITING) {
-      const kids = this.waiting.get(node.spanId);
+    if (withChildren && this.waiting !== undefined) {
+      const kids = this.takeWaiting(node.spanId);
       if (kids !== undefined) {
-        this.waiting.delete(node.spanId);
         if (kids.length > 1) kids.sort((a, b) => a.startMs - b.startMs);
         for (const k of kids) {
           k.held = false;
@@ -357,6 +364,27 @@ export class TraceBridge {
       }
     }
     this.emitEnd(node);
+  }
+
+  /** Remove and return the held spans whose parent is `spanId`. */
+  private takeWaiting(spanId: string): SpanNode[] | undefined {
+    const w = this.waiting;
+    if (w === undefined) return undefined;
+    if (!Array.isArray(w)) {
+      const kids = w.get(spanId);
+      if (kids !== undefined) w.delete(spanId);
+      return kids;
+    }
+    let kids: SpanNode[] | undefined;
+    let j = 0;
+    for (let i = 0; i < w.length; i++) {
+      const n = w[i]!;
+      if (n.parentSpanId === spanId) (kids ??= []).push(n);
+      else w[j++] = n;
+    }
+    w.length = j;
+    if (j === 0) this.waiting = undefined;
+    return kids;
   }
 
   private emitStart(node: SpanNode): void {
@@ -425,12 +453,24 @@ export class TraceBridge {
   /** Held spans, oldest first (for the orphan sweep). */
   heldNodes(): SpanNode[] {
     const out: SpanNode[] = [];
-    for (const l of this.waiting.values()) out.push(...l);
+    const w = this.waiting;
+    if (Array.isArray(w)) out.push(...w);
+    else if (w !== undefined) for (const l of w.values()) out.push(...l);
     return out;
   }
 }
 
-/** Spans of a trace kept in a list (linear search) before it gets a Map: a Map costs about 300 bytes. */
+/** Spans (and held spans) of a trace kept in a list (linear search) before they get a Map: a Map costs about 300 bytes. */
 const SMALL_TRACE = 8;
+
+function groupByParent(nodes: readonly SpanNode[]): Map<string, SpanNode[]> {
+  const m = new Map<string, SpanNode[]>();
+  for (const n of nodes) {
+    const l = m.get(n.parentSpanId!);
+    if (l) l.push(n);
+    else m.set(n.parentSpanId!, [n]);
+  }
+  return m;
+}
 
 export type { SpanEventInput, DropReason };

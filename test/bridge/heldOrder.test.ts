@@ -1,0 +1,55 @@
+import { randomBytes } from 'node:crypto';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { SpanInput } from '../../src/conventions/SpanInput.js';
+import type { Sidecar } from '../../src/surfaces/server.js';
+import { connectAcked, startTestSidecar } from '../helpers.js';
+
+/**
+ * OTLP spans that arrive before their ancestors are held per trace (a short
+ * list, switching to a Map keyed by parent past a few spans) and released in
+ * causal order when the ancestor arrives.
+ */
+
+let sc: Sidecar | undefined;
+afterEach(async () => {
+  await sc?.close();
+  sc = undefined;
+});
+
+const hex = (bytes: number): string => randomBytes(bytes).toString('hex');
+const T0 = Date.now() - 10_000;
+
+function span(traceId: string, spanId: string, parentSpanId: string | undefined, name: string, attributes: Record<string, unknown>, at: number): SpanInput {
+  return { traceId, spanId, parentSpanId, name, startMs: T0 + at, endMs: T0 + at + 1, attributes, statusCode: 0 };
+}
+
+describe('held spans (OTLP, children before parents)', () => {
+  it.each([3, 20])('%i tool spans and their HTTP children arrive shuffled before the agent: events come in start order, nothing stays held', async (tools) => {
+    sc = await startTestSidecar({}, true);
+    const client = await connectAcked(sc, 'hu');
+    const traceId = hex(16);
+    const top = hex(8);
+    const spans: SpanInput[] = [];
+    for (let i = 0; i < tools; i++) {
+      const id = hex(8);
+      spans.push(span(traceId, id, top, `execute_tool t${i}`, { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': `t${i}`, 'gen_ai.tool.call.id': `c${i}` }, 10 + 10 * i));
+      spans.push(span(traceId, hex(8), id, 'GET', { 'http.request.method': 'GET' }, 11 + 10 * i));
+    }
+    // Children first, in an order that is neither start order nor its reverse.
+    spans.sort((a, b) => (a.spanId < b.spanId ? -1 : 1));
+    const b = sc.tw.otlpBridges;
+    for (const s of spans) b.endSpan(s);
+    expect(b.heldCount).toBe(spans.length);
+    b.endSpan(span(traceId, top, undefined, 'invoke_agent boss', { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'boss', 'user.id': 'hu' }, 0));
+    expect(b.heldCount).toBe(0);
+    const n = 2 + 2 * tools;
+    await client.until((c) => c.events.length >= n, 5000, 'events');
+    const evs = client.events;
+    expect(evs.map((e) => e.seq)).toEqual(Array.from({ length: n }, (_, i) => i + 1));
+    const expected = ['agent_started'];
+    for (let i = 0; i < tools; i++) expected.push('tool_executing', 'tool_completed');
+    expected.push('agent_completed');
+    expect(evs.map((e) => e.type)).toEqual(expected);
+    expect(evs.filter((e) => e.type === 'tool_executing').map((e) => (e.data as { tool: string }).tool)).toEqual(Array.from({ length: tools }, (_, i) => `t${i}`));
+  });
+});
