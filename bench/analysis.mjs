@@ -1,16 +1,13 @@
 // The micro-checks behind the src/ recommendations in bench/README.md ("What
 // limits the figures"). Not part of `npm run bench`; run after `npm run build`:
 //
-//   node bench/analysis.mjs            all checks (~40 s)
-//   node bench/analysis.mjs sweep|evict|json|memory-prototype
+//   node bench/analysis.mjs            all checks (~30 s)
+//   node bench/analysis.mjs sweep|evict|otlp-hold
 //
-// memory-prototype copies dist/ to a temporary directory (bench/.proto-*), applies two small
-// changes there (a lazily created TraceBridge.waiting Map; RunRecord.events and
-// RunRecord.spans created at their exact size on the first element instead of
-// growing an empty array to 17 slots) and runs the memory figure against both
-// builds. src/ and dist/ are not touched.
+//   sweep      ReplayStore.sweep() with many retained runs (a full scan every second)
+//   evict      opening runs below and at maxTraces (eviction cost per new trace)
+//   otlp-hold  decode + bridge per span with the hold for absent users on and off
 import { spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { distUrl, makeTracewire } from './lib/tw.mjs';
@@ -21,29 +18,31 @@ const want = (n) => which === undefined || which === n;
 const ms = (t0) => Number(process.hrtime.bigint() - t0) / 1e6;
 
 if (want('sweep')) {
-  // EventHub's sweeper calls ReplayStore.sweep() every second; it visits every retained run.
+  // EventHub's sweeper calls ReplayStore.sweep() every second: ended runs expire from a queue (cost = what
+  // expires); the idle pass over every retained run happens every max(1 s, maxIdleMillis / 4) only.
   const { ReplayStore } = await import(distUrl('hub/ReplayStore.js'));
   for (const n of [10_000, 100_000, 200_000]) {
     const rs = new ReplayStore({ retentionMillis: 60_000, maxEventsPerRun: 1000, maxBytesPerRun: 1 << 20, maxTotalBytes: 1 << 30, maxIdleMillis: 600_000, now: Date.now });
     const frame = Buffer.alloc(300);
     for (let i = 0; i < n; i++) {
-      const ev = { runId: `run-${i}`, user: `u-${i % 100}`, seq: 1, frame, bytes: frame.length, payload: '' };
+      const ev = { runId: `run-${i}`, user: `u-${i % 100}`, seq: 1, frame, bytes: frame.length, payload: '', run: { endMs: undefined } };
       rs.add(ev);
       if (i % 5 === 4) rs.ended(`run-${i}`);
     }
     const xs = [];
-    for (let r = 0; r < 7; r++) {
+    for (let r = 0; r < 8; r++) {
       const t0 = process.hrtime.bigint();
       rs.sweep();
       xs.push(ms(t0));
     }
+    const idlePass = xs.shift(); // the first sweep includes the idle pass
     xs.sort((a, b) => a - b);
-    console.log(`[sweep] ReplayStore.sweep() with ${n.toLocaleString()} runs retained, none expired: ${xs[3].toFixed(2)} ms per sweep (the event loop stalls that long every second)`);
+    console.log(`[sweep] ReplayStore.sweep() with ${n.toLocaleString()} runs retained, none expired: ${xs[3].toFixed(3)} ms per sweep; the idle pass (every 150 s by default): ${idlePass.toFixed(2)} ms`);
   }
 }
 
 if (want('evict')) {
-  // Past maxTraces every new trace evicts the oldest; evictOldestTrace copies all in-flight runs to find its runs.
+  // Past maxTraces every new trace evicts the oldest (its runs are found through its own spans).
   const tw = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbeatMillis: 0, maxTraces: 100_000, replayMaxEventsPerRun: 0, replayRetentionMillis: 0 });
   const br = tw.otlpBridges;
   const span = (i) => ({ traceId: i.toString(16).padStart(32, '0'), spanId: i.toString(16).padStart(16, '0'), name: 'invoke_agent supervisor', startMs: Date.now(), attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': 'u' }, statusCode: 0 });
@@ -53,59 +52,20 @@ if (want('evict')) {
   t0 = process.hrtime.bigint();
   for (let i = 99_001; i <= 101_000; i++) br.startSpan(span(i));
   const past = ms(t0) / 2000;
-  console.log(`[evict] opening a live run: ${(before * 1000).toFixed(1)} µs below maxTraces; ${(past * 1000).toFixed(0)} µs once at maxTraces with ~100k runs in flight (O(in-flight runs) per new trace)`);
+  console.log(`[evict] opening a live run: ${(before * 1000).toFixed(1)} µs below maxTraces; ${(past * 1000).toFixed(1)} µs once at maxTraces with ~100k runs in flight`);
   await tw.close(100);
 }
 
-if (want('json')) {
-  const N = 200_000;
-  const runId = `${'a'.repeat(32)}-${'b'.repeat(16)}`;
-  const viaStringify = (i) =>
-    JSON.stringify({ type: 'tool_completed', run_id: runId, trace_id: 'a'.repeat(32), span_id: 'c'.repeat(16), seq: i, ts: new Date(1764000000000 + i).toISOString(), agent: 'supervisor', conversation_id: 'c-1', data: { tool: 'search_docs', call_id: 'call_1', status: 'ok', duration_ms: 1.5 } });
-  const isoOnly = (i) => new Date(1764000000000 + i).toISOString();
-  for (const [n, f] of [['JSON.stringify(event) as BridgeRegistry.emit does', viaStringify], ['of which new Date(ts).toISOString()', isoOnly]]) {
-    let x = 0;
-    for (let i = 0; i < N; i++) x += f(i).length;
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < N; i++) x += f(i).length;
-    console.log(`[json] ${n}: ${((ms(t0) * 1e6) / N).toFixed(0)} ns per event`);
+if (want('otlp-hold')) {
+  // The OTLP figure's users have no connection: every event is held for them (60 s window, bounded).
+  // The same in-process decode + bridge loop with the hold on (defaults) and off (replayRetentionMillis 0:
+  // such events are dropped at once as no_subscriber) shows what the hold costs per span.
+  const prof = path.join(here, 'lib', 'ingestprof.mjs');
+  for (const [name, opts] of [['hold on (defaults)', {}], ['hold off (replayRetentionMillis 0)', { replayRetentionMillis: 0 }]]) {
+    const r = spawnSync(process.execPath, ['--expose-gc', prof, 'protobuf', '512', 'bridge', '5'], { encoding: 'utf8', env: { ...process.env, TW_OPTS: JSON.stringify(opts) }, timeout: 60_000 });
+    const line = r.stdout.split('\n').find((l) => l.includes('spans/CPU-s'));
+    console.log(`[otlp-hold] ${name}: ${line ?? `failed: ${r.stderr.slice(-300)}`}`);
   }
 }
 
-if (want('memory-prototype')) {
-  const dist = fileURLToPath(new URL('../dist', import.meta.url));
-  // Inside the repository, so the copy resolves node_modules like dist/ does; removed afterwards.
-  const tmp = mkdtempSync(path.join(here, '.proto-'));
-  try {
-    const proto = path.join(tmp, 'dist');
-    cpSync(dist, proto, { recursive: true });
-    const patch = (file, pairs) => {
-      const p = path.join(proto, file);
-      let s = readFileSync(p, 'utf8');
-      for (const [a, b] of pairs) {
-        if (!s.includes(a)) throw new Error(`memory-prototype: ${file} changed, "${a.slice(0, 60)}" not found`);
-        s = s.replace(a, b);
-      }
-      writeFileSync(p, s);
-    };
-    patch('bridge/TraceBridge.js', [
-      ['    waiting = new Map();', '    waiting = EMPTY_WAITING;'],
-      ['            this.waiting.set(node.parentId, [node]);', '            (this.waiting === EMPTY_WAITING ? (this.waiting = new Map()) : this.waiting).set(node.parentId, [node]);'],
-      ['            rec.spans.push({ spanId: node.spanId, parentSpanId: node.parentId, kind: node.kind, name: node.name, startMs: node.startMs });',
-        '            const sum = { spanId: node.spanId, parentSpanId: node.parentId, kind: node.kind, name: node.name, startMs: node.startMs };\n            if (rec.spans.length === 0) rec.spans = [sum];\n            else rec.spans.push(sum);'],
-    ]);
-    const tb = path.join(proto, 'bridge/TraceBridge.js');
-    writeFileSync(tb, `const EMPTY_WAITING = new Map();\n${readFileSync(tb, 'utf8')}`);
-    patch('audit/RunRecord.js', [['        this.events.push(ev);', '        if (this.events.length === 0) this.events = [ev];\n        else this.events.push(ev);']]);
-    for (const [name, d] of [['dist/ (as built)', dist], ['prototype', proto]]) {
-      const r = spawnSync(process.execPath, [path.join(here, 'memory.mjs')], { encoding: 'utf8', env: { ...process.env, TRACEWIRE_DIST: d }, timeout: 200_000 });
-      const line = r.stdout.split('\n').find((l) => l.startsWith('RESULT '));
-      if (!line) throw new Error(`memory.mjs failed for ${name}: ${r.stderr.slice(-500)}`);
-      const m = JSON.parse(line.slice(7));
-      console.log(`[memory-prototype] ${name}: ${m['tw-noreplay'].heapBytesPerRun.toFixed(0)} B/run (no replay), ${m['tw-replay'].heapPlusExternalBytesPerRun.toFixed(0)} B/run (default replay), RSS ${(m['tw-noreplay'].after.rss / 2 ** 20).toFixed(0)} MiB at ${m.runs.toLocaleString()} runs`);
-    }
-  } finally {
-    rmSync(tmp, { recursive: true, force: true });
-  }
-}
 process.exit(0);

@@ -39,6 +39,10 @@ export class ReplayStore {
   /** The retained runs of each user, oldest first (resume of every run of a user). */
   private readonly byUser = new Map<string, Set<ReplayEntry>>();
   private totalBytes = 0;
+  /** Ended runs in the order they ended (expiry order); entries dropped meanwhile are skipped. */
+  private endedQ: ReplayEntry[] = [];
+  private endedHead = 0;
+  private nextIdlePass = 0;
   /** Events given up to the bounds before their run expired (no longer resumable). */
   trimmed = 0;
 
@@ -69,7 +73,7 @@ export class ReplayStore {
     }
     e.lastAddMs = now;
     // A run that ended before its first event entered the window (held events released late) expires from now.
-    if (e.endedAtMs === undefined && ev.run.endMs !== undefined) e.endedAtMs = now;
+    if (e.endedAtMs === undefined && ev.run.endMs !== undefined) this.markEnded(e, now);
     const evs = e.events;
     if (evs.length === e.head || evs[evs.length - 1]!.seq < ev.seq) evs.push(ev);
     else {
@@ -105,7 +109,12 @@ export class ReplayStore {
 
   ended(runId: string): void {
     const e = this.runs.get(runId);
-    if (e !== undefined) e.endedAtMs = this.opts.now();
+    if (e !== undefined && e.endedAtMs === undefined) this.markEnded(e, this.opts.now());
+  }
+
+  private markEnded(e: ReplayEntry, now: number): void {
+    e.endedAtMs = now;
+    this.endedQ.push(e);
   }
 
   /** Is the run retained (resumable)? */
@@ -149,17 +158,37 @@ export class ReplayStore {
     return e === undefined ? undefined : e.events[e.head]?.seq;
   }
 
+  /**
+   * Drop what expired. Ended runs expire in the order they ended (a queue:
+   * the cost is what expires, not what is retained); runs that never ended
+   * are checked for idleness by a full pass only every quarter of the idle
+   * time (at least every second), so that bound is met within 25%.
+   */
   sweep(): void {
     const now = this.opts.now();
-    for (const [id, e] of this.runs) {
-      if ((e.endedAtMs !== undefined && e.endedAtMs + this.opts.retentionMillis <= now) || e.lastAddMs + this.opts.maxIdleMillis <= now) {
-        this.drop(id, e);
-      }
+    const q = this.endedQ;
+    while (this.endedHead < q.length) {
+      const e = q[this.endedHead]!;
+      if (e.endedAtMs! + this.opts.retentionMillis > now) break;
+      q[this.endedHead++] = undefined as unknown as ReplayEntry;
+      if (this.runs.get(e.runId) === e) this.drop(e.runId, e);
     }
+    if (this.endedHead === q.length) {
+      this.endedQ = [];
+      this.endedHead = 0;
+    } else if (this.endedHead > 1024 && this.endedHead * 2 > q.length) {
+      this.endedQ = q.slice(this.endedHead);
+      this.endedHead = 0;
+    }
+    if (now < this.nextIdlePass) return;
+    this.nextIdlePass = now + Math.max(1000, this.opts.maxIdleMillis / 4);
+    for (const [id, e] of this.runs) if (e.lastAddMs + this.opts.maxIdleMillis <= now) this.drop(id, e);
   }
 
   clear(): void {
     this.runs.clear();
+    this.endedQ = [];
+    this.endedHead = 0;
     this.byUser.clear();
     this.totalBytes = 0;
   }

@@ -1,0 +1,88 @@
+import { describe, expect, it } from 'vitest';
+import { RunRecord } from '../../src/audit/RunRecord.js';
+import { OutboundEvent } from '../../src/bridge/EventSink.js';
+import { ReplayStore } from '../../src/hub/ReplayStore.js';
+
+/** The resume window's expiry: ended runs after the retention time, runs that never end after the idle time. */
+
+function store(now: { t: number }, o: Partial<{ retentionMillis: number; maxIdleMillis: number; maxEventsPerRun: number }> = {}): ReplayStore {
+  return new ReplayStore({ retentionMillis: 1000, maxEventsPerRun: 100, maxBytesPerRun: 1 << 20, maxTotalBytes: 1 << 30, maxIdleMillis: 8000, now: () => now.t, ...o });
+}
+
+function event(runId: string, seq: number, user = 'u'): OutboundEvent {
+  const run = new RunRecord(runId, 't', 's', 'a', 0, 0);
+  const rec = run.addEvent(seq, 'agent_started', { spanId: 's', parentSpanId: undefined, kind: 'agent', name: 'a', startMs: 0 });
+  const ev = new OutboundEvent(user, undefined, runId, 't', seq, 'agent_started', '{}', rec, run, undefined);
+  ev.bytes = 4;
+  return ev;
+}
+
+describe('ReplayStore expiry', () => {
+  it('drops an ended run once its retention has passed, in the order runs ended, and keeps the others', () => {
+    const now = { t: 0 };
+    const rs = store(now);
+    for (const id of ['a', 'b', 'c']) rs.add(event(id, 1));
+    rs.ended('b');
+    now.t = 300;
+    rs.ended('a');
+    now.t = 999;
+    rs.sweep();
+    expect(['a', 'b', 'c'].map((id) => rs.contains(id))).toEqual([true, true, true]);
+    now.t = 1000;
+    rs.sweep();
+    expect(['a', 'b', 'c'].map((id) => rs.contains(id))).toEqual([true, false, true]);
+    now.t = 1300;
+    rs.sweep();
+    expect(['a', 'b', 'c'].map((id) => rs.contains(id))).toEqual([false, false, true]);
+    expect(rs.size).toBe(1);
+  });
+
+  it('drops a run that never ended after the idle time (checked every quarter of it), counting from its last event', () => {
+    const now = { t: 0 };
+    const rs = store(now);
+    rs.add(event('idle', 1));
+    rs.add(event('busy', 1));
+    rs.sweep(); // the first pass
+    now.t = 6000;
+    rs.add(event('busy', 2));
+    now.t = 8000;
+    rs.sweep(); // an idle pass (they run every maxIdle / 4 = 2000 ms)
+    expect(rs.contains('idle')).toBe(false);
+    expect(rs.contains('busy')).toBe(true);
+    now.t = 13_999;
+    rs.sweep();
+    expect(rs.contains('busy')).toBe(true);
+    now.t = 14_500;
+    rs.sweep(); // within 2000 ms of the last pass: no pass yet
+    expect(rs.contains('busy')).toBe(true);
+    now.t = 16_000;
+    rs.sweep();
+    expect(rs.contains('busy')).toBe(false);
+    expect(rs.bytes).toBe(0);
+  });
+
+  it('a run that ended before its first event entered the window (held, released late) expires from then', () => {
+    const now = { t: 0 };
+    const rs = store(now);
+    const ev = event('late', 1);
+    ev.run.endMs = 5;
+    now.t = 500;
+    rs.add(ev);
+    now.t = 1499;
+    rs.sweep();
+    expect(rs.contains('late')).toBe(true);
+    now.t = 1500;
+    rs.sweep();
+    expect(rs.contains('late')).toBe(false);
+  });
+
+  it('keeps the window in seq order when an older event arrives after a newer one, once each', () => {
+    const rs = store({ t: 0 });
+    rs.add(event('r', 2));
+    rs.add(event('r', 1));
+    rs.add(event('r', 3));
+    rs.add(event('r', 1));
+    expect(rs.since('r', 'u', 0)!.map((e) => e.seq)).toEqual([1, 2, 3]);
+    expect(rs.since('r', 'other', 0)).toBeUndefined();
+  });
+});
