@@ -70,6 +70,11 @@ export class BridgeRegistry {
   private closed = false;
   /** See handle(). */
   private hookAt: number | undefined;
+  /** OTLP: ids of traces waiting for their idle check (not the traces: a released one is not kept), and when each was queued (ascending). */
+  private idleQ: string[] = [];
+  private idleAt: number[] = [];
+  private idleHead = 0;
+  private readonly idleMillis: number;
   /** The run whose envelope part `head` is (emit). */
   private headRun: RunState | undefined;
   private head = '';
@@ -85,6 +90,7 @@ export class BridgeRegistry {
     readonly diag: Diag = new Diag('warn'),
   ) {
     this.now = now ?? Date.now;
+    this.idleMillis = Math.max(opts.orphanHoldMillis, 1000);
     const every = Math.max(20, Math.min(1000, Math.floor(opts.orphanHoldMillis / 4) || 20));
     this.sweepTimer = setInterval(() => this.sweep(), every);
     this.sweepTimer.unref();
@@ -123,6 +129,10 @@ export class BridgeRegistry {
       if (this.traces.size >= this.opts.maxTraces) this.evictOldestTrace();
       tb = new TraceBridge(span.traceId, this);
       this.traces.set(span.traceId, tb);
+      if (!this.opts.parentsArriveFirst) {
+        this.idleQ.push(span.traceId);
+        this.idleAt.push(this.now());
+      }
     } else if (this.opts.parentsArriveFirst && tb.node(span.spanId) === undefined) {
       // In-process: a non-lifecycle span whose parent we never saw is outside every run.
       const parent = span.parentSpanId ? tb.node(span.parentSpanId) : undefined;
@@ -362,19 +372,41 @@ export class BridgeRegistry {
   /** Give up on held spans past the hold time; drop idle traces with nothing in flight. */
   sweep(): void {
     const now = this.now();
-    for (const [node, h] of [...this.heldIndex]) {
+    // In hold order, stopping at the first span still within its hold time (Map iteration tolerates the deletions).
+    for (const [node, h] of this.heldIndex) {
       if (h.atMs + this.opts.orphanHoldMillis > now) break;
       this.evicted('orphan_timeout');
       h.tb.forceAnchor(node);
       this.maybeRelease(h.tb);
     }
-    if (!this.opts.parentsArriveFirst) {
-      const idle = Math.max(this.opts.orphanHoldMillis, 1000);
-      for (const [id, tb] of this.traces) {
-        if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) {
-          this.traces.delete(id);
-        }
+    if (!this.opts.parentsArriveFirst) this.dropIdleTraces(now);
+  }
+
+  /**
+   * OTLP: forget traces with nothing in flight and no span for the idle time.
+   * Each trace is checked when its turn in the idle queue comes (queued when
+   * created, again when found still busy), so a pass costs what it checks,
+   * not every trace; a trace goes between one and two idle times after its
+   * last span.
+   */
+  private dropIdleTraces(now: number): void {
+    const idle = this.idleMillis;
+    const q = this.idleQ;
+    const at = this.idleAt;
+    while (this.idleHead < q.length && at[this.idleHead]! + idle <= now) {
+      const id = q[this.idleHead++]!;
+      const tb = this.traces.get(id);
+      if (tb === undefined) continue; // released or evicted already
+      if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) this.traces.delete(id);
+      else {
+        q.push(id);
+        at.push(now);
       }
+    }
+    if (this.idleHead > 1024 && this.idleHead * 2 > q.length) {
+      this.idleQ = q.slice(this.idleHead);
+      this.idleAt = at.slice(this.idleHead);
+      this.idleHead = 0;
     }
   }
 

@@ -53,3 +53,22 @@ describe('held spans (OTLP, children before parents)', () => {
     expect(evs.filter((e) => e.type === 'tool_executing').map((e) => (e.data as { tool: string }).tool)).toEqual(Array.from({ length: tools }, (_, i) => `t${i}`));
   });
 });
+
+describe('idle OTLP traces', () => {
+  it('a completed trace stays for late spans, then is forgotten one to two idle times after its last span; a busy one stays', async () => {
+    sc = await startTestSidecar({ orphanHoldMillis: 0 }, true); // idle time: its 1 s minimum
+    const b = sc.tw.otlpBridges;
+    const done = hex(16);
+    const busy = hex(16);
+    const agent = { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'boss', 'user.id': 'iz' };
+    b.endSpan(span(done, hex(8), undefined, 'invoke_agent boss', agent, 0));
+    b.startSpan({ ...span(busy, hex(8), undefined, 'invoke_agent boss', agent, 0), endMs: undefined });
+    expect(b.traceCount).toBe(2);
+    await new Promise((r) => setTimeout(r, 700));
+    expect(b.traceCount).toBe(2); // within the idle time: late spans still find their ancestors
+    const t0 = Date.now();
+    while (b.traceCount > 1 && Date.now() - t0 < 3000) await new Promise((r) => setTimeout(r, 50));
+    expect(b.traceCount).toBe(1); // the completed one is gone; the one with a run in flight stays
+    expect(b.runCount).toBe(1);
+  });
+});
