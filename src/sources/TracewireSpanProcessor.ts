@@ -34,6 +34,13 @@ export class TracewireSpanProcessor implements SpanProcessor {
   private readonly diag: Diag;
   private readonly withEvents: boolean;
   private readonly drainFn = (): void => this.drain();
+  /**
+   * User and conversation known for a live span (own attributes, or inherited
+   * from its nearest ancestor, or baggage), so a run started three levels
+   * below the span that carries `user.id` still finds its user. Weak: freed
+   * with the spans.
+   */
+  private readonly inherited = new WeakMap<object, Inherited>();
 
   constructor(
     private readonly registry: BridgeRegistry,
@@ -89,8 +96,8 @@ export class TracewireSpanProcessor implements SpanProcessor {
         const span = q[i] as ReadableSpan;
         const ctx = q[i + 1];
         const at = q[i + 2] as number;
-        if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, this.withEvents));
-        else this.registry.startSpan(toInput(span, ctx as Context, at, false));
+        if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, this.withEvents, this.inherited));
+        else this.registry.startSpan(toInput(span, ctx as Context, at, false, this.inherited));
       } catch (err) {
         this.metrics.internalErrors.inc({ component: 'bridge' });
         this.diag.repeated('bridge_fault', 'TracewireSpanProcessor', (n) => `${n} span(s) failed in the bridge: ${(err as Error)?.stack ?? String(err)}`);
@@ -115,23 +122,13 @@ export class TracewireSpanProcessor implements SpanProcessor {
 
 const END = Symbol('end');
 
-/**
- * User and conversation known for a live span (own attributes, or inherited
- * from its nearest ancestor, or baggage), so a run started three levels below
- * the span that carries `user.id` still finds its user. Kept on the span
- * object under a private symbol: freed with the span, and much cheaper for the
- * garbage collector than a WeakMap entry per span.
- */
-const INHERITED = Symbol('tracewire.inherited');
-type WithInherited = { [INHERITED]?: Inherited };
-
 interface Inherited {
   readonly user: string | undefined;
   readonly conversation: string | undefined;
 }
 
 /** A span start (`ctx` given: its parent context) or end (`ctx` undefined; `withEvents`: copy its span events). */
-function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, withEvents: boolean): SpanInput {
+function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, withEvents: boolean, inherited: WeakMap<object, Inherited>): SpanInput {
   const ended = ctx === undefined;
   const sc = span.spanContext();
   const parent = span.parentSpanContext;
@@ -146,7 +143,7 @@ function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, w
       baggageConversation = bag.getEntry('gen_ai.conversation.id')?.value ?? bag.getEntry('session.id')?.value;
     }
     const p = trace.getSpan(ctx) as unknown as { attributes?: Record<string, unknown> } | undefined;
-    const fromAncestors = p !== undefined ? (p as WithInherited)[INHERITED] : undefined;
+    const fromAncestors = p !== undefined ? inherited.get(p) : undefined;
     // The parent's attributes now (they may have been set after it started), then what it inherited.
     const pa = p?.attributes;
     parentUser = (pa !== undefined ? userOf(pa) : undefined) ?? fromAncestors?.user;
@@ -156,7 +153,7 @@ function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, w
     if (user !== undefined || conversation !== undefined) {
       // A span that adds nothing shares its parent's entry instead of a copy per span.
       const same = fromAncestors !== undefined && fromAncestors.user === user && fromAncestors.conversation === conversation;
-      if (Object.isExtensible(span)) (span as unknown as WithInherited)[INHERITED] = same ? fromAncestors : { user, conversation };
+      inherited.set(span, same ? fromAncestors : { user, conversation });
     }
   }
   return {
