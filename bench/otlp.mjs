@@ -7,8 +7,8 @@
 //
 // Counted: spans accepted by the server (tracewire_otlp_spans_received_total)
 // per wall second and per CPU second of the server process. Also, in process
-// and without HTTP: decode only, and decode + bridge, per core, to show where
-// the time goes.
+// and without HTTP: decode only, decode + bridge, and decode + bridge with no
+// hold for absent users, per core, to show where the time goes.
 import Fastify from 'fastify';
 import { fileURLToPath } from 'node:url';
 import { distUrl, makeTracewire, startSidecar } from './lib/tw.mjs';
@@ -110,13 +110,16 @@ for (const [encoding, spans] of CASES) {
 const { decodeProtobuf, decodeJson } = await import(distUrl('sources/otlp/decode.js'));
 const inproc = [];
 for (const [encoding, spans] of CASES) {
-  const tw2 = makeTracewire({ jwtSecret: SECRET, wsHeartbeatMillis: 0 });
   const b = buildBody(encoding, spans);
   const decode = encoding === 'protobuf' ? decodeProtobuf : decodeJson;
   const opts = { maxSpans: 20000 };
   const row = { encoding, spans };
-  for (const mode of ['decode', 'decode+bridge']) {
+  // 'no hold': the same with replayRetentionMillis 0, so events for the (absent) users are dropped
+  // at once as no_subscriber instead of held: what the hold costs per span.
+  for (const mode of ['decode', 'decode+bridge', 'decode+bridge, no hold']) {
+    const tw2 = makeTracewire({ jwtSecret: SECRET, wsHeartbeatMillis: 0, ...(mode.endsWith('no hold') ? { replayRetentionMillis: 0 } : {}) });
     const bridges = tw2.otlpBridges;
+    const withBridge = mode !== 'decode';
     let n = 0;
     let k = 1e6;
     const c0 = cpuSeconds();
@@ -125,16 +128,17 @@ for (const [encoding, spans] of CASES) {
       for (let i = 0; i < 8; i++) {
         stamp(b, k++);
         const d = decode(b.body, opts);
-        if (mode === 'decode+bridge') for (const s of d.spans) (s.endMs === undefined ? bridges.startSpan(s) : bridges.endSpan(s));
+        if (withBridge) for (const s of d.spans) (s.endMs === undefined ? bridges.startSpan(s) : bridges.endSpan(s));
         n += d.spans.length;
       }
-      if (mode === 'decode+bridge') await new Promise((r) => setImmediate(r));
+      // A turn of the event loop, as between requests (timers: verdicts, sweeps).
+      await new Promise((r) => setImmediate(r));
     }
     row[mode] = n / (cpuSeconds() - c0);
+    await tw2.close(1000);
   }
   inproc.push(row);
-  await tw2.close(1000);
-  log(`[otlp] in process ${encoding} ${spans}: decode ${Math.round(row.decode).toLocaleString()} spans/CPU-s, decode+bridge ${Math.round(row['decode+bridge']).toLocaleString()}`);
+  log(`[otlp] in process ${encoding} ${spans}: decode ${Math.round(row.decode).toLocaleString()} spans/CPU-s, decode+bridge ${Math.round(row['decode+bridge']).toLocaleString()}, without the hold ${Math.round(row['decode+bridge, no hold']).toLocaleString()}`);
 }
 
 report({ figure: 'otlp', available: true, concurrency: CONCURRENCY, phases, inproc });
