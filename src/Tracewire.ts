@@ -54,6 +54,7 @@ export class Tracewire {
         this.inProcess?.forgetRun(r);
         this.otlp?.forgetRun(r);
       },
+      onJudged: (r) => this.otlp?.judged(r),
       onVerdict,
       now,
     });

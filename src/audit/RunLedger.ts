@@ -13,6 +13,8 @@ export interface RunLedgerOptions {
   readonly onForget?: (record: RunRecord) => void;
   /** Called after every verdict (tests, logs). */
   readonly onVerdict?: (record: RunRecord) => void;
+  /** Called after every verdict, for tracewire's own components (the bridges let go of judged runs). */
+  readonly onJudged?: (record: RunRecord) => void;
   readonly now?: () => number;
 }
 
@@ -224,6 +226,7 @@ export class RunLedger {
     this.opts.metrics.runs.inc({ verdict: j.verdict, reason: j.mainReason, agent: this.opts.metrics.agentLabel.value(record.agent) });
     this.retain(record);
     if (forced) this.opts.onForget?.(record);
+    this.opts.onJudged?.(record);
     try {
       this.opts.onVerdict?.(record);
     } catch {
@@ -320,7 +323,9 @@ export class RunLedger {
     this.judgedOrder.push(record);
     // Oldest first from an array queue: finding a Map's first live key is O(deleted entries) in V8.
     while (this.judged.size > this.opts.runsMaxCount && this.judgedHead < this.judgedOrder.length) {
-      const oldest = this.judgedOrder[this.judgedHead++]!;
+      const oldest = this.judgedOrder[this.judgedHead]!;
+      // Queue slots are cleared as the head passes, so the queue keeps no dropped run alive.
+      this.judgedOrder[this.judgedHead++] = undefined as unknown as RunRecord;
       if (this.judged.get(oldest.runId) === oldest) {
         this.judged.delete(oldest.runId);
         this.indexDead++;
@@ -369,7 +374,7 @@ export class RunLedger {
     while (this.dueHead < this.due.length) {
       const r = this.due[this.dueHead]!;
       if (this.dueAt[this.dueHead]! > now) break;
-      this.dueHead++;
+      this.due[this.dueHead++] = undefined as unknown as RunRecord;
       if (!r.judgement) this.judge(r);
     }
     if (this.dueHead === this.due.length) {
@@ -399,7 +404,7 @@ export class RunLedger {
         this.judged.delete(r.runId);
         this.indexDead++;
       }
-      this.judgedHead++;
+      this.judgedOrder[this.judgedHead++] = undefined as unknown as RunRecord;
     }
     this.compactJudgedOrder();
     this.maybeCompact();

@@ -283,9 +283,19 @@ export class BridgeRegistry {
     this.maybeRelease(tb);
   }
 
-  outsideRun(node: SpanNode): void {
-    // A thinking or tool span with no agent above it: not part of any run.
-    void node;
+  /**
+   * The ledger judged a run. OTLP keeps a trace whose runs ended (for late
+   * spans); once nothing of it is in flight, it lets go of its judged runs.
+   */
+  judged(record: RunRecord): void {
+    if (this.opts.parentsArriveFirst) return;
+    const tb = this.traces.get(record.traceId);
+    if (tb !== undefined && tb.activeRuns === 0 && tb.heldCount === 0) tb.compact();
+  }
+
+  /** An event of a span inside a run that already ended (and was let go): dropped as late. */
+  lateEvent(type: EventType): void {
+    this.metrics.eventsDropped.inc({ type, reason: 'late_span' });
   }
 
   noteSpanEvents(tb: TraceBridge, node: SpanNode, events: readonly SpanEventInput[]): void {

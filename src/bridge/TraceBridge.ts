@@ -16,6 +16,8 @@ const COUNTED = 64;
 /** `user` / `conv` came from the span's own attributes (they outrank the parent's). */
 const OWN_USER = 128;
 const OWN_CONV = 256;
+/** Inside a run that has ended and been let go (a compacted OTLP trace): its events are late. */
+const IN_ENDED_RUN = 512;
 
 /**
  * What the bridge keeps of one span of a trace. Kept small (one in-flight run
@@ -126,6 +128,13 @@ export class SpanNode {
   }
   set counted(v: boolean) {
     this.set(COUNTED, v);
+  }
+
+  get inEndedRun(): boolean {
+    return (this.flags & IN_ENDED_RUN) !== 0;
+  }
+  set inEndedRun(v: boolean) {
+    this.set(IN_ENDED_RUN, v);
   }
 
   private set(bit: number, v: boolean): void {
@@ -331,10 +340,13 @@ export class TraceBridge {
       if (!node.ownConv && parent.conv !== undefined) node.conv = parent.conv;
     }
     const parentRun = parent?.run;
+    // Below a span of a run that ended and was let go: late, whatever its kind (no phantom run).
+    if (parent !== undefined && parent.inEndedRun) node.inEndedRun = true;
     if (node.kind === 'agent') {
       node.agentName = node.name;
       // Inside a run (also a late sub-agent of an ended run: its events are dropped as late), else a new run.
-      node.run = parentRun ?? this.reg.openRun(this, node);
+      if (parentRun !== undefined) node.run = parentRun;
+      else if (!node.inEndedRun) node.run = this.reg.openRun(this, node);
     } else {
       node.run = parentRun;
       node.agentName = parent?.agentName;
@@ -392,8 +404,9 @@ export class TraceBridge {
     const run = node.run;
     if (run === undefined) {
       node.emittedStart = true;
-      node.emittedEnd = true;
-      this.reg.outsideRun(node);
+      if (node.inEndedRun) this.reg.lateEvent(START_TYPE[node.kind]);
+      // A thinking or tool span with no agent above it is not part of any run: no events.
+      else node.emittedEnd = true;
       return;
     }
     node.emittedStart = true;
@@ -417,7 +430,10 @@ export class TraceBridge {
     if (!node.seenEnd || node.emittedEnd || !node.emittedStart || node.kind === undefined) return;
     node.emittedEnd = true;
     const run = node.run;
-    if (run === undefined) return;
+    if (run === undefined) {
+      if (node.inEndedRun && node.kind !== 'thinking') this.reg.lateEvent(node.kind === 'tool' ? 'tool_completed' : 'agent_completed');
+      return;
+    }
     const d = node.endMs !== undefined ? Math.max(0, Math.round((node.endMs - node.startMs) * 1000) / 1000) : Number.NaN;
     // status, duration_ms and error, as JSON.stringify would write them (a non-finite duration is null).
     const tail = `"status":"${node.error === undefined ? 'ok' : 'error'}","duration_ms":${Number.isFinite(d) ? String(d) : 'null'}${node.error === undefined ? '' : `,"error":${jsonString(node.error)}`}}`;
@@ -448,6 +464,23 @@ export class TraceBridge {
       p = p.parentSpanId !== undefined && !p.parentRemote ? this.node(p.parentSpanId) : undefined;
     }
     return undefined;
+  }
+
+  /**
+   * Let go of the runs that were judged (OTLP keeps a trace whose runs ended,
+   * for late spans): their spans remember only that they were in an ended
+   * run, so a late span below them is still dropped as late, and the runs'
+   * records are kept by the ledger alone. (Until the verdict, a late span's
+   * audit outcomes still count, so a run is kept until then.)
+   */
+  compact(): void {
+    for (const node of this.allNodes()) {
+      const run = node.run;
+      if (run !== undefined && run.ended && run.judgement !== undefined) {
+        node.run = undefined;
+        node.inEndedRun = true;
+      }
+    }
   }
 
   /** Held spans, oldest first (for the orphan sweep). */

@@ -308,7 +308,9 @@ export class EventHub implements EventSink {
     this.heldBytes += ev.bytes;
     // Bounds: give up the oldest held events (across users) first.
     while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldHead < this.heldQ.length) {
-      const old = this.heldQ[this.heldHead++]!;
+      const old = this.heldQ[this.heldHead]!;
+      // Cleared as the head passes: the queue must not keep given-up events (and their runs) alive.
+      this.heldQ[this.heldHead++] = undefined as unknown as HubEvent;
       if (old.heldAtMs < 0) continue;
       this.unheld(old);
       this.ledger.markDropped(old.run, old.record, 'no_subscriber');
@@ -614,7 +616,7 @@ export class EventHub implements EventSink {
     while (this.heldHead < this.heldQ.length) {
       const ev = this.heldQ[this.heldHead]!;
       if (ev.heldAtMs > cutoff) break;
-      this.heldHead++;
+      this.heldQ[this.heldHead++] = undefined as unknown as HubEvent;
       if (ev.heldAtMs < 0) continue;
       this.unheld(ev);
       this.ledger.markDropped(ev.run, ev.record, 'no_subscriber');

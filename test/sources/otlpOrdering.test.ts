@@ -96,6 +96,32 @@ describe('a subtree arriving after its run completed (reordered requests)', () =
   });
 });
 
+describe('a subtree arriving after its run was judged (the trace let go of the run)', () => {
+  it('is still dropped as late_span, without opening a phantom run', async () => {
+    const verdicts: RunRecord[] = [];
+    const s2 = await startTestSidecar({ orphanHoldMillis: 200, graceMillis: 20, onVerdict: (r) => verdicts.push(r) }, true);
+    try {
+      const user = 'erin-late';
+      const client = await connectAcked(s2, user);
+      const { spans, traceId, spanId } = await recordDemo(user);
+      const researcher = spans.find((s) => s.name === 'invoke_agent researcher')!.spanContext().spanId;
+      const sub = spans.filter((s) => s.spanContext().spanId === researcher || s.parentSpanContext?.spanId === researcher);
+      await postJson(s2.otlpUrl!, jsonRequest(spans.filter((s) => !sub.includes(s)).map((s) => jsonSpan(s))));
+      await until(() => verdicts.length === 1, 5000, 'the verdict');
+      expect(s2.tw.otlpBridges.traceCount).toBe(1); // kept for late spans, without its judged run
+      await postJson(s2.otlpUrl!, jsonRequest(sub.map((s) => jsonSpan(s))));
+      await new Promise((r) => setTimeout(r, 500));
+      expect(verdicts.map((v) => v.runId)).toEqual([`${traceId}-${spanId}`]);
+      expect(s2.tw.otlpBridges.runCount).toBe(0);
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(5);
+      expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'agent_thinking', 'tool_executing', 'tool_completed', 'agent_thinking', 'agent_completed']);
+      client.close();
+    } finally {
+      await s2.close();
+    }
+  });
+});
+
 describe('a run below a non-agent root span (an HTTP server span)', () => {
   it('is held until the root arrives, then delivered in order', async () => {
     const user = 'dave-http';
