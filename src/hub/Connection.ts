@@ -94,8 +94,9 @@ class SeqRanges {
 /**
  * One authenticated WebSocket connection of a user.
  *
- * Events are queued here and written straight to the raw socket as prebuilt
- * frames, batched into one write of up to WRITE_CHUNK_BYTES at a time; the
+ * Events are queued here and written straight to the raw socket as frames
+ * (an event's cached frame, or its JSON framed straight into the batch),
+ * batched into one write of up to WRITE_CHUNK_BYTES at a time; the
  * write callback is the delivery proof (the bytes reached the kernel). While
  * the socket's own buffer is at or over WRITE_CHUNK_BYTES (the client is not
  * reading fast enough) the connection waits for `drain` and the rest stays in

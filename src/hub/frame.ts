@@ -13,9 +13,9 @@ export function frameSize(payload: string): number {
 
 /**
  * Builds a server-to-client WebSocket text frame (RFC 6455 §5.2: FIN, opcode
- * 0x1, no mask) once per event, so the same bytes go to every connection of
- * the user. permessage-deflate is off on the hub, so frames are identical for
- * all recipients.
+ * 0x1, no mask). permessage-deflate is off on the hub, so an event's frame is
+ * the same bytes for every recipient: it is built once and shared when
+ * several connections (or a resume) need it.
  */
 export function buildTextFrame(payload: string): Buffer {
   const len = Buffer.byteLength(payload);
