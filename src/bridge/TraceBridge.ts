@@ -474,13 +474,10 @@ export class TraceBridge {
    * audit outcomes still count, so a run is kept until then.)
    */
   compact(): void {
-    for (const node of this.allNodes()) {
-      const run = node.run;
-      if (run !== undefined && run.ended && run.judgement !== undefined) {
-        node.run = undefined;
-        node.inEndedRun = true;
-      }
-    }
+    const n = this.nodes;
+    if (n === undefined) return;
+    if (n instanceof SpanNode) forgetJudgedRun(n);
+    else for (const node of Array.isArray(n) ? n : n.values()) forgetJudgedRun(node);
   }
 
   /** Held spans, oldest first (for the orphan sweep). */
@@ -495,6 +492,14 @@ export class TraceBridge {
 
 /** Spans (and held spans) of a trace kept in a list (linear search) before they get a Map: a Map costs about 300 bytes. */
 const SMALL_TRACE = 8;
+
+function forgetJudgedRun(node: SpanNode): void {
+  const run = node.run;
+  if (run !== undefined && run.ended && run.judgement !== undefined) {
+    node.run = undefined;
+    node.inEndedRun = true;
+  }
+}
 
 function groupByParent(nodes: readonly SpanNode[]): Map<string, SpanNode[]> {
   const m = new Map<string, SpanNode[]>();
