@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import type { WebSocket } from 'ws';
 import type { DropReason } from '../audit/Metrics.js';
 import type { OutboundEvent } from '../bridge/EventSink.js';
-import { copyFrame, frameOf } from './frame.js';
+import { copyFrame } from './frame.js';
 
 /**
  * What the hub keeps of one event: the bridge's OutboundEvent itself, with
@@ -304,7 +304,10 @@ export class Connection {
       for (const d of batch) this.done(d, ok, reason);
     };
     try {
-      if (batch.length === 1) this.socket.write(frameOf(batch[0]!.ev), cb);
+      // One buffer per write. An event's own frame is only cached when several connections share it
+      // (frameOf in the hub): the resume window then keeps one JSON string per event, not a Buffer.
+      const first = batch[0]!.ev;
+      if (batch.length === 1 && first.frame !== undefined) this.socket.write(first.frame, cb);
       else {
         const buf = Buffer.allocUnsafe(bytes);
         let at = 0;
