@@ -92,7 +92,8 @@ if (impl === 'tw-spans' || impl === 'tw-publish') {
       for (let i = 0; i < n; i += EVENTS_PER_RUN) runOnce(tracer, USER, `c-${USER}`);
     };
   } else {
-    // Events made like BridgeRegistry.emit: a RunRecord per run, an EventRecord per event, payload serialised once.
+    // Events made like BridgeRegistry.emit: a RunRecord per run, an EventRecord per event, the `data` JSON
+    // built once per event (the hub writes the envelope when it first sends the event).
     let run = 0;
     let rec;
     let seq = 0;
@@ -108,9 +109,9 @@ if (impl === 'tw-spans' || impl === 'tw-publish') {
         }
         seq++;
         const o = pool[(run % POOL_RUNS) * EVENTS_PER_RUN + seq - 1];
-        const payload = JSON.stringify({ ...o, ts: new Date().toISOString() });
+        const data = JSON.stringify(o.data);
         const evRec = rec.addEvent(seq, o.type, span);
-        tw.hub.publish(new OutboundEvent(USER, `c-${USER}`, runId, o.trace_id, seq, o.type, payload, evRec, rec, performance.now()));
+        tw.hub.publish(new OutboundEvent(USER, `c-${USER}`, runId, o.trace_id, seq, o.type, evRec, rec, performance.now(), o.agent ?? undefined, data));
         if (seq === EVENTS_PER_RUN) {
           tw.hub.runEnded(runId);
           seq = 0;

@@ -75,9 +75,6 @@ export class BridgeRegistry {
   private idleAt: number[] = [];
   private idleHead = 0;
   private readonly idleMillis: number;
-  /** The run whose envelope part `head` is (emit). */
-  private headRun: RunState | undefined;
-  private head = '';
   private readonly untrack: Array<() => void> = [];
   readonly now: () => number;
 
@@ -188,10 +185,11 @@ export class BridgeRegistry {
 
   /**
    * Record one event of `run` (the ledger's expected event) and, in emit
-   * mode, serialise it once and hand it to the sink. `data` is the JSON text
-   * of the event's `data` object (built by the caller from a fixed shape).
+   * mode, hand it to the sink. `data` is the JSON text of the event's `data`
+   * object (built by the caller from a fixed shape); its time is the span's
+   * start (start events) or end (completions), read from the span node.
    */
-  emit(run: RunState, node: SpanNode, type: EventType, tsMs: number, data: string): void {
+  emit(run: RunState, node: SpanNode, type: EventType, data: string): void {
     const rec = run;
     if (run.ended || rec.judgement !== undefined) {
       // The run already completed: emitting now would break "agent_completed last".
@@ -207,20 +205,10 @@ export class BridgeRegistry {
     const evRec = rec.addEvent(seq, type, node as SpanSummary);
     this.metrics.eventsEmitted.inc({ type });
     if (this.opts.mode === 'audit' || this.sink === undefined) return;
-    const conv = node.conv ?? rec.conversation;
-    // Serialised once per event, by hand: the same bytes as JSON.stringify of
-    // the envelope (its shape is fixed), several times faster. The run's part
-    // is kept for the run last serialised: a run's events come in bursts.
-    if (run !== this.headRun) {
-      this.headRun = run;
-      this.head = `,"run_id":${jsonString(run.runId)},"trace_id":${jsonString(run.traceId)},"span_id":`;
-    }
-    const agent = node.agentName;
-    const payload =
-      `{"type":"${type}"${this.head}${jsonString(node.spanId)},"seq":${seq},"ts":"${isoTime(tsMs)}",` +
-      `"agent":${agent === undefined ? 'null' : jsonString(agent)},"conversation_id":${conv === undefined ? 'null' : jsonString(conv)},` +
-      `"data":${data}}`;
-    const ev = new OutboundEvent(rec.user ?? '', conv, run.runId, run.traceId, seq, type, payload, evRec, rec, this.hookAt);
+    // The envelope is written from the event's fields when a connection first needs it.
+    // charCodeAt flattens the concatenation: an event kept for a while keeps one string, not its pieces.
+    data.charCodeAt(0);
+    const ev = new OutboundEvent(rec.user ?? '', node.conv ?? rec.conversation, run.runId, run.traceId, seq, type, evRec, rec, this.hookAt, node.agentName, data);
     if (rec.user === undefined) {
       (run.unrouted ??= []).push(ev);
       return;
@@ -428,28 +416,6 @@ export class BridgeRegistry {
 }
 
 const RELEASED_MEMORY = 65_536;
-
-let isoSecond = Number.NaN;
-let isoPrefix = '';
-/** `new Date(ms).toISOString()`, with the part up to the second cached (events come in time order). */
-export function isoTime(ms: number): string {
-  const sec = Math.floor(ms / 1000);
-  if (sec !== isoSecond) {
-    const d = new Date(sec * 1000);
-    if (Number.isNaN(d.getTime())) return new Date(ms).toISOString();
-    isoSecond = sec;
-    isoPrefix = d.toISOString().slice(0, 20);
-  }
-  const frac = Math.floor(ms - sec * 1000);
-  return `${isoPrefix}${frac < 10 ? '00' : frac < 100 ? '0' : ''}${frac}Z`;
-}
-
-// eslint-disable-next-line no-control-regex -- control characters are exactly what JSON must escape
-const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
-/** JSON.stringify(s) for a string: most ids and names need no escaping, and the test is cheaper. */
-export function jsonString(s: string): string {
-  return NEEDS_ESCAPE.test(s) ? JSON.stringify(s) : `"${s}"`;
-}
 
 /** Could this span start a run (is it a lifecycle span by name or attributes)? Cheap pre-check. */
 function isCandidate(span: SpanInput): boolean {

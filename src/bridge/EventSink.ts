@@ -1,18 +1,24 @@
 import type { EventType } from '../audit/Metrics.js';
 import type { EventRecord, RunRecord } from '../audit/RunRecord.js';
+import { envelope } from './json.js';
 
 /**
  * One event on its way from a trace's bridge to the user's connections. One
  * object per event all the way: the sink keeps this same object in its resume
  * window and hold, and caches the event's WebSocket frame on it.
+ *
+ * Its JSON text (`payload`) is written from its fields the first time it is
+ * needed, and is the same bytes whenever it is written: an event held for a
+ * user with no connection, and given up, is never serialised at all.
  */
 export class OutboundEvent {
-  /** Sink's cache: the frame, built on the first write (the payload is released then). */
+  /** Sink's cache: the frame, when several connections share it. */
   frame: Buffer | undefined = undefined;
-  /** Sink's accounting: frame size in bytes, set when the sink takes the event. */
+  /** Sink's accounting: the exact frame size in bytes, 0 until measured. */
   bytes = 0;
   /** Sink's hold: when the event was held for a user with no connection (ms), -1 while not held. */
   heldAtMs = -1;
+  private json: string | undefined = undefined;
 
   constructor(
     /** '' until the run's user is known. */
@@ -22,13 +28,34 @@ export class OutboundEvent {
     readonly traceId: string,
     readonly seq: number,
     readonly type: EventType,
-    /** The tracewire.v1 JSON text, serialised once ('' once the sink framed it). */
-    public payload: string,
     readonly record: EventRecord,
     readonly run: RunRecord,
     /** performance.now() when the span hook ran (delivery latency histogram). */
     readonly hookAt: number | undefined,
+    /** The agent the event belongs to (`agent` of the envelope). */
+    readonly agent: string | undefined,
+    /** The event's `data` object, as JSON. */
+    readonly data: string,
   ) {}
+
+  /** The tracewire.v1 JSON text, written on first use. */
+  get payload(): string {
+    return (this.json ??= envelope({ type: this.type, runId: this.runId, traceId: this.traceId, spanId: this.record.spanId, seq: this.seq, tsMs: this.record.tsMs, agent: this.agent, conversation: this.conversation, data: this.data }));
+  }
+
+  /** Let go of the JSON text (the frame holds the same bytes); it is written again if ever needed. */
+  releasePayload(): void {
+    this.json = undefined;
+  }
+
+  /**
+   * What the event's frame costs for byte bounds before it is serialised:
+   * the envelope's fixed part plus its fields' lengths (the exact UTF-8 size
+   * for ASCII text that needs no escaping; an estimate otherwise).
+   */
+  get estimatedBytes(): number {
+    return 150 + this.runId.length + this.traceId.length + this.record.spanId.length + (this.agent?.length ?? 4) + (this.conversation?.length ?? 4) + this.data.length;
+  }
 }
 
 /** Where a bridge sends events: the event hub in emit mode. Must not throw. */

@@ -3,7 +3,8 @@ import { append } from '../util/arrays.js';
 import { RunRecord, type SpanSummary } from '../audit/RunRecord.js';
 import { classify, type Classified } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
-import { jsonString, type BridgeRegistry } from './BridgeRegistry.js';
+import type { BridgeRegistry } from './BridgeRegistry.js';
+import { jsonString } from './json.js';
 import type { OutboundEvent } from './EventSink.js';
 
 const PARENT_REMOTE = 1;
@@ -423,7 +424,7 @@ export class TraceBridge {
     } else {
       data = `{${lead('tool', node.name)}"call_id":${orNull(node.callId)}}`;
     }
-    this.reg.emit(run, node, START_TYPE[node.kind], node.startMs, data);
+    this.reg.emit(run, node, START_TYPE[node.kind], data);
   }
 
   private emitEnd(node: SpanNode): void {
@@ -438,11 +439,11 @@ export class TraceBridge {
     // status, duration_ms and error, as JSON.stringify would write them (a non-finite duration is null).
     const tail = `"status":"${node.error === undefined ? 'ok' : 'error'}","duration_ms":${Number.isFinite(d) ? String(d) : 'null'}${node.error === undefined ? '' : `,"error":${jsonString(node.error)}`}}`;
     if (node.kind === 'tool') {
-      this.reg.emit(run, node, 'tool_completed', node.endMs ?? node.startMs, `{${lead('tool', node.name)}"call_id":${orNull(node.callId)},${tail}`);
+      this.reg.emit(run, node, 'tool_completed', `{${lead('tool', node.name)}"call_id":${orNull(node.callId)},${tail}`);
     } else if (node.kind === 'agent') {
       const top = node === run.top;
       if (top && run.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
-      this.reg.emit(run, node, 'agent_completed', node.endMs ?? node.startMs, `{${lead('agent', node.name)}${tail}`);
+      this.reg.emit(run, node, 'agent_completed', `{${lead('agent', node.name)}${tail}`);
       if (top) this.reg.endRun(run, node.endMs ?? node.startMs);
     }
   }

@@ -35,7 +35,7 @@ export interface EventHubOptions {
   readonly replayMaxTotalBytes?: number;
   /** Held events (users with no connection) across all users. Default 200000. */
   readonly maxHeldEvents?: number;
-  /** Frame bytes of held events across all users. Default 64 MiB. */
+  /** Bytes of held events across all users (their frames' size, estimated from the events' fields: they are serialised when a connection takes them). Default 64 MiB. */
   readonly maxHeldBytes?: number;
   /** A run's replay entry is dropped after this long without events even if it never ended. Default 600000. */
   readonly replayMaxIdleMillis?: number;
@@ -55,6 +55,14 @@ export interface EventHubOptions {
 }
 
 type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
+
+/**
+ * Serialise and measure an event (the JSON text, built by concatenation, is
+ * flattened by the measuring: a retained event keeps one flat string).
+ */
+function measure(ev: HubEvent): void {
+  if (ev.bytes === 0) ev.bytes = frameSize(ev.payload);
+}
 
 /** One user's held events in hold order; entries before `head` were given up (cleared). */
 interface HeldList {
@@ -262,17 +270,15 @@ export class EventHub implements EventSink {
       this.ledger.markDropped(ev.run, ev.record, 'shutdown');
       return;
     }
-    // Measuring the frame also flattens the payload (built by concatenation): a held or retained
-    // event then keeps one flat string, not a tree of string pieces.
-    ev.bytes = frameSize(ev.payload);
     const set = this.byUser.get(ev.user);
     let targets = 0;
     if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
     if (targets === 0) {
-      // Held, not in the resume window yet: it enters the window when a connection takes it.
+      // Held, not serialised and not in the resume window yet: both happen when a connection takes it.
       this.hold(ev);
       return;
     }
+    measure(ev);
     this.replay.add(ev);
     // Framed once for several connections; one connection writes it straight into its batch.
     if (targets > 1) frameOf(ev);
@@ -305,7 +311,7 @@ export class EventHub implements EventSink {
     list.items.push(ev);
     this.heldQ.push(ev);
     this.heldCount++;
-    this.heldBytes += ev.bytes;
+    this.heldBytes += ev.estimatedBytes;
     // Bounds: give up the oldest held events (across users) first.
     while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldHead < this.heldQ.length) {
       const old = this.heldQ[this.heldHead]!;
@@ -323,7 +329,7 @@ export class EventHub implements EventSink {
   private unheld(ev: HubEvent): void {
     ev.heldAtMs = -1;
     this.heldCount--;
-    this.heldBytes -= ev.bytes;
+    this.heldBytes -= ev.estimatedBytes;
   }
 
   /** Drop given-up entries at the head of a user's held list. */
@@ -367,6 +373,7 @@ export class EventHub implements EventSink {
         continue;
       }
       this.unheld(ev);
+      measure(ev);
       this.replay.add(ev);
       ev.run.sawConnection = true;
       ev.record.attempts++;

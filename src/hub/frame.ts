@@ -42,15 +42,15 @@ function writeTextFrame(payload: string, len: number, buf: Buffer, at: number): 
 }
 
 /**
- * The event's frame, built on its first write and then cached on the event
- * (its JSON text is released: the frame holds it). Events nobody was
- * connected for are never framed unless a connection comes for them.
+ * The event's frame, built once and cached on the event when several
+ * connections share it (its JSON text is released: the frame holds it).
  */
 export function frameOf(ev: OutboundEvent): Buffer {
   let f = ev.frame;
   if (f === undefined) {
     f = ev.frame = buildTextFrame(ev.payload);
-    ev.payload = '';
+    ev.bytes = f.length;
+    ev.releasePayload();
   }
   return f;
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { isoTime } from '../../src/bridge/BridgeRegistry.js';
+import { isoTime } from '../../src/bridge/json.js';
 
 describe('isoTime', () => {
   it('formats exactly like Date#toISOString, fractional milliseconds truncated', () => {

@@ -275,6 +275,37 @@ describe('events for a user with no connection', () => {
     expect(errorsOf(again)).toEqual([]);
   });
 
+  it('are bounded by maxHeldEvents: the oldest are dropped as no_subscriber, a later connection gets the newest in order', async () => {
+    sc = await startTestSidecar({ maxHeldEvents: 5 });
+    const { tracer } = inProcessTracer(sc);
+    const ids = await runDemoAgent(tracer, { user: 'jo' });
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await new Promise((r) => setTimeout(r, 50));
+    expect(sc.tw.hub.stats().held).toBe(5);
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'no_subscriber' })).toBe(N - 5);
+    const c = track(await connectAcked(sc, 'jo'));
+    await c.until((x) => x.events.length >= 5, 5000, 'held events');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(seqsOf(c.events, runId)).toEqual(ALL.slice(N - 5));
+  });
+
+  it('are bounded by maxHeldBytes (estimated from the events, which are not serialised while held)', async () => {
+    sc = await startTestSidecar({ maxHeldBytes: 1500 });
+    const { tracer } = inProcessTracer(sc);
+    await runDemoAgent(tracer, { user: 'kit' });
+    await new Promise((r) => setTimeout(r, 50));
+    const { held, heldBytes } = sc.tw.hub.stats();
+    expect(heldBytes).toBeLessThanOrEqual(1500);
+    expect(held).toBeGreaterThan(0);
+    expect(held).toBeLessThan(N);
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'no_subscriber' })).toBe(N - held);
+    // The estimate is close to the frames' real size (ASCII text): what a connection then receives.
+    const c = track(await connectAcked(sc, 'kit'));
+    await c.until((x) => x.events.length >= held, 5000, 'held events');
+    const real = c.texts.slice(-held).reduce((a, t) => a + Buffer.byteLength(t) + 2, 0);
+    expect(Math.abs(real - heldBytes) / real).toBeLessThan(0.1);
+  });
+
   it('with a tiny replayRetentionMillis are dropped as no_subscriber and never sent', async () => {
     sc = await startTestSidecar({ replayRetentionMillis: 30 });
     const { tracer } = inProcessTracer(sc);
