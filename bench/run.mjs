@@ -55,7 +55,7 @@ async function attempt(name, fn) {
 const load0 = os.loadavg();
 const R = { machine: machine(), quick };
 process.stderr.write(`[run] ${R.machine.cpu}, ${R.machine.cores} cores, Node ${R.machine.node}${quick ? ' (quick)' : ''}; load average ${load0.map((x) => x.toFixed(2)).join(' ')}\n`);
-if (want('hook')) R.hook = await attempt('hook', () => runScript('hook.mjs'));
+if (want('hook')) R.hook = await attempt('hook', () => runScript('hook.mjs', [], ['--expose-gc']));
 if (want('latency')) R.latency = await attempt('latency', () => runScript('latency.mjs'));
 if (want('fanout')) {
   R.fanout = {};

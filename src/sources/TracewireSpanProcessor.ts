@@ -25,9 +25,14 @@ const toMs = (t: HrTime): number => t[0] * 1000 + t[1] / 1e6;
  * They never throw into `startSpan()` / `span.end()`.
  */
 export class TracewireSpanProcessor implements SpanProcessor {
-  // Flat queue of [span, context|END, hookAt] triples: no allocation per hook.
+  // Flat queue of [span, context|END] pairs, and each hook's time in a typed array beside it
+  // (a time stored in a plain array would be a boxed number: an allocation per hook).
   private q: unknown[] = [];
+  private times = new Float64Array(INITIAL_TIMES);
+  /** The other time buffer (swapped at each drain, so hooks during a drain do not overwrite the times it reads). */
+  private spareTimes = new Float64Array(INITIAL_TIMES);
   private scheduled = false;
+  private draining = false;
   private isShutdown = false;
   private readonly max: number;
   private dropped = 0;
@@ -47,7 +52,7 @@ export class TracewireSpanProcessor implements SpanProcessor {
     private readonly metrics: Metrics,
     opts: TracewireSpanProcessorOptions = {},
   ) {
-    this.max = (opts.maxQueueSize ?? 65536) * 3;
+    this.max = (opts.maxQueueSize ?? 65536) * 2;
     this.diag = opts.diag ?? new Diag('warn');
     // Span events matter only to audit mode (agent.event); emit mode does not copy them per span.
     this.withEvents = registry.opts.mode === 'audit';
@@ -59,7 +64,8 @@ export class TracewireSpanProcessor implements SpanProcessor {
       this.dropped++;
       return;
     }
-    this.q.push(span, parentContext, performance.now());
+    this.stamp();
+    this.q.push(span, parentContext);
     if (!this.scheduled) {
       this.scheduled = true;
       queueMicrotask(this.drainFn);
@@ -72,11 +78,23 @@ export class TracewireSpanProcessor implements SpanProcessor {
       this.dropped++;
       return;
     }
-    this.q.push(span, END, performance.now());
+    this.stamp();
+    this.q.push(span, END);
     if (!this.scheduled) {
       this.scheduled = true;
       queueMicrotask(this.drainFn);
     }
+  }
+
+  /** Record the time of the hook being queued (at index q.length / 2). */
+  private stamp(): void {
+    const i = this.q.length >> 1;
+    if (i === this.times.length) {
+      const grown = new Float64Array(this.times.length * 2);
+      grown.set(this.times);
+      this.times = grown;
+    }
+    this.times[i] = performance.now();
   }
 
   /** Run the queued hooks through the bridge now. */
@@ -85,17 +103,22 @@ export class TracewireSpanProcessor implements SpanProcessor {
     const q = this.q;
     if (q.length === 0) return;
     this.q = [];
+    const times = this.times;
+    // A drain inside a drain (a callback that flushes) must not hand out the buffer being read.
+    const nested = this.draining;
+    this.times = nested ? new Float64Array(INITIAL_TIMES) : this.spareTimes;
+    this.draining = true;
     if (this.dropped > 0) {
       this.metrics.hookQueueDrops.inc(this.dropped);
-      const max = this.max / 3;
+      const max = this.max / 2;
       this.diag.repeated('queue_full', 'TracewireSpanProcessor', (n) => `dropped ${n} span records because the queue (${max}) was full`, this.dropped);
       this.dropped = 0;
     }
-    for (let i = 0; i < q.length; i += 3) {
+    for (let i = 0; i < q.length; i += 2) {
       try {
         const span = q[i] as ReadableSpan;
         const ctx = q[i + 1];
-        const at = q[i + 2] as number;
+        const at = times[i >> 1]!;
         if (ctx === END) this.registry.endSpan(toInput(span, undefined, at, this.withEvents, this.inherited));
         else this.registry.startSpan(toInput(span, ctx as Context, at, false, this.inherited));
       } catch (err) {
@@ -103,7 +126,9 @@ export class TracewireSpanProcessor implements SpanProcessor {
         this.diag.repeated('bridge_fault', 'TracewireSpanProcessor', (n) => `${n} span(s) failed in the bridge: ${(err as Error)?.stack ?? String(err)}`);
       }
     }
-    this.metrics.spansSeen.inc({ source: 'in_process' }, q.length / 3);
+    this.draining = nested;
+    if (!nested) this.spareTimes = times;
+    this.metrics.spansSeen.inc({ source: 'in_process' }, q.length / 2);
   }
 
   forceFlush(): Promise<void> {
@@ -121,6 +146,8 @@ export class TracewireSpanProcessor implements SpanProcessor {
 }
 
 const END = Symbol('end');
+/** Hook times kept before the buffer grows (it doubles up to the queue bound). */
+const INITIAL_TIMES = 1024;
 
 interface Inherited {
   readonly user: string | undefined;
