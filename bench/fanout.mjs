@@ -111,7 +111,7 @@ if (impl === 'tw-spans' || impl === 'tw-publish') {
         const o = pool[(run % POOL_RUNS) * EVENTS_PER_RUN + seq - 1];
         const data = JSON.stringify(o.data);
         const evRec = rec.addEvent(seq, o.type, span);
-        tw.hub.publish(new OutboundEvent(USER, `c-${USER}`, runId, o.trace_id, seq, o.type, evRec, rec, performance.now(), o.agent ?? undefined, data));
+        tw.hub.publish(new OutboundEvent(USER, `c-${USER}`, evRec, rec, performance.now(), o.agent ?? undefined, data));
         if (seq === EVENTS_PER_RUN) {
           tw.hub.runEnded(runId);
           seq = 0;

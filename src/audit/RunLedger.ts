@@ -1,4 +1,5 @@
 import { TracewireError } from '../errors/errors.js';
+import { Fifo } from '../util/Fifo.js';
 import type { DropReason, EventType, Metrics, Verdict } from './Metrics.js';
 import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, Judgement, RunRecord, type EventRecord, type ExplainContext, type ForcedCause } from './RunRecord.js';
 
@@ -77,9 +78,8 @@ export const LIST_MAX_LIMIT = 500;
 export class RunLedger {
   private readonly inFlight = new Map<string, RunRecord>();
   /** Ended runs awaiting their verdict, and when each is due (monotonic: end + constant grace). */
-  private due: RunRecord[] = [];
-  private dueAt: number[] = [];
-  private dueHead = 0;
+  private readonly due = new Fifo<RunRecord>();
+  private readonly dueAt = new Fifo<number>();
   /** Judged runs in judgement order (oldest first): count and age eviction pop from the front. */
   private readonly judged = new Map<string, RunRecord>();
   /**
@@ -91,9 +91,8 @@ export class RunLedger {
   private indexDead = 0;
   /** Runs were appended out of start order since the last sort: list() sorts first (a nearly sorted array sorts in about O(n)). */
   private indexUnsorted = false;
-  /** Judged runs in judgement order (a queue with a head index; stale entries skipped). */
-  private judgedOrder: RunRecord[] = [];
-  private judgedHead = 0;
+  /** Judged runs in judgement order (stale entries skipped): count and age eviction take from its front. */
+  private readonly judgedOrder = new Fifo<RunRecord>();
   private openCounter = 0;
   private timer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -245,13 +244,9 @@ export class RunLedger {
 
   /** Shutdown: every in-flight run gets `interrupted`; ended runs awaiting grace are judged as they stand. */
   interruptAll(): void {
-    for (let i = this.dueHead; i < this.due.length; i++) {
-      const r = this.due[i]!;
-      if (!r.judgement) this.judge(r);
-    }
-    this.due = [];
-    this.dueAt = [];
-    this.dueHead = 0;
+    for (const r of this.due) if (!r.judgement) this.judge(r);
+    this.due.clear();
+    this.dueAt.clear();
     for (const r of [...this.inFlight.values()]) this.judge(r, 'interrupted');
   }
 
@@ -321,25 +316,15 @@ export class RunLedger {
     }
     this.judged.set(record.runId, record);
     this.judgedOrder.push(record);
-    // Oldest first from an array queue: finding a Map's first live key is O(deleted entries) in V8.
-    while (this.judged.size > this.opts.runsMaxCount && this.judgedHead < this.judgedOrder.length) {
-      const oldest = this.judgedOrder[this.judgedHead]!;
-      // Queue slots are cleared as the head passes, so the queue keeps no dropped run alive.
-      this.judgedOrder[this.judgedHead++] = undefined as unknown as RunRecord;
+    // Oldest first from a queue: finding a Map's first live key is O(deleted entries) in V8.
+    while (this.judged.size > this.opts.runsMaxCount && this.judgedOrder.length > 0) {
+      const oldest = this.judgedOrder.shift()!;
       if (this.judged.get(oldest.runId) === oldest) {
         this.judged.delete(oldest.runId);
         this.indexDead++;
       }
     }
-    this.compactJudgedOrder();
     this.maybeCompact();
-  }
-
-  private compactJudgedOrder(): void {
-    if (this.judgedHead > 1024 && this.judgedHead * 2 > this.judgedOrder.length) {
-      this.judgedOrder = this.judgedOrder.slice(this.judgedHead);
-      this.judgedHead = 0;
-    }
   }
 
   private indexInsert(r: RunRecord): void {
@@ -360,8 +345,9 @@ export class RunLedger {
 
   private arm(): void {
     if (this.timer || this.closed) return;
-    if (this.dueHead >= this.due.length) return;
-    const wait = Math.max(0, this.dueAt[this.dueHead]! - this.now());
+    const at = this.dueAt.peek();
+    if (at === undefined) return;
+    const wait = Math.max(0, at - this.now());
     this.timer = setTimeout(() => {
       this.timer = undefined;
       this.judgeDue();
@@ -371,20 +357,10 @@ export class RunLedger {
 
   private judgeDue(): void {
     const now = this.now();
-    while (this.dueHead < this.due.length) {
-      const r = this.due[this.dueHead]!;
-      if (this.dueAt[this.dueHead]! > now) break;
-      this.due[this.dueHead++] = undefined as unknown as RunRecord;
+    while (this.dueAt.length > 0 && this.dueAt.peek()! <= now) {
+      this.dueAt.shift();
+      const r = this.due.shift()!;
       if (!r.judgement) this.judge(r);
-    }
-    if (this.dueHead === this.due.length) {
-      this.due = [];
-      this.dueAt = [];
-      this.dueHead = 0;
-    } else if (this.dueHead > 1024 && this.dueHead * 2 > this.due.length) {
-      this.due.splice(0, this.dueHead);
-      this.dueAt.splice(0, this.dueHead);
-      this.dueHead = 0;
     }
     this.arm();
   }
@@ -397,16 +373,14 @@ export class RunLedger {
       if (r.openedAtMs + this.opts.runTimeoutMillis > now) break; // insertion order = open order
       if (r.endMs === undefined) this.judge(r, 'abandoned');
     }
-    while (this.judgedHead < this.judgedOrder.length) {
-      const r = this.judgedOrder[this.judgedHead]!;
+    for (let r = this.judgedOrder.peek(); r !== undefined; r = this.judgedOrder.peek()) {
       if (this.judged.get(r.runId) === r) {
         if (!this.expired(r, now)) break; // judgement order
         this.judged.delete(r.runId);
         this.indexDead++;
       }
-      this.judgedOrder[this.judgedHead++] = undefined as unknown as RunRecord;
+      this.judgedOrder.shift();
     }
-    this.compactJudgedOrder();
     this.maybeCompact();
     this.judgeDue();
   }

@@ -3,6 +3,7 @@ import type { RunRecord, SpanSummary } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
 import { classify } from '../conventions/classify.js';
 import { BoundedMap } from '../util/BoundedMap.js';
+import { Fifo } from '../util/Fifo.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 import { OutboundEvent, type EventSink } from './EventSink.js';
@@ -53,8 +54,7 @@ export class BridgeRegistry {
    * Released runs are skipped at the head and compacted away once they are
    * most of the queue (runs end in any order).
    */
-  private runQ: RunState[] = [];
-  private runQHead = 0;
+  private readonly runQ = new Fifo<RunState>();
   private liveRuns = 0;
   private releasedInQ = 0;
   /** Held spans in hold order (oldest first): their trace, since when, and audit events they carry. */
@@ -71,9 +71,8 @@ export class BridgeRegistry {
   /** See handle(). */
   private hookAt: number | undefined;
   /** OTLP: ids of traces waiting for their idle check (not the traces: a released one is not kept), and when each was queued (ascending). */
-  private idleQ: string[] = [];
-  private idleAt: number[] = [];
-  private idleHead = 0;
+  private readonly idleQ = new Fifo<string>();
+  private readonly idleAt = new Fifo<number>();
   private readonly idleMillis: number;
   private readonly untrack: Array<() => void> = [];
   readonly now: () => number;
@@ -165,11 +164,11 @@ export class BridgeRegistry {
 
   private oldestRun(): RunState | undefined {
     const q = this.runQ;
-    while (this.runQHead < q.length && q[this.runQHead]!.ended) {
-      q[this.runQHead++] = undefined as unknown as RunState;
+    while (q.length > 0 && q.peek()!.ended) {
+      q.shift();
       this.releasedInQ--;
     }
-    return q[this.runQHead];
+    return q.peek();
   }
 
   resolveUser(run: RunState, user: string): void {
@@ -190,26 +189,25 @@ export class BridgeRegistry {
    * start (start events) or end (completions), read from the span node.
    */
   emit(run: RunState, node: SpanNode, type: EventType, data: string): void {
-    const rec = run;
-    if (run.ended || rec.judgement !== undefined) {
+    if (run.ended || run.judgement !== undefined) {
       // The run already completed: emitting now would break "agent_completed last".
-      this.metrics.eventsDropped.inc({ type, reason: 'late_span' });
+      this.lateEvent(type);
       return;
     }
-    if (rec.events.length >= this.opts.maxSpansPerRun * 2) {
+    if (run.events.length >= this.opts.maxSpansPerRun * 2) {
       this.metrics.eventsDropped.inc({ type, reason: 'overflow' });
       return;
     }
     const seq = ++run.seq;
     // A lifecycle node (kind set) is the span summary its events point to.
-    const evRec = rec.addEvent(seq, type, node as SpanSummary);
+    const evRec = run.addEvent(seq, type, node as SpanSummary);
     this.metrics.eventsEmitted.inc({ type });
     if (this.opts.mode === 'audit' || this.sink === undefined) return;
-    // The envelope is written from the event's fields when a connection first needs it.
-    // charCodeAt flattens the concatenation: an event kept for a while keeps one string, not its pieces.
+    // The envelope is written from the event's fields when a connection first needs it. charCodeAt
+    // flattens `data` (built by concatenation): an event kept for a while keeps one string, not its pieces.
     data.charCodeAt(0);
-    const ev = new OutboundEvent(rec.user ?? '', node.conv ?? rec.conversation, run.runId, run.traceId, seq, type, evRec, rec, this.hookAt, node.agentName, data);
-    if (rec.user === undefined) {
+    const ev = new OutboundEvent(run.user ?? '', node.conv ?? run.conversation, evRec, run, this.hookAt, node.agentName, data);
+    if (run.user === undefined) {
       (run.unrouted ??= []).push(ev);
       return;
     }
@@ -219,8 +217,8 @@ export class BridgeRegistry {
   /** A lifecycle span of a released trace ended: its completion cannot be emitted after the run's end. */
   private lateEnd(span: SpanInput): void {
     const kind = classify(span).kind;
-    if (kind === 'agent') this.metrics.eventsDropped.inc({ type: 'agent_completed', reason: 'late_span' });
-    else if (kind === 'tool') this.metrics.eventsDropped.inc({ type: 'tool_completed', reason: 'late_span' });
+    if (kind === 'agent') this.lateEvent('agent_completed');
+    else if (kind === 'tool') this.lateEvent('tool_completed');
   }
 
   private publish(ev: OutboundEvent): void {
@@ -262,9 +260,8 @@ export class BridgeRegistry {
     run.top = undefined;
     this.liveRuns--;
     this.releasedInQ++;
-    if (this.releasedInQ > 1024 && this.releasedInQ * 2 > this.runQ.length - this.runQHead) {
-      this.runQ = this.runQ.slice(this.runQHead).filter((r) => !r.ended);
-      this.runQHead = 0;
+    if (this.releasedInQ > 1024 && this.releasedInQ * 2 > this.runQ.length) {
+      this.runQ.retain((r) => !r.ended);
       this.releasedInQ = 0;
     }
     tb.activeRuns--;
@@ -357,7 +354,7 @@ export class BridgeRegistry {
     this.traces.delete(id);
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.heldIndex.delete(n);
-    for (const node of [...tb.allNodes()]) {
+    for (const node of tb.allNodes()) {
       const run = node.run;
       if (run === undefined || run.ended || run.top !== node) continue;
       this.releaseRun(run);
@@ -389,22 +386,16 @@ export class BridgeRegistry {
    */
   private dropIdleTraces(now: number): void {
     const idle = this.idleMillis;
-    const q = this.idleQ;
-    const at = this.idleAt;
-    while (this.idleHead < q.length && at[this.idleHead]! + idle <= now) {
-      const id = q[this.idleHead++]!;
+    while (this.idleAt.length > 0 && this.idleAt.peek()! + idle <= now) {
+      this.idleAt.shift();
+      const id = this.idleQ.shift()!;
       const tb = this.traces.get(id);
       if (tb === undefined) continue; // released or evicted already
       if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) this.traces.delete(id);
       else {
-        q.push(id);
-        at.push(now);
+        this.idleQ.push(id);
+        this.idleAt.push(now);
       }
-    }
-    if (this.idleHead > 1024 && this.idleHead * 2 > q.length) {
-      this.idleQ = q.slice(this.idleHead);
-      this.idleAt = at.slice(this.idleHead);
-      this.idleHead = 0;
     }
   }
 

@@ -24,10 +24,7 @@ export class OutboundEvent {
     /** '' until the run's user is known. */
     public user: string,
     readonly conversation: string | undefined,
-    readonly runId: string,
-    readonly traceId: string,
-    readonly seq: number,
-    readonly type: EventType,
+    /** The ledger's record of the event (its seq, type, span and outcome). */
     readonly record: EventRecord,
     readonly run: RunRecord,
     /** performance.now() when the span hook ran (delivery latency histogram). */
@@ -37,6 +34,20 @@ export class OutboundEvent {
     /** The event's `data` object, as JSON. */
     readonly data: string,
   ) {}
+
+  // Read from the run and the record (not copied: the resume window keeps every delivered event a while).
+  get runId(): string {
+    return this.run.runId;
+  }
+  get traceId(): string {
+    return this.run.traceId;
+  }
+  get seq(): number {
+    return this.record.seq;
+  }
+  get type(): EventType {
+    return this.record.type;
+  }
 
   /** The tracewire.v1 JSON text, written on first use. */
   get payload(): string {

@@ -1,4 +1,4 @@
-import type { DropReason, EventType, LifecycleKind } from '../audit/Metrics.js';
+import type { EventType, LifecycleKind } from '../audit/Metrics.js';
 import { append } from '../util/arrays.js';
 import { RunRecord, type SpanSummary } from '../audit/RunRecord.js';
 import { classify, type Classified } from '../conventions/classify.js';
@@ -237,7 +237,7 @@ export class TraceBridge {
     }
   }
 
-  /** Every span of the trace (eviction only). */
+  /** Every span of the trace (a copy; eviction only). */
   allNodes(): SpanNode[] {
     const n = this.nodes;
     return n === undefined ? [] : n instanceof SpanNode ? [n] : Array.isArray(n) ? [...n] : [...n.values()];
@@ -512,4 +512,3 @@ function groupByParent(nodes: readonly SpanNode[]): Map<string, SpanNode[]> {
   return m;
 }
 
-export type { SpanEventInput, DropReason };

@@ -8,6 +8,7 @@ import type { EventSink, OutboundEvent } from '../bridge/EventSink.js';
 import { TracewireError, type ErrorCode } from '../errors/errors.js';
 import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
 import { Connection, type Delivery, type HubEvent } from './Connection.js';
+import { Fifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
 
@@ -94,8 +95,7 @@ export class EventHub implements EventSink {
   // Held events (no connection wanted them when they were published; `heldAtMs` >= 0 while held):
   // per user (release on connect) and one FIFO across users (expiry and bounds).
   private readonly heldByUser = new Map<string, HeldList>();
-  private heldQ: HubEvent[] = [];
-  private heldHead = 0;
+  private readonly heldQ = new Fifo<HubEvent>();
   private heldCount = 0;
   private heldBytes = 0;
   private readonly maxHeld: number;
@@ -313,16 +313,13 @@ export class EventHub implements EventSink {
     this.heldCount++;
     this.heldBytes += ev.estimatedBytes;
     // Bounds: give up the oldest held events (across users) first.
-    while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldHead < this.heldQ.length) {
-      const old = this.heldQ[this.heldHead]!;
-      // Cleared as the head passes: the queue must not keep given-up events (and their runs) alive.
-      this.heldQ[this.heldHead++] = undefined as unknown as HubEvent;
+    while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldQ.length > 0) {
+      const old = this.heldQ.shift()!;
       if (old.heldAtMs < 0) continue;
       this.unheld(old);
       this.ledger.markDropped(old.run, old.record, 'no_subscriber');
       this.trimUser(old.user);
     }
-    this.compactHeld();
   }
 
   /** Take one held event out of the hold (delivered, dropped or expired). */
@@ -346,16 +343,6 @@ export class EventHub implements EventSink {
       list.items = items.slice(i);
       list.head = 0;
     } else list.head = i;
-  }
-
-  private compactHeld(): void {
-    if (this.heldHead === this.heldQ.length) {
-      this.heldQ = [];
-      this.heldHead = 0;
-    } else if (this.heldHead > 1024 && this.heldHead * 2 > this.heldQ.length) {
-      this.heldQ = this.heldQ.slice(this.heldHead);
-      this.heldHead = 0;
-    }
   }
 
   /** Deliver events held for this connection's user (those it wants), in order, counted as delivered late. */
@@ -620,17 +607,14 @@ export class EventHub implements EventSink {
     this.replay.sweep();
     const cutoff = this.now() - this.opts.replayRetentionMillis;
     const users = new Set<string>();
-    while (this.heldHead < this.heldQ.length) {
-      const ev = this.heldQ[this.heldHead]!;
-      if (ev.heldAtMs > cutoff) break;
-      this.heldQ[this.heldHead++] = undefined as unknown as HubEvent;
+    for (let ev = this.heldQ.peek(); ev !== undefined && ev.heldAtMs <= cutoff; ev = this.heldQ.peek()) {
+      this.heldQ.shift();
       if (ev.heldAtMs < 0) continue;
       this.unheld(ev);
       this.ledger.markDropped(ev.run, ev.record, 'no_subscriber');
       users.add(ev.user);
     }
     for (const u of users) this.trimUser(u);
-    this.compactHeld();
   }
 
   // ---- shutdown --------------------------------------------------------------------
@@ -681,15 +665,13 @@ export class EventHub implements EventSink {
     }
     // Terminated sockets report their unfinished writes on the next ticks.
     await new Promise((r) => setImmediate(r));
-    for (let i = this.heldHead; i < this.heldQ.length; i++) {
-      const ev = this.heldQ[i]!;
+    for (const ev of this.heldQ) {
       if (ev.heldAtMs < 0) continue;
       this.unheld(ev);
       this.ledger.markDropped(ev.run, ev.record, 'shutdown');
     }
     this.heldByUser.clear();
-    this.heldQ = [];
-    this.heldHead = 0;
+    this.heldQ.clear();
     this.replay.clear();
     this.closed = true;
     this.untrack();

@@ -1,3 +1,4 @@
+import { Fifo } from '../util/Fifo.js';
 import type { HubEvent } from './Connection.js';
 
 export interface ReplayEntry {
@@ -40,8 +41,7 @@ export class ReplayStore {
   private readonly byUser = new Map<string, Set<ReplayEntry>>();
   private totalBytes = 0;
   /** Ended runs in the order they ended (expiry order); entries dropped meanwhile are skipped. */
-  private endedQ: ReplayEntry[] = [];
-  private endedHead = 0;
+  private readonly endedQ = new Fifo<ReplayEntry>();
   private nextIdlePass = 0;
   /** Events given up to the bounds before their run expired (no longer resumable). */
   trimmed = 0;
@@ -166,19 +166,9 @@ export class ReplayStore {
    */
   sweep(): void {
     const now = this.opts.now();
-    const q = this.endedQ;
-    while (this.endedHead < q.length) {
-      const e = q[this.endedHead]!;
-      if (e.endedAtMs! + this.opts.retentionMillis > now) break;
-      q[this.endedHead++] = undefined as unknown as ReplayEntry;
+    for (let e = this.endedQ.peek(); e !== undefined && e.endedAtMs! + this.opts.retentionMillis <= now; e = this.endedQ.peek()) {
+      this.endedQ.shift();
       if (this.runs.get(e.runId) === e) this.drop(e.runId, e);
-    }
-    if (this.endedHead === q.length) {
-      this.endedQ = [];
-      this.endedHead = 0;
-    } else if (this.endedHead > 1024 && this.endedHead * 2 > q.length) {
-      this.endedQ = q.slice(this.endedHead);
-      this.endedHead = 0;
     }
     if (now < this.nextIdlePass) return;
     this.nextIdlePass = now + Math.max(1000, this.opts.maxIdleMillis / 4);
@@ -187,8 +177,7 @@ export class ReplayStore {
 
   clear(): void {
     this.runs.clear();
-    this.endedQ = [];
-    this.endedHead = 0;
+    this.endedQ.clear();
     this.byUser.clear();
     this.totalBytes = 0;
   }
