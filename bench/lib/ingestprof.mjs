@@ -1,6 +1,7 @@
 // Quick in-process ingest profile (no HTTP): decode, or decode + bridge, of a
 // pre-built OTLP body, for `node --cpu-prof`. Usage:
-//   node bench/lib/ingestprof.mjs [protobuf|json] [spans] [decode|bridge] [seconds]
+//   node --expose-gc bench/lib/ingestprof.mjs [protobuf|json] [spans] [decode|bridge] [seconds]
+// TW_OPTS='{"replayRetentionMillis":0}' sets Tracewire options; HEAP=1 prints what the instance keeps.
 import { distUrl, makeTracewire } from './tw.mjs';
 import { buildBody, stamp } from './otlpBodies.mjs';
 import { cpuSeconds, nowNs } from './common.mjs';
@@ -13,20 +14,10 @@ const decode = encoding === 'protobuf' ? decodeProtobuf : decodeJson;
 const bridges = tw.otlpBridges;
 let n = 0;
 let k = 1e6;
-// bridgeonly: decode 2000 stamped copies up front, then time the bridge alone.
-const pre = [];
-if (mode === 'bridgeonly') for (let i = 0; i < 400; i++) { stamp(b, k++); pre.push(decode(b.body, { maxSpans: 20000 }).spans); }
-let p = 0;
 globalThis.gc?.();
 const c0 = cpuSeconds();
 const until = nowNs() + Number(secs) * 1e9;
 while (nowNs() < until) {
-  if (mode === 'bridgeonly') {
-    if (p === pre.length) break;
-    for (let i = 0; i < 8 && p < pre.length; i++) { for (const s of pre[p++]) (s.endMs === undefined ? bridges.startSpan(s) : bridges.endSpan(s)); n += 512; }
-    await new Promise((r) => setImmediate(r));
-    continue;
-  }
   for (let i = 0; i < 8; i++) {
     stamp(b, k++);
     const d = decode(b.body, { maxSpans: 20000 });

@@ -4,16 +4,9 @@ import type { DropReason } from '../audit/Metrics.js';
 import type { OutboundEvent } from '../bridge/EventSink.js';
 import { copyFrame } from './frame.js';
 
-/**
- * What the hub keeps of one event: the bridge's OutboundEvent itself, with
- * its frame cached on it at the first write (the same bytes for every
- * recipient, the replay store and the hold).
- */
-export type HubEvent = OutboundEvent;
-
 /** One event written to one or more connections; settled once every write finished. */
 export interface Delivery {
-  readonly ev: HubEvent;
+  readonly ev: OutboundEvent;
   remaining: number;
   ok: boolean;
   late: boolean;
@@ -165,11 +158,11 @@ export class Connection {
   }
 
   /** Open, not closing, and not narrowed away from this event's conversation. */
-  accepts(ev: HubEvent): boolean {
+  accepts(ev: OutboundEvent): boolean {
     return !this.closed && this.ws.readyState === 1 && this.wants(ev);
   }
 
-  wants(ev: HubEvent): boolean {
+  wants(ev: OutboundEvent): boolean {
     return this.conversation === undefined || this.conversation === ev.conversation;
   }
 

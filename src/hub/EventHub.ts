@@ -7,7 +7,7 @@ import type { RunLedger } from '../audit/RunLedger.js';
 import type { EventSink, OutboundEvent } from '../bridge/EventSink.js';
 import { TracewireError, type ErrorCode } from '../errors/errors.js';
 import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
-import { Connection, type Delivery, type HubEvent } from './Connection.js';
+import { Connection, type Delivery } from './Connection.js';
 import { Fifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
@@ -61,13 +61,13 @@ type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
  * Serialise and measure an event (the JSON text, built by concatenation, is
  * flattened by the measuring: a retained event keeps one flat string).
  */
-function measure(ev: HubEvent): void {
+function measure(ev: OutboundEvent): void {
   if (ev.bytes === 0) ev.bytes = frameSize(ev.payload);
 }
 
 /** One user's held events in hold order; entries before `head` were given up (cleared). */
 interface HeldList {
-  items: HubEvent[];
+  items: OutboundEvent[];
   head: number;
 }
 
@@ -95,7 +95,7 @@ export class EventHub implements EventSink {
   // Held events (no connection wanted them when they were published; `heldAtMs` >= 0 while held):
   // per user (release on connect) and one FIFO across users (expiry and bounds).
   private readonly heldByUser = new Map<string, HeldList>();
-  private readonly heldQ = new Fifo<HubEvent>();
+  private readonly heldQ = new Fifo<OutboundEvent>();
   private heldCount = 0;
   private heldBytes = 0;
   private readonly maxHeld: number;
@@ -299,7 +299,7 @@ export class EventHub implements EventSink {
 
   // ---- held events (users with no connection) -------------------------------
 
-  private hold(ev: HubEvent): void {
+  private hold(ev: OutboundEvent): void {
     this.ledger.markHeld(ev.record);
     if (this.opts.replayRetentionMillis === 0 || this.closing) {
       this.ledger.markDropped(ev.run, ev.record, this.closing ? 'shutdown' : 'no_subscriber');
@@ -323,7 +323,7 @@ export class EventHub implements EventSink {
   }
 
   /** Take one held event out of the hold (delivered, dropped or expired). */
-  private unheld(ev: HubEvent): void {
+  private unheld(ev: OutboundEvent): void {
     ev.heldAtMs = -1;
     this.heldCount--;
     this.heldBytes -= ev.estimatedBytes;
@@ -337,7 +337,7 @@ export class EventHub implements EventSink {
     // front is spliced off only once it is most of the list (splicing on every eviction is O(n)).
     const items = list.items;
     let i = list.head;
-    while (i < items.length && items[i]!.heldAtMs < 0) items[i++] = undefined as unknown as HubEvent;
+    while (i < items.length && items[i]!.heldAtMs < 0) items[i++] = undefined as unknown as OutboundEvent;
     if (i === items.length) this.heldByUser.delete(user);
     else if (i > 64 && i * 2 > items.length) {
       list.items = items.slice(i);
@@ -350,7 +350,7 @@ export class EventHub implements EventSink {
     const held = this.heldByUser.get(conn.user);
     if (held === undefined) return;
     const list = held.items;
-    const keep: HubEvent[] = [];
+    const keep: OutboundEvent[] = [];
     let i = held.head;
     for (; i < list.length; i++) {
       const ev = list[i]!;

@@ -1,11 +1,11 @@
 import { Fifo } from '../util/Fifo.js';
-import type { HubEvent } from './Connection.js';
+import type { OutboundEvent } from '../bridge/EventSink.js';
 
 export interface ReplayEntry {
   readonly runId: string;
   readonly user: string;
   /** Retained events of the run from index `head`, ascending seq. */
-  events: HubEvent[];
+  events: OutboundEvent[];
   head: number;
   /** Frame bytes retained. */
   bytes: number;
@@ -60,7 +60,7 @@ export class ReplayStore {
     return this.opts.maxEventsPerRun > 0 && this.opts.retentionMillis > 0;
   }
 
-  add(ev: HubEvent): void {
+  add(ev: OutboundEvent): void {
     if (!this.enabled) return;
     let e = this.runs.get(ev.runId);
     const now = this.opts.now();
@@ -87,7 +87,7 @@ export class ReplayStore {
     this.totalBytes += ev.bytes + EVENT_OVERHEAD_BYTES;
     while (e.events.length - e.head > 1 && (e.events.length - e.head > this.opts.maxEventsPerRun || e.bytes > this.opts.maxBytesPerRun)) {
       const old = e.events[e.head]!;
-      e.events[e.head] = undefined as unknown as HubEvent;
+      e.events[e.head] = undefined as unknown as OutboundEvent;
       e.head++;
       e.bytes -= old.bytes;
       this.totalBytes -= old.bytes + EVENT_OVERHEAD_BYTES;
@@ -132,7 +132,7 @@ export class ReplayStore {
    * Retained events of `runId` with seq > `afterSeq`, ascending, only if the
    * run belongs to `user` (otherwise undefined, as for an unknown run).
    */
-  since(runId: string, user: string, afterSeq: number): HubEvent[] | undefined {
+  since(runId: string, user: string, afterSeq: number): OutboundEvent[] | undefined {
     const e = this.runs.get(runId);
     if (e === undefined || e.user !== user) return undefined;
     const evs = e.events;

@@ -58,7 +58,7 @@ export async function otlpReceiver(app: FastifyInstance, opts: { tw: Tracewire }
 
   // Callback-style hooks: an async hook costs a promise per request.
   app.addHook('onResponse', (req, reply, done) => {
-    tw.metrics.otlpRequests.inc({ encoding: stateOf(req).encoding, status: statusLabel(reply.statusCode) });
+    tw.metrics.otlpRequests.inc({ encoding: stateOf(req).encoding, status: String(reply.statusCode) });
     done();
   });
 
@@ -114,14 +114,6 @@ type Encoding = 'protobuf' | 'json' | 'unsupported';
 interface RequestState {
   readonly encoding: Encoding;
   gzip: boolean;
-}
-
-const STATUS_LABELS = new Map<number, string>();
-/** The status code as a label value (the strings made once). */
-function statusLabel(code: number): string {
-  let s = STATUS_LABELS.get(code);
-  if (s === undefined) STATUS_LABELS.set(code, (s = String(code)));
-  return s;
 }
 
 /** The response to a request with every span accepted: an empty ExportTraceServiceResponse. */
