@@ -7,6 +7,7 @@
 //                 {id, cmd:'count', group}   -> frames received since ready (sum)
 //                 {id, cmd:'collect', group} -> {keys, times} of captured events since last collect
 //                 {id, cmd:'close', group}
+//                 {id, cmd:'poll', on}       -> keep the event loop polling (true) or let it sleep (false)
 import { deadline, nowNs } from './lib/common.mjs';
 import { RawWs } from './lib/rawws.mjs';
 
@@ -14,6 +15,13 @@ deadline(Number(process.env.BENCH_CLIENT_DEADLINE_MS ?? 600_000), 'clients');
 process.on('disconnect', () => process.exit(0));
 
 const groups = new Map();
+
+// Polling reader ({cmd:'poll', on:true}): a setImmediate loop keeps the event loop from sleeping in
+// epoll_wait, so a frame is read as soon as it arrives rather than after the OS wakes the process.
+let polling = false;
+const poll = () => {
+  if (polling) setImmediate(poll);
+};
 
 function makeGroup(name, capture) {
   return { name, capture, conns: [], keys: [], times: [] };
@@ -93,6 +101,11 @@ process.on('message', async (m) => {
       const g = groups.get(m.group);
       if (g) for (const c of g.conns) c.close();
       groups.delete(m.group);
+    } else if (m.cmd === 'poll') {
+      const was = polling;
+      polling = m.on === true;
+      if (polling && !was) setImmediate(poll);
+      out = { polling };
     } else if (m.cmd === 'clock') {
       out = { t: nowNs() };
     } else if (m.cmd === 'exit') {

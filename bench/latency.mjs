@@ -16,6 +16,15 @@
 // (no ws.send, no JSON.stringify of the event): what this machine's loopback
 // and process wake-ups cost by themselves.
 //
+// Readers: the client process reads either *polling* (its event loop kept
+// busy by a setImmediate loop, never sleeping in epoll_wait, so a frame is
+// read as soon as the kernel has it) or *sleeping* (a plain Node process,
+// woken by the OS when data arrives). Waking a sleeping process costs this
+// VM tens of microseconds per event, whatever the server does; the polling
+// reader takes that out, so the figure is the server's path plus loopback.
+// The targets are judged on the polling phases; tracewire and the floor are
+// also measured with the sleeping reader, to show what the wake-up adds.
+//
 // Load: span operations (starts and ends) are paced individually at the
 // target rate from a setImmediate loop (1k spans/s = 2k span ops/s). Scenarios:
 // 1 client (one user), and 100 clients (100 users, one connection each, runs
@@ -119,7 +128,8 @@ async function metricsHistogram() {
   return parseHistogram(text, 'tracewire_event_delivery_seconds');
 }
 
-async function phase(impl, users, spansPerSec) {
+async function phase(impl, users, spansPerSec, reader) {
+  await clients.request({ cmd: 'poll', on: reader === 'polling' });
   const group = impl === 'tracewire' ? 'tw' : 'base';
   const stepper = new RunStepper(impl === 'tracewire' ? twStepperTracer : baseTracer, users);
   const after = impl === 'tracewire' ? undefined : impl === 'floor' ? floorEmit : handWrittenEmit;
@@ -159,6 +169,7 @@ async function phase(impl, users, spansPerSec) {
   const s = Float64Array.from(lat).sort();
   const out = {
     impl,
+    reader,
     clients: users.length,
     spansPerSec,
     events: stamps.size,
@@ -180,7 +191,7 @@ async function phase(impl, users, spansPerSec) {
     const h = diffHistogram(await metricsHistogram(), h0);
     out.metrics = { count: h[h.length - 1]?.[1] ?? 0, p50: histogramQuantile(0.5, h) * 1e9, p99: histogramQuantile(0.99, h) * 1e9 };
   }
-  log(`[latency] ${impl.padEnd(9)} clients=${users.length} ${spansPerSec}/s events=${out.events} recv=${out.received} p50=${(out.p50 / 1000).toFixed(1)}µs p99=${(out.p99 / 1000).toFixed(1)}µs eld-max=${out.eldMaxMs.toFixed(1)}ms gc-max=${out.gcMaxMs.toFixed(1)}ms gc-total=${out.gcTotalMs.toFixed(0)}ms` +
+  log(`[latency] ${impl.padEnd(9)} ${reader.padEnd(8)} clients=${users.length} ${spansPerSec}/s events=${out.events} recv=${out.received} p50=${(out.p50 / 1000).toFixed(1)}µs p99=${(out.p99 / 1000).toFixed(1)}µs eld-max=${out.eldMaxMs.toFixed(1)}ms gc-max=${out.gcMaxMs.toFixed(1)}ms gc-total=${out.gcTotalMs.toFixed(0)}ms` +
     (out.metrics ? ` | /metrics p50≈${(out.metrics.p50 / 1000).toFixed(1)}µs p99≈${(out.metrics.p99 / 1000).toFixed(1)}µs` : ''));
   return out;
 }
@@ -188,9 +199,11 @@ async function phase(impl, users, spansPerSec) {
 const results = [];
 const offset = await clockOffsetNs();
 log(`[latency] clock offset client-server (CLOCK_MONOTONIC): ${(offset / 1000).toFixed(1)} µs (IPC midpoint estimate)`);
-// BENCH_LAT_ONLY=clients:rate:impl[,…] runs only those phases (analysis).
-const onlyPhases = process.env.BENCH_LAT_ONLY?.split(',');
-const wanted = (n, rate, impl) => onlyPhases === undefined || onlyPhases.includes(`${n}:${rate}:${impl}`);
+// BENCH_LAT_ONLY=clients:rate:impl[:reader][,…] runs only those phases (analysis; reader defaults to polling).
+const onlyPhases = process.env.BENCH_LAT_ONLY?.split(',').map((p) => (p.split(':').length === 3 ? `${p}:polling` : p));
+const wanted = (n, rate, impl, reader) => onlyPhases === undefined || onlyPhases.includes(`${n}:${rate}:${impl}:${reader}`);
+// Every implementation with the polling reader (the figure); tracewire and the floor also with the sleeping one.
+const PHASES = [['tracewire', 'polling'], ['baseline', 'polling'], ['floor', 'polling'], ['tracewire', 'sleeping'], ['floor', 'sleeping']];
 for (const n of [1, 100]) {
   if (onlyPhases !== undefined && !onlyPhases.some((p) => p.startsWith(`${n}:`))) continue;
   const users = Array.from({ length: n }, (_, i) => `lat-${n}-${i}`);
@@ -201,15 +214,16 @@ for (const n of [1, 100]) {
   await sleep(100);
   let flip = false;
   for (const rate of [1000, 10000]) {
-    const order = flip ? ['floor', 'baseline', 'tracewire'] : ['tracewire', 'baseline', 'floor'];
+    const order = flip ? [...PHASES].reverse() : PHASES;
     flip = !flip;
-    for (const impl of order) if (wanted(n, rate, impl)) results.push(await phase(impl, users, rate));
+    for (const [impl, reader] of order) if (wanted(n, rate, impl, reader)) results.push(await phase(impl, users, rate, reader));
   }
   await clients.close('tw');
   await clients.close('base');
   await sleep(200);
 }
 
+await clients.request({ cmd: 'poll', on: false });
 report({ figure: 'latency', clockOffsetNs: offset, warmupMs: WARMUP_MS, measureMs: MEASURE_MS, phases: results });
 await clients.stop();
 wss.close();
