@@ -14,7 +14,11 @@ import { envelope } from './json.js';
 export class OutboundEvent {
   /** Sink's cache: the frame, when several connections share it. */
   frame: Buffer | undefined = undefined;
-  /** Sink's accounting: the exact frame size in bytes, 0 until measured. */
+  /**
+   * Sink's accounting: the exact frame size in bytes once measured, 0 before.
+   * While the event is held (never serialised yet) it is the estimate the
+   * hold counted (`estimatedBytes`), so letting go of it reads no strings.
+   */
   bytes = 0;
   /** Sink's hold: when the event was held for a user with no connection (ms), -1 while not held. */
   heldAtMs = -1;

@@ -311,14 +311,15 @@ export class EventHub implements EventSink {
     list.items.push(ev);
     this.heldQ.push(ev);
     this.heldCount++;
-    this.heldBytes += ev.estimatedBytes;
+    ev.bytes = ev.estimatedBytes;
+    this.heldBytes += ev.bytes;
     // Bounds: give up the oldest held events (across users) first.
     while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldQ.length > 0) {
       const old = this.heldQ.shift()!;
       if (old.heldAtMs < 0) continue;
       this.unheld(old);
       this.ledger.markDropped(old.run, old.record, 'no_subscriber');
-      this.trimUser(old.user);
+      this.trimUser(old.user, old);
     }
   }
 
@@ -326,18 +327,25 @@ export class EventHub implements EventSink {
   private unheld(ev: OutboundEvent): void {
     ev.heldAtMs = -1;
     this.heldCount--;
-    this.heldBytes -= ev.estimatedBytes;
+    this.heldBytes -= ev.bytes;
+    ev.bytes = 0; // measured when a connection takes it
   }
 
-  /** Drop given-up entries at the head of a user's held list. */
-  private trimUser(user: string): void {
+  /**
+   * Drop given-up entries at the head of a user's held list. `gone`: the one
+   * event just given up; when it is the head (the usual case: both the list
+   * and the bound go oldest first) only it is dropped, without reading the
+   * entries after it (any other given-up entries go at a later trim).
+   */
+  private trimUser(user: string, gone?: OutboundEvent): void {
     const list = this.heldByUser.get(user);
     if (list === undefined) return;
     // The dead prefix is remembered (head), so each trim only looks at new entries, and the
     // front is spliced off only once it is most of the list (splicing on every eviction is O(n)).
     const items = list.items;
     let i = list.head;
-    while (i < items.length && items[i]!.heldAtMs < 0) items[i++] = undefined as unknown as OutboundEvent;
+    if (gone !== undefined && items[i] === gone) items[i++] = undefined as unknown as OutboundEvent;
+    else while (i < items.length && items[i]!.heldAtMs < 0) items[i++] = undefined as unknown as OutboundEvent;
     if (i === items.length) this.heldByUser.delete(user);
     else if (i > 64 && i * 2 > items.length) {
       list.items = items.slice(i);

@@ -287,6 +287,8 @@ describe('events for a user with no connection', () => {
     await c.until((x) => x.events.length >= 5, 5000, 'held events');
     await new Promise((r) => setTimeout(r, 50));
     expect(seqsOf(c.events, runId)).toEqual(ALL.slice(N - 5));
+    // The hold's accounting is back to nothing once the connection took what was left.
+    expect(sc.tw.hub.stats()).toMatchObject({ held: 0, heldBytes: 0 });
   });
 
   it('are bounded by maxHeldBytes (estimated from the events, which are not serialised while held)', async () => {
@@ -304,6 +306,7 @@ describe('events for a user with no connection', () => {
     await c.until((x) => x.events.length >= held, 5000, 'held events');
     const real = c.texts.slice(-held).reduce((a, t) => a + Buffer.byteLength(t) + 2, 0);
     expect(Math.abs(real - heldBytes) / real).toBeLessThan(0.1);
+    expect(sc.tw.hub.stats()).toMatchObject({ held: 0, heldBytes: 0 });
   });
 
   it('with a tiny replayRetentionMillis are dropped as no_subscriber and never sent', async () => {
