@@ -99,17 +99,19 @@ async function phase(impl, encoding, spans) {
   return r;
 }
 
+// BENCH_OTLP_ONLY=encoding:spans:impl[,…] runs only those HTTP phases and skips the in-process rows (analysis, profiles).
+const onlyPhases = process.env.BENCH_OTLP_ONLY?.split(',');
+const wanted = (encoding, spans, impl) => onlyPhases === undefined || onlyPhases.includes(`${encoding}:${spans}:${impl}`);
 const phases = [];
 for (const [encoding, spans] of CASES) {
   await freshSidecar();
-  phases.push(await phase('tracewire', encoding, spans));
-  phases.push(await phase('floor', encoding, spans));
+  for (const impl of ['tracewire', 'floor']) if (wanted(encoding, spans, impl)) phases.push(await phase(impl, encoding, spans));
 }
 
 // In process, no HTTP: decode only, and decode + bridge, per CPU second.
 const { decodeProtobuf, decodeJson } = await import(distUrl('sources/otlp/decode.js'));
 const inproc = [];
-for (const [encoding, spans] of CASES) {
+for (const [encoding, spans] of onlyPhases === undefined ? CASES : []) {
   const b = buildBody(encoding, spans);
   const decode = encoding === 'protobuf' ? decodeProtobuf : decodeJson;
   const opts = { maxSpans: 20000 };
