@@ -336,6 +336,8 @@ export class TraceBridge {
     node.anchored = true;
     const parent = node.parentSpanId !== undefined && !node.parentRemote ? this.node(node.parentSpanId) : undefined;
     if (parent !== undefined) {
+      // The same id as the parent's own string: the decoder's copy is let go while it is young.
+      node.parentSpanId = parent.spanId;
       // Own attributes first, then the parent's, then the hint from the parent context.
       if (!node.ownUser && parent.user !== undefined) node.user = parent.user;
       if (!node.ownConv && parent.conv !== undefined) node.conv = parent.conv;
