@@ -56,7 +56,7 @@ const load0 = os.loadavg();
 const R = { machine: machine(), quick };
 process.stderr.write(`[run] ${R.machine.cpu}, ${R.machine.cores} cores, Node ${R.machine.node}${quick ? ' (quick)' : ''}; load average ${load0.map((x) => x.toFixed(2)).join(' ')}\n`);
 if (want('hook')) R.hook = await attempt('hook', () => runScript('hook.mjs', [], ['--expose-gc']));
-if (want('latency')) R.latency = await attempt('latency', () => runScript('latency.mjs'));
+if (want('latency')) R.latency = await attempt('latency', () => runScript('latency.mjs', [], [], 340_000));
 if (want('fanout')) {
   R.fanout = {};
   for (const impl of ['tw-spans', 'tw-publish', 'ws', 'sio']) R.fanout[impl] = await attempt(`fanout ${impl}`, () => runScript('fanout.mjs', ['--impl', impl]));
@@ -121,10 +121,11 @@ if (R.latency && !R.latency.error) {
   }
   if (latMissed) missed.push('latency');
   detail.push(
-    `### 2. Span to client latency\n\nClock offset between the server and client processes (CLOCK_MONOTONIC, IPC midpoint estimate): ${us(R.latency.clockOffsetNs)}; ${R.latency.measureMs} ms measured per phase after ${R.latency.warmupMs} ms warm-up.\n\n` +
-      `| impl | reader | clients | spans/s | events | received | p50 | p90 | p99 | p99.9 | max | server CPU | event-loop delay max | GC pauses max / total | /metrics p50 | /metrics p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n` +
+    `### 2. Span to client latency\n\nClock offset between the server and client processes (CLOCK_MONOTONIC, IPC midpoint estimate): ${us(R.latency.clockOffsetNs)}; ${R.latency.measureMs} ms measured per phase after a warm-up. ` +
+      `Polling phases: ${R.latency.roundsPerPhase ?? 1} rounds per implementation and scenario, alternating in a rotating order; each quantile below is the median of the rounds' (the p99 range shows all rounds), events and GC totals are summed, stalls are the worst round's. Sleeping phases: one round.\n\n` +
+      `| impl | reader | clients | spans/s | rounds | events | received | p50 | p90 | p99 | p99 of the rounds | p99.9 | max | server CPU | event-loop delay max | GC pauses max / total | /metrics p50 | /metrics p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n` +
       ph
-        .map((p) => `| ${p.impl} | ${p.reader ?? 'polling'} | ${p.clients} | ${k(p.spansPerSec)} | ${k(p.events)} | ${k(p.received)} | ${us(p.p50)} | ${us(p.p90)} | ${us(p.p99)} | ${us(p.p999)} | ${us(p.max)} | ${p.serverCpuPct.toFixed(0)}% | ${p.eldMaxMs.toFixed(1)} ms | ${p.gcMaxMs.toFixed(1)} / ${p.gcTotalMs.toFixed(0)} ms | ${p.metrics ? us(p.metrics.p50) : ''} | ${p.metrics ? us(p.metrics.p99) : ''} |`)
+        .map((p) => `| ${p.impl} | ${p.reader ?? 'polling'} | ${p.clients} | ${k(p.spansPerSec)} | ${p.rounds ?? 1} | ${k(p.events)} | ${k(p.received)} | ${us(p.p50)} | ${us(p.p90)} | ${us(p.p99)} | ${p.p99Range ? `${us(p.p99Range[0])}–${us(p.p99Range[1])}` : ''} | ${us(p.p999)} | ${us(p.max)} | ${p.serverCpuPct.toFixed(0)}% | ${p.eldMaxMs.toFixed(1)} ms | ${p.gcMaxMs.toFixed(1)} / ${p.gcTotalMs.toFixed(0)} ms | ${p.metrics ? us(p.metrics.p50) : ''} | ${p.metrics ? us(p.metrics.p99) : ''} |`)
         .join('\n') +
       `\n\nbaseline: hand-written \`ws.send(JSON.stringify(event))\` from the same span code path; floor: the same code path writing a pre-framed minimal frame straight to the socket. reader: polling, the client process's event loop never sleeps (the figure: the server's path plus loopback); sleeping, a plain client process the OS wakes per frame (shown for the wake-up's share). /metrics columns: \`tracewire_event_delivery_seconds\` (span hook → write completion, server side only), quantiles interpolated within buckets like \`histogram_quantile\`.`,
   );

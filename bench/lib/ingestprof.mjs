@@ -2,8 +2,10 @@
 // pre-built OTLP body, for `node --cpu-prof`. Usage:
 //   node --expose-gc bench/lib/ingestprof.mjs [protobuf|json] [spans] [decode|bridge] [seconds]
 // TW_OPTS='{"replayRetentionMillis":0}' sets Tracewire options; HEAP=1 prints what the instance keeps.
+// Prints spans per CPU second and the main-thread GC pauses (scavenges and mark-compact apart).
 import { distUrl, makeTracewire } from './tw.mjs';
 import { buildBody, stamp } from './otlpBodies.mjs';
+import { constants, PerformanceObserver } from 'node:perf_hooks';
 import { cpuSeconds, nowNs } from './common.mjs';
 
 const [encoding = 'protobuf', spansArg = '512', mode = 'bridge', secs = '3'] = process.argv.slice(2);
@@ -15,6 +17,21 @@ const bridges = tw.otlpBridges;
 let n = 0;
 let k = 1e6;
 globalThis.gc?.();
+// Main-thread GC pauses during the loop, young generation (scavenges) and old (mark-compact) apart.
+const gc = { minor: 0, minorN: 0, major: 0, majorN: 0 };
+const obs = new PerformanceObserver((list) => {
+  for (const e of list.getEntries()) {
+    if (e.detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) {
+      gc.minor += e.duration;
+      gc.minorN++;
+    } else {
+      gc.major += e.duration;
+      gc.majorN++;
+    }
+  }
+});
+obs.observe({ entryTypes: ['gc'] });
+const w0 = nowNs();
 const c0 = cpuSeconds();
 const until = nowNs() + Number(secs) * 1e9;
 while (nowNs() < until) {
@@ -27,7 +44,11 @@ while (nowNs() < until) {
   await new Promise((r) => setImmediate(r));
 }
 const cpu = cpuSeconds() - c0;
-console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span), heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB`);
+const wallMs = (nowNs() - w0) / 1e6;
+await new Promise((r) => setImmediate(r));
+obs.disconnect();
+console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span), heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB; ` +
+  `GC pauses ${(((gc.minor + gc.major) / wallMs) * 100).toFixed(0)}% of ${(wallMs / 1000).toFixed(1)} s: scavenges ${gc.minor.toFixed(0)} ms (${gc.minorN}), mark-compact ${gc.major.toFixed(0)} ms (${gc.majorN})`);
 if (process.env.HEAP === '1') {
   // What the instance keeps after the run: heap snapshot totals by object kind.
   const { hub, ledger } = tw;
