@@ -6,7 +6,7 @@
 //
 //   sweep      ReplayStore.sweep() with many retained runs (a full scan every second)
 //   evict      opening runs below and at maxTraces (eviction cost per new trace)
-//   otlp-hold  decode + bridge per span with the hold for absent users on and off
+//   otlp-hold  decode + bridge per span with the hold for absent users on and off, and the GC pauses of each
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
