@@ -229,7 +229,7 @@ export class TraceBridge {
     if (n === undefined) this.nodes = node;
     else if (n instanceof SpanNode) this.nodes = [n, node];
     else if (!Array.isArray(n)) n.set(node.spanId, node);
-    else if (n.length < SMALL_TRACE) n.push(node);
+    else if (n.length < SMALL_TRACE) this.nodes = append(n, node);
     else {
       const m = new Map(n.map((x) => [x.spanId, x]));
       m.set(node.spanId, node);
