@@ -1,5 +1,6 @@
 import { Fifo } from '../util/Fifo.js';
 import type { OutboundEvent } from '../bridge/EventSink.js';
+import { append } from '../util/arrays.js';
 
 export interface ReplayEntry {
   readonly runId: string;
@@ -75,7 +76,7 @@ export class ReplayStore {
     // A run that ended before its first event entered the window (held events released late) expires from now.
     if (e.endedAtMs === undefined && ev.run.endMs !== undefined) this.markEnded(e, now);
     const evs = e.events;
-    if (evs.length === e.head || evs[evs.length - 1]!.seq < ev.seq) evs.push(ev);
+    if (evs.length === e.head || evs[evs.length - 1]!.seq < ev.seq) e.events = append(evs, ev);
     else {
       // Out of seq order (a held event released after a later one went out live): keep the window sorted.
       let i = evs.length;
