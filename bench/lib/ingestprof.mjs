@@ -47,7 +47,10 @@ const cpu = cpuSeconds() - c0;
 const wallMs = (nowNs() - w0) / 1e6;
 await new Promise((r) => setImmediate(r));
 obs.disconnect();
-console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span), heap ${(process.memoryUsage().heapUsed / 2 ** 20).toFixed(0)} MiB; ` +
+const heapNow = process.memoryUsage().heapUsed;
+globalThis.gc?.();
+const heapKept = process.memoryUsage().heapUsed;
+console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span), heap ${(heapNow / 2 ** 20).toFixed(0)} MiB (${(heapKept / 2 ** 20).toFixed(0)} MiB live after a full GC); ` +
   `GC pauses ${(((gc.minor + gc.major) / wallMs) * 100).toFixed(0)}% of ${(wallMs / 1000).toFixed(1)} s: scavenges ${gc.minor.toFixed(0)} ms (${gc.minorN}), mark-compact ${gc.major.toFixed(0)} ms (${gc.majorN})`);
 if (process.env.HEAP === '1') {
   // What the instance keeps after the run: heap snapshot totals by object kind.

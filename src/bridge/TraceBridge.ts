@@ -196,6 +196,12 @@ export class TraceBridge {
    * hold order (most OTLP traces hold a few children briefly), or by parent id past SMALL_TRACE.
    */
   private waiting: SpanNode[] | Map<string, SpanNode[]> | undefined;
+  /**
+   * Spans of judged runs that are over (ended, emitted, let go), kept as ids
+   * only: their 16-character ids one after the other. A late span below one
+   * of them finds it (`node()` gives a stand-in) and is dropped as late.
+   */
+  private doneIds = '';
   heldCount = 0;
   activeRuns = 0;
   /** Runs opened in this trace (OTLP keeps a trace that had runs until idle, for late spans). */
@@ -210,18 +216,34 @@ export class TraceBridge {
     readonly reg: BridgeRegistry,
   ) {}
 
+  /** Spans kept, as nodes or as ids of done spans (the bound of maxSpansPerRun counts both). */
   get size(): number {
     const n = this.nodes;
-    return n === undefined ? 0 : n instanceof SpanNode ? 1 : Array.isArray(n) ? n.length : n.size;
+    return (n === undefined ? 0 : n instanceof SpanNode ? 1 : Array.isArray(n) ? n.length : n.size) + this.doneIds.length / ID_CHARS;
   }
 
   node(spanId: string): SpanNode | undefined {
     const n = this.nodes;
-    if (n === undefined) return undefined;
-    if (n instanceof SpanNode) return n.spanId === spanId ? n : undefined;
-    if (!Array.isArray(n)) return n.get(spanId);
-    for (let i = 0; i < n.length; i++) if (n[i]!.spanId === spanId) return n[i];
-    return undefined;
+    let found: SpanNode | undefined;
+    if (n === undefined) found = undefined;
+    else if (n instanceof SpanNode) found = n.spanId === spanId ? n : undefined;
+    else if (!Array.isArray(n)) found = n.get(spanId);
+    else {
+      for (let i = 0; i < n.length; i++) {
+        if (n[i]!.spanId === spanId) {
+          found = n[i];
+          break;
+        }
+      }
+    }
+    return found ?? (this.doneIds !== '' && this.isDone(spanId) ? doneNode(spanId) : undefined);
+  }
+
+  private isDone(spanId: string): boolean {
+    if (spanId.length !== ID_CHARS) return false;
+    const ids = this.doneIds;
+    for (let i = ids.indexOf(spanId); i >= 0; i = ids.indexOf(spanId, i + 1)) if (i % ID_CHARS === 0) return true;
+    return false;
   }
 
   private add(node: SpanNode): void {
@@ -237,7 +259,7 @@ export class TraceBridge {
     }
   }
 
-  /** Every span of the trace (a copy; eviction only). */
+  /** Every span of the trace kept as a node (a copy; eviction only: done spans have no runs left). */
   allNodes(): SpanNode[] {
     const n = this.nodes;
     return n === undefined ? [] : n instanceof SpanNode ? [n] : Array.isArray(n) ? [...n] : [...n.values()];
@@ -337,7 +359,7 @@ export class TraceBridge {
     const parent = node.parentSpanId !== undefined && !node.parentRemote ? this.node(node.parentSpanId) : undefined;
     if (parent !== undefined) {
       // The same id as the parent's own string: the decoder's copy is let go while it is young.
-      node.parentSpanId = parent.spanId;
+      if (parent.spanId === node.parentSpanId) node.parentSpanId = parent.spanId;
       // Own attributes first, then the parent's, then the hint from the parent context.
       if (!node.ownUser && parent.user !== undefined) node.user = parent.user;
       if (!node.ownConv && parent.conv !== undefined) node.conv = parent.conv;
@@ -474,13 +496,29 @@ export class TraceBridge {
    * for late spans): their spans remember only that they were in an ended
    * run, so a late span below them is still dropped as late, and the runs'
    * records are kept by the ledger alone. (Until the verdict, a late span's
-   * audit outcomes still count, so a run is kept until then.)
+   * audit outcomes still count, so a run is kept until then.) Spans of those
+   * runs that are over (ended, anchored, their events emitted or given up)
+   * are then kept as ids only; the others stay nodes (a span outside every
+   * run may still parent a new run and pass on its user; a span not ended yet
+   * still counts its late end).
    */
   compact(): void {
     const n = this.nodes;
     if (n === undefined) return;
-    if (n instanceof SpanNode) forgetJudgedRun(n);
-    else for (const node of Array.isArray(n) ? n : n.values()) forgetJudgedRun(node);
+    const all = n instanceof SpanNode ? [n] : Array.isArray(n) ? n : [...n.values()];
+    let keep: SpanNode[] | undefined;
+    let done: string[] | undefined;
+    for (const node of all) {
+      forgetJudgedRun(node);
+      if (isDone(node)) (done ??= []).push(node.spanId);
+      else (keep ??= []).push(node);
+    }
+    if (done === undefined) return;
+    if (this.doneIds !== '') done.unshift(this.doneIds);
+    // join() makes one flat string (concatenation would keep a chain of the pieces).
+    this.doneIds = done.join('');
+    this.nodes = undefined;
+    if (keep !== undefined) for (const node of keep) this.add(node);
   }
 
   /** Held spans, oldest first (for the orphan sweep). */
@@ -495,6 +533,29 @@ export class TraceBridge {
 
 /** Spans (and held spans) of a trace kept in a list (linear search) before they get a Map: a Map costs about 300 bytes. */
 const SMALL_TRACE = 8;
+
+/** Span ids are 16 hex characters (a span id of another length is never kept as done). */
+const ID_CHARS = 16;
+
+/** A span of an ended run with nothing more to emit: late spans below it find only that. */
+function isDone(node: SpanNode): boolean {
+  return node.inEndedRun && node.run === undefined && node.anchored && !node.held && node.seenEnd && node.spanId.length === ID_CHARS && (node.kind === undefined || node.emittedEnd);
+}
+
+const NOT_LIFECYCLE: Classified = { kind: undefined, name: undefined, callId: undefined, model: undefined, user: undefined, conversation: undefined, error: undefined, convention: undefined };
+const NO_SPAN: SpanInput = { traceId: '', spanId: '', name: '', startMs: 0, attributes: {}, statusCode: 0 };
+
+/** The stand-in for a done span (a new object per lookup: late spans are rare, and nothing is written to it). */
+function doneNode(spanId: string): SpanNode {
+  const n = new SpanNode(spanId, undefined, true, NOT_LIFECYCLE, NO_SPAN, 0);
+  n.anchored = true;
+  n.seenEnd = true;
+  n.emittedStart = true;
+  n.emittedEnd = true;
+  n.counted = true;
+  n.inEndedRun = true;
+  return n;
+}
 
 function forgetJudgedRun(node: SpanNode): void {
   const run = node.run;

@@ -1,5 +1,5 @@
 import { context, trace } from '@opentelemetry/api';
-import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
@@ -117,6 +117,75 @@ describe('a subtree arriving after its run was judged (the trace let go of the r
       expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'agent_thinking', 'tool_executing', 'tool_completed', 'agent_thinking', 'agent_completed']);
       client.close();
     } finally {
+      await s2.close();
+    }
+  });
+});
+
+describe('a trace kept after its runs were judged (its done spans kept as ids only)', () => {
+  it('still counts the late end of a span that had not ended when its run was judged', async () => {
+    const verdicts: RunRecord[] = [];
+    const s2 = await startTestSidecar({ graceMillis: 20, onVerdict: (r) => verdicts.push(r) }, true);
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(new InMemorySpanExporter())] });
+    try {
+      const user = 'fay-late-end';
+      const client = await connectAcked(s2, user);
+      const tracer = provider.getTracer('late-end');
+      const agent = tracer.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': user } });
+      const tool = tracer.startSpan('execute_tool search', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'search' } }, trace.setSpan(context.active(), agent));
+      // A partial-span exporter sends both starts; the agent ends (and is judged) before the tool ends.
+      await postJson(s2.otlpUrl!, jsonRequest([jsonSpan(agent as unknown as ReadableSpan, { started: true }), jsonSpan(tool as unknown as ReadableSpan, { started: true })]));
+      agent.end();
+      await postJson(s2.otlpUrl!, jsonRequest([jsonSpan(agent as unknown as ReadableSpan)]));
+      await until(() => verdicts.length === 1, 5000, 'the verdict');
+      expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'tool_executing', 'agent_completed']);
+      tool.end();
+      await postJson(s2.otlpUrl!, jsonRequest([jsonSpan(tool as unknown as ReadableSpan)]));
+      const lateToolCompleted = (): Promise<number> => metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span', type: 'tool_completed' });
+      for (let i = 0; i < 100 && (await lateToolCompleted()) === 0; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await lateToolCompleted()).toBe(1);
+      // Its own end again (a retried export) counts nothing more, and the agent's late duplicate neither.
+      await postJson(s2.otlpUrl!, jsonRequest([jsonSpan(tool as unknown as ReadableSpan), jsonSpan(agent as unknown as ReadableSpan)]));
+      await new Promise((r) => setTimeout(r, 100));
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(1);
+      expect(s2.tw.otlpBridges.runCount).toBe(0);
+      expect(verdicts).toHaveLength(1);
+      client.close();
+    } finally {
+      await provider.shutdown();
+      await s2.close();
+    }
+  });
+
+  it('opens a later run below a span outside every run, which passes on its user', async () => {
+    const verdicts: RunRecord[] = [];
+    const s2 = await startTestSidecar({ graceMillis: 20, onVerdict: (r) => verdicts.push(r) }, true);
+    const mem = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
+    try {
+      const user = 'fay-second-run';
+      const client = await connectAcked(s2, user);
+      const tracer = provider.getTracer('two-runs');
+      // An HTTP server span carrying the user, and two runs under it exported in two batches.
+      const server = tracer.startSpan('POST /chat', { kind: 1, attributes: { 'user.id': user } });
+      const parent = trace.setSpan(context.active(), server);
+      const first = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
+      server.end();
+      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((s) => jsonSpan(s))));
+      await expectDemoRun(client, `${first.traceId}-${first.spanId}`);
+      await until(() => verdicts.length === 1, 5000, 'the first verdict');
+      mem.reset();
+      const second = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
+      expect(second.traceId).toBe(first.traceId);
+      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((s) => jsonSpan(s))));
+      // The second run finds the server span (kept whole: it is outside every run) and its user.
+      await expectDemoRun(client, `${second.traceId}-${second.spanId}`);
+      await until(() => verdicts.length === 2, 5000, 'the second verdict');
+      expect(verdicts.map((v) => v.judgement?.verdict)).toEqual(['complete', 'complete']);
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(0);
+      client.close();
+    } finally {
+      await provider.shutdown();
       await s2.close();
     }
   });
