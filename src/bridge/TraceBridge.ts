@@ -198,10 +198,11 @@ export class TraceBridge {
   private waiting: SpanNode[] | Map<string, SpanNode[]> | undefined;
   /**
    * Spans of judged runs that are over (ended, emitted, let go), kept as ids
-   * only: their 16-character ids one after the other. A late span below one
-   * of them finds it (`node()` gives a stand-in) and is dropped as late.
+   * only: their 16-character ids one after the other while there are few
+   * (most traces), a Set past DONE_AS_STRING. A late span below one of them
+   * finds it (`node()` gives a stand-in) and is dropped as late.
    */
-  private doneIds = '';
+  private doneIds: string | Set<string> = '';
   heldCount = 0;
   activeRuns = 0;
   /** Runs opened in this trace (OTLP keeps a trace that had runs until idle, for late spans). */
@@ -219,7 +220,8 @@ export class TraceBridge {
   /** Spans kept, as nodes or as ids of done spans (the bound of maxSpansPerRun counts both). */
   get size(): number {
     const n = this.nodes;
-    return (n === undefined ? 0 : n instanceof SpanNode ? 1 : Array.isArray(n) ? n.length : n.size) + this.doneIds.length / ID_CHARS;
+    const d = this.doneIds;
+    return (n === undefined ? 0 : n instanceof SpanNode ? 1 : Array.isArray(n) ? n.length : n.size) + (typeof d === 'string' ? d.length / ID_CHARS : d.size);
   }
 
   node(spanId: string): SpanNode | undefined {
@@ -242,6 +244,7 @@ export class TraceBridge {
   private isDone(spanId: string): boolean {
     if (spanId.length !== ID_CHARS) return false;
     const ids = this.doneIds;
+    if (typeof ids !== 'string') return ids.has(spanId);
     for (let i = ids.indexOf(spanId); i >= 0; i = ids.indexOf(spanId, i + 1)) if (i % ID_CHARS === 0) return true;
     return false;
   }
@@ -514,9 +517,14 @@ export class TraceBridge {
       else (keep ??= []).push(node);
     }
     if (done === undefined) return;
-    if (this.doneIds !== '') done.unshift(this.doneIds);
-    // join() makes one flat string (concatenation would keep a chain of the pieces).
-    this.doneIds = done.join('');
+    const ids = this.doneIds;
+    if (typeof ids !== 'string') for (const id of done) ids.add(id);
+    else if (ids.length / ID_CHARS + done.length > DONE_AS_STRING) this.doneIds = new Set([...splitIds(ids), ...done]);
+    else {
+      if (ids !== '') done.unshift(ids);
+      // join() makes one flat string (concatenation would keep a chain of the pieces).
+      this.doneIds = done.join('');
+    }
     this.nodes = undefined;
     if (keep !== undefined) for (const node of keep) this.add(node);
   }
@@ -536,6 +544,14 @@ const SMALL_TRACE = 8;
 
 /** Span ids are 16 hex characters (a span id of another length is never kept as done). */
 const ID_CHARS = 16;
+/** Done span ids kept in one string up to this many (a lookup scans it); a Set past it. */
+const DONE_AS_STRING = 64;
+
+function splitIds(ids: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < ids.length; i += ID_CHARS) out.push(ids.slice(i, i + ID_CHARS));
+  return out;
+}
 
 /** A span of an ended run with nothing more to emit: late spans below it find only that. */
 function isDone(node: SpanNode): boolean {

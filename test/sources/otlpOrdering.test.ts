@@ -191,6 +191,54 @@ describe('a trace kept after its runs were judged (its done spans kept as ids on
   });
 });
 
+describe('a long trace with many judged runs (past the ids kept in one string)', () => {
+  it('still drops a late span below its first run as late, and opens a new run below the server span', async () => {
+    const verdicts: RunRecord[] = [];
+    const s2 = await startTestSidecar({ graceMillis: 20, orphanHoldMillis: 200, onVerdict: (r) => verdicts.push(r) }, true);
+    const mem = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
+    try {
+      const user = 'gus-long';
+      const client = await connectAcked(s2, user);
+      const tracer = provider.getTracer('long');
+      // A session's server span and 12 runs of 7 spans below it in one trace, each run judged before
+      // the next arrives (84 done spans). The server span ends after the first run, and is sent with it.
+      const server = tracer.startSpan('POST /session', { kind: 1, attributes: { 'user.id': user } });
+      const parent = trace.setSpan(context.active(), server);
+      const runs: Array<{ traceId: string; spanId: string }> = [];
+      for (let i = 0; i < 12; i++) {
+        mem.reset();
+        const ids = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
+        if (i === 0) server.end();
+        runs.push(ids);
+        await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+        await until(() => verdicts.length === i + 1, 5000, `verdict ${i + 1}`);
+      }
+      expect(verdicts.every((v) => v.judgement?.verdict === 'complete')).toBe(true);
+      // A tool span below the first run's agent, arriving now: late.
+      mem.reset();
+      const first = runs[0]!;
+      const below = trace.setSpanContext(context.active(), { traceId: first.traceId, spanId: first.spanId, traceFlags: 1 });
+      tracer.startSpan('execute_tool late', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'late' } }, below).end();
+      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+      const late = (): Promise<number> => metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' });
+      for (let i = 0; i < 100 && (await late()) < 2; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(await late()).toBe(2); // tool_executing and tool_completed
+      expect(s2.tw.otlpBridges.heldCount).toBe(0);
+      // One more run below the server span is delivered with the server span's user.
+      mem.reset();
+      const last = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
+      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+      await expectDemoRun(client, `${last.traceId}-${last.spanId}`);
+      expect(last.traceId).toBe(first.traceId);
+      client.close();
+    } finally {
+      await provider.shutdown();
+      await s2.close();
+    }
+  });
+});
+
 describe('a run below a non-agent root span (an HTTP server span)', () => {
   it('is held until the root arrives, then delivered in order', async () => {
     const user = 'dave-http';
