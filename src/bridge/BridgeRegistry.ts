@@ -7,7 +7,7 @@ import { Fifo } from '../util/Fifo.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 import { OutboundEvent, type EventSink } from './EventSink.js';
-import { RunState, TraceBridge, type SpanNode } from './TraceBridge.js';
+import { RunState, TraceBridge, type Ancestor, type SpanNode } from './TraceBridge.js';
 
 export interface BridgeOptions {
   readonly mode: 'emit' | 'audit';
@@ -66,6 +66,15 @@ export class BridgeRegistry {
    * phantom run, so its late end is dropped. Bounded, oldest forgotten first.
    */
   private readonly released = new BoundedMap<string, true>(RELEASED_MEMORY);
+  /**
+   * OTLP: what traces released with no run left (a request span that ended
+   * and was exported before the agent run it started in the background): its
+   * span ids with the user and conversation each passes on. A span of such a
+   * trace arriving later finds its parent at once and inherits from it,
+   * instead of waiting `orphanHoldMillis` as an orphan. Bounded: the oldest
+   * trace is forgotten first (its later spans then wait as orphans).
+   */
+  private readonly ancestry = new BoundedMap<string, Ancestor[]>(RELEASED_MEMORY);
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
   /** See handle(). */
@@ -128,6 +137,11 @@ export class BridgeRegistry {
       if (!this.opts.parentsArriveFirst) {
         this.idleQ.push(span.traceId);
         this.idleAt.push(this.now());
+        const ancestors = this.ancestry.get(span.traceId);
+        if (ancestors !== undefined) {
+          this.ancestry.delete(span.traceId);
+          tb.restore(ancestors);
+        }
       }
     } else if (this.opts.parentsArriveFirst && tb.node(span.spanId) === undefined) {
       // In-process: a non-lifecycle span whose parent we never saw is outside every run.
@@ -346,6 +360,10 @@ export class BridgeRegistry {
     if (this.traces.get(tb.traceId) === tb) {
       this.traces.delete(tb.traceId);
       if (tb.runCount > 0) this.released.set(tb.traceId, true);
+      else if (!this.opts.parentsArriveFirst) {
+        const ancestors = tb.ancestors(MAX_ANCESTORS);
+        if (ancestors.length > 0) this.ancestry.set(tb.traceId, ancestors);
+      }
     }
   }
 
@@ -407,6 +425,8 @@ export class BridgeRegistry {
 }
 
 const RELEASED_MEMORY = 65_536;
+/** Span ids a trace released with no run leaves for its later spans (see `ancestry`). */
+const MAX_ANCESTORS = 64;
 
 /** Could this span start a run (is it a lifecycle span by name or attributes)? Cheap pre-check. */
 function isCandidate(span: SpanInput): boolean {

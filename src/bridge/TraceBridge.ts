@@ -238,7 +238,7 @@ export class TraceBridge {
         }
       }
     }
-    return found ?? (this.doneIds !== '' && this.isDone(spanId) ? doneNode(spanId) : undefined);
+    return found ?? (this.doneIds !== '' && this.isDone(spanId) ? standIn(spanId, true, undefined, undefined) : undefined);
   }
 
   private isDone(spanId: string): boolean {
@@ -529,6 +529,28 @@ export class TraceBridge {
     if (keep !== undefined) for (const node of keep) this.add(node);
   }
 
+  /**
+   * What a trace released with no run leaves for spans of it that arrive
+   * later (OTLP): up to `max` of its span ids, each with the user and
+   * conversation it passes on to its children.
+   */
+  ancestors(max: number): Ancestor[] {
+    const out: Ancestor[] = [];
+    const n = this.nodes;
+    const all = n === undefined ? [] : n instanceof SpanNode ? [n] : Array.isArray(n) ? n : n.values();
+    for (const node of all) {
+      if (out.length >= max) break;
+      if (node.anchored && node.run === undefined && !node.inEndedRun) out.push([node.spanId, node.user, node.conv]);
+    }
+    return out;
+  }
+
+  /** Take back the ancestors a released trace left (see `ancestors`): anchored, ended, outside every run. */
+  restore(ancestors: readonly Ancestor[]): void {
+    for (const [spanId, user, conv] of ancestors) if (this.node(spanId) === undefined) this.add(standIn(spanId, false, user, conv));
+    this.localRootEnded = true;
+  }
+
   /** Held spans, oldest first (for the orphan sweep). */
   heldNodes(): SpanNode[] {
     const out: SpanNode[] = [];
@@ -561,15 +583,24 @@ function isDone(node: SpanNode): boolean {
 const NOT_LIFECYCLE: Classified = { kind: undefined, name: undefined, callId: undefined, model: undefined, user: undefined, conversation: undefined, error: undefined, convention: undefined };
 const NO_SPAN: SpanInput = { traceId: '', spanId: '', name: '', startMs: 0, attributes: {}, statusCode: 0 };
 
-/** The stand-in for a done span (a new object per lookup: late spans are rare, and nothing is written to it). */
-function doneNode(spanId: string): SpanNode {
+/** A span id with the user and conversation it passes on to its children. */
+export type Ancestor = readonly [spanId: string, user: string | undefined, conversation: string | undefined];
+
+/**
+ * A node for a span known only by its id: a done span of an ended run (a new
+ * object per lookup: late spans are rare, and nothing is written to it), or
+ * an ancestor a released trace left. Anchored, ended, nothing to emit.
+ */
+function standIn(spanId: string, inEndedRun: boolean, user: string | undefined, conv: string | undefined): SpanNode {
   const n = new SpanNode(spanId, undefined, true, NOT_LIFECYCLE, NO_SPAN, 0);
   n.anchored = true;
   n.seenEnd = true;
   n.emittedStart = true;
   n.emittedEnd = true;
   n.counted = true;
-  n.inEndedRun = true;
+  n.inEndedRun = inEndedRun;
+  n.user = user;
+  n.conv = conv;
   return n;
 }
 

@@ -239,6 +239,44 @@ describe('a long trace with many judged runs (past the ids kept in one string)',
   });
 });
 
+describe('a request span that ended and was exported before the run it started (202 Accepted, agent in the background)', () => {
+  it('passes its user on: the run is delivered at once, not after the orphan hold', async () => {
+    const verdicts: RunRecord[] = [];
+    // The default orphan hold (10 s): waiting for it would fail the 5 s wait below.
+    const s2 = await startTestSidecar({ graceMillis: 20, onVerdict: (r) => verdicts.push(r) }, true);
+    const mem = new InMemorySpanExporter();
+    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
+    try {
+      const user = 'hal-background';
+      const client = await connectAcked(s2, user);
+      const tracer = provider.getTracer('background');
+      const request = tracer.startSpan('POST /chat', { kind: 1, attributes: { 'user.id': user, 'gen_ai.conversation.id': 'conv-bg' } });
+      const parent = trace.setSpan(context.active(), request);
+      request.end();
+      // The request's span goes out first, alone: a trace with no run yet.
+      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+      expect(s2.tw.otlpBridges.traceCount).toBe(0);
+      mem.reset();
+      // The agent runs in the background below it; no user on its own spans.
+      const ids = await runDemoAgent(tracer, { user, userOnSpan: false, parent, conversation: 'conv-bg' });
+      const t0 = Date.now();
+      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+      const frames = await expectDemoRun(client, `${ids.traceId}-${ids.spanId}`);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      expect(frames.every((f) => f.conversation_id === 'conv-bg')).toBe(true);
+      await until(() => verdicts.length === 1, 5000, 'the verdict');
+      expect(verdicts[0]!.judgement?.verdict).toBe('complete');
+      expect(verdicts[0]!.user).toBe(user);
+      expect(s2.tw.otlpBridges.heldCount).toBe(0);
+      expect(await metricValue(s2, 'tracewire_events_dropped_total')).toBe(0);
+      client.close();
+    } finally {
+      await provider.shutdown();
+      await s2.close();
+    }
+  });
+});
+
 describe('a run below a non-agent root span (an HTTP server span)', () => {
   it('is held until the root arrives, then delivered in order', async () => {
     const user = 'dave-http';
