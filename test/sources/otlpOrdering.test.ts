@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
 import type { RunRecord } from '../../src/audit/RunRecord.js';
+import type { TracewireOptions } from '../../src/Tracewire.js';
 import { connectAcked, metricValue, startTestSidecar, until } from '../helpers.js';
 import { expectDemoRun, jsonRequest, jsonSpan, post, postJson, protobufRequest, recordDemo } from './otlpSupport.js';
 
@@ -122,145 +123,149 @@ describe('a subtree arriving after its run was judged (the trace let go of the r
   });
 });
 
+/** A sidecar of its own (short grace), verdicts collected, and a tracer whose finished spans are posted as OTLP/JSON. */
+interface Fixture {
+  readonly s2: Sidecar;
+  readonly verdicts: RunRecord[];
+  readonly tracer: ReturnType<BasicTracerProvider['getTracer']>;
+  /** Post the spans that finished since the last post (and forget them). */
+  postFinished(): Promise<void>;
+  /** Wait until a metric reaches `value` (the receiver answers before the bridge's last timers ran). */
+  untilMetric(name: string, labels: Record<string, string>, value: number): Promise<void>;
+}
+
+async function withOwnSidecar(opts: TracewireOptions, body: (f: Fixture) => Promise<void>): Promise<void> {
+  const verdicts: RunRecord[] = [];
+  const s2 = await startTestSidecar({ graceMillis: 20, ...opts, onVerdict: (r) => verdicts.push(r) }, true);
+  const mem = new InMemorySpanExporter();
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
+  try {
+    await body({
+      s2,
+      verdicts,
+      tracer: provider.getTracer('otlp-ordering'),
+      postFinished: async () => {
+        const spans = mem.getFinishedSpans().slice();
+        mem.reset();
+        await postJson(s2.otlpUrl!, jsonRequest(spans.map((x) => jsonSpan(x))));
+      },
+      untilMetric: async (name, labels, value) => {
+        for (let i = 0; i < 100 && (await metricValue(s2, name, labels)) < value; i++) await new Promise((r) => setTimeout(r, 20));
+      },
+    });
+  } finally {
+    await provider.shutdown();
+    await s2.close();
+  }
+}
+
 describe('a trace kept after its runs were judged (its done spans kept as ids only)', () => {
   it('still counts the late end of a span that had not ended when its run was judged', async () => {
-    const verdicts: RunRecord[] = [];
-    const s2 = await startTestSidecar({ graceMillis: 20, onVerdict: (r) => verdicts.push(r) }, true);
-    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(new InMemorySpanExporter())] });
-    try {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, untilMetric }) => {
       const user = 'fay-late-end';
       const client = await connectAcked(s2, user);
-      const tracer = provider.getTracer('late-end');
       const agent = tracer.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': user } });
       const tool = tracer.startSpan('execute_tool search', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'search' } }, trace.setSpan(context.active(), agent));
+      const post = (spans: Array<Record<string, unknown>>): Promise<unknown> => postJson(s2.otlpUrl!, jsonRequest(spans));
+      const agentSpan = agent as unknown as ReadableSpan;
+      const toolSpan = tool as unknown as ReadableSpan;
       // A partial-span exporter sends both starts; the agent ends (and is judged) before the tool ends.
-      await postJson(s2.otlpUrl!, jsonRequest([jsonSpan(agent as unknown as ReadableSpan, { started: true }), jsonSpan(tool as unknown as ReadableSpan, { started: true })]));
+      await post([jsonSpan(agentSpan, { started: true }), jsonSpan(toolSpan, { started: true })]);
       agent.end();
-      await postJson(s2.otlpUrl!, jsonRequest([jsonSpan(agent as unknown as ReadableSpan)]));
+      await post([jsonSpan(agentSpan)]);
       await until(() => verdicts.length === 1, 5000, 'the verdict');
       expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'tool_executing', 'agent_completed']);
       tool.end();
-      await postJson(s2.otlpUrl!, jsonRequest([jsonSpan(tool as unknown as ReadableSpan)]));
-      const lateToolCompleted = (): Promise<number> => metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span', type: 'tool_completed' });
-      for (let i = 0; i < 100 && (await lateToolCompleted()) === 0; i++) await new Promise((r) => setTimeout(r, 20));
-      expect(await lateToolCompleted()).toBe(1);
+      await post([jsonSpan(toolSpan)]);
+      await untilMetric('tracewire_events_dropped_total', { reason: 'late_span', type: 'tool_completed' }, 1);
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span', type: 'tool_completed' })).toBe(1);
       // Its own end again (a retried export) counts nothing more, and the agent's late duplicate neither.
-      await postJson(s2.otlpUrl!, jsonRequest([jsonSpan(tool as unknown as ReadableSpan), jsonSpan(agent as unknown as ReadableSpan)]));
+      await post([jsonSpan(toolSpan), jsonSpan(agentSpan)]);
       await new Promise((r) => setTimeout(r, 100));
       expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(1);
       expect(s2.tw.otlpBridges.runCount).toBe(0);
       expect(verdicts).toHaveLength(1);
       client.close();
-    } finally {
-      await provider.shutdown();
-      await s2.close();
-    }
+    });
   });
 
   it('opens a later run below a span outside every run, which passes on its user', async () => {
-    const verdicts: RunRecord[] = [];
-    const s2 = await startTestSidecar({ graceMillis: 20, onVerdict: (r) => verdicts.push(r) }, true);
-    const mem = new InMemorySpanExporter();
-    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
-    try {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
       const user = 'fay-second-run';
       const client = await connectAcked(s2, user);
-      const tracer = provider.getTracer('two-runs');
       // An HTTP server span carrying the user, and two runs under it exported in two batches.
       const server = tracer.startSpan('POST /chat', { kind: 1, attributes: { 'user.id': user } });
       const parent = trace.setSpan(context.active(), server);
       const first = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
       server.end();
-      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((s) => jsonSpan(s))));
+      await postFinished();
       await expectDemoRun(client, `${first.traceId}-${first.spanId}`);
       await until(() => verdicts.length === 1, 5000, 'the first verdict');
-      mem.reset();
       const second = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
       expect(second.traceId).toBe(first.traceId);
-      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((s) => jsonSpan(s))));
+      await postFinished();
       // The second run finds the server span (kept whole: it is outside every run) and its user.
       await expectDemoRun(client, `${second.traceId}-${second.spanId}`);
       await until(() => verdicts.length === 2, 5000, 'the second verdict');
       expect(verdicts.map((v) => v.judgement?.verdict)).toEqual(['complete', 'complete']);
       expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(0);
       client.close();
-    } finally {
-      await provider.shutdown();
-      await s2.close();
-    }
+    });
   });
 });
 
 describe('a long trace with many judged runs (past the ids kept in one string)', () => {
   it('still drops a late span below its first run as late, and opens a new run below the server span', async () => {
-    const verdicts: RunRecord[] = [];
-    const s2 = await startTestSidecar({ graceMillis: 20, orphanHoldMillis: 200, onVerdict: (r) => verdicts.push(r) }, true);
-    const mem = new InMemorySpanExporter();
-    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
-    try {
+    await withOwnSidecar({ orphanHoldMillis: 200 }, async ({ s2, verdicts, tracer, postFinished, untilMetric }) => {
       const user = 'gus-long';
       const client = await connectAcked(s2, user);
-      const tracer = provider.getTracer('long');
       // A session's server span and 12 runs of 7 spans below it in one trace, each run judged before
       // the next arrives (84 done spans). The server span ends after the first run, and is sent with it.
       const server = tracer.startSpan('POST /session', { kind: 1, attributes: { 'user.id': user } });
       const parent = trace.setSpan(context.active(), server);
       const runs: Array<{ traceId: string; spanId: string }> = [];
       for (let i = 0; i < 12; i++) {
-        mem.reset();
         const ids = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
         if (i === 0) server.end();
         runs.push(ids);
-        await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+        await postFinished();
         await until(() => verdicts.length === i + 1, 5000, `verdict ${i + 1}`);
       }
       expect(verdicts.every((v) => v.judgement?.verdict === 'complete')).toBe(true);
       // A tool span below the first run's agent, arriving now: late.
-      mem.reset();
       const first = runs[0]!;
       const below = trace.setSpanContext(context.active(), { traceId: first.traceId, spanId: first.spanId, traceFlags: 1 });
       tracer.startSpan('execute_tool late', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'late' } }, below).end();
-      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
-      const late = (): Promise<number> => metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' });
-      for (let i = 0; i < 100 && (await late()) < 2; i++) await new Promise((r) => setTimeout(r, 20));
-      expect(await late()).toBe(2); // tool_executing and tool_completed
+      await postFinished();
+      await untilMetric('tracewire_events_dropped_total', { reason: 'late_span' }, 2);
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(2); // tool_executing and tool_completed
       expect(s2.tw.otlpBridges.heldCount).toBe(0);
       // One more run below the server span is delivered with the server span's user.
-      mem.reset();
       const last = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
-      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+      await postFinished();
       await expectDemoRun(client, `${last.traceId}-${last.spanId}`);
       expect(last.traceId).toBe(first.traceId);
       client.close();
-    } finally {
-      await provider.shutdown();
-      await s2.close();
-    }
+    });
   });
 });
 
 describe('a request span that ended and was exported before the run it started (202 Accepted, agent in the background)', () => {
   it('passes its user on: the run is delivered at once, not after the orphan hold', async () => {
-    const verdicts: RunRecord[] = [];
     // The default orphan hold (10 s): waiting for it would fail the 5 s wait below.
-    const s2 = await startTestSidecar({ graceMillis: 20, onVerdict: (r) => verdicts.push(r) }, true);
-    const mem = new InMemorySpanExporter();
-    const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
-    try {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
       const user = 'hal-background';
       const client = await connectAcked(s2, user);
-      const tracer = provider.getTracer('background');
       const request = tracer.startSpan('POST /chat', { kind: 1, attributes: { 'user.id': user, 'gen_ai.conversation.id': 'conv-bg' } });
       const parent = trace.setSpan(context.active(), request);
       request.end();
       // The request's span goes out first, alone: a trace with no run yet.
-      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+      await postFinished();
       expect(s2.tw.otlpBridges.traceCount).toBe(0);
-      mem.reset();
       // The agent runs in the background below it; no user on its own spans.
       const ids = await runDemoAgent(tracer, { user, userOnSpan: false, parent, conversation: 'conv-bg' });
       const t0 = Date.now();
-      await postJson(s2.otlpUrl!, jsonRequest(mem.getFinishedSpans().map((x) => jsonSpan(x))));
+      await postFinished();
       const frames = await expectDemoRun(client, `${ids.traceId}-${ids.spanId}`);
       expect(Date.now() - t0).toBeLessThan(5000);
       expect(frames.every((f) => f.conversation_id === 'conv-bg')).toBe(true);
@@ -270,10 +275,7 @@ describe('a request span that ended and was exported before the run it started (
       expect(s2.tw.otlpBridges.heldCount).toBe(0);
       expect(await metricValue(s2, 'tracewire_events_dropped_total')).toBe(0);
       client.close();
-    } finally {
-      await provider.shutdown();
-      await s2.close();
-    }
+    });
   });
 });
 
