@@ -106,8 +106,8 @@ export class Connection {
   private outBytes = 0;
   /**
    * Waiting behind a catch-up (resume or held events), in order. Catch-up
-   * events reference frames the replay store or the hold already keep, and
-   * are moved into `out` only as the client reads, so a large resume is
+   * events are ones the replay store or the hold already keep (nothing is
+   * copied for them), and are moved into `out` only as the client reads, so a large resume is
    * streamed at the client's pace instead of tripping the buffer limit. Live
    * events that arrive meanwhile wait here too (per-run order) and their
    * bytes do count against the limit.

@@ -59,10 +59,11 @@ type DisconnectReason = (typeof DISCONNECT_REASONS)[number];
 
 /**
  * Serialise and measure an event (the JSON text, built by concatenation, is
- * flattened by the measuring: a retained event keeps one flat string).
+ * flattened by the measuring: a retained event keeps one flat string). Called
+ * once per event, when a connection first takes it; `bytes` is then exact.
  */
 function measure(ev: OutboundEvent): void {
-  if (ev.bytes === 0) ev.bytes = frameSize(ev.payload);
+  ev.bytes = frameSize(ev.payload);
 }
 
 /** One user's held events in hold order; entries before `head` were given up (cleared). */
@@ -70,7 +71,6 @@ interface HeldList {
   items: OutboundEvent[];
   head: number;
 }
-
 
 /** The answer to an upgrade while the hub shuts down (before a WebSocket exists to carry 1001). */
 const SHUTTING_DOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n';
@@ -278,10 +278,10 @@ export class EventHub implements EventSink {
       this.hold(ev);
       return;
     }
-    measure(ev);
-    this.replay.add(ev);
-    // Framed once for several connections; one connection writes it straight into its batch.
+    // Framed once for several connections (which measures it); one connection writes it straight into its batch.
     if (targets > 1) frameOf(ev);
+    else measure(ev);
+    this.replay.add(ev);
     ev.run.sawConnection = true;
     const d: Delivery = { ev, remaining: targets, ok: false, late: false, failReason: undefined };
     for (const c of set!) {
@@ -414,8 +414,6 @@ export class EventHub implements EventSink {
       }
       for (const ev of evs) {
         if (conn.has(runId, ev.seq) || !conn.wants(ev)) continue;
-        // An event still held for this user is delivered by resume: take it out of the hold.
-        if (ev.heldAtMs >= 0) this.unheld(ev);
         ev.record.attempts++;
         const d: Delivery = { ev, remaining: 1, ok: false, late: true, failReason: undefined };
         n++;

@@ -191,5 +191,9 @@ export class ReplayStore {
       if (set.size === 0) this.byUser.delete(e.user);
     }
     this.totalBytes -= e.bytes + (e.events.length - e.head) * EVENT_OVERHEAD_BYTES;
+    // The expiry queue may still point at the entry: it must not keep the events alive.
+    e.events = [];
+    e.head = 0;
+    e.bytes = 0;
   }
 }

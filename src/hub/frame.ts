@@ -17,7 +17,7 @@ export function frameSize(payload: string): number {
  * the same bytes for every recipient: it is built once and shared when
  * several connections (or a resume) need it.
  */
-export function buildTextFrame(payload: string): Buffer {
+function buildTextFrame(payload: string): Buffer {
   const len = Buffer.byteLength(payload);
   const buf = Buffer.allocUnsafe(headLength(len) + len);
   writeTextFrame(payload, len, buf, 0);
