@@ -149,9 +149,8 @@ function scopeSpans(r: WireReader, end: number, out: number[]): void {
   while (r.pos < end) {
     const tag = r.tag(end);
     if (tag === TAG_SS_SPANS) {
-      const stop = r.delimited(end);
-      out.push(r.pos, stop);
-      r.pos = stop;
+      const at = r.skipDelimited(end);
+      out.push(at, r.pos);
     } else if (tag === TAG_SS_SCOPE) r.validate(SCOPE_SHAPE, r.delimited(end), SCOPE_SPANS_DEPTH + 1);
     else if (tag === TAG_SS_SCHEMA_URL) r.skipString(r.delimited(end));
     else r.skipField(tag & 7, tag >>> 3, end, SCOPE_SPANS_DEPTH);
@@ -211,27 +210,18 @@ class SpanDecoder {
     while (r.pos < end) {
       const tag = r.tag(end);
       switch (tag) {
-        case TAG_SPAN_TRACE_ID: {
-          const stop = r.delimited(end);
-          traceAt = r.pos;
-          traceLen = stop - traceAt;
-          r.pos = stop;
+        case TAG_SPAN_TRACE_ID:
+          traceAt = r.skipDelimited(end);
+          traceLen = r.pos - traceAt;
           continue;
-        }
-        case TAG_SPAN_SPAN_ID: {
-          const stop = r.delimited(end);
-          spanAt = r.pos;
-          spanLen = stop - spanAt;
-          r.pos = stop;
+        case TAG_SPAN_SPAN_ID:
+          spanAt = r.skipDelimited(end);
+          spanLen = r.pos - spanAt;
           continue;
-        }
-        case TAG_SPAN_PARENT_SPAN_ID: {
-          const stop = r.delimited(end);
-          parentAt = r.pos;
-          parentLen = stop - parentAt;
-          r.pos = stop;
+        case TAG_SPAN_PARENT_SPAN_ID:
+          parentAt = r.skipDelimited(end);
+          parentLen = r.pos - parentAt;
           continue;
-        }
         case TAG_SPAN_NAME:
           name = r.string(r.delimited(end));
           continue;
@@ -246,20 +236,14 @@ class SpanDecoder {
         case TAG_SPAN_FLAGS:
           flags = r.fixed32(end);
           continue;
-        case TAG_SPAN_ATTRIBUTES: {
-          const stop = r.delimited(end);
+        case TAG_SPAN_ATTRIBUTES:
+          attributeRanges[attributeEnd++] = r.skipDelimited(end);
           attributeRanges[attributeEnd++] = r.pos;
-          attributeRanges[attributeEnd++] = stop;
-          r.pos = stop;
           continue;
-        }
-        case TAG_SPAN_EVENTS: {
-          const stop = r.delimited(end);
+        case TAG_SPAN_EVENTS:
+          eventRanges[eventEnd++] = r.skipDelimited(end);
           eventRanges[eventEnd++] = r.pos;
-          eventRanges[eventEnd++] = stop;
-          r.pos = stop;
           continue;
-        }
         case TAG_SPAN_STATUS:
           this.status(r.delimited(end));
           continue;
@@ -383,12 +367,11 @@ class SpanDecoder {
         // protobufjs leaves an empty string field unset.
         key = k === '' ? undefined : k;
       } else if (tag === TAG_KV_VALUE) {
-        const stop = r.delimited(end);
+        const at = r.skipDelimited(end);
         if (valueAt < 0) {
-          valueAt = r.pos;
-          valueEnd = stop;
-        } else (moreValues ??= []).push(r.pos, stop);
-        r.pos = stop;
+          valueAt = at;
+          valueEnd = r.pos;
+        } else (moreValues ??= []).push(at, r.pos);
       } else r.skipField(tag & 7, tag >>> 3, end, nesting);
     }
     if (key === undefined) throw new SpanReject('bad_field', `${what}[${index}].key is not a string`);
@@ -490,14 +473,11 @@ class SpanDecoder {
           this.num = r.double(end);
           this.setKind(Kind.Double);
           continue;
-        case TAG_ANY_BYTES: {
-          const stop = r.delimited(end);
-          this.bytesAt = r.pos;
-          this.bytesEnd = stop;
-          r.pos = stop;
+        case TAG_ANY_BYTES:
+          this.bytesAt = r.skipDelimited(end);
+          this.bytesEnd = r.pos;
           this.setKind(Kind.Bytes);
           continue;
-        }
         case TAG_ANY_ARRAY:
         case TAG_ANY_KVLIST: {
           const stop = r.delimited(end);

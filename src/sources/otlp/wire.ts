@@ -146,6 +146,14 @@ export class WireReader {
     return stop;
   }
 
+  /** Steps over a length-delimited field: returns where its bytes start and leaves `pos` at their end. */
+  skipDelimited(end: number): number {
+    const stop = this.delimited(end);
+    const at = this.pos;
+    this.pos = stop;
+    return at;
+  }
+
   /**
    * A varint of a known field as 64 bits: returns the low 32 bits (unsigned),
    * leaves the high 32 bits in `hi`. At most 10 bytes; bits past 64 are dropped.
