@@ -386,15 +386,16 @@ export class RunLedger {
   }
 }
 
-/**
- * First index of the list index whose key (startMs, then openSeq: ties on
- * start time are broken by open order, so runs opened in the same millisecond
- * append) is above (startMs, openSeq). With openSeq - 1 it is the first index
- * at or above the key; with Infinity, the first run that started after startMs.
- */
+/** The list index's order: start time, then open order (runs opened in the same millisecond append). */
 function byKey(a: RunRecord, b: RunRecord): number {
   return a.startMs - b.startMs || a.openSeq - b.openSeq;
 }
+
+/**
+ * First index of the list index whose key (startMs, then openSeq) is above
+ * (startMs, openSeq). With openSeq - 1 it is the first index at or above the
+ * key; with Infinity, the first run that started after startMs.
+ */
 
 function indexAfter(a: readonly RunRecord[], startMs: number, openSeq: number): number {
   let lo = 0;

@@ -7,7 +7,7 @@ import { Fifo } from '../util/Fifo.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 import { OutboundEvent, type EventSink } from './EventSink.js';
-import { RunState, TraceBridge, type Ancestor, type SpanNode } from './TraceBridge.js';
+import { END_TYPE, RunState, TraceBridge, type Ancestor, type SpanNode } from './TraceBridge.js';
 
 export interface BridgeOptions {
   readonly mode: 'emit' | 'audit';
@@ -231,8 +231,8 @@ export class BridgeRegistry {
   /** A lifecycle span of a released trace ended: its completion cannot be emitted after the run's end. */
   private lateEnd(span: SpanInput): void {
     const kind = classify(span).kind;
-    if (kind === 'agent') this.lateEvent('agent_completed');
-    else if (kind === 'tool') this.lateEvent('tool_completed');
+    const late = kind === undefined ? undefined : END_TYPE[kind];
+    if (late !== undefined) this.lateEvent(late);
   }
 
   private publish(ev: OutboundEvent): void {
@@ -372,7 +372,7 @@ export class BridgeRegistry {
     this.traces.delete(id);
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.heldIndex.delete(n);
-    for (const node of tb.allNodes()) {
+    for (const node of tb.nodeList()) {
       const run = node.run;
       if (run === undefined || run.ended || run.top !== node) continue;
       this.releaseRun(run);
@@ -385,6 +385,8 @@ export class BridgeRegistry {
   /** Give up on held spans past the hold time; drop idle traces with nothing in flight. */
   sweep(): void {
     const now = this.now();
+    // Events the sweep releases were not made emittable by a hook: no delivery latency for them.
+    this.hookAt = undefined;
     // In hold order, stopping at the first span still within its hold time (Map iteration tolerates the deletions).
     for (const [node, h] of this.heldIndex) {
       if (h.atMs + this.opts.orphanHoldMillis > now) break;

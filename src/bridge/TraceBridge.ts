@@ -181,6 +181,8 @@ function orNull(value: string | undefined): string {
 
 
 const START_TYPE: Record<LifecycleKind, EventType> = { agent: 'agent_started', thinking: 'agent_thinking', tool: 'tool_executing' };
+/** The completion event of a lifecycle kind (a thinking span has none). */
+export const END_TYPE: Record<LifecycleKind, EventType | undefined> = { agent: 'agent_completed', thinking: undefined, tool: 'tool_completed' };
 
 /**
  * The bridge of one trace (one request): it assembles the trace's spans,
@@ -238,10 +240,10 @@ export class TraceBridge {
         }
       }
     }
-    return found ?? (this.doneIds !== '' && this.isDone(spanId) ? standIn(spanId, true, undefined, undefined) : undefined);
+    return found ?? (this.doneIds !== '' && this.hasDoneId(spanId) ? standIn(spanId, true, undefined, undefined) : undefined);
   }
 
-  private isDone(spanId: string): boolean {
+  private hasDoneId(spanId: string): boolean {
     if (spanId.length !== ID_CHARS) return false;
     const ids = this.doneIds;
     if (typeof ids !== 'string') return ids.has(spanId);
@@ -262,10 +264,10 @@ export class TraceBridge {
     }
   }
 
-  /** Every span of the trace kept as a node (a copy; eviction only: done spans have no runs left). */
-  allNodes(): SpanNode[] {
+  /** Every span of the trace kept as a node (done spans, kept as ids, have no runs left). Not a copy: do not add nodes while reading it. */
+  nodeList(): readonly SpanNode[] {
     const n = this.nodes;
-    return n === undefined ? [] : n instanceof SpanNode ? [n] : Array.isArray(n) ? [...n] : [...n.values()];
+    return n === undefined ? [] : n instanceof SpanNode ? [n] : Array.isArray(n) ? n : [...n.values()];
   }
 
   handle(span: SpanInput, ended: boolean): void {
@@ -362,7 +364,7 @@ export class TraceBridge {
     const parent = node.parentSpanId !== undefined && !node.parentRemote ? this.node(node.parentSpanId) : undefined;
     if (parent !== undefined) {
       // The same id as the parent's own string: the decoder's copy is let go while it is young.
-      if (parent.spanId === node.parentSpanId) node.parentSpanId = parent.spanId;
+      node.parentSpanId = parent.spanId;
       // Own attributes first, then the parent's, then the hint from the parent context.
       if (!node.ownUser && parent.user !== undefined) node.user = parent.user;
       if (!node.ownConv && parent.conv !== undefined) node.conv = parent.conv;
@@ -459,7 +461,8 @@ export class TraceBridge {
     node.emittedEnd = true;
     const run = node.run;
     if (run === undefined) {
-      if (node.inEndedRun && node.kind !== 'thinking') this.reg.lateEvent(node.kind === 'tool' ? 'tool_completed' : 'agent_completed');
+      const late = END_TYPE[node.kind];
+      if (node.inEndedRun && late !== undefined) this.reg.lateEvent(late);
       return;
     }
     const d = node.endMs !== undefined ? Math.max(0, Math.round((node.endMs - node.startMs) * 1000) / 1000) : Number.NaN;
@@ -506,14 +509,11 @@ export class TraceBridge {
    * still counts its late end).
    */
   compact(): void {
-    const n = this.nodes;
-    if (n === undefined) return;
-    const all = n instanceof SpanNode ? [n] : Array.isArray(n) ? n : [...n.values()];
     let keep: SpanNode[] | undefined;
     let done: string[] | undefined;
-    for (const node of all) {
+    for (const node of this.nodeList()) {
       forgetJudgedRun(node);
-      if (isDone(node)) (done ??= []).push(node.spanId);
+      if (isOver(node)) (done ??= []).push(node.spanId);
       else (keep ??= []).push(node);
     }
     if (done === undefined) return;
@@ -530,28 +530,21 @@ export class TraceBridge {
   }
 
   /**
-   * What a trace released with no run leaves for spans of it that arrive
-   * later (OTLP): up to `max` of its span ids, each with the user and
-   * conversation it passes on to its children.
+   * What a trace released with no run (nothing held either) leaves for spans
+   * of it that arrive later (OTLP): up to `max` of its span ids, each with
+   * the user and conversation it passes on to its children.
    */
   ancestors(max: number): Ancestor[] {
-    const out: Ancestor[] = [];
-    const n = this.nodes;
-    const all = n === undefined ? [] : n instanceof SpanNode ? [n] : Array.isArray(n) ? n : n.values();
-    for (const node of all) {
-      if (out.length >= max) break;
-      if (node.anchored && node.run === undefined && !node.inEndedRun) out.push([node.spanId, node.user, node.conv]);
-    }
-    return out;
+    return this.nodeList().slice(0, max).map((node) => [node.spanId, node.user, node.conv] as const);
   }
 
-  /** Take back the ancestors a released trace left (see `ancestors`): anchored, ended, outside every run. */
+  /** On a new trace, take back the ancestors a released one left (see `ancestors`): anchored, ended, outside every run. */
   restore(ancestors: readonly Ancestor[]): void {
-    for (const [spanId, user, conv] of ancestors) if (this.node(spanId) === undefined) this.add(standIn(spanId, false, user, conv));
+    for (const [spanId, user, conv] of ancestors) this.add(standIn(spanId, false, user, conv));
     this.localRootEnded = true;
   }
 
-  /** Held spans, oldest first (for the orphan sweep). */
+  /** Held spans (for eviction; not in hold order once they are grouped by parent). */
   heldNodes(): SpanNode[] {
     const out: SpanNode[] = [];
     const w = this.waiting;
@@ -576,7 +569,7 @@ function splitIds(ids: string): string[] {
 }
 
 /** A span of an ended run with nothing more to emit: late spans below it find only that. */
-function isDone(node: SpanNode): boolean {
+function isOver(node: SpanNode): boolean {
   return node.inEndedRun && node.run === undefined && node.anchored && !node.held && node.seenEnd && node.spanId.length === ID_CHARS && (node.kind === undefined || node.emittedEnd);
 }
 
