@@ -4,9 +4,20 @@
  * through one codec interface), kept verbatim so otlpDecodeDifferential.test.ts
  * can check the fast decoders against it. Not used by src/.
  */
-import { TracewireError } from '../../src/errors/errors.js';
 import type { AttributeValue, SpanEventInput, SpanInput } from '../../src/conventions/SpanInput.js';
 import { otlpTypes } from '../../src/sources/otlp/schema.js';
+import {
+  badBody,
+  MAX_VALUE_DEPTH,
+  SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK,
+  SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK,
+  SpanReject,
+  TooManySpansError,
+  TWO_32,
+  type DecodedRequest,
+  type DecodeOptions,
+  type RejectReason,
+} from '../../src/sources/otlp/decodeShared.js';
 
 /**
  * OTLP trace request bodies (protobuf or OTLP/JSON) to `SpanInput`s, in the
@@ -16,53 +27,8 @@ import { otlpTypes } from '../../src/sources/otlp/schema.js';
  * alone and counted, by reason, for the partial-success response.
  */
 
-/** Why a span of an accepted request was rejected (bounded label set). */
-export const REJECT_REASONS = ['bad_trace_id', 'bad_span_id', 'bad_parent_span_id', 'bad_time', 'bad_field'] as const;
-export type RejectReason = (typeof REJECT_REASONS)[number];
-
-export interface DecodedRequest {
-  /** Valid spans in request order; `endMs` undefined means "started, not ended". */
-  readonly spans: SpanInput[];
-  readonly rejected: number;
-  readonly reasons: Map<RejectReason, number>;
-  /** Human-readable description of the first rejected span. */
-  readonly firstRejection: string | undefined;
-}
-
-export interface DecodeOptions {
-  readonly maxSpans: number;
-  /** performance.now() of the request, for the delivery latency histogram. */
-  readonly hookAt?: number;
-}
-
-const SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK = 0x100;
-const SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK = 0x200;
-/** kvlist attribute values are flattened to dotted keys, this deep at most. */
-const MAX_VALUE_DEPTH = 8;
-const TWO_32 = 4294967296;
-
-class SpanReject extends Error {
-  constructor(
-    readonly reason: RejectReason,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-/** More spans in one request than `otlpMaxSpansPerRequest` (the whole request is refused). */
-export class TooManySpansError extends TracewireError {
-  constructor(
-    readonly spanCount: number,
-    max: number,
-  ) {
-    super('TW_OTLP_TOO_MANY_SPANS', spanCount, max);
-  }
-}
-
-function badBody(msg: string): TracewireError {
-  return new TracewireError('TW_OTLP_BAD_BODY', msg);
-}
+// The result types, bounds, rejection bookkeeping and errors are src's own (imported above: results and errors
+// then compare directly); the walk below is the reference's own.
 
 // ---- shared walk ---------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import { WireError } from './wire.js';
  * (jsonSpans.ts). Both give the same SpanInputs for the same spans.
  */
 
-export { REJECT_REASONS, TooManySpansError, type DecodeOptions, type DecodedRequest, type RejectReason } from './decodeShared.js';
+export { TooManySpansError, type DecodeOptions, type DecodedRequest } from './decodeShared.js';
 
 /** Decode a binary protobuf ExportTraceServiceRequest. */
 export function decodeProtobuf(body: Uint8Array, opts: DecodeOptions): DecodedRequest {
