@@ -110,7 +110,8 @@ export function spanInput(
   endMs: number | undefined,
   attributes: Record<string, unknown>,
   statusCode: number,
-  statusMessage: string | undefined,
+  /** '' (proto3's unset) becomes undefined. */
+  statusMessage: string,
   events: SpanInput['events'],
   hookAt: number | undefined,
 ): SpanInput {
@@ -124,7 +125,7 @@ export function spanInput(
     endMs,
     attributes,
     statusCode,
-    statusMessage,
+    statusMessage: statusMessage === '' ? undefined : statusMessage,
     events,
     hookAt,
   };

@@ -147,7 +147,7 @@ function mapSpan(o: JsonSpan, hookAt: number | undefined): SpanInput {
     ended ? endMs : undefined,
     attributes,
     statusCode,
-    statusMessage === '' ? undefined : statusMessage,
+    statusMessage,
     events,
     hookAt,
   );

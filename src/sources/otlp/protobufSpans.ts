@@ -296,7 +296,7 @@ class SpanDecoder {
       ended ? nanosToMs(endHi, endLo) : undefined,
       attributes,
       code <= 2 ? code : 0,
-      statusMessage === '' ? undefined : statusMessage,
+      statusMessage,
       events,
       this.hookAt,
     );

@@ -23,17 +23,17 @@ import { isUtf8 } from 'node:buffer';
 export class WireError extends Error {}
 
 /** protobufjs `Reader.recursionLimit` (protoc's default): deeper nesting refuses the body. */
-export const MAX_NESTING = 100;
+const MAX_NESTING = 100;
 
-export const WIRE_VARINT = 0;
-export const WIRE_FIXED64 = 1;
-export const WIRE_DELIMITED = 2;
-export const WIRE_GROUP = 3;
-export const WIRE_FIXED32 = 5;
+const WIRE_VARINT = 0;
+const WIRE_FIXED64 = 1;
+const WIRE_DELIMITED = 2;
+const WIRE_GROUP = 3;
+const WIRE_FIXED32 = 5;
 
 /** How the validator checks a known field; a message field is checked against its shape. */
-export const Scalar = { Varint: 0, Fixed64: 1, Bytes: 2, String: 3, Fixed32: 5 } as const;
-export type Scalar = (typeof Scalar)[keyof typeof Scalar];
+const Scalar = { Varint: 0, Fixed64: 1, Bytes: 2, String: 3, Fixed32: 5 } as const;
+type Scalar = (typeof Scalar)[keyof typeof Scalar];
 
 export interface MessageShape {
   readonly name: string;
@@ -448,7 +448,7 @@ function define(s: ReturnType<typeof shape>, fields: Record<number, Scalar | Mes
 export const ANY_VALUE = shape('AnyValue');
 export const ARRAY_VALUE = shape('ArrayValue');
 export const KEY_VALUE_LIST = shape('KeyValueList');
-export const KEY_VALUE = shape('KeyValue');
+const KEY_VALUE = shape('KeyValue');
 const INSTRUMENTATION_SCOPE = shape('InstrumentationScope');
 const ENTITY_REF = shape('EntityRef');
 const RESOURCE = shape('Resource');
