@@ -66,12 +66,6 @@ function measure(ev: OutboundEvent): void {
   ev.bytes = frameSize(ev.payload);
 }
 
-/** One user's held events in hold order; entries before `head` were given up (cleared). */
-interface HeldList {
-  items: OutboundEvent[];
-  head: number;
-}
-
 /** The answer to an upgrade while the hub shuts down (before a WebSocket exists to carry 1001). */
 const SHUTTING_DOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n';
 const MAX_BAD_FRAMES = 10;
@@ -94,7 +88,8 @@ export class EventHub implements EventSink {
   private flushScheduled = false;
   // Held events (no connection wanted them when they were published; `heldAtMs` >= 0 while held):
   // per user (release on connect) and one FIFO across users (expiry and bounds).
-  private readonly heldByUser = new Map<string, HeldList>();
+  /** Each user's held events in hold order (given-up ones leave from the front as they reach it). */
+  private readonly heldByUser = new Map<string, Fifo<OutboundEvent>>();
   private readonly heldQ = new Fifo<OutboundEvent>();
   private heldCount = 0;
   private heldBytes = 0;
@@ -307,8 +302,8 @@ export class EventHub implements EventSink {
     }
     ev.heldAtMs = this.now();
     let list = this.heldByUser.get(ev.user);
-    if (list === undefined) this.heldByUser.set(ev.user, (list = { items: [], head: 0 }));
-    list.items.push(ev);
+    if (list === undefined) this.heldByUser.set(ev.user, (list = new Fifo<OutboundEvent>()));
+    list.push(ev);
     this.heldQ.push(ev);
     this.heldCount++;
     ev.bytes = ev.estimatedBytes;
@@ -340,28 +335,17 @@ export class EventHub implements EventSink {
   private trimUser(user: string, gone?: OutboundEvent): void {
     const list = this.heldByUser.get(user);
     if (list === undefined) return;
-    // The dead prefix is remembered (head), so each trim only looks at new entries, and the
-    // front is spliced off only once it is most of the list (splicing on every eviction is O(n)).
-    const items = list.items;
-    let i = list.head;
-    if (gone !== undefined && items[i] === gone) items[i++] = undefined as unknown as OutboundEvent;
-    else while (i < items.length && items[i]!.heldAtMs < 0) items[i++] = undefined as unknown as OutboundEvent;
-    if (i === items.length) this.heldByUser.delete(user);
-    else if (i > 64 && i * 2 > items.length) {
-      list.items = items.slice(i);
-      list.head = 0;
-    } else list.head = i;
+    if (gone !== undefined && list.peek() === gone) list.shift();
+    else while (list.length > 0 && list.peek()!.heldAtMs < 0) list.shift();
+    if (list.length === 0) this.heldByUser.delete(user);
   }
 
   /** Deliver events held for this connection's user (those it wants), in order, counted as delivered late. */
   private releaseHeld(conn: Connection): void {
     const held = this.heldByUser.get(conn.user);
     if (held === undefined) return;
-    const list = held.items;
-    const keep: OutboundEvent[] = [];
-    let i = held.head;
-    for (; i < list.length; i++) {
-      const ev = list[i]!;
+    const keep = new Fifo<OutboundEvent>();
+    for (let ev = held.shift(); ev !== undefined; ev = held.shift()) {
       if (ev.heldAtMs < 0) continue;
       if (!conn.wants(ev)) {
         keep.push(ev);
@@ -375,13 +359,12 @@ export class EventHub implements EventSink {
       const d: Delivery = { ev, remaining: 1, ok: false, late: true, failReason: undefined };
       if (!conn.enqueue(d)) {
         this.backpressure(conn);
-        i++;
         break;
       }
     }
     // Whatever was not reached (the connection was closed for backpressure) stays held.
-    for (; i < list.length; i++) if (list[i]!.heldAtMs >= 0) keep.push(list[i]!);
-    if (keep.length > 0) this.heldByUser.set(conn.user, { items: keep, head: 0 });
+    for (let ev = held.shift(); ev !== undefined; ev = held.shift()) if (ev.heldAtMs >= 0) keep.push(ev);
+    if (keep.length > 0) this.heldByUser.set(conn.user, keep);
     else this.heldByUser.delete(conn.user);
     if (conn.dirty) this.dirty.add(conn);
   }
