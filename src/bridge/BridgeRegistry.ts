@@ -6,6 +6,7 @@ import { BoundedMap } from '../util/BoundedMap.js';
 import { Fifo } from '../util/Fifo.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
+import { eventData } from './eventData.js';
 import { OutboundEvent, type EventSink } from './EventSink.js';
 import { END_TYPE, RunState, TraceBridge, type Ancestor, type SpanNode } from './TraceBridge.js';
 
@@ -198,11 +199,13 @@ export class BridgeRegistry {
 
   /**
    * Record one event of `run` (the ledger's expected event) and, in emit
-   * mode, hand it to the sink. `data` is the JSON text of the event's `data`
-   * object (built by the caller from a fixed shape); its time is the span's
-   * start (start events) or end (completions), read from the span node.
+   * mode, hand it to the sink. Its time is the span's start (start events)
+   * or end (completions), read from the span node, and so is its `data`
+   * object: written now for a span that has not ended (its attributes may
+   * still change at its end), else when a connection first needs the event
+   * (an event held and given up is never written).
    */
-  emit(run: RunState, node: SpanNode, type: EventType, data: string): void {
+  emit(run: RunState, node: SpanNode, type: EventType): void {
     if (run.ended || run.judgement !== undefined) {
       // The run already completed: emitting now would break "agent_completed last".
       this.lateEvent(type);
@@ -217,9 +220,12 @@ export class BridgeRegistry {
     const evRec = run.addEvent(seq, type, node as SpanSummary);
     this.metrics.eventsEmitted.inc({ type });
     if (this.opts.mode === 'audit' || this.sink === undefined) return;
-    // The envelope is written from the event's fields when a connection first needs it. charCodeAt
-    // flattens `data` (built by concatenation): an event kept for a while keeps one string, not its pieces.
-    data.charCodeAt(0);
+    let data: string | undefined;
+    if (!node.seenEnd) {
+      data = eventData(type, node);
+      // charCodeAt flattens `data` (built by concatenation): an event kept for a while keeps one string, not its pieces.
+      data.charCodeAt(0);
+    }
     const ev = new OutboundEvent(run.user ?? '', node.conv ?? run.conversation, evRec, run, this.hookAt, node.agentName, data);
     if (run.user === undefined) {
       (run.unrouted ??= []).push(ev);

@@ -1,5 +1,6 @@
 import type { EventType } from '../audit/Metrics.js';
 import type { EventRecord, RunRecord } from '../audit/RunRecord.js';
+import { eventData, eventDataLength, type EventDataSource } from './eventData.js';
 import { envelope } from './json.js';
 
 /**
@@ -35,8 +36,13 @@ export class OutboundEvent {
     readonly hookAt: number | undefined,
     /** The agent the event belongs to (`agent` of the envelope). */
     readonly agent: string | undefined,
-    /** The event's `data` object, as JSON. */
-    readonly data: string,
+    /**
+     * The event's `data` object, as JSON; undefined: written with the
+     * envelope from the record's span (only the bridge leaves it out, for a
+     * span that ended: its record's span is then the bridge's span node, whose
+     * fields no longer change).
+     */
+    private readonly data: string | undefined,
   ) {}
 
   // Read from the run and the record (not copied: the resume window keeps every delivered event a while).
@@ -55,7 +61,7 @@ export class OutboundEvent {
 
   /** The tracewire.v1 JSON text, written on first use. */
   get payload(): string {
-    return (this.json ??= envelope({ type: this.type, runId: this.runId, traceId: this.traceId, spanId: this.record.spanId, seq: this.seq, tsMs: this.record.tsMs, agent: this.agent, conversation: this.conversation, data: this.data }));
+    return (this.json ??= envelope({ type: this.type, runId: this.runId, traceId: this.traceId, spanId: this.record.spanId, seq: this.seq, tsMs: this.record.tsMs, agent: this.agent, conversation: this.conversation, data: this.data ?? eventData(this.type, this.record.span as unknown as EventDataSource) }));
   }
 
   /** Let go of the JSON text (the frame holds the same bytes); it is written again if ever needed. */
@@ -69,7 +75,7 @@ export class OutboundEvent {
    * for ASCII text that needs no escaping; an estimate otherwise).
    */
   get estimatedBytes(): number {
-    return 150 + this.runId.length + this.traceId.length + this.record.spanId.length + (this.agent?.length ?? 4) + (this.conversation?.length ?? 4) + this.data.length;
+    return 150 + this.runId.length + this.traceId.length + this.record.spanId.length + (this.agent?.length ?? 4) + (this.conversation?.length ?? 4) + (this.data?.length ?? eventDataLength(this.type, this.record.span as unknown as EventDataSource));
   }
 }
 

@@ -4,7 +4,6 @@ import { RunRecord, type SpanSummary } from '../audit/RunRecord.js';
 import { classify, type Classified } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import type { BridgeRegistry } from './BridgeRegistry.js';
-import { jsonString } from './json.js';
 import type { OutboundEvent } from './EventSink.js';
 
 const PARENT_REMOTE = 1;
@@ -31,7 +30,7 @@ export class SpanNode {
   kind: LifecycleKind | undefined;
   /** Agent name (agent), tool name (tool) or model (thinking). */
   name: string | undefined;
-  /** The tool call id (tool) or the model (thinking). */
+  /** The tool call id (tool), the model (thinking) or the parent agent's name (agent). */
   private detail: string | undefined;
   error: string | undefined = undefined;
   /** Before anchoring: the span's own user, else the parent-context hint; after: the resolved user. */
@@ -62,6 +61,13 @@ export class SpanNode {
   }
   get model(): string | undefined {
     return this.kind === 'thinking' ? this.detail : undefined;
+  }
+  /** A sub-agent's nearest enclosing agent, set when its start is emitted (an agent has no call id or model: the same slot). */
+  get parentAgent(): string | undefined {
+    return this.kind === 'agent' ? this.detail : undefined;
+  }
+  set parentAgent(name: string | undefined) {
+    if (this.kind === 'agent') this.detail = name;
   }
 
   /** What the span's end says that its start did not (attributes set after start). */
@@ -169,16 +175,6 @@ export class RunState extends RunRecord {
     return this.trace === undefined;
   }
 }
-
-/** `"key":<value>,` (JSON, with a trailing comma), or '' when the value is undefined (JSON.stringify leaves the key out). */
-function lead(key: string, value: string | undefined): string {
-  return value === undefined ? '' : `"${key}":${jsonString(value)},`;
-}
-
-function orNull(value: string | undefined): string {
-  return value === undefined ? 'null' : jsonString(value);
-}
-
 
 const START_TYPE: Record<LifecycleKind, EventType> = { agent: 'agent_started', thinking: 'agent_thinking', tool: 'tool_executing' };
 /** The completion event of a lifecycle kind (a thinking span has none). */
@@ -442,40 +438,24 @@ export class TraceBridge {
     node.emittedStart = true;
     // The node is its own entry in the run's span list (a lifecycle node: kind is set).
     if (run.spans.length < this.reg.opts.maxSpansPerRun) run.spans = append(run.spans, node as SpanSummary);
-    // `data` by hand (fixed shapes), as JSON.stringify writes it: undefined fields are left out.
-    let data: string;
-    if (node.kind === 'agent') {
-      const parent = node === run.top ? undefined : this.parentAgentName(node);
-      const agent = lead('agent', node.name);
-      data = parent === undefined ? `{${agent.slice(0, -1)}}` : `{${agent}"parent_agent":${jsonString(parent)}}`;
-    } else if (node.kind === 'thinking') {
-      data = `{"model":${orNull(node.model)}}`;
-    } else {
-      data = `{${lead('tool', node.name)}"call_id":${orNull(node.callId)}}`;
-    }
-    this.reg.emit(run, node, START_TYPE[node.kind], data);
+    if (node.kind === 'agent' && node !== run.top) node.parentAgent = this.parentAgentName(node);
+    this.reg.emit(run, node, START_TYPE[node.kind]);
   }
 
   private emitEnd(node: SpanNode): void {
     if (!node.seenEnd || node.emittedEnd || !node.emittedStart || node.kind === undefined) return;
     node.emittedEnd = true;
     const run = node.run;
+    const type = END_TYPE[node.kind];
     if (run === undefined) {
-      const late = END_TYPE[node.kind];
-      if (node.inEndedRun && late !== undefined) this.reg.lateEvent(late);
+      if (node.inEndedRun && type !== undefined) this.reg.lateEvent(type);
       return;
     }
-    const d = node.endMs !== undefined ? Math.max(0, Math.round((node.endMs - node.startMs) * 1000) / 1000) : Number.NaN;
-    // status, duration_ms and error, as JSON.stringify would write them (a non-finite duration is null).
-    const tail = `"status":"${node.error === undefined ? 'ok' : 'error'}","duration_ms":${Number.isFinite(d) ? String(d) : 'null'}${node.error === undefined ? '' : `,"error":${jsonString(node.error)}`}}`;
-    if (node.kind === 'tool') {
-      this.reg.emit(run, node, 'tool_completed', `{${lead('tool', node.name)}"call_id":${orNull(node.callId)},${tail}`);
-    } else if (node.kind === 'agent') {
-      const top = node === run.top;
-      if (top && run.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
-      this.reg.emit(run, node, 'agent_completed', `{${lead('agent', node.name)}${tail}`);
-      if (top) this.reg.endRun(run, node.endMs ?? node.startMs);
-    }
+    if (type === undefined) return;
+    const top = node === run.top;
+    if (top && run.user === undefined && node.user !== undefined) this.reg.resolveUser(run, node.user);
+    this.reg.emit(run, node, type);
+    if (top) this.reg.endRun(run, node.endMs ?? node.startMs);
   }
 
   private parentAgentName(node: SpanNode): string | undefined {
