@@ -13,7 +13,7 @@ import Fastify from 'fastify';
 import { fileURLToPath } from 'node:url';
 import { distUrl, makeTracewire, startSidecar } from './lib/tw.mjs';
 import { ClientProcess } from './lib/clientproc.mjs';
-import { cpuSeconds, deadline, log, nowNs, report, sleep } from './lib/common.mjs';
+import { cpuSeconds, deadline, ingest, log, nowNs, report, sleep } from './lib/common.mjs';
 import { buildBody, stamp } from './lib/otlpBodies.mjs';
 
 deadline(220_000, 'otlp');
@@ -148,7 +148,7 @@ for (const [encoding, spans] of onlyPhases === undefined ? CASES : []) {
       for (let i = 0; i < 8; i++) {
         stamp(b, k++);
         const d = decode(b.body, opts);
-        if (withBridge) for (const s of d.spans) (s.endMs === undefined ? bridges.startSpan(s) : bridges.endSpan(s));
+        if (withBridge) ingest(bridges, d.spans);
         n += d.spans.length;
       }
       // A turn of the event loop, as between requests (timers: verdicts, sweeps).

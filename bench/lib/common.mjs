@@ -113,3 +113,18 @@ export function diffHistogram(after, before) {
 
 export const fmtUs = (ns) => (Number.isFinite(ns) ? `${(ns / 1000).toFixed(ns < 10_000 ? 1 : 0)} µs` : 'n/a');
 export const fmtInt = (n) => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : 'n/a');
+
+/**
+ * Decoded OTLP spans into a BridgeRegistry the way the receiver hands over a
+ * request (`ingest`), or span by span for builds from before it had one
+ * (`TRACEWIRE_DIST` A/B runs against older builds).
+ */
+export function ingest(bridges, spans) {
+  if (typeof bridges.ingest === 'function') {
+    bridges.ingest(spans, (err) => {
+      throw err;
+    });
+    return;
+  }
+  for (const s of spans) (s.endMs === undefined ? bridges.startSpan(s) : bridges.endSpan(s));
+}

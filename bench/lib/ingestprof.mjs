@@ -6,7 +6,7 @@
 import { distUrl, makeTracewire } from './tw.mjs';
 import { buildBody, stamp } from './otlpBodies.mjs';
 import { constants, PerformanceObserver } from 'node:perf_hooks';
-import { cpuSeconds, nowNs } from './common.mjs';
+import { cpuSeconds, ingest, nowNs } from './common.mjs';
 
 const [encoding = 'protobuf', spansArg = '512', mode = 'bridge', secs = '3'] = process.argv.slice(2);
 const { decodeProtobuf, decodeJson } = await import(distUrl('sources/otlp/decode.js'));
@@ -38,7 +38,7 @@ while (nowNs() < until) {
   for (let i = 0; i < 8; i++) {
     stamp(b, k++);
     const d = decode(b.body, { maxSpans: 20000 });
-    if (mode === 'bridge') for (const s of d.spans) (s.endMs === undefined ? bridges.startSpan(s) : bridges.endSpan(s));
+    if (mode === 'bridge') ingest(bridges, d.spans);
     n += d.spans.length;
   }
   await new Promise((r) => setImmediate(r));

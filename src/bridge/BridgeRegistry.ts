@@ -86,6 +86,22 @@ export class BridgeRegistry {
   private readonly idleMillis: number;
   private readonly untrack: Array<() => void> = [];
   readonly now: () => number;
+  /**
+   * The trace of the last span handled (spans of a trace mostly come one
+   * after another: an OTLP request lists them together, and an in-process
+   * run's hooks drain together), so a trace's second and later spans skip
+   * the lookup in `traces`. Cleared whenever a trace leaves `traces`.
+   */
+  private lastTrace: TraceBridge | undefined;
+  /**
+   * Inside `ingest()` (an OTLP request's spans): the time of the batch (one
+   * clock read for all its spans), and the spans held during it, indexed for
+   * the orphan sweep only at its end if still held. Most are children that
+   * arrive before their parent in the same request: those never enter
+   * `heldIndex`.
+   */
+  private batchAtMs: number | undefined;
+  private readonly batchHeld: Array<{ tb: TraceBridge; node: SpanNode }> = [];
 
   constructor(
     readonly opts: BridgeOptions,
@@ -113,6 +129,42 @@ export class BridgeRegistry {
     return this.heldIndex.size;
   }
 
+  /**
+   * One OTLP request's spans, in request order (a span with no end time
+   * starts, one with an end time ends). `onFault` is told of a span that
+   * failed in the bridge; the others still go through.
+   */
+  ingest(spans: readonly SpanInput[], onFault: (err: unknown) => void): void {
+    if (this.batchAtMs !== undefined) {
+      // Re-entered (a sink that feeds spans back): as separate spans.
+      for (const span of spans) this.ingestOne(span, onFault);
+      return;
+    }
+    this.batchAtMs = this.now();
+    try {
+      for (const span of spans) this.ingestOne(span, onFault);
+    } finally {
+      this.batchAtMs = undefined;
+      this.indexBatchHeld();
+    }
+  }
+
+  private ingestOne(span: SpanInput, onFault: (err: unknown) => void): void {
+    try {
+      this.handle(span, span.endMs !== undefined);
+    } catch (err) {
+      onFault(err);
+    }
+  }
+
+  /** Spans held during a batch and still waiting at its end enter the hold index (in hold order). */
+  private indexBatchHeld(): void {
+    const b = this.batchHeld;
+    if (b.length === 0) return;
+    for (const { tb, node } of b) if (node.held && !node.anchored && this.traces.get(tb.traceId) === tb) this.held(tb, node);
+    b.length = 0;
+  }
+
   /** A span started (or was exported before it ended). */
   startSpan(span: SpanInput): void {
     this.handle(span, false);
@@ -125,7 +177,8 @@ export class BridgeRegistry {
 
   private handle(span: SpanInput, ended: boolean): void {
     if (this.closed) return;
-    let tb = this.traces.get(span.traceId);
+    const last = this.lastTrace;
+    let tb = last !== undefined && last.traceId === span.traceId ? last : this.traces.get(span.traceId);
     if (tb === undefined) {
       if (this.opts.parentsArriveFirst && !isCandidate(span)) return;
       if (ended && this.released.has(span.traceId)) {
@@ -137,7 +190,7 @@ export class BridgeRegistry {
       this.traces.set(span.traceId, tb);
       if (!this.opts.parentsArriveFirst) {
         this.idleQ.push(span.traceId);
-        this.idleAt.push(this.now());
+        this.idleAt.push(this.batchAtMs ?? this.now());
         const ancestors = this.ancestry.get(span.traceId);
         if (ancestors !== undefined) {
           this.ancestry.delete(span.traceId);
@@ -150,7 +203,8 @@ export class BridgeRegistry {
       if (parent === undefined && !isCandidate(span)) return;
     }
     // The idle sweep (OTLP only) needs it; an in-process trace is released when its runs end.
-    if (!this.opts.parentsArriveFirst) tb.lastSeenMs = this.now();
+    if (!this.opts.parentsArriveFirst) tb.lastSeenMs = this.batchAtMs ?? this.now();
+    this.lastTrace = tb;
     // performance.now() of the hook or request that made events emittable (delivery latency).
     this.hookAt = span.hookAt;
     tb.handle(span, ended);
@@ -168,7 +222,7 @@ export class BridgeRegistry {
         this.ledger.evict(oldest);
       }
     }
-    const run = new RunState(tb, top, this.now());
+    const run = new RunState(tb, top, this.batchAtMs ?? this.now());
     this.runQ.push(run);
     this.liveRuns++;
     tb.activeRuns++;
@@ -334,6 +388,11 @@ export class BridgeRegistry {
   }
 
   held(tb: TraceBridge, node: SpanNode): void {
+    // In a batch (emit mode: audit mode keeps the events a held span carries in its index entry), indexed at its end.
+    if (this.batchAtMs !== undefined && this.opts.mode === 'emit') {
+      this.batchHeld.push({ tb, node });
+      return;
+    }
     this.heldIndex.set(node, { tb, atMs: this.now(), audit: undefined });
     if (this.heldIndex.size > this.opts.maxOrphanSpans) {
       const [oldest, h] = this.heldIndex.entries().next().value as [SpanNode, Held];
@@ -364,7 +423,7 @@ export class BridgeRegistry {
     // orphan and opening a phantom run of its own.
     if (!this.opts.parentsArriveFirst && tb.runCount > 0) return;
     if (this.traces.get(tb.traceId) === tb) {
-      this.traces.delete(tb.traceId);
+      this.forgetTrace(tb.traceId);
       if (tb.runCount > 0) this.released.set(tb.traceId, true);
       else if (!this.opts.parentsArriveFirst) {
         const ancestors = tb.ancestors(MAX_ANCESTORS);
@@ -373,9 +432,14 @@ export class BridgeRegistry {
     }
   }
 
+  private forgetTrace(id: string): void {
+    this.traces.delete(id);
+    if (this.lastTrace?.traceId === id) this.lastTrace = undefined;
+  }
+
   private evictOldestTrace(): void {
     const [id, tb] = this.traces.entries().next().value as [string, TraceBridge];
-    this.traces.delete(id);
+    this.forgetTrace(id);
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.heldIndex.delete(n);
     for (const node of tb.nodeList()) {
@@ -417,7 +481,7 @@ export class BridgeRegistry {
       const id = this.idleQ.shift()!;
       const tb = this.traces.get(id);
       if (tb === undefined) continue; // released or evicted already
-      if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) this.traces.delete(id);
+      if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) this.forgetTrace(id);
       else {
         this.idleQ.push(id);
         this.idleAt.push(now);

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { SpanInput } from '../../src/conventions/SpanInput.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
-import { connectAcked, startTestSidecar } from '../helpers.js';
+import { connectAcked, metricValue, startTestSidecar } from '../helpers.js';
 
 /**
  * OTLP spans that arrive before their ancestors are held per trace (a short
@@ -51,6 +51,60 @@ describe('held spans (OTLP, children before parents)', () => {
     expected.push('agent_completed');
     expect(evs.map((e) => e.type)).toEqual(expected);
     expect(evs.filter((e) => e.type === 'tool_executing').map((e) => (e.data as { tool: string }).tool)).toEqual(Array.from({ length: tools }, (_, i) => `t${i}`));
+  });
+});
+
+describe('one OTLP request at a time (the receiver hands the bridge each request whole)', () => {
+  const agentSpan = (traceId: string, id: string, user: string): SpanInput =>
+    span(traceId, id, undefined, 'invoke_agent boss', { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'boss', 'user.id': user }, 0);
+  const toolSpan = (traceId: string, id: string, parent: string, name: string): SpanInput =>
+    span(traceId, id, parent, `execute_tool ${name}`, { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': name }, 5);
+  const noFault = (err: unknown): void => {
+    throw err;
+  };
+
+  it('children before their parent in the same request hold nothing after it; a child whose parent comes in a later request waits for it', async () => {
+    sc = await startTestSidecar({}, true);
+    const client = await connectAcked(sc, 'bu');
+    const b = sc.tw.otlpBridges;
+    const [t1, t2] = [hex(16), hex(16)];
+    const [top1, top2] = [hex(8), hex(8)];
+    // Request 1: trace 1 whole (children first), and trace 2's tool without its agent.
+    b.ingest([toolSpan(t1, hex(8), top1, 'a'), toolSpan(t2, hex(8), top2, 'b'), agentSpan(t1, top1, 'bu')], noFault);
+    expect(b.heldCount).toBe(1);
+    // Request 2: trace 2's agent.
+    b.ingest([agentSpan(t2, top2, 'bu')], noFault);
+    expect(b.heldCount).toBe(0);
+    await client.until((c) => c.events.length >= 8, 5000, 'events');
+    const byRun = (t: string): string[] => client.events.filter((e) => e.trace_id === t).map((e) => `${e.seq} ${e.type}`);
+    for (const t of [t1, t2]) expect(byRun(t)).toEqual(['1 agent_started', '2 tool_executing', '3 tool_completed', '4 agent_completed']);
+  });
+
+  it('spans still waiting at the end of a request are bounded by maxOrphanSpans (oldest given up) and given up after orphanHoldMillis', async () => {
+    sc = await startTestSidecar({ maxOrphanSpans: 2, orphanHoldMillis: 300 }, true);
+    const b = sc.tw.otlpBridges;
+    // Five tools whose agents never come, each in its own trace.
+    b.ingest(Array.from({ length: 5 }, () => toolSpan(hex(16), hex(8), hex(8), 'lost')), noFault);
+    expect(b.heldCount).toBe(2);
+    expect(await metricValue(sc, 'tracewire_bridge_evictions_total', { reason: 'max_orphans' })).toBe(3);
+    const deadline = Date.now() + 5000;
+    while (b.heldCount > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    expect(b.heldCount).toBe(0);
+    expect(await metricValue(sc, 'tracewire_bridge_evictions_total', { reason: 'orphan_timeout' })).toBe(2);
+  });
+
+  it('a span that fails in the bridge is reported and the rest of the request still goes through', async () => {
+    sc = await startTestSidecar({}, true);
+    const client = await connectAcked(sc, 'fu');
+    const b = sc.tw.otlpBridges;
+    const t = hex(16);
+    const top = hex(8);
+    const broken = { ...toolSpan(t, hex(8), top, 'x'), attributes: null } as unknown as SpanInput;
+    const faults: unknown[] = [];
+    b.ingest([broken, toolSpan(t, hex(8), top, 'ok'), agentSpan(t, top, 'fu')], (err) => faults.push(err));
+    expect(faults).toHaveLength(1);
+    await client.until((c) => c.events.length >= 4, 5000, 'events');
+    expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'tool_executing', 'tool_completed', 'agent_completed']);
   });
 });
 

@@ -126,17 +126,11 @@ function ingest(tw: Tracewire, decoded: DecodedRequest): void {
   const m = tw.metrics;
   for (const [reason, n] of decoded.reasons) m.otlpRejectedSpans.inc({ reason }, n);
   if (decoded.spans.length === 0) return;
-  const bridges = tw.otlpBridges;
-  for (const span of decoded.spans) {
-    try {
-      if (span.endMs === undefined) bridges.startSpan(span);
-      else bridges.endSpan(span);
-    } catch (err) {
-      // One bad span must not fail the request or stop the others.
-      m.internalErrors.inc({ component: 'otlp' });
-      tw.diag.repeated('otlp_bridge_fault', 'otlpReceiver', (n) => `${n} span(s) failed in the bridge: ${(err as Error)?.stack ?? String(err)}`);
-    }
-  }
+  // One bad span must not fail the request or stop the others.
+  tw.otlpBridges.ingest(decoded.spans, (err) => {
+    m.internalErrors.inc({ component: 'otlp' });
+    tw.diag.repeated('otlp_bridge_fault', 'otlpReceiver', (n) => `${n} span(s) failed in the bridge: ${(err as Error)?.stack ?? String(err)}`);
+  });
   m.otlpSpans.inc({}, decoded.spans.length);
   m.spansSeen.inc({ source: 'otlp' }, decoded.spans.length);
 }
