@@ -512,10 +512,21 @@ export class TraceBridge {
   /**
    * What a trace released with no run (nothing held either) leaves for spans
    * of it that arrive later (OTLP): up to `max` of its span ids, each with
-   * the user and conversation it passes on to its children.
+   * the user and conversation it passes on to its children. Past `max`, its
+   * local roots first (a run started in the background most often hangs
+   * below the request's own span), then the spans that arrived last (an
+   * exporter sends children first, so the spans nearest the root come last).
    */
   ancestors(max: number): Ancestor[] {
-    return this.nodeList().slice(0, max).map((node) => [node.spanId, node.user, node.conv] as const);
+    const list = this.nodeList();
+    let keep: readonly SpanNode[] = list;
+    if (list.length > max) {
+      const picked: SpanNode[] = [];
+      for (const n of list) if (picked.length < max && isLocalRoot(n)) picked.push(n);
+      for (let i = list.length - 1; i >= 0 && picked.length < max; i--) if (!isLocalRoot(list[i]!)) picked.push(list[i]!);
+      keep = picked;
+    }
+    return keep.map((node) => [node.spanId, node.user, node.conv] as const);
   }
 
   /** On a new trace, take back the ancestors a released one left (see `ancestors`): anchored, ended, outside every run. */
@@ -546,6 +557,11 @@ function splitIds(ids: string): string[] {
   const out: string[] = [];
   for (let i = 0; i < ids.length; i += ID_CHARS) out.push(ids.slice(i, i + ID_CHARS));
   return out;
+}
+
+/** A span with no parent in this trace (or a parent in another process). */
+function isLocalRoot(node: SpanNode): boolean {
+  return node.parentSpanId === undefined || node.parentRemote;
 }
 
 /** A span of an ended run with nothing more to emit: late spans below it find only that. */

@@ -279,6 +279,31 @@ describe('a request span that ended and was exported before the run it started (
   });
 });
 
+describe('a request span exported after more spans than a released trace leaves (children first)', () => {
+  it('is still remembered, so a background run below it gets its user at once', async () => {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
+      const user = 'ivy-many-queries';
+      const client = await connectAcked(s2, user);
+      const request = tracer.startSpan('POST /chat', { kind: 1, attributes: { 'user.id': user } });
+      const parent = trace.setSpan(context.active(), request);
+      // 100 database spans under the request end before it: they are exported first, the request span last.
+      for (let i = 0; i < 100; i++) tracer.startSpan(`SELECT ${i}`, { attributes: { 'db.system': 'postgresql' } }, parent).end();
+      request.end();
+      await postFinished();
+      expect(s2.tw.otlpBridges.traceCount).toBe(0);
+      const ids = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
+      const t0 = Date.now();
+      await postFinished();
+      await expectDemoRun(client, `${ids.traceId}-${ids.spanId}`);
+      expect(Date.now() - t0).toBeLessThan(5000);
+      await until(() => verdicts.length === 1, 5000, 'the verdict');
+      expect(verdicts[0]!.judgement?.verdict).toBe('complete');
+      expect(s2.tw.otlpBridges.heldCount).toBe(0);
+      client.close();
+    });
+  });
+});
+
 describe('a run below a non-agent root span (an HTTP server span)', () => {
   it('is held until the root arrives, then delivered in order', async () => {
     const user = 'dave-http';
