@@ -2,12 +2,14 @@
 // limits the figures"). Not part of `npm run bench`; run after `npm run build`:
 //
 //   node bench/analysis.mjs            all checks (~30 s)
-//   node bench/analysis.mjs sweep|evict|otlp-hold
+//   node bench/analysis.mjs sweep|evict|otlp-hold|survivors
 //
 //   sweep      ReplayStore.sweep() with many retained runs (a full scan every second)
 //   evict      opening runs below and at maxTraces (eviction cost per new trace)
 //   otlp-hold  decode + bridge per span with the hold for absent users on and off, and the GC pauses of each
+//   survivors  bytes allocated per OTLP span, and how many of them survive a young-generation collection
 import { spawnSync } from 'node:child_process';
+import v8 from 'node:v8';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { distUrl, makeTracewire } from './lib/tw.mjs';
@@ -65,6 +67,49 @@ if (want('otlp-hold')) {
     const r = spawnSync(process.execPath, ['--expose-gc', prof, 'protobuf', '512', 'bridge', '5'], { encoding: 'utf8', env: { ...process.env, TW_OPTS: JSON.stringify(opts) }, timeout: 60_000 });
     const line = r.stdout.split('\n').find((l) => l.includes('spans/CPU-s'));
     console.log(`[otlp-hold] ${name}: ${line ?? `failed: ${r.stderr.slice(-300)}`}`);
+  }
+}
+
+if (want('survivors')) {
+  // What a scavenge copies is what is alive: in steady state (after 3 s of ingest, the hold full), 20 requests
+  // of 512 spans between two young-generation collections; heap used before, after the requests, and after the
+  // second collection. Run with --expose-gc (re-spawned with it when missing).
+  if (typeof globalThis.gc !== 'function') {
+    const r = spawnSync(process.execPath, ['--expose-gc', fileURLToPath(import.meta.url), 'survivors'], { stdio: 'inherit', timeout: 60_000 });
+    process.exit(r.status ?? 1);
+  }
+  const { decodeProtobuf } = await import(distUrl('sources/otlp/decode.js'));
+  const { buildBody, stamp } = await import('./lib/otlpBodies.mjs');
+  for (const [name, opts] of [['hold on (defaults)', {}], ['hold off (replayRetentionMillis 0)', { replayRetentionMillis: 0 }]]) {
+    const tw = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbeatMillis: 0, ...opts });
+    const b = buildBody('protobuf', 512);
+    let k = 1;
+    const request = () => {
+      stamp(b, k++);
+      tw.otlpBridges.ingest(decodeProtobuf(b.body, { maxSpans: 20000 }).spans, (err) => {
+        throw err;
+      });
+    };
+    const until = Date.now() + 3000;
+    while (Date.now() < until) {
+      for (let i = 0; i < 8; i++) request();
+      await new Promise((r) => setImmediate(r));
+    }
+    const used = () => v8.getHeapStatistics().used_heap_size;
+    const rows = [];
+    for (let round = 0; round < 3; round++) {
+      globalThis.gc({ type: 'minor' });
+      globalThis.gc({ type: 'minor' });
+      const u0 = used();
+      for (let i = 0; i < 20; i++) request();
+      const u1 = used();
+      globalThis.gc({ type: 'minor' });
+      rows.push([(u1 - u0) / (20 * 512), (used() - u0) / (20 * 512)]);
+    }
+    rows.sort((a, b) => a[1] - b[1]);
+    const [alloc, kept] = rows[1];
+    console.log(`[survivors] ${name}: ${alloc.toFixed(0)} B allocated per span, ${kept.toFixed(0)} B of it alive at the next young-generation collection (${((100 * kept) / alloc).toFixed(0)}%)`);
+    await tw.close(100);
   }
 }
 

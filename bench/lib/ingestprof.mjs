@@ -2,7 +2,7 @@
 // pre-built OTLP body, for `node --cpu-prof`. Usage:
 //   node --expose-gc bench/lib/ingestprof.mjs [protobuf|json] [spans] [decode|bridge] [seconds]
 // TW_OPTS='{"replayRetentionMillis":0}' sets Tracewire options; HEAP=1 prints what the instance keeps.
-// Prints spans per CPU second and the main-thread GC pauses (scavenges and mark-compact apart).
+// Prints spans per CPU second, main-thread scavenge time per span, and the main-thread GC pauses (scavenges and mark-compact apart).
 import { distUrl, makeTracewire } from './tw.mjs';
 import { buildBody, stamp } from './otlpBodies.mjs';
 import { constants, PerformanceObserver } from 'node:perf_hooks';
@@ -50,7 +50,7 @@ obs.disconnect();
 const heapNow = process.memoryUsage().heapUsed;
 globalThis.gc?.();
 const heapKept = process.memoryUsage().heapUsed;
-console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span), heap ${(heapNow / 2 ** 20).toFixed(0)} MiB (${(heapKept / 2 ** 20).toFixed(0)} MiB live after a full GC); ` +
+console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span; scavenge ${((gc.minor * 1e6) / n).toFixed(0)} ns/span), heap ${(heapNow / 2 ** 20).toFixed(0)} MiB (${(heapKept / 2 ** 20).toFixed(0)} MiB live after a full GC); ` +
   `GC pauses ${(((gc.minor + gc.major) / wallMs) * 100).toFixed(0)}% of ${(wallMs / 1000).toFixed(1)} s: scavenges ${gc.minor.toFixed(0)} ms (${gc.minorN}), mark-compact ${gc.major.toFixed(0)} ms (${gc.majorN})`);
 if (process.env.HEAP === '1') {
   // What the instance keeps after the run: heap snapshot totals by object kind.
