@@ -1,5 +1,5 @@
 import { TracewireError } from '../errors/errors.js';
-import { Fifo } from '../util/Fifo.js';
+import { Fifo, NumberFifo } from '../util/Fifo.js';
 import type { DropReason, EventType, Metrics, Verdict } from './Metrics.js';
 import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, Judgement, RunRecord, type EventRecord, type ExplainContext, type ForcedCause } from './RunRecord.js';
 
@@ -79,7 +79,7 @@ export class RunLedger {
   private readonly inFlight = new Map<string, RunRecord>();
   /** Ended runs awaiting their verdict, and when each is due (monotonic: end + constant grace). */
   private readonly due = new Fifo<RunRecord>();
-  private readonly dueAt = new Fifo<number>();
+  private readonly dueAt = new NumberFifo();
   /** Judged runs in judgement order (oldest first): count and age eviction pop from the front. */
   private readonly judged = new Map<string, RunRecord>();
   /**

@@ -10,7 +10,9 @@ export const EV_HELD = 3;
 const STATE_MASK = 3;
 const LATE = 4;
 const ACKED = 8;
-const REASON_SHIFT = 4;
+/** In the event hub's hold. */
+const IN_HOLD = 16;
+const REASON_SHIFT = 5;
 
 /**
  * One expected event of a run and what became of it. Kept small (every event
@@ -31,6 +33,8 @@ export class EventRecord {
     readonly type: EventType,
     /** The span the event is about (its start or its end). */
     readonly span: SpanSummary,
+    /** The run it belongs to. */
+    readonly run: RunRecord,
   ) {}
 
   get spanId(): string {
@@ -64,6 +68,14 @@ export class EventRecord {
   }
   set late(v: boolean) {
     this.bits = v ? this.bits | LATE : this.bits & ~LATE;
+  }
+
+  /** In the event hub's hold (its user had no connection that takes it). */
+  get inHold(): boolean {
+    return (this.bits & IN_HOLD) !== 0;
+  }
+  set inHold(v: boolean) {
+    this.bits = v ? this.bits | IN_HOLD : this.bits & ~IN_HOLD;
   }
 
   get acked(): boolean {
@@ -209,7 +221,7 @@ export class RunRecord {
   }
 
   addEvent(seq: number, type: EventType, span: SpanSummary): EventRecord {
-    const ev = new EventRecord(seq, type, span);
+    const ev = new EventRecord(seq, type, span, this);
     this.events = append(this.events, ev);
     return ev;
   }

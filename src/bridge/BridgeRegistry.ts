@@ -1,9 +1,9 @@
 import { DROP_REASONS, EVENT_TYPES, type DropReason, type EventType, type EvictionReason, type Metrics } from '../audit/Metrics.js';
-import type { RunRecord, SpanSummary } from '../audit/RunRecord.js';
+import type { EventRecord, RunRecord, SpanSummary } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
 import { classify } from '../conventions/classify.js';
 import { BoundedMap } from '../util/BoundedMap.js';
-import { Fifo } from '../util/Fifo.js';
+import { Fifo, NumberFifo } from '../util/Fifo.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 import { eventData } from './eventData.js';
@@ -82,7 +82,7 @@ export class BridgeRegistry {
   private hookAt: number | undefined;
   /** OTLP: ids of traces waiting for their idle check (not the traces: a released one is not kept), and when each was queued (ascending). */
   private readonly idleQ = new Fifo<string>();
-  private readonly idleAt = new Fifo<number>();
+  private readonly idleAt = new NumberFifo();
   private readonly idleMillis: number;
   private readonly untrack: Array<() => void> = [];
   readonly now: () => number;
@@ -279,6 +279,9 @@ export class BridgeRegistry {
       data = eventData(type, node);
       // charCodeAt flattens `data` (built by concatenation): an event kept for a while keeps one string, not its pieces.
       data.charCodeAt(0);
+    } else if (run.user !== undefined && node.conv !== undefined && this.holdIfAbsent(evRec)) {
+      // Its user has no connection: held as its record alone (everything the event carries is read from it later).
+      return;
     }
     const ev = new OutboundEvent(run.user ?? '', node.conv ?? run.conversation, evRec, run, this.hookAt, node.agentName, data);
     if (run.user === undefined) {
@@ -286,6 +289,18 @@ export class BridgeRegistry {
       return;
     }
     this.publish(ev);
+  }
+
+  /** See EventSink.holdIfAbsent; a fault is counted like one in publish (the event stays undelivered). */
+  private holdIfAbsent(record: EventRecord): boolean {
+    const sink = this.sink!;
+    if (sink.holdIfAbsent === undefined) return false;
+    try {
+      return sink.holdIfAbsent(record);
+    } catch (err) {
+      this.sinkFault(err, record);
+      return true;
+    }
   }
 
   /** A lifecycle span of a released trace ended: its completion cannot be emitted after the run's end. */
@@ -299,11 +314,15 @@ export class BridgeRegistry {
     try {
       this.sink!.publish(ev);
     } catch (err) {
-      // A faulty sink must never reach span.end(): count it, the event stays undelivered.
-      this.metrics.internalErrors.inc({ component: 'sink' });
-      this.diag.repeated('sink_fault', 'BridgeRegistry', (n) => `${n} event(s) failed in the sink: ${(err as Error)?.stack ?? String(err)}`);
-      this.ledger.markDropped(ev.run, ev.record, 'send_failed');
+      this.sinkFault(err, ev.record);
     }
+  }
+
+  /** A faulty sink must never reach span.end(): count it, the event stays undelivered. */
+  private sinkFault(err: unknown, record: EventRecord): void {
+    this.metrics.internalErrors.inc({ component: 'sink' });
+    this.diag.repeated('sink_fault', 'BridgeRegistry', (n) => `${n} event(s) failed in the sink: ${(err as Error)?.stack ?? String(err)}`);
+    this.ledger.markDropped(record.run, record, 'send_failed');
   }
 
   endRun(run: RunState, endMs: number): void {

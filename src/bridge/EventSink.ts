@@ -21,8 +21,6 @@ export class OutboundEvent {
    * hold counted (`estimatedBytes`), so letting go of it reads no strings.
    */
   bytes = 0;
-  /** Sink's hold: when the event was held for a user with no connection (ms), -1 while not held. */
-  heldAtMs = -1;
   private json: string | undefined = undefined;
 
   constructor(
@@ -75,13 +73,47 @@ export class OutboundEvent {
    * for ASCII text that needs no escaping; an estimate otherwise).
    */
   get estimatedBytes(): number {
-    return 150 + this.runId.length + this.traceId.length + this.record.spanId.length + (this.agent?.length ?? 4) + (this.conversation?.length ?? 4) + (this.data?.length ?? eventDataLength(this.type, this.record.span as unknown as EventDataSource));
+    return estimate(this.record, this.agent, this.conversation, this.data?.length ?? eventDataLength(this.type, this.record.span as unknown as EventDataSource));
   }
+
+  /**
+   * The event of a record the bridge handed to `EventSink.holdIfAbsent`:
+   * everything it carries is read from the record, its run and its span.
+   */
+  static ofHeld(record: EventRecord): OutboundEvent {
+    const span = record.span as unknown as HeldSource;
+    return new OutboundEvent(record.run.user ?? '', span.conv, record, record.run, undefined, span.agentName, undefined);
+  }
+
+  /** `estimatedBytes` of `ofHeld(record)`, without making the event. */
+  static heldEstimate(record: EventRecord): number {
+    const span = record.span as unknown as HeldSource;
+    return estimate(record, span.agentName, span.conv, eventDataLength(record.type, span));
+  }
+}
+
+/** What `OutboundEvent.ofHeld` reads from a record's span: a bridge span node, ended and anchored (none of it changes any more). */
+interface HeldSource extends EventDataSource {
+  readonly conv: string | undefined;
+  readonly agentName: string | undefined;
+}
+
+function estimate(record: EventRecord, agent: string | undefined, conversation: string | undefined, dataLength: number): number {
+  const run = record.run;
+  return 150 + run.runId.length + run.traceId.length + record.spanId.length + (agent?.length ?? 4) + (conversation?.length ?? 4) + dataLength;
 }
 
 /** Where a bridge sends events: the event hub in emit mode. Must not throw. */
 export interface EventSink {
   publish(ev: OutboundEvent): void;
+  /**
+   * Hold the event of `record` without an event object if its run's user
+   * has no connection now (true: held, or dropped if nothing may be held);
+   * false: the caller publishes it. Only for an event whose data is written
+   * later and whose span carries its conversation, so `OutboundEvent.ofHeld`
+   * makes the same event later.
+   */
+  holdIfAbsent?(record: EventRecord): boolean;
   /** A run ended: its events become resumable only for the retention window. */
   runEnded?(runId: string): void;
 }

@@ -4,11 +4,12 @@ import { performance } from 'node:perf_hooks';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { DISCONNECT_REASONS, DropReason, Metrics } from '../audit/Metrics.js';
 import type { RunLedger } from '../audit/RunLedger.js';
-import type { EventSink, OutboundEvent } from '../bridge/EventSink.js';
+import type { EventRecord } from '../audit/RunRecord.js';
+import { OutboundEvent, type EventSink } from '../bridge/EventSink.js';
 import { TracewireError, type ErrorCode } from '../errors/errors.js';
 import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
 import { Connection, type Delivery } from './Connection.js';
-import { Fifo } from '../util/Fifo.js';
+import { Fifo, NumberFifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
 
@@ -86,11 +87,17 @@ export class EventHub implements EventSink {
   private readonly all = new Set<Connection>();
   private readonly dirty = new Set<Connection>();
   private flushScheduled = false;
-  // Held events (no connection wanted them when they were published; `heldAtMs` >= 0 while held):
-  // per user (release on connect) and one FIFO across users (expiry and bounds).
+  // Held events (no connection wanted them when they were published; their record's `inHold` is
+  // set while held), by their ledger records: per user (release on connect) and one FIFO across
+  // users (expiry and bounds). Most are held as the record alone (`holdIfAbsent`: the event object
+  // is made when a connection takes it); an event published as an object keeps it in `heldEvents`.
   /** Each user's held events in hold order (given-up ones leave from the front as they reach it). */
-  private readonly heldByUser = new Map<string, Fifo<OutboundEvent>>();
-  private readonly heldQ = new Fifo<OutboundEvent>();
+  private readonly heldByUser = new Map<string, Fifo<EventRecord>>();
+  private readonly heldQ = new Fifo<EventRecord>();
+  /** When each entry of heldQ was held (ms). */
+  private readonly heldAt = new NumberFifo();
+  /** The event objects of held events that have one, by record. */
+  private readonly heldEvents = new Map<EventRecord, OutboundEvent>();
   private heldCount = 0;
   private heldBytes = 0;
   private readonly maxHeld: number;
@@ -270,7 +277,7 @@ export class EventHub implements EventSink {
     if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
     if (targets === 0) {
       // Held, not serialised and not in the resume window yet: both happen when a connection takes it.
-      this.hold(ev);
+      this.hold(ev.record, ev, ev.user);
       return;
     }
     // Framed once for several connections (which measures it); one connection writes it straight into its batch.
@@ -294,36 +301,67 @@ export class EventHub implements EventSink {
 
   // ---- held events (users with no connection) -------------------------------
 
-  private hold(ev: OutboundEvent): void {
-    this.ledger.markHeld(ev.record);
+  holdIfAbsent(record: EventRecord): boolean {
+    const user = record.run.user ?? '';
+    if (this.byUser.has(user)) return false;
+    if (this.closed) this.ledger.markDropped(record.run, record, 'shutdown');
+    else this.hold(record, undefined, user);
+    return true;
+  }
+
+  /** Hold an event (`ev`: its object, if it has one) for `user`, who has no connection that takes it. */
+  private hold(record: EventRecord, ev: OutboundEvent | undefined, user: string): void {
+    this.ledger.markHeld(record);
     if (this.opts.replayRetentionMillis === 0 || this.closing) {
-      this.ledger.markDropped(ev.run, ev.record, this.closing ? 'shutdown' : 'no_subscriber');
+      this.ledger.markDropped(record.run, record, this.closing ? 'shutdown' : 'no_subscriber');
       return;
     }
-    ev.heldAtMs = this.now();
-    let list = this.heldByUser.get(ev.user);
-    if (list === undefined) this.heldByUser.set(ev.user, (list = new Fifo<OutboundEvent>()));
-    list.push(ev);
-    this.heldQ.push(ev);
+    record.inHold = true;
+    let list = this.heldByUser.get(user);
+    if (list === undefined) this.heldByUser.set(user, (list = new Fifo<EventRecord>()));
+    list.push(record);
+    this.heldQ.push(record);
+    this.heldAt.push(this.now());
     this.heldCount++;
-    ev.bytes = ev.estimatedBytes;
-    this.heldBytes += ev.bytes;
+    if (ev !== undefined) {
+      this.heldEvents.set(record, ev);
+      ev.bytes = ev.estimatedBytes;
+      this.heldBytes += ev.bytes;
+    } else this.heldBytes += OutboundEvent.heldEstimate(record);
     // Bounds: give up the oldest held events (across users) first.
     while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldQ.length > 0) {
       const old = this.heldQ.shift()!;
-      if (old.heldAtMs < 0) continue;
+      this.heldAt.shift();
+      if (!old.inHold) continue;
+      const oldUser = this.heldUser(old);
       this.unheld(old);
-      this.ledger.markDropped(old.run, old.record, 'no_subscriber');
-      this.trimUser(old.user, old);
+      this.ledger.markDropped(old.run, old, 'no_subscriber');
+      this.trimUser(oldUser, old);
     }
   }
 
-  /** Take one held event out of the hold (delivered, dropped or expired). */
-  private unheld(ev: OutboundEvent): void {
-    ev.heldAtMs = -1;
+  /** The user a held event is held for. */
+  private heldUser(record: EventRecord): string {
+    const ev = this.heldEvents.size === 0 ? undefined : this.heldEvents.get(record);
+    return ev !== undefined ? ev.user : (record.run.user ?? '');
+  }
+
+  /**
+   * Take one held event out of the hold (delivered, dropped or expired);
+   * returns its event object if it was held with one.
+   */
+  private unheld(record: EventRecord): OutboundEvent | undefined {
+    record.inHold = false;
     this.heldCount--;
+    const ev = this.heldEvents.size === 0 ? undefined : this.heldEvents.get(record);
+    if (ev === undefined) {
+      this.heldBytes -= OutboundEvent.heldEstimate(record);
+      return undefined;
+    }
+    this.heldEvents.delete(record);
     this.heldBytes -= ev.bytes;
     ev.bytes = 0; // measured when a connection takes it
+    return ev;
   }
 
   /**
@@ -332,11 +370,11 @@ export class EventHub implements EventSink {
    * and the bound go oldest first) only it is dropped, without reading the
    * entries after it (any other given-up entries go at a later trim).
    */
-  private trimUser(user: string, gone?: OutboundEvent): void {
+  private trimUser(user: string, gone?: EventRecord): void {
     const list = this.heldByUser.get(user);
     if (list === undefined) return;
     if (gone !== undefined && list.peek() === gone) list.shift();
-    else while (list.length > 0 && list.peek()!.heldAtMs < 0) list.shift();
+    else while (list.length > 0 && !list.peek()!.inHold) list.shift();
     if (list.length === 0) this.heldByUser.delete(user);
   }
 
@@ -344,14 +382,15 @@ export class EventHub implements EventSink {
   private releaseHeld(conn: Connection): void {
     const held = this.heldByUser.get(conn.user);
     if (held === undefined) return;
-    const keep = new Fifo<OutboundEvent>();
-    for (let ev = held.shift(); ev !== undefined; ev = held.shift()) {
-      if (ev.heldAtMs < 0) continue;
+    const keep = new Fifo<EventRecord>();
+    for (let rec = held.shift(); rec !== undefined; rec = held.shift()) {
+      if (!rec.inHold) continue;
+      const ev = (this.heldEvents.size === 0 ? undefined : this.heldEvents.get(rec)) ?? OutboundEvent.ofHeld(rec);
       if (!conn.wants(ev)) {
-        keep.push(ev);
+        keep.push(rec);
         continue;
       }
-      this.unheld(ev);
+      this.unheld(rec);
       measure(ev);
       this.replay.add(ev);
       ev.run.sawConnection = true;
@@ -363,7 +402,7 @@ export class EventHub implements EventSink {
       }
     }
     // Whatever was not reached (the connection was closed for backpressure) stays held.
-    for (let ev = held.shift(); ev !== undefined; ev = held.shift()) if (ev.heldAtMs >= 0) keep.push(ev);
+    for (let rec = held.shift(); rec !== undefined; rec = held.shift()) if (rec.inHold) keep.push(rec);
     if (keep.length > 0) this.heldByUser.set(conn.user, keep);
     else this.heldByUser.delete(conn.user);
     if (conn.dirty) this.dirty.add(conn);
@@ -596,12 +635,13 @@ export class EventHub implements EventSink {
     this.replay.sweep();
     const cutoff = this.now() - this.opts.replayRetentionMillis;
     const users = new Set<string>();
-    for (let ev = this.heldQ.peek(); ev !== undefined && ev.heldAtMs <= cutoff; ev = this.heldQ.peek()) {
-      this.heldQ.shift();
-      if (ev.heldAtMs < 0) continue;
-      this.unheld(ev);
-      this.ledger.markDropped(ev.run, ev.record, 'no_subscriber');
-      users.add(ev.user);
+    for (let at = this.heldAt.peek(); at !== undefined && at <= cutoff; at = this.heldAt.peek()) {
+      this.heldAt.shift();
+      const rec = this.heldQ.shift()!;
+      if (!rec.inHold) continue;
+      users.add(this.heldUser(rec));
+      this.unheld(rec);
+      this.ledger.markDropped(rec.run, rec, 'no_subscriber');
     }
     for (const u of users) this.trimUser(u);
   }
@@ -654,13 +694,15 @@ export class EventHub implements EventSink {
     }
     // Terminated sockets report their unfinished writes on the next ticks.
     await new Promise((r) => setImmediate(r));
-    for (const ev of this.heldQ) {
-      if (ev.heldAtMs < 0) continue;
-      this.unheld(ev);
-      this.ledger.markDropped(ev.run, ev.record, 'shutdown');
+    for (const rec of this.heldQ) {
+      if (!rec.inHold) continue;
+      this.unheld(rec);
+      this.ledger.markDropped(rec.run, rec, 'shutdown');
     }
     this.heldByUser.clear();
     this.heldQ.clear();
+    this.heldAt.clear();
+    this.heldEvents.clear();
     this.replay.clear();
     this.closed = true;
     this.untrack();

@@ -53,3 +53,58 @@ export class Fifo<T> {
     for (let i = this.head; i < this.items.length; i++) yield this.items[i] as T;
   }
 }
+
+/**
+ * A first-in first-out queue of numbers (times) in a ring of a Float64Array:
+ * the values are stored unboxed. (A plain array of numbers whose consumed
+ * slots are cleared to `undefined`, like `Fifo`'s, stores each number as a
+ * heap object, and times such as `Date.now()` are not small integers.) It
+ * doubles when full and halves when a quarter full, down to its initial size.
+ */
+export class NumberFifo {
+  private buf = new Float64Array(NUMBER_FIFO_MIN);
+  private head = 0;
+  private n = 0;
+
+  get length(): number {
+    return this.n;
+  }
+
+  push(x: number): void {
+    if (this.n === this.buf.length) this.resize(this.buf.length * 2);
+    this.buf[(this.head + this.n) & (this.buf.length - 1)] = x;
+    this.n++;
+  }
+
+  /** The oldest entry, left in place. */
+  peek(): number | undefined {
+    return this.n === 0 ? undefined : this.buf[this.head];
+  }
+
+  /** Take the oldest entry out. */
+  shift(): number | undefined {
+    if (this.n === 0) return undefined;
+    const x = this.buf[this.head]!;
+    this.head = (this.head + 1) & (this.buf.length - 1);
+    this.n--;
+    if (this.buf.length > NUMBER_FIFO_MIN && this.n * 4 <= this.buf.length) this.resize(this.buf.length / 2);
+    return x;
+  }
+
+  clear(): void {
+    this.buf = new Float64Array(NUMBER_FIFO_MIN);
+    this.head = 0;
+    this.n = 0;
+  }
+
+  private resize(size: number): void {
+    const old = this.buf;
+    const b = new Float64Array(size);
+    for (let i = 0; i < this.n; i++) b[i] = old[(this.head + i) & (old.length - 1)]!;
+    this.buf = b;
+    this.head = 0;
+  }
+}
+
+/** A NumberFifo's initial (and smallest) ring size; a power of two. */
+const NUMBER_FIFO_MIN = 64;

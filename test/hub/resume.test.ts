@@ -1,4 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
+import type { SpanInput } from '../../src/conventions/SpanInput.js';
 import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
 import { connect, connectAcked, inProcessTracer, metricValue, startTestSidecar, until, type Frame, type TestClient } from '../helpers.js';
@@ -327,3 +329,88 @@ describe('events for a user with no connection', () => {
     expect(sc.tw.ledger.get(runId)!.judgement).toMatchObject({ verdict: 'missing_events', mainReason: 'no_subscriber' });
   });
 });
+
+/**
+ * One OTLP request's spans for a run of `user` in conversation `conv`,
+ * children first as an exporter sends them: an agent, a thinking span, a
+ * tool that fails, and a sub-agent; all ended. The same shape and times for
+ * every call (only the ids are new).
+ */
+function otlpRun(user: string, conv: string): SpanInput[] {
+  const hex = (n: number): string => randomBytes(n).toString('hex');
+  const traceId = hex(16);
+  const [top, llm, tool, sub] = [hex(8), hex(8), hex(8), hex(8)];
+  const t0 = Date.now() - 1000;
+  const span = (spanId: string, parentSpanId: string | undefined, name: string, attributes: Record<string, unknown>, start: number, end: number, statusCode = 0): SpanInput => ({ traceId, spanId, parentSpanId, name, startMs: t0 + start, endMs: t0 + end, attributes, statusCode });
+  return [
+    span(llm, top, 'chat gpt-4o', { 'gen_ai.operation.name': 'chat', 'gen_ai.request.model': 'gpt-4o' }, 1, 20.5),
+    span(tool, top, 'execute_tool search "docs"', { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'search "docs"', 'gen_ai.tool.call.id': 'call_1', 'error.type': 'timeout' }, 21, 40.25, 2),
+    span(sub, top, 'invoke_agent helper', { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'helper' }, 41, 60),
+    span(top, undefined, 'invoke_agent boss', { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'boss', 'user.id': user, 'gen_ai.conversation.id': conv }, 0, 61),
+  ];
+}
+
+/** A frame with the ids and times that differ between two runs of the same shape taken out. */
+function shape(text: string): Record<string, unknown> {
+  const { run_id: _r, trace_id: _t, span_id: _s, ts: _ts, ...rest } = JSON.parse(text) as Record<string, unknown>;
+  return rest;
+}
+
+const OTLP_EVENTS = 7; // agent_started, agent_thinking, tool_executing, tool_completed, agent_started (helper), agent_completed (helper), agent_completed
+
+describe('events of OTLP runs for a user with no connection (held as their ledger records)', () => {
+  const noFault = (err: unknown): void => {
+    throw err;
+  };
+
+  it('reach a later connection as exactly the frames a connected client gets, and the hold accounting returns to zero', async () => {
+    sc = await startTestSidecar({}, true);
+    const live = track(await connectAcked(sc, 'liv'));
+    sc.tw.otlpBridges.ingest(otlpRun('liv', 'conv-x'), noFault);
+    sc.tw.otlpBridges.ingest(otlpRun('abe', 'conv-x'), noFault);
+    await live.until((x) => x.events.length >= OTLP_EVENTS, 5000, 'live events');
+    expect(sc.tw.hub.stats().held).toBe(OTLP_EVENTS);
+    expect(sc.tw.hub.stats().heldBytes).toBeGreaterThan(0);
+    // Held as records: no event object was kept for any of them.
+    expect((sc.tw.hub as unknown as { heldEvents: Map<unknown, unknown> }).heldEvents.size).toBe(0);
+    const late = track(await connectAcked(sc, 'abe'));
+    await late.until((x) => x.events.length >= OTLP_EVENTS, 5000, 'held events');
+    const frames = (c: TestClient): string[] => c.texts.filter((t) => !t.startsWith('{"type":"ack"'));
+    for (const t of frames(late)) expect(t).toBe(JSON.stringify(JSON.parse(t)));
+    expect(frames(late).map(shape)).toEqual(frames(live).map(shape));
+    expect(late.events.map((e) => e.type)).toEqual(['agent_started', 'agent_thinking', 'tool_executing', 'tool_completed', 'agent_started', 'agent_completed', 'agent_completed']);
+    expect(late.events[3]!.data).toEqual({ tool: 'search "docs"', call_id: 'call_1', status: 'error', duration_ms: 19.25, error: 'timeout' });
+    expect(late.events[4]!.data).toEqual({ agent: 'helper', parent_agent: 'boss' });
+    expect(late.events.every((e) => e.conversation_id === 'conv-x')).toBe(true);
+    expect(sc.tw.hub.stats()).toMatchObject({ held: 0, heldBytes: 0 });
+    expect(await metricValue(sc, 'tracewire_events_delivered_late_total')).toBe(OTLP_EVENTS);
+  });
+
+  it('stay held past a connection narrowed to another conversation, and go to one of theirs', async () => {
+    sc = await startTestSidecar({}, true);
+    sc.tw.otlpBridges.ingest(otlpRun('bea', 'conv-a'), noFault);
+    sc.tw.otlpBridges.ingest(otlpRun('bea', 'conv-b'), noFault);
+    expect(sc.tw.hub.stats().held).toBe(2 * OTLP_EVENTS);
+    const a = track(await connectAcked(sc, 'bea', 'conversation_id=conv-a'));
+    await a.until((x) => x.events.length >= OTLP_EVENTS, 5000, 'conv-a events');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(a.events.every((e) => e.conversation_id === 'conv-a')).toBe(true);
+    expect(a.events).toHaveLength(OTLP_EVENTS);
+    expect(sc.tw.hub.stats().held).toBe(OTLP_EVENTS);
+    const b = track(await connectAcked(sc, 'bea', 'conversation_id=conv-b'));
+    await b.until((x) => x.events.length >= OTLP_EVENTS, 5000, 'conv-b events');
+    expect(b.events.every((e) => e.conversation_id === 'conv-b')).toBe(true);
+    expect(sc.tw.hub.stats()).toMatchObject({ held: 0, heldBytes: 0 });
+  });
+
+  it('are bounded (oldest dropped as no_subscriber) and expire after the hold window, the accounting back to zero each time', async () => {
+    sc = await startTestSidecar({ maxHeldEvents: 10, replayRetentionMillis: 300 }, true);
+    for (let i = 0; i < 3; i++) sc.tw.otlpBridges.ingest(otlpRun('cy', 'conv-c'), noFault);
+    expect(sc.tw.hub.stats().held).toBe(10);
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'no_subscriber' })).toBe(3 * OTLP_EVENTS - 10);
+    await until(() => sc!.tw.hub.stats().held === 0, 5000, 'hold expiry');
+    expect(sc.tw.hub.stats().heldBytes).toBe(0);
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'no_subscriber' })).toBe(3 * OTLP_EVENTS);
+  });
+});
+

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Fifo } from '../../src/util/Fifo.js';
+import { Fifo, NumberFifo } from '../../src/util/Fifo.js';
 
 describe('Fifo', () => {
   it('gives entries back in order across compactions, and keeps no consumed entry', () => {
@@ -26,6 +26,34 @@ describe('Fifo', () => {
     q.retain((x) => x % 2 === 0);
     expect([...q]).toEqual([2, 4, 6, 8]);
     expect(q.peek()).toBe(2);
+    q.clear();
+    expect(q.length).toBe(0);
+  });
+
+  it('NumberFifo gives numbers back in order while it grows past and shrinks back to its ring size, through wrap-around', () => {
+    const q = new NumberFifo();
+    const expected: number[] = [];
+    let next = 1_700_000_000_000.25;
+    const out: number[] = [];
+    // Grow to thousands, drain to a few, grow again: every resize happens with the ring wrapped.
+    for (const [push, take] of [[5000, 4990], [70, 60], [3000, 3010], [10, 20]] as const) {
+      for (let i = 0; i < push; i++) {
+        q.push(next);
+        expected.push(next);
+        next += 1.5;
+        if (i % 3 === 0 && q.length > 1) out.push(q.shift()!);
+      }
+      for (let i = 0; i < take && q.length > 0; i++) out.push(q.shift()!);
+    }
+    while (q.length > 0) {
+      expect(q.peek()).toBe(expected[out.length]);
+      out.push(q.shift()!);
+    }
+    expect(out).toEqual(expected);
+    expect(q.shift()).toBeUndefined();
+    expect(q.peek()).toBeUndefined();
+    expect((q as unknown as { buf: Float64Array }).buf.length).toBe(64);
+    q.push(3);
     q.clear();
     expect(q.length).toBe(0);
   });
