@@ -296,7 +296,7 @@ export class BridgeRegistry {
     const sink = this.sink!;
     if (sink.holdIfAbsent === undefined) return false;
     try {
-      return sink.holdIfAbsent(record);
+      return sink.holdIfAbsent(record, this.batchAtMs ?? this.now());
     } catch (err) {
       this.sinkFault(err, record);
       return true;

@@ -111,9 +111,10 @@ export interface EventSink {
    * has no connection now (true: held, or dropped if nothing may be held);
    * false: the caller publishes it. Only for an event whose data is written
    * later and whose span carries its conversation, so `OutboundEvent.ofHeld`
-   * makes the same event later.
+   * makes the same event later. `atMs`: now, as the caller last read the
+   * clock (an OTLP request's spans share one reading).
    */
-  holdIfAbsent?(record: EventRecord): boolean;
+  holdIfAbsent?(record: EventRecord, atMs: number): boolean;
   /** A run ended: its events become resumable only for the retention window. */
   runEnded?(runId: string): void;
 }

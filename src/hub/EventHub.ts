@@ -94,8 +94,9 @@ export class EventHub implements EventSink {
   /** Each user's held events in hold order (given-up ones leave from the front as they reach it). */
   private readonly heldByUser = new Map<string, Fifo<EventRecord>>();
   private readonly heldQ = new Fifo<EventRecord>();
-  /** When each entry of heldQ was held (ms). */
+  /** When each entry of heldQ was held (ms), and the bytes it counts for (so giving up the oldest reads nothing of it). */
   private readonly heldAt = new NumberFifo();
+  private readonly heldSize = new NumberFifo();
   /** The event objects of held events that have one, by record. */
   private readonly heldEvents = new Map<EventRecord, OutboundEvent>();
   private heldCount = 0;
@@ -277,7 +278,7 @@ export class EventHub implements EventSink {
     if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
     if (targets === 0) {
       // Held, not serialised and not in the resume window yet: both happen when a connection takes it.
-      this.hold(ev.record, ev, ev.user);
+      this.hold(ev.record, ev, ev.user, this.now());
       return;
     }
     // Framed once for several connections (which measures it); one connection writes it straight into its batch.
@@ -301,16 +302,16 @@ export class EventHub implements EventSink {
 
   // ---- held events (users with no connection) -------------------------------
 
-  holdIfAbsent(record: EventRecord): boolean {
+  holdIfAbsent(record: EventRecord, atMs: number): boolean {
     const user = record.run.user ?? '';
     if (this.byUser.has(user)) return false;
     if (this.closed) this.ledger.markDropped(record.run, record, 'shutdown');
-    else this.hold(record, undefined, user);
+    else this.hold(record, undefined, user, atMs);
     return true;
   }
 
-  /** Hold an event (`ev`: its object, if it has one) for `user`, who has no connection that takes it. */
-  private hold(record: EventRecord, ev: OutboundEvent | undefined, user: string): void {
+  /** Hold an event (`ev`: its object, if it has one) for `user`, who has no connection that takes it, from `atMs`. */
+  private hold(record: EventRecord, ev: OutboundEvent | undefined, user: string, atMs: number): void {
     this.ledger.markHeld(record);
     if (this.opts.replayRetentionMillis === 0 || this.closing) {
       this.ledger.markDropped(record.run, record, this.closing ? 'shutdown' : 'no_subscriber');
@@ -321,20 +322,23 @@ export class EventHub implements EventSink {
     if (list === undefined) this.heldByUser.set(user, (list = new Fifo<EventRecord>()));
     list.push(record);
     this.heldQ.push(record);
-    this.heldAt.push(this.now());
+    this.heldAt.push(atMs);
     this.heldCount++;
+    let bytes: number;
     if (ev !== undefined) {
       this.heldEvents.set(record, ev);
-      ev.bytes = ev.estimatedBytes;
-      this.heldBytes += ev.bytes;
-    } else this.heldBytes += OutboundEvent.heldEstimate(record);
+      bytes = ev.bytes = ev.estimatedBytes;
+    } else bytes = OutboundEvent.heldEstimate(record);
+    this.heldBytes += bytes;
+    this.heldSize.push(bytes);
     // Bounds: give up the oldest held events (across users) first.
     while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldQ.length > 0) {
       const old = this.heldQ.shift()!;
       this.heldAt.shift();
+      const oldBytes = this.heldSize.shift()!;
       if (!old.inHold) continue;
       const oldUser = this.heldUser(old);
-      this.unheld(old);
+      this.unheld(old, oldBytes);
       this.ledger.markDropped(old.run, old, 'no_subscriber');
       this.trimUser(oldUser, old);
     }
@@ -348,14 +352,15 @@ export class EventHub implements EventSink {
 
   /**
    * Take one held event out of the hold (delivered, dropped or expired);
-   * returns its event object if it was held with one.
+   * returns its event object if it was held with one. `bytes`: what it was
+   * counted for, when known (else counted again: the same estimate).
    */
-  private unheld(record: EventRecord): OutboundEvent | undefined {
+  private unheld(record: EventRecord, bytes?: number): OutboundEvent | undefined {
     record.inHold = false;
     this.heldCount--;
     const ev = this.heldEvents.size === 0 ? undefined : this.heldEvents.get(record);
     if (ev === undefined) {
-      this.heldBytes -= OutboundEvent.heldEstimate(record);
+      this.heldBytes -= bytes ?? OutboundEvent.heldEstimate(record);
       return undefined;
     }
     this.heldEvents.delete(record);
@@ -638,9 +643,10 @@ export class EventHub implements EventSink {
     for (let at = this.heldAt.peek(); at !== undefined && at <= cutoff; at = this.heldAt.peek()) {
       this.heldAt.shift();
       const rec = this.heldQ.shift()!;
+      const bytes = this.heldSize.shift()!;
       if (!rec.inHold) continue;
       users.add(this.heldUser(rec));
-      this.unheld(rec);
+      this.unheld(rec, bytes);
       this.ledger.markDropped(rec.run, rec, 'no_subscriber');
     }
     for (const u of users) this.trimUser(u);
@@ -702,6 +708,7 @@ export class EventHub implements EventSink {
     this.heldByUser.clear();
     this.heldQ.clear();
     this.heldAt.clear();
+    this.heldSize.clear();
     this.heldEvents.clear();
     this.replay.clear();
     this.closed = true;
