@@ -105,13 +105,14 @@ if (impl === 'tw-spans' || impl === 'tw-publish') {
           run++;
           runId = `run-${run}`;
           rec = new RunRecord(runId, `trace-${run}`, `span-${run}`, 'supervisor', Date.now(), Date.now());
+          rec.user = USER;
           span = { spanId: `span-${run}`, parentSpanId: undefined, kind: 'agent', name: 'supervisor', startMs: Date.now(), endMs: undefined };
         }
         seq++;
         const o = pool[(run % POOL_RUNS) * EVENTS_PER_RUN + seq - 1];
         const data = JSON.stringify(o.data);
         const evRec = rec.addEvent(seq, o.type, span);
-        tw.hub.publish(new OutboundEvent(USER, `c-${USER}`, evRec, rec, performance.now(), o.agent ?? undefined, data));
+        tw.hub.publish(new OutboundEvent(`c-${USER}`, evRec, performance.now(), o.agent ?? undefined, data));
         if (seq === EVENTS_PER_RUN) {
           tw.hub.runEnded(runId);
           seq = 0;

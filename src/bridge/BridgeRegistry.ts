@@ -245,10 +245,7 @@ export class BridgeRegistry {
     const pending = run.unrouted;
     if (pending === undefined) return;
     run.unrouted = undefined;
-    for (const ev of pending) {
-      ev.user = user;
-      this.publish(ev);
-    }
+    for (const ev of pending) this.publish(ev);
   }
 
   /**
@@ -283,7 +280,7 @@ export class BridgeRegistry {
       // Its user has no connection: held as its record alone (everything the event carries is read from it later).
       return;
     }
-    const ev = new OutboundEvent(run.user ?? '', node.conv ?? run.conversation, evRec, run, this.hookAt, node.agentName, data);
+    const ev = new OutboundEvent(node.conv ?? run.conversation, evRec, this.hookAt, node.agentName, data);
     if (run.user === undefined) {
       (run.unrouted ??= []).push(ev);
       return;

@@ -24,12 +24,9 @@ export class OutboundEvent {
   private json: string | undefined = undefined;
 
   constructor(
-    /** '' until the run's user is known. */
-    public user: string,
     readonly conversation: string | undefined,
-    /** The ledger's record of the event (its seq, type, span and outcome). */
+    /** The ledger's record of the event (its seq, type, span, run and outcome). */
     readonly record: EventRecord,
-    readonly run: RunRecord,
     /** performance.now() when the span hook ran (delivery latency histogram). */
     readonly hookAt: number | undefined,
     /** The agent the event belongs to (`agent` of the envelope). */
@@ -44,6 +41,13 @@ export class OutboundEvent {
   ) {}
 
   // Read from the run and the record (not copied: the resume window keeps every delivered event a while).
+  get run(): RunRecord {
+    return this.record.run;
+  }
+  /** The run's user ('' until it is known: the bridge publishes an event only once it is). */
+  get user(): string {
+    return this.record.run.user ?? '';
+  }
   get runId(): string {
     return this.run.runId;
   }
@@ -82,7 +86,7 @@ export class OutboundEvent {
    */
   static ofHeld(record: EventRecord): OutboundEvent {
     const span = record.span as unknown as HeldSource;
-    return new OutboundEvent(record.run.user ?? '', span.conv, record, record.run, undefined, span.agentName, undefined);
+    return new OutboundEvent(span.conv, record, undefined, span.agentName, undefined);
   }
 
   /** `estimatedBytes` of `ofHeld(record)`, without making the event. */

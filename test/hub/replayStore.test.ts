@@ -11,8 +11,9 @@ function store(now: { t: number }, o: Partial<{ retentionMillis: number; maxIdle
 
 function event(runId: string, seq: number, user = 'u'): OutboundEvent {
   const run = new RunRecord(runId, 't', 's', 'a', 0, 0);
+  run.user = user;
   const rec = run.addEvent(seq, 'agent_started', { spanId: 's', parentSpanId: undefined, kind: 'agent', name: 'a', startMs: 0 });
-  const ev = new OutboundEvent(user, undefined, rec, run, undefined, 'a', '{}');
+  const ev = new OutboundEvent(undefined, rec, undefined, 'a', '{}');
   ev.bytes = 4;
   return ev;
 }
