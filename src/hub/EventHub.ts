@@ -94,9 +94,8 @@ export class EventHub implements EventSink {
   /** Each user's held events in hold order (given-up ones leave from the front as they reach it). */
   private readonly heldByUser = new Map<string, Fifo<EventRecord>>();
   private readonly heldQ = new Fifo<EventRecord>();
-  /** When each entry of heldQ was held (ms), and the bytes it counts for (so giving up the oldest reads nothing of it). */
+  /** When each entry of heldQ was held (ms). */
   private readonly heldAt = new NumberFifo();
-  private readonly heldSize = new NumberFifo();
   /** The event objects of held events that have one, by record. */
   private readonly heldEvents = new Map<EventRecord, OutboundEvent>();
   private heldCount = 0;
@@ -278,7 +277,7 @@ export class EventHub implements EventSink {
     if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
     if (targets === 0) {
       // Held, not serialised and not in the resume window yet: both happen when a connection takes it.
-      this.hold(ev.record, ev, ev.user, this.now());
+      this.hold(ev.record, ev, this.now());
       return;
     }
     // Framed once for several connections (which measures it); one connection writes it straight into its batch.
@@ -306,61 +305,56 @@ export class EventHub implements EventSink {
     const user = record.run.user ?? '';
     if (this.byUser.has(user)) return false;
     if (this.closed) this.ledger.markDropped(record.run, record, 'shutdown');
-    else this.hold(record, undefined, user, atMs);
+    else this.hold(record, undefined, atMs);
     return true;
   }
 
-  /** Hold an event (`ev`: its object, if it has one) for `user`, who has no connection that takes it, from `atMs`. */
-  private hold(record: EventRecord, ev: OutboundEvent | undefined, user: string, atMs: number): void {
+  /** Hold an event (`ev`: its object, if it has one) for its user, who has no connection that takes it, from `atMs`. */
+  private hold(record: EventRecord, ev: OutboundEvent | undefined, atMs: number): void {
     this.ledger.markHeld(record);
     if (this.opts.replayRetentionMillis === 0 || this.closing) {
       this.ledger.markDropped(record.run, record, this.closing ? 'shutdown' : 'no_subscriber');
       return;
     }
     record.inHold = true;
+    const user = record.run.user ?? '';
     let list = this.heldByUser.get(user);
     if (list === undefined) this.heldByUser.set(user, (list = new Fifo<EventRecord>()));
     list.push(record);
     this.heldQ.push(record);
     this.heldAt.push(atMs);
     this.heldCount++;
-    let bytes: number;
     if (ev !== undefined) {
       this.heldEvents.set(record, ev);
-      bytes = ev.bytes = ev.estimatedBytes;
-    } else bytes = OutboundEvent.heldEstimate(record);
-    this.heldBytes += bytes;
-    this.heldSize.push(bytes);
+      ev.bytes = ev.estimatedBytes;
+      this.heldBytes += ev.bytes;
+    } else this.heldBytes += OutboundEvent.heldEstimate(record);
     // Bounds: give up the oldest held events (across users) first.
     while ((this.heldCount > this.maxHeld || this.heldBytes > this.maxHeldBytes) && this.heldQ.length > 0) {
       const old = this.heldQ.shift()!;
       this.heldAt.shift();
-      const oldBytes = this.heldSize.shift()!;
       if (!old.inHold) continue;
-      const oldUser = this.heldUser(old);
-      this.unheld(old, oldBytes);
+      this.unheld(old);
       this.ledger.markDropped(old.run, old, 'no_subscriber');
-      this.trimUser(oldUser, old);
+      this.trimUser(old.run.user ?? '', old);
     }
   }
 
-  /** The user a held event is held for. */
-  private heldUser(record: EventRecord): string {
-    const ev = this.heldEvents.size === 0 ? undefined : this.heldEvents.get(record);
-    return ev !== undefined ? ev.user : (record.run.user ?? '');
+  /** The event object a held event was held with, if any (most are held as their record alone). */
+  private heldEventOf(record: EventRecord): OutboundEvent | undefined {
+    return this.heldEvents.size === 0 ? undefined : this.heldEvents.get(record);
   }
 
   /**
    * Take one held event out of the hold (delivered, dropped or expired);
-   * returns its event object if it was held with one. `bytes`: what it was
-   * counted for, when known (else counted again: the same estimate).
+   * returns its event object if it was held with one.
    */
-  private unheld(record: EventRecord, bytes?: number): OutboundEvent | undefined {
+  private unheld(record: EventRecord): OutboundEvent | undefined {
     record.inHold = false;
     this.heldCount--;
-    const ev = this.heldEvents.size === 0 ? undefined : this.heldEvents.get(record);
+    const ev = this.heldEventOf(record);
     if (ev === undefined) {
-      this.heldBytes -= bytes ?? OutboundEvent.heldEstimate(record);
+      this.heldBytes -= OutboundEvent.heldEstimate(record);
       return undefined;
     }
     this.heldEvents.delete(record);
@@ -390,7 +384,7 @@ export class EventHub implements EventSink {
     const keep = new Fifo<EventRecord>();
     for (let rec = held.shift(); rec !== undefined; rec = held.shift()) {
       if (!rec.inHold) continue;
-      const ev = (this.heldEvents.size === 0 ? undefined : this.heldEvents.get(rec)) ?? OutboundEvent.ofHeld(rec);
+      const ev = this.heldEventOf(rec) ?? OutboundEvent.ofHeld(rec);
       if (!conn.wants(ev)) {
         keep.push(rec);
         continue;
@@ -643,10 +637,9 @@ export class EventHub implements EventSink {
     for (let at = this.heldAt.peek(); at !== undefined && at <= cutoff; at = this.heldAt.peek()) {
       this.heldAt.shift();
       const rec = this.heldQ.shift()!;
-      const bytes = this.heldSize.shift()!;
       if (!rec.inHold) continue;
-      users.add(this.heldUser(rec));
-      this.unheld(rec, bytes);
+      users.add(rec.run.user ?? '');
+      this.unheld(rec);
       this.ledger.markDropped(rec.run, rec, 'no_subscriber');
     }
     for (const u of users) this.trimUser(u);
@@ -708,7 +701,6 @@ export class EventHub implements EventSink {
     this.heldByUser.clear();
     this.heldQ.clear();
     this.heldAt.clear();
-    this.heldSize.clear();
     this.heldEvents.clear();
     this.replay.clear();
     this.closed = true;
