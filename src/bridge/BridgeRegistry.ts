@@ -135,25 +135,22 @@ export class BridgeRegistry {
    * failed in the bridge; the others still go through.
    */
   ingest(spans: readonly SpanInput[], onFault: (err: unknown) => void): void {
-    if (this.batchAtMs !== undefined) {
-      // Re-entered (a sink that feeds spans back): as separate spans.
-      for (const span of spans) this.ingestOne(span, onFault);
-      return;
-    }
-    this.batchAtMs = this.now();
+    // Re-entered (a sink that feeds spans back), the spans join the batch in progress.
+    const outer = this.batchAtMs === undefined;
+    if (outer) this.batchAtMs = this.now();
     try {
-      for (const span of spans) this.ingestOne(span, onFault);
+      for (const span of spans) {
+        try {
+          this.handle(span, span.endMs !== undefined);
+        } catch (err) {
+          onFault(err);
+        }
+      }
     } finally {
-      this.batchAtMs = undefined;
-      this.indexBatchHeld();
-    }
-  }
-
-  private ingestOne(span: SpanInput, onFault: (err: unknown) => void): void {
-    try {
-      this.handle(span, span.endMs !== undefined);
-    } catch (err) {
-      onFault(err);
+      if (outer) {
+        this.batchAtMs = undefined;
+        this.indexBatchHeld();
+      }
     }
   }
 
