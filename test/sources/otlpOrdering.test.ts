@@ -1,4 +1,4 @@
-import { context, trace } from '@opentelemetry/api';
+import { context, trace, type Context, type Span } from '@opentelemetry/api';
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
@@ -130,6 +130,8 @@ interface Fixture {
   readonly tracer: ReturnType<BasicTracerProvider['getTracer']>;
   /** Post the spans that finished since the last post (and forget them). */
   postFinished(): Promise<void>;
+  /** An HTTP server span (`POST /chat`) with these attributes, and the context of a child of it. */
+  requestSpan(attributes: Record<string, string>): { span: Span; parent: Context };
   /** Wait until a metric reaches `value` (the receiver answers before the bridge's last timers ran). */
   untilMetric(name: string, labels: Record<string, string>, value: number): Promise<void>;
 }
@@ -139,11 +141,16 @@ async function withOwnSidecar(opts: TracewireOptions, body: (f: Fixture) => Prom
   const s2 = await startTestSidecar({ graceMillis: 20, ...opts, onVerdict: (r) => verdicts.push(r) }, true);
   const mem = new InMemorySpanExporter();
   const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
+  const tracer = provider.getTracer('otlp-ordering');
   try {
     await body({
       s2,
       verdicts,
-      tracer: provider.getTracer('otlp-ordering'),
+      tracer,
+      requestSpan: (attributes) => {
+        const span = tracer.startSpan('POST /chat', { kind: 1, attributes });
+        return { span, parent: trace.setSpan(context.active(), span) };
+      },
       postFinished: async () => {
         const spans = mem.getFinishedSpans().slice();
         mem.reset();
@@ -190,12 +197,11 @@ describe('a trace kept after its runs were judged (its done spans kept as ids on
   });
 
   it('opens a later run below a span outside every run, which passes on its user', async () => {
-    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished, requestSpan }) => {
       const user = 'fay-second-run';
       const client = await connectAcked(s2, user);
       // An HTTP server span carrying the user, and two runs under it exported in two batches.
-      const server = tracer.startSpan('POST /chat', { kind: 1, attributes: { 'user.id': user } });
-      const parent = trace.setSpan(context.active(), server);
+      const { span: server, parent } = requestSpan({ 'user.id': user });
       const first = await runDemoAgent(tracer, { user, userOnSpan: false, parent });
       server.end();
       await postFinished();
@@ -253,11 +259,10 @@ describe('a long trace with many judged runs (past the ids kept in one string)',
 describe('a request span that ended and was exported before the run it started (202 Accepted, agent in the background)', () => {
   it('passes its user on: the run is delivered at once, not after the orphan hold', async () => {
     // The default orphan hold (10 s): waiting for it would fail the 5 s wait below.
-    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished, requestSpan }) => {
       const user = 'hal-background';
       const client = await connectAcked(s2, user);
-      const request = tracer.startSpan('POST /chat', { kind: 1, attributes: { 'user.id': user, 'gen_ai.conversation.id': 'conv-bg' } });
-      const parent = trace.setSpan(context.active(), request);
+      const { span: request, parent } = requestSpan({ 'user.id': user, 'gen_ai.conversation.id': 'conv-bg' });
       request.end();
       // The request's span goes out first, alone: a trace with no run yet.
       await postFinished();
@@ -281,11 +286,10 @@ describe('a request span that ended and was exported before the run it started (
 
 describe('a request span exported after more spans than a released trace leaves (children first)', () => {
   it('is still remembered, so a background run below it gets its user at once', async () => {
-    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished, requestSpan }) => {
       const user = 'ivy-many-queries';
       const client = await connectAcked(s2, user);
-      const request = tracer.startSpan('POST /chat', { kind: 1, attributes: { 'user.id': user } });
-      const parent = trace.setSpan(context.active(), request);
+      const { span: request, parent } = requestSpan({ 'user.id': user });
       // 100 database spans under the request end before it: they are exported first, the request span last.
       for (let i = 0; i < 100; i++) tracer.startSpan(`SELECT ${i}`, { attributes: { 'db.system': 'postgresql' } }, parent).end();
       request.end();
