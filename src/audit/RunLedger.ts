@@ -396,7 +396,6 @@ function byKey(a: RunRecord, b: RunRecord): number {
  * (startMs, openSeq). With openSeq - 1 it is the first index at or above the
  * key; with Infinity, the first run that started after startMs.
  */
-
 function indexAfter(a: readonly RunRecord[], startMs: number, openSeq: number): number {
   let lo = 0;
   let hi = a.length;
