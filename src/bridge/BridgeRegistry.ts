@@ -80,6 +80,15 @@ export class BridgeRegistry {
   private closed = false;
   /** See handle(). */
   private hookAt: number | undefined;
+  /**
+   * The traces in `traces`, oldest first (what `maxTraces` evicts). A trace
+   * forgotten otherwise leaves from the front when it reaches it, or all at
+   * once when forgotten ones are most of the queue (`staleInOrder`).
+   * `traces.entries().next()` would scan every deleted entry before the
+   * first live one (see BoundedMap).
+   */
+  private readonly traceOrder = new Fifo<TraceBridge>();
+  private staleInOrder = 0;
   /** OTLP: ids of traces waiting for their idle check (not the traces: a released one is not kept), and when each was queued (ascending). */
   private readonly idleQ = new Fifo<string>();
   private readonly idleAt = new NumberFifo();
@@ -121,6 +130,10 @@ export class BridgeRegistry {
 
   get traceCount(): number {
     return this.traces.size;
+  }
+  /** Entries of the trace eviction queue, live and forgotten (tests check it stays bounded). */
+  get traceOrderSize(): number {
+    return this.traceOrder.length;
   }
   get runCount(): number {
     return this.liveRuns;
@@ -185,6 +198,7 @@ export class BridgeRegistry {
       if (this.traces.size >= this.opts.maxTraces) this.evictOldestTrace();
       tb = new TraceBridge(span.traceId, this);
       this.traces.set(span.traceId, tb);
+      this.traceOrder.push(tb);
       if (!this.opts.parentsArriveFirst) {
         this.idleQ.push(span.traceId);
         this.idleAt.push(this.batchAtMs ?? this.now());
@@ -448,10 +462,23 @@ export class BridgeRegistry {
   private forgetTrace(id: string): void {
     this.traces.delete(id);
     if (this.lastTrace?.traceId === id) this.lastTrace = undefined;
+    this.staleInOrder++;
+    const q = this.traceOrder;
+    // Traces mostly go oldest first (idle, evicted): the front stays live, nothing is left to compact.
+    for (let tb = q.peek(); tb !== undefined && this.traces.get(tb.traceId) !== tb; tb = q.peek()) {
+      q.shift();
+      this.staleInOrder--;
+    }
+    if (this.staleInOrder > 1024 && this.staleInOrder * 2 > q.length) {
+      q.retain((tb) => this.traces.get(tb.traceId) === tb);
+      this.staleInOrder = 0;
+    }
   }
 
   private evictOldestTrace(): void {
-    const [id, tb] = this.traces.entries().next().value as [string, TraceBridge];
+    // The front of traceOrder is live (forgetTrace leaves it so).
+    const tb = this.traceOrder.peek()!;
+    const id = tb.traceId;
     this.forgetTrace(id);
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.heldIndex.delete(n);

@@ -75,9 +75,6 @@ describe('bounded in-flight state', () => {
     expect(await evictions(sc)).toBe(2);
   });
 
-  // Known bug in src/bridge (reported, not owned here): evictOldestTrace() does not remember the evicted trace
-  // as released, so when an evicted run's top-level span ends later it opens a phantom run (a second verdict for
-  // the same run_id) and, the trace table being full, evicts another live trace. Flip to `it` once fixed.
   it('maxTraces: the late end of an evicted run opens no phantom run and evicts nothing else', async () => {
     sc = await startTestSidecar({ maxTraces: 3 });
     const { tracer } = inProcessTracer(sc);
@@ -88,6 +85,42 @@ describe('bounded in-flight state', () => {
     await settle(150);
     expect(await evictions(sc)).toBe(2);
     expect(await runsTotal(sc)).toBe(5);
+  });
+
+  it('maxTraces: with traces forgotten out of order, the oldest kept trace is the one evicted, and the eviction queue stays bounded', async () => {
+    sc = await startTestSidecar({ maxTraces: 4000 });
+    const b = sc.tw.inProcessBridges;
+    const agent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
+    // A long run opens first; 3,000 short runs after it each end (their traces are forgotten while it stays at the front).
+    const long = agent(hex(16), 'old');
+    b.startSpan({ ...long, endMs: undefined });
+    let maxQueue = 0;
+    for (let i = 0; i < 3000; i++) {
+      const s = agent(hex(16), 'short');
+      b.startSpan({ ...s, endMs: undefined });
+      b.endSpan(s);
+      maxQueue = Math.max(maxQueue, b.traceOrderSize);
+    }
+    expect(b.traceCount).toBe(1);
+    // Forgotten entries are compacted away once they are most of the queue (past 1,024 of them).
+    expect(maxQueue).toBeLessThanOrEqual(2 * 1025 + 1);
+    expect(b.traceOrderSize).toBeLessThan(1100);
+    expect(await evictions(sc)).toBe(0);
+
+    // Fill the table with runs still in flight: the next trace evicts the long run's trace, the oldest kept.
+    const open = Array.from({ length: 3999 }, () => agent(hex(16), 'later'));
+    for (const s of open) b.startSpan({ ...s, endMs: undefined });
+    expect(b.traceCount).toBe(4000);
+    expect(await evictions(sc, 'max_traces')).toBe(0);
+    b.startSpan({ ...agent(hex(16), 'last'), endMs: undefined });
+    expect(await evictions(sc, 'max_traces')).toBe(1);
+    expect(sc.tw.ledger.get(`${long.traceId}-${long.spanId}`)!.judgement).toMatchObject({ verdict: 'abandoned', reasons: { evicted: 1 } });
+    // The next one evicts the oldest of the rest, in the order they opened.
+    b.startSpan({ ...agent(hex(16), 'last'), endMs: undefined });
+    const firstOpen = open[0]!;
+    expect(sc.tw.ledger.get(`${firstOpen.traceId}-${firstOpen.spanId}`)!.judgement).toMatchObject({ verdict: 'abandoned' });
+    expect(sc.tw.ledger.get(`${open[1]!.traceId}-${open[1]!.spanId}`)!.judgement).toBeUndefined();
+    expect(b.traceOrderSize).toBe(4000);
   });
 
   it('maxSpansPerRun: spans past the bound are dropped and counted (max_spans), once each (OTLP)', async () => {
