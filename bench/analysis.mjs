@@ -56,6 +56,20 @@ if (want('evict')) {
   const past = ms(t0) / 2000;
   console.log(`[evict] opening a live run: ${(before * 1000).toFixed(1)} µs below maxTraces; ${(past * 1000).toFixed(1)} µs once at maxTraces with ~100k runs in flight`);
   await tw.close(100);
+
+  // Spans whose parent never arrives (an exporter that drops parents): past maxOrphanSpans every new one gives up
+  // the oldest held span, so the oldest entries of the held index keep leaving (see EvictionOrder).
+  const tw2 = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbeatMillis: 0, maxOrphanSpans: 20_000, replayRetentionMillis: 0 });
+  const orphan = (i) => ({ traceId: i.toString(16).padStart(32, '0'), spanId: i.toString(16).padStart(16, '0'), parentSpanId: 'f'.repeat(16), name: 'execute_tool lookup', startMs: Date.now() - 1, endMs: Date.now(), attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' }, statusCode: 0 });
+  const flood = (from, n) => {
+    const t = process.hrtime.bigint();
+    for (let i = from; i < from + n; i += 500) tw2.otlpBridges.ingest(Array.from({ length: 500 }, (_, k) => orphan(i + k)), () => {});
+    return (ms(t) * 1000) / n;
+  };
+  const below = flood(1, 20_000);
+  const atBound = flood(20_001, 100_000);
+  console.log(`[evict] an orphan span (its parent never arrives): ${below.toFixed(1)} µs below maxOrphanSpans (20,000); ${atBound.toFixed(1)} µs for the next 100,000, each giving up the oldest held span`);
+  await tw2.close(100);
 }
 
 if (want('otlp-hold')) {

@@ -4,6 +4,7 @@ import type { RunLedger } from '../audit/RunLedger.js';
 import { classify } from '../conventions/classify.js';
 import { BoundedMap } from '../util/BoundedMap.js';
 import { Fifo, NumberFifo } from '../util/Fifo.js';
+import { EvictionOrder } from '../util/EvictionOrder.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 import { eventData } from './eventData.js';
@@ -50,16 +51,15 @@ const REASON_SET = new Set<string>(DROP_REASONS);
  */
 export class BridgeRegistry {
   private readonly traces = new Map<string, TraceBridge>();
-  /**
-   * In-flight runs in open order, for evicting the oldest at maxInFlightRuns.
-   * Released runs are skipped at the head and compacted away once they are
-   * most of the queue (runs end in any order).
-   */
-  private readonly runQ = new Fifo<RunState>();
+  /** The traces in `traces`, oldest first (what `maxTraces` evicts). */
+  private readonly traceOrder = new EvictionOrder<TraceBridge>((tb) => this.traces.get(tb.traceId) === tb);
+  /** In-flight runs in open order, for evicting the oldest at maxInFlightRuns (runs end in any order). */
+  private readonly runQ = new EvictionOrder<RunState>((r) => !r.ended);
   private liveRuns = 0;
-  private releasedInQ = 0;
-  /** Held spans in hold order (oldest first): their trace, since when, and audit events they carry. */
+  /** Held spans: their trace, since when, and audit events they carry. */
   private readonly heldIndex = new Map<SpanNode, Held>();
+  /** Held spans in hold order (what the orphan sweep and `maxOrphanSpans` give up first). */
+  private readonly heldOrder = new EvictionOrder<SpanNode>((node) => this.heldIndex.has(node));
   /**
    * Recently released traces that had runs. In-process, a trace is released
    * as soon as its runs ended; a span of it that ends later (an abandoned
@@ -80,15 +80,6 @@ export class BridgeRegistry {
   private closed = false;
   /** See handle(). */
   private hookAt: number | undefined;
-  /**
-   * The traces in `traces`, oldest first (what `maxTraces` evicts). A trace
-   * forgotten otherwise leaves from the front when it reaches it, or all at
-   * once when forgotten ones are most of the queue (`staleInOrder`).
-   * `traces.entries().next()` would scan every deleted entry before the
-   * first live one (see BoundedMap).
-   */
-  private readonly traceOrder = new Fifo<TraceBridge>();
-  private staleInOrder = 0;
   /** OTLP: ids of traces waiting for their idle check (not the traces: a released one is not kept), and when each was queued (ascending). */
   private readonly idleQ = new Fifo<string>();
   private readonly idleAt = new NumberFifo();
@@ -134,6 +125,10 @@ export class BridgeRegistry {
   /** Entries of the trace eviction queue, live and forgotten (tests check it stays bounded). */
   get traceOrderSize(): number {
     return this.traceOrder.length;
+  }
+  /** Entries of the held-span order, live and given up (tests check it stays bounded). */
+  get heldOrderSize(): number {
+    return this.heldOrder.length;
   }
   get runCount(): number {
     return this.liveRuns;
@@ -226,7 +221,7 @@ export class BridgeRegistry {
 
   openRun(tb: TraceBridge, top: SpanNode): RunState {
     if (this.liveRuns >= this.opts.maxInFlightRuns) {
-      const oldest = this.oldestRun();
+      const oldest = this.runQ.oldest();
       if (oldest !== undefined) {
         this.evicted('max_runs');
         this.releaseRun(oldest);
@@ -240,15 +235,6 @@ export class BridgeRegistry {
     tb.runCount++;
     this.ledger.open(run);
     return run;
-  }
-
-  private oldestRun(): RunState | undefined {
-    const q = this.runQ;
-    while (q.length > 0 && q.peek()!.ended) {
-      q.shift();
-      this.releasedInQ--;
-    }
-    return q.peek();
   }
 
   resolveUser(run: RunState, user: string): void {
@@ -360,11 +346,7 @@ export class BridgeRegistry {
     run.trace = undefined;
     run.top = undefined;
     this.liveRuns--;
-    this.releasedInQ++;
-    if (this.releasedInQ > 1024 && this.releasedInQ * 2 > this.runQ.length) {
-      this.runQ.retain((r) => !r.ended);
-      this.releasedInQ = 0;
-    }
+    this.runQ.left();
     tb.activeRuns--;
     this.maybeRelease(tb);
   }
@@ -421,18 +403,29 @@ export class BridgeRegistry {
       return;
     }
     this.heldIndex.set(node, { tb, atMs: this.now(), audit: undefined });
+    this.heldOrder.push(node);
     if (this.heldIndex.size > this.opts.maxOrphanSpans) {
-      const [oldest, h] = this.heldIndex.entries().next().value as [SpanNode, Held];
       this.evicted('max_orphans');
-      h.tb.forceAnchor(oldest);
+      this.giveUp(this.heldOrder.oldest()!);
     }
   }
 
   /** A held span is anchored (or given up): returns the audit events it carried. */
   unheld(node: SpanNode): readonly SpanEventInput[] | undefined {
     const h = this.heldIndex.get(node);
+    if (h === undefined) return undefined;
     this.heldIndex.delete(node);
-    return h?.audit;
+    this.heldOrder.left();
+    return h.audit;
+  }
+
+  /** Stop waiting for a held span's ancestors (it is anchored as a local root). */
+  private giveUp(node: SpanNode): TraceBridge {
+    const tb = this.heldIndex.get(node)!.tb;
+    tb.forceAnchor(node);
+    // forceAnchor takes it out of the index; if it did not, it still must not stay at the front.
+    this.unheld(node);
+    return tb;
   }
 
   evicted(reason: EvictionReason): void {
@@ -462,26 +455,15 @@ export class BridgeRegistry {
   private forgetTrace(id: string): void {
     this.traces.delete(id);
     if (this.lastTrace?.traceId === id) this.lastTrace = undefined;
-    this.staleInOrder++;
-    const q = this.traceOrder;
-    // Traces mostly go oldest first (idle, evicted): the front stays live, nothing is left to compact.
-    for (let tb = q.peek(); tb !== undefined && this.traces.get(tb.traceId) !== tb; tb = q.peek()) {
-      q.shift();
-      this.staleInOrder--;
-    }
-    if (this.staleInOrder > 1024 && this.staleInOrder * 2 > q.length) {
-      q.retain((tb) => this.traces.get(tb.traceId) === tb);
-      this.staleInOrder = 0;
-    }
+    this.traceOrder.left();
   }
 
   private evictOldestTrace(): void {
-    // The front of traceOrder is live (forgetTrace leaves it so).
-    const tb = this.traceOrder.peek()!;
+    const tb = this.traceOrder.oldest()!;
     const id = tb.traceId;
     this.forgetTrace(id);
     this.evicted('max_traces');
-    for (const n of tb.heldNodes()) this.heldIndex.delete(n);
+    for (const n of tb.heldNodes()) this.unheld(n);
     for (const node of tb.nodeList()) {
       const run = node.run;
       if (run === undefined || run.ended || run.top !== node) continue;
@@ -497,12 +479,11 @@ export class BridgeRegistry {
     const now = this.now();
     // Events the sweep releases were not made emittable by a hook: no delivery latency for them.
     this.hookAt = undefined;
-    // In hold order, stopping at the first span still within its hold time (Map iteration tolerates the deletions).
-    for (const [node, h] of this.heldIndex) {
-      if (h.atMs + this.opts.orphanHoldMillis > now) break;
+    // In hold order, stopping at the first span still within its hold time.
+    for (let node = this.heldOrder.oldest(); node !== undefined; node = this.heldOrder.oldest()) {
+      if (this.heldIndex.get(node)!.atMs + this.opts.orphanHoldMillis > now) break;
       this.evicted('orphan_timeout');
-      h.tb.forceAnchor(node);
-      this.maybeRelease(h.tb);
+      this.maybeRelease(this.giveUp(node));
     }
     if (!this.opts.parentsArriveFirst) this.dropIdleTraces(now);
   }

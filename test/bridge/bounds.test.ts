@@ -198,6 +198,41 @@ describe('bounded in-flight state', () => {
     expect(await evictions(sc)).toBe(2);
   });
 
+  it('maxOrphanSpans: with held spans anchored out of order, the oldest still held is given up, and the hold order stays bounded', async () => {
+    sc = await startTestSidecar({ maxOrphanSpans: 2000, orphanHoldMillis: 60_000 }, true);
+    const b = sc.tw.otlpBridges;
+    // Agent spans whose parent never arrives: one given up becomes a run of its own (so the ledger shows which were).
+    const orphanAgent = (): SpanInput => otlpSpan({ traceId: hex(16), parentSpanId: hex(8), name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': 'fay' } });
+    const givenUp = (s: SpanInput): boolean => sc!.tw.ledger.get(`${s.traceId}-${s.spanId}`) !== undefined;
+    // An orphan that stays, then 5,000 whose parents arrive right after them (each leaves the hold from behind it).
+    const first = orphanAgent();
+    b.endSpan(first);
+    let most = 0;
+    for (let i = 0; i < 5000; i++) {
+      const traceId = hex(16);
+      const parent = hex(8);
+      b.endSpan(otlpSpan({ traceId, parentSpanId: parent, name: 'execute_tool lookup', attributes: TOOL }));
+      b.endSpan(otlpSpan({ traceId, spanId: parent, name: 'GET', attributes: {} }));
+      most = Math.max(most, b.heldOrderSize);
+    }
+    expect(b.heldCount).toBe(1);
+    expect(most).toBeLessThanOrEqual(2 * 1025 + 1);
+    // Fill the hold: the first orphan is the one given up, then the oldest of the rest, in hold order.
+    const later = Array.from({ length: 2001 }, orphanAgent);
+    for (const s of later.slice(0, 1999)) b.endSpan(s);
+    expect(b.heldCount).toBe(2000);
+    expect(givenUp(first)).toBe(false);
+    b.endSpan(later[1999]!);
+    expect(await evictions(sc, 'max_orphans')).toBe(1);
+    expect(givenUp(first)).toBe(true);
+    expect(givenUp(later[0]!)).toBe(false);
+    b.endSpan(later[2000]!);
+    expect(givenUp(later[0]!)).toBe(true);
+    expect(givenUp(later[1]!)).toBe(false);
+    expect(b.heldCount).toBe(2000);
+    expect(b.heldOrderSize).toBe(2000);
+  });
+
   it('orphanHoldMillis: held spans are given up after the hold time (orphan_timeout)', async () => {
     sc = await startTestSidecar({ maxOrphanSpans: 100, orphanHoldMillis: 100 }, true);
     const b = sc.tw.otlpBridges;
