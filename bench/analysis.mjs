@@ -5,7 +5,7 @@
 //   node bench/analysis.mjs sweep|evict|otlp-hold|survivors
 //
 //   sweep      ReplayStore.sweep() with many retained runs (a full scan every second)
-//   evict      opening runs below and at maxTraces (eviction cost per new trace)
+//   evict      eviction cost at each bound: a new trace at maxTraces, an orphan span at maxOrphanSpans, a resume-window event at replayMaxTotalBytes
 //   otlp-hold  decode + bridge per span with the hold for absent users on and off, and the GC pauses of each
 //   survivors  bytes allocated per OTLP span, and how many of them survive a young-generation collection
 import { spawnSync } from 'node:child_process';
@@ -70,6 +70,20 @@ if (want('evict')) {
   const atBound = flood(20_001, 100_000);
   console.log(`[evict] an orphan span (its parent never arrives): ${below.toFixed(1)} µs below maxOrphanSpans (20,000); ${atBound.toFixed(1)} µs for the next 100,000, each giving up the oldest held span`);
   await tw2.close(100);
+
+  // The resume window past replayMaxTotalBytes: every event of a new run drops the oldest run.
+  const { ReplayStore } = await import(distUrl('hub/ReplayStore.js'));
+  const rs = new ReplayStore({ retentionMillis: 60_000, maxEventsPerRun: 1000, maxBytesPerRun: 1 << 20, maxTotalBytes: 50_000 * 460, maxIdleMillis: 600_000, now: Date.now });
+  const frame = Buffer.alloc(300);
+  const replayed = (from, n) => {
+    const evs = Array.from({ length: n }, (_, k) => ({ runId: `run-${from + k}`, user: `u-${k % 100}`, seq: 1, frame, bytes: frame.length, payload: '', run: { endMs: undefined } }));
+    const t = process.hrtime.bigint();
+    for (const ev of evs) rs.add(ev);
+    return (ms(t) * 1000) / n;
+  };
+  const under = replayed(0, 50_000);
+  const over = replayed(50_000, 200_000);
+  console.log(`[evict] a resume-window event of a new run: ${under.toFixed(2)} µs below replayMaxTotalBytes (50,000 runs); ${over.toFixed(2)} µs for the next 200,000, each dropping the oldest run`);
 }
 
 if (want('otlp-hold')) {

@@ -1,3 +1,4 @@
+import { EvictionOrder } from '../util/EvictionOrder.js';
 import { Fifo } from '../util/Fifo.js';
 import type { OutboundEvent } from '../bridge/EventSink.js';
 import { append } from '../util/arrays.js';
@@ -38,6 +39,8 @@ export const EVENT_OVERHEAD_BYTES = 160;
  */
 export class ReplayStore {
   private readonly runs = new Map<string, ReplayEntry>();
+  /** The retained runs, oldest first (what maxTotalBytes drops first). */
+  private readonly order = new EvictionOrder<ReplayEntry>((x) => this.runs.get(x.runId) === x);
   /** The retained runs of each user, oldest first (resume of every run of a user). */
   private readonly byUser = new Map<string, Set<ReplayEntry>>();
   private totalBytes = 0;
@@ -68,6 +71,7 @@ export class ReplayStore {
     if (e === undefined) {
       e = { runId: ev.runId, user: ev.user, events: [], head: 0, bytes: 0, endedAtMs: undefined, lastAddMs: now };
       this.runs.set(ev.runId, e);
+      this.order.push(e);
       let set = this.byUser.get(ev.user);
       if (set === undefined) this.byUser.set(ev.user, (set = new Set()));
       set.add(e);
@@ -98,13 +102,24 @@ export class ReplayStore {
       e.events = e.events.slice(e.head);
       e.head = 0;
     }
-    if (this.totalBytes > this.opts.maxTotalBytes) {
-      for (const [id, old] of this.runs) {
-        if (this.totalBytes <= this.opts.maxTotalBytes) break;
-        if (old === e) continue;
-        this.trimmed += old.events.length - old.head;
-        this.drop(id, old);
+    if (this.totalBytes > this.opts.maxTotalBytes) this.trimTotal(e);
+  }
+
+  /**
+   * Past maxTotalBytes: drop the oldest runs, but not `keep` (the run just
+   * added to): if it is the oldest, it is in use, so it moves behind the others.
+   */
+  private trimTotal(keep: ReplayEntry): void {
+    const max = this.opts.maxTotalBytes;
+    while (this.totalBytes > max) {
+      const old = this.order.oldest();
+      if (old === undefined || (old === keep && this.runs.size === 1)) return;
+      if (old === keep) {
+        this.order.requeueOldest();
+        continue;
       }
+      this.trimmed += old.events.length - old.head;
+      this.drop(old.runId, old);
     }
   }
 
@@ -178,6 +193,7 @@ export class ReplayStore {
 
   clear(): void {
     this.runs.clear();
+    this.order.clear();
     this.endedQ.clear();
     this.byUser.clear();
     this.totalBytes = 0;
@@ -185,6 +201,7 @@ export class ReplayStore {
 
   private drop(id: string, e: ReplayEntry): void {
     this.runs.delete(id);
+    this.order.left();
     const set = this.byUser.get(e.user);
     if (set !== undefined) {
       set.delete(e);

@@ -35,6 +35,13 @@ export class EvictionOrder<T> {
     return this.q.peek();
   }
 
+  /** The oldest live entry is in use: it moves to the back (the next oldest goes first). */
+  requeueOldest(): void {
+    this.dropFront();
+    const x = this.q.shift();
+    if (x !== undefined) this.q.push(x);
+  }
+
   /** An entry is no longer live. */
   left(): void {
     this.stale++;

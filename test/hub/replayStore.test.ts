@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { RunRecord } from '../../src/audit/RunRecord.js';
 import { OutboundEvent } from '../../src/bridge/EventSink.js';
-import { ReplayStore } from '../../src/hub/ReplayStore.js';
+import { EVENT_OVERHEAD_BYTES, ReplayStore } from '../../src/hub/ReplayStore.js';
 
 /** The resume window's expiry: ended runs after the retention time, runs that never end after the idle time. */
 
-function store(now: { t: number }, o: Partial<{ retentionMillis: number; maxIdleMillis: number; maxEventsPerRun: number }> = {}): ReplayStore {
+function store(now: { t: number }, o: Partial<{ retentionMillis: number; maxIdleMillis: number; maxEventsPerRun: number; maxTotalBytes: number }> = {}): ReplayStore {
   return new ReplayStore({ retentionMillis: 1000, maxEventsPerRun: 100, maxBytesPerRun: 1 << 20, maxTotalBytes: 1 << 30, maxIdleMillis: 8000, now: () => now.t, ...o });
 }
 
@@ -85,5 +85,39 @@ describe('ReplayStore expiry', () => {
     rs.add(event('r', 1));
     expect(rs.since('r', 'u', 0)!.map((e) => e.seq)).toEqual([1, 2, 3]);
     expect(rs.since('r', 'other', 0)).toBeUndefined();
+  });
+
+  it('maxTotalBytes: drops the oldest runs first, never the run being added to (the oldest moves behind the others while in use)', () => {
+    const now = { t: 0 };
+    const per = 4 + EVENT_OVERHEAD_BYTES; // each test event: a 4-byte frame plus the per-event overhead
+    const rs = store(now, { maxTotalBytes: 3 * per });
+    const kept = (): string[] => ['a', 'b', 'c', 'd', 'e', 'f', 'g'].filter((id) => rs.contains(id));
+    for (const id of ['a', 'b', 'c', 'd']) rs.add(event(id, 1));
+    expect(kept()).toEqual(['b', 'c', 'd']);
+    expect(rs.trimmed).toBe(1);
+    expect(rs.bytes).toBe(3 * per);
+    // A run that left otherwise (expired from the middle) is not counted twice or dropped again.
+    rs.ended('c');
+    now.t = 1000;
+    rs.sweep();
+    rs.add(event('e', 1));
+    expect(kept()).toEqual(['b', 'd', 'e']);
+    rs.add(event('f', 1));
+    expect(kept()).toEqual(['d', 'e', 'f']);
+    // d is the oldest and gets an event: e goes instead, and d now stands behind f.
+    rs.add(event('d', 2));
+    expect(kept()).toEqual(['d', 'f']);
+    expect(rs.since('d', 'u', 0)!.map((e) => e.seq)).toEqual([1, 2]);
+    rs.add(event('g', 1));
+    expect(kept()).toEqual(['d', 'g']);
+    expect(rs.bytes).toBe(3 * per);
+    expect(rs.trimmed).toBe(4);
+  });
+
+  it('maxTotalBytes: a single run past the total keeps its events (its own bounds apply)', () => {
+    const rs = store({ t: 0 }, { maxTotalBytes: 2 * (4 + EVENT_OVERHEAD_BYTES) });
+    for (let seq = 1; seq <= 3; seq++) rs.add(event('solo', seq));
+    expect(rs.since('solo', 'u', 0)!.map((e) => e.seq)).toEqual([1, 2, 3]);
+    expect(rs.trimmed).toBe(0);
   });
 });

@@ -81,6 +81,16 @@ describe('EvictionOrder', () => {
     expect(t.order.length).toBe(0);
   });
 
+  it('requeueOldest() moves the oldest live entry behind the others', () => {
+    const t = table();
+    for (let k = 1; k <= 3; k++) t.add(k);
+    t.remove(1);
+    t.order.requeueOldest(); // 2 is in use
+    expect(t.order.oldest()).toBe(3);
+    t.remove(3);
+    expect(t.order.oldest()).toBe(2);
+  });
+
   it('clear() empties it', () => {
     const t = table();
     t.add(1);
