@@ -9,10 +9,12 @@ import { Fifo } from './Fifo.js';
  * scans every deleted one before it (see BoundedMap), and a table whose
  * oldest entries keep leaving pays that scan on every eviction.
  *
- * The owner says when an entry left other than through `oldest()`
- * (`left()`); entries that are no longer live (`isLive`) go from the front as
- * they reach it, and all at once when they are most of the queue, so it holds
- * at most about twice the live entries, plus 1,024.
+ * The owner says when an entry left (`left()`); entries that are no longer
+ * live (`isLive`) go from the front as they reach it, and all at once when
+ * there are more than 1,024 of them and they are more than an eighth of the
+ * queue (an old entry that stays, such as a long run's trace, keeps the ones
+ * behind it from the front, and they keep their objects alive). So it holds
+ * the live entries and at most 1,024 or a seventh as many besides.
  */
 export class EvictionOrder<T> {
   private readonly q = new Fifo<T>();
@@ -47,7 +49,7 @@ export class EvictionOrder<T> {
     this.stale++;
     // Tables mostly lose their oldest entries first: the front stays live and nothing is left to compact.
     this.dropFront();
-    if (this.stale > COMPACT_FROM && this.stale * 2 > this.q.length) {
+    if (this.stale > COMPACT_FROM && this.stale * 8 > this.q.length) {
       this.q.retain(this.isLive);
       this.stale = 0;
     }
