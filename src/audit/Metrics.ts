@@ -36,6 +36,10 @@ export type EvictionReason = (typeof EVICTION_REASONS)[number];
 /** Components that count caught faults in tracewire_internal_errors_total. */
 export const COMPONENTS = ['sink', 'bridge', 'hub', 'ledger', 'otlp'] as const;
 
+/** Reasons of tracewire_resume_window_trimmed_total: the bound (replayMaxEventsPerRun, replayMaxBytesPerRun, replayMaxTotalBytes). */
+export const REPLAY_TRIM_BOUNDS = ['run_events', 'run_bytes', 'total_bytes'] as const;
+export type ReplayTrimBound = (typeof REPLAY_TRIM_BOUNDS)[number];
+
 /** Reasons of tracewire_ws_disconnects_total. */
 export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', 'heartbeat_timeout', 'token_expired', 'bad_frames', 'shutdown'] as const;
 /**
@@ -251,6 +255,11 @@ export class Metrics {
   readonly otlpSpans = new HotCounter({ name: 'tracewire_otlp_spans_received_total', help: 'Spans accepted from OTLP requests.', labelNames: [] as const, registers: this.regs });
   readonly otlpRejectedSpans = new Counter({ name: 'tracewire_otlp_spans_rejected_total', help: 'Spans rejected from OTLP requests, by reason.', labelNames: ['reason'] as const, registers: this.regs });
   readonly replayedEvents = new Counter({ name: 'tracewire_events_replayed_total', help: 'Events re-sent to a resuming connection.', registers: this.regs });
+  readonly resumeWindowRuns = new LiveGauge({ name: 'tracewire_resume_window_runs', help: 'Runs whose delivered events are kept for resuming connections.', registers: this.regs });
+  readonly resumeWindowBytes = new LiveGauge({ name: 'tracewire_resume_window_bytes', help: 'Bytes the resume window accounts (frames plus a fixed overhead per event; bounded by replayMaxTotalBytes).', registers: this.regs });
+  readonly resumeWindowTrimmed = new Counter({ name: 'tracewire_resume_window_trimmed_total', help: 'Delivered events given up by the resume window before their run expired, by the bound that gave them up.', labelNames: ['reason'] as const, registers: this.regs });
+  readonly heldEvents = new LiveGauge({ name: 'tracewire_held_events', help: 'Events held for users with no connection (bounded by maxHeldEvents).', registers: this.regs });
+  readonly heldEventBytes = new LiveGauge({ name: 'tracewire_held_event_bytes', help: 'Estimated bytes of the events held for users with no connection (bounded by maxHeldBytes).', registers: this.regs });
   readonly buildInfo = new Gauge({ name: 'tracewire_build_info', help: 'Constant 1, labelled with the version and mode.', labelNames: ['version', 'mode'] as const, registers: this.regs });
 
   /** OpenMetrics exposition (with exemplars). */
@@ -279,6 +288,7 @@ export class Metrics {
     for (const reason of DISCONNECT_REASONS) this.disconnects.inc({ reason }, 0);
     for (const encoding of ['protobuf', 'json']) this.otlpRequests.inc({ encoding, status: '200' }, 0);
     this.otlpSpans.inc({}, 0);
+    for (const reason of REPLAY_TRIM_BOUNDS) this.resumeWindowTrimmed.inc({ reason }, 0);
   }
 }
 

@@ -113,7 +113,7 @@ export class EventHub implements EventSink {
   private readonly metrics: Metrics;
   private readonly ledger: RunLedger;
   private readonly closeGraceMillis: number;
-  private readonly untrack: () => void;
+  private readonly untrack: Array<() => void>;
   private readonly onDone = (d: Delivery, ok: boolean, reason: DropReason | undefined): void => this.settle(d, ok, reason);
   private readonly isRetained = (runId: string): boolean => this.replay.contains(runId);
 
@@ -139,6 +139,7 @@ export class EventHub implements EventSink {
       maxTotalBytes: opts.replayMaxTotalBytes ?? 256 * 1024 * 1024,
       maxIdleMillis: opts.replayMaxIdleMillis ?? 600_000,
       now: this.now,
+      onTrim: (reason, n) => this.metrics.resumeWindowTrimmed.inc({ reason }, n),
     });
     if (opts.wsHeartbeatMillis > 0) {
       this.heartbeat = setInterval(() => this.beat(), opts.wsHeartbeatMillis);
@@ -147,7 +148,14 @@ export class EventHub implements EventSink {
     const sweepEvery = Math.max(50, Math.min(1000, Math.floor(opts.replayRetentionMillis / 4) || 50));
     this.sweeper = setInterval(() => this.sweep(), sweepEvery);
     this.sweeper.unref();
-    this.untrack = this.metrics.connections.track(() => this.all.size);
+    const m = this.metrics;
+    this.untrack = [
+      m.connections.track(() => this.all.size),
+      m.heldEvents.track(() => this.heldCount),
+      m.heldEventBytes.track(() => this.heldBytes),
+      m.resumeWindowRuns.track(() => this.replay.size),
+      m.resumeWindowBytes.track(() => this.replay.bytes),
+    ];
   }
 
   get connectionCount(): number {
@@ -704,7 +712,7 @@ export class EventHub implements EventSink {
     this.heldEvents.clear();
     this.replay.clear();
     this.closed = true;
-    this.untrack();
+    for (const u of this.untrack) u();
     this.wss.close();
   }
 

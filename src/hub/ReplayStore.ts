@@ -1,6 +1,7 @@
 import { EvictionOrder } from '../util/EvictionOrder.js';
 import { Fifo } from '../util/Fifo.js';
 import type { OutboundEvent } from '../bridge/EventSink.js';
+import type { ReplayTrimBound } from '../audit/Metrics.js';
 import { append } from '../util/arrays.js';
 
 export interface ReplayEntry {
@@ -27,6 +28,8 @@ export interface ReplayStoreOptions {
   /** A run with no new event for this long is dropped even if it never ended. */
   readonly maxIdleMillis: number;
   readonly now: () => number;
+  /** Told of events given up to a bound before their run expired (not of expiry itself). */
+  readonly onTrim?: (bound: ReplayTrimBound, events: number) => void;
 }
 
 /** Accounting estimate of what one retained event costs besides its frame (objects, array slot). */
@@ -90,14 +93,19 @@ export class ReplayStore {
     }
     e.bytes += ev.bytes;
     this.totalBytes += ev.bytes + EVENT_OVERHEAD_BYTES;
+    let overCount = 0;
+    let overBytes = 0;
     while (e.events.length - e.head > 1 && (e.events.length - e.head > this.opts.maxEventsPerRun || e.bytes > this.opts.maxBytesPerRun)) {
+      if (e.events.length - e.head > this.opts.maxEventsPerRun) overCount++;
+      else overBytes++;
       const old = e.events[e.head]!;
       e.events[e.head] = undefined as unknown as OutboundEvent;
       e.head++;
       e.bytes -= old.bytes;
       this.totalBytes -= old.bytes + EVENT_OVERHEAD_BYTES;
-      this.trimmed++;
     }
+    if (overCount > 0) this.trim('run_events', overCount);
+    if (overBytes > 0) this.trim('run_bytes', overBytes);
     if (e.head > 64 && e.head * 2 > e.events.length) {
       e.events = e.events.slice(e.head);
       e.head = 0;
@@ -118,9 +126,14 @@ export class ReplayStore {
         this.order.requeueOldest();
         continue;
       }
-      this.trimmed += old.events.length - old.head;
+      this.trim('total_bytes', old.events.length - old.head);
       this.drop(old.runId, old);
     }
+  }
+
+  private trim(bound: ReplayTrimBound, events: number): void {
+    this.trimmed += events;
+    this.opts.onTrim?.(bound, events);
   }
 
   ended(runId: string): void {

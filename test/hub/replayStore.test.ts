@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
 import { RunRecord } from '../../src/audit/RunRecord.js';
 import { OutboundEvent } from '../../src/bridge/EventSink.js';
-import { EVENT_OVERHEAD_BYTES, ReplayStore } from '../../src/hub/ReplayStore.js';
+import { EVENT_OVERHEAD_BYTES, ReplayStore, type ReplayStoreOptions } from '../../src/hub/ReplayStore.js';
 
 /** The resume window's expiry: ended runs after the retention time, runs that never end after the idle time. */
 
-function store(now: { t: number }, o: Partial<{ retentionMillis: number; maxIdleMillis: number; maxEventsPerRun: number; maxTotalBytes: number }> = {}): ReplayStore {
+function store(now: { t: number }, o: Partial<ReplayStoreOptions> = {}): ReplayStore {
   return new ReplayStore({ retentionMillis: 1000, maxEventsPerRun: 100, maxBytesPerRun: 1 << 20, maxTotalBytes: 1 << 30, maxIdleMillis: 8000, now: () => now.t, ...o });
 }
 
@@ -119,5 +119,29 @@ describe('ReplayStore expiry', () => {
     for (let seq = 1; seq <= 3; seq++) rs.add(event('solo', seq));
     expect(rs.since('solo', 'u', 0)!.map((e) => e.seq)).toEqual([1, 2, 3]);
     expect(rs.trimmed).toBe(0);
+  });
+
+  it('tells which bound gave events up (run_events, run_bytes, total_bytes), never expiry', () => {
+    const now = { t: 0 };
+    const seen: Array<[string, number]> = [];
+    const per = 4 + EVENT_OVERHEAD_BYTES;
+    const rs = store(now, { maxEventsPerRun: 3, maxBytesPerRun: 13, maxTotalBytes: 8 * per, onTrim: (bound, n) => seen.push([bound, n]) });
+    for (let seq = 1; seq <= 5; seq++) rs.add(event('a', seq)); // 4 bytes each: the 4th and 5th push out by count
+    expect(seen).toEqual([['run_events', 1], ['run_events', 1]]);
+    seen.length = 0;
+    const big = event('b', 1);
+    big.bytes = 10;
+    rs.add(event('b', 0));
+    rs.add(big); // 4 + 10 bytes > 13: the first goes by bytes
+    expect(seen).toEqual([['run_bytes', 1]]);
+    seen.length = 0;
+    for (const id of ['c', 'd', 'e', 'f', 'g']) rs.add(event(id, 1)); // past 8 events in all: a (3 events) goes first
+    expect(seen).toEqual([['total_bytes', 3]]);
+    seen.length = 0;
+    rs.ended('b');
+    now.t = 5000;
+    rs.sweep();
+    expect(rs.contains('b')).toBe(false);
+    expect(seen).toEqual([]);
   });
 });
