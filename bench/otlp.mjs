@@ -8,7 +8,8 @@
 // Counted: spans accepted by the server (tracewire_otlp_spans_received_total)
 // per wall second and per CPU second of the server process. Also, in process
 // and without HTTP: decode only, decode + bridge, and decode + bridge with no
-// hold for absent users, per core, to show where the time goes.
+// hold for absent users, per core, to show where the time goes; and protobuf
+// 512 sustained for 16 s, until the tables reach their bounds.
 import Fastify from 'fastify';
 import { fileURLToPath } from 'node:url';
 import { distUrl, makeTracewire, startSidecar } from './lib/tw.mjs';
@@ -161,7 +162,51 @@ for (const [encoding, spans] of onlyPhases === undefined ? CASES : []) {
   log(`[otlp] in process ${encoding} ${spans}: decode ${Math.round(row.decode).toLocaleString()} spans/CPU-s, decode+bridge ${Math.round(row['decode+bridge']).toLocaleString()}, without the hold ${Math.round(row['decode+bridge, no hold']).toLocaleString()}`);
 }
 
-report({ figure: 'otlp', available: true, concurrency: CONCURRENCY, measureMs: MEASURE_MS, phases, rounds, inproc });
+// Sustained, in process: protobuf 512 decode + bridge long enough for the tables to reach their bounds
+// (traces kept 10 s for late spans up to maxTraces, held events up to maxHeldEvents, runs judged 2 s after
+// they end): the rate over the last seconds, against the rate over the first ones (what a 3-s round sees).
+let sustained;
+if (onlyPhases === undefined) {
+  const b = buildBody('protobuf', 512);
+  const tw3 = makeTracewire({ jwtSecret: SECRET, wsHeartbeatMillis: 0 });
+  const totalNs = (quick ? 4 : 16) * 1e9;
+  const lastNs = (quick ? 1 : 4) * 1e9;
+  const t0 = nowNs();
+  const c0 = cpuSeconds();
+  let n = 0;
+  let k = 1e6;
+  let first;
+  let tail;
+  while (nowNs() - t0 < totalNs) {
+    for (let i = 0; i < 8; i++) {
+      stamp(b, k++);
+      ingest(tw3.otlpBridges, decodeProtobuf(b.body, { maxSpans: 20000 }).spans);
+      n += 512;
+    }
+    await new Promise((r) => setImmediate(r));
+    const el = nowNs() - t0;
+    if (first === undefined && el >= 3e9) first = { n, cpu: cpuSeconds() - c0 };
+    if (tail === undefined && el >= totalNs - lastNs) tail = { n, cpu: cpuSeconds() };
+  }
+  const cpu = cpuSeconds();
+  const m = await tw3.metrics.evictions.get();
+  const evicted = Object.fromEntries(m.values.filter((v) => v.value > 0).map((v) => [v.labels.reason, v.value]));
+  sustained = {
+    seconds: totalNs / 1e9,
+    firstSeconds: 3,
+    firstPerCpuSec: first ? first.n / first.cpu : undefined,
+    lastSeconds: lastNs / 1e9,
+    lastPerCpuSec: tail ? (n - tail.n) / (cpu - tail.cpu) : undefined,
+    traces: tw3.otlpBridges.traceCount,
+    held: tw3.hub.stats().held,
+    inFlight: tw3.ledger.inFlightCount,
+    evicted,
+  };
+  await tw3.close(1000);
+  log(`[otlp] in process protobuf 512 sustained ${sustained.seconds} s: first 3 s ${Math.round(sustained.firstPerCpuSec ?? 0).toLocaleString()} spans/CPU-s, last ${sustained.lastSeconds} s ${Math.round(sustained.lastPerCpuSec ?? 0).toLocaleString()} (traces ${sustained.traces.toLocaleString()}, held ${sustained.held.toLocaleString()}, runs in flight ${sustained.inFlight.toLocaleString()}, evictions ${JSON.stringify(evicted)})`);
+}
+
+report({ figure: 'otlp', available: true, concurrency: CONCURRENCY, measureMs: MEASURE_MS, phases, rounds, inproc, sustained });
 await client.stop();
 await floor.close();
 await sc.close();

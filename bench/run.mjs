@@ -170,6 +170,10 @@ if (R.otlp && !R.otlp.error) {
         rows.push([`4. OTLP ingest, ${enc}, ${n} spans/request`, `${k(t.spansPerCpuSec)} spans/CPU-s (${k(t.spansPerSec)}/s wall${range})`, `HTTP floor (no decode): ${k(b?.spansPerCpuSec)} spans/CPU-s`, x(t.spansPerCpuSec / b?.spansPerCpuSec), target ? `≥ ${k(target / 1000)}k spans/s per core` : 'reported', mark(ok)]);
       }
     }
+    const su = o.sustained;
+    if (su?.lastPerCpuSec !== undefined) {
+      rows.push([`4. … protobuf 512 in process (no HTTP), sustained ${su.seconds} s`, `${k(su.lastPerCpuSec)} spans/CPU-s over the last ${su.lastSeconds} s (tables at their bounds: ${k(su.traces)} traces, ${k(su.held)} held events)`, `the same over its first ${su.firstSeconds} s: ${k(su.firstPerCpuSec)} spans/CPU-s`, x(su.lastPerCpuSec / su.firstPerCpuSec), 'reported', '–']);
+    }
     if (otlpMissed) missed.push('otlp');
     detail.push(
       `### 4. OTLP ingest\n\n${o.concurrency} keep-alive connections from a load process; bodies built once with @opentelemetry/otlp-transformer serializers, trace ids restamped per request. ` +
