@@ -385,23 +385,55 @@ export class TraceBridge {
 
   /**
    * Emit what `node` now allows, in causal order: its start, then (when
-   * `withChildren`) every held descendant that waited for it, then its end.
+   * `withChildren`) every held descendant that waited for it, depth first,
+   * each child's subtree before the next child (by start time), then its
+   * end. Iterative: a chain of held spans can be as deep as maxSpansPerRun
+   * (an exporter sends children first), deeper than the call stack allows.
    */
   private visit(node: SpanNode, withChildren: boolean): void {
     this.emitStart(node);
-    if (withChildren && this.waiting !== undefined) {
-      const kids = this.takeWaiting(node.spanId);
-      if (kids !== undefined) {
-        if (kids.length > 1) kids.sort((a, b) => a.startMs - b.startMs);
-        for (const k of kids) {
-          k.held = false;
-          this.heldCount--;
-          this.attach(k, this.reg.unheld(k));
-          this.visit(k, true);
+    const kids = withChildren ? this.heldChildren(node) : undefined;
+    if (kids === undefined) {
+      this.emitEnd(node);
+      return;
+    }
+    // The path from `node` down: each node on it, its held children, and the index of the next one to visit.
+    const path: SpanNode[] = [node];
+    const pathKids: SpanNode[][] = [kids];
+    const next: number[] = [0];
+    while (path.length > 0) {
+      const d = path.length - 1;
+      const list = pathKids[d]!;
+      const i = next[d]!;
+      if (i < list.length) {
+        next[d] = i + 1;
+        const k = list[i]!;
+        k.held = false;
+        this.heldCount--;
+        this.attach(k, this.reg.unheld(k));
+        this.emitStart(k);
+        const below = this.heldChildren(k);
+        if (below === undefined) this.emitEnd(k);
+        else {
+          path.push(k);
+          pathKids.push(below);
+          next.push(0);
         }
+      } else {
+        const done = path.pop()!;
+        pathKids.pop();
+        next.pop();
+        this.emitEnd(done);
       }
     }
-    this.emitEnd(node);
+  }
+
+  /** The held spans waiting for `node` (taken out of waiting), in start order. */
+  private heldChildren(node: SpanNode): SpanNode[] | undefined {
+    if (this.waiting === undefined) return undefined;
+    const kids = this.takeWaiting(node.spanId);
+    if (kids !== undefined && kids.length > 1) kids.sort((a, b) => a.startMs - b.startMs);
+    return kids;
   }
 
   /** Remove and return the held spans whose parent is `spanId`. */

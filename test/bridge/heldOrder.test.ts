@@ -54,6 +54,36 @@ describe('held spans (OTLP, children before parents)', () => {
   });
 });
 
+describe('a deep chain of held spans', () => {
+  it('10,000 nested tool spans (maxSpansPerRun) sent children first, then their agent: every event, in causal order, no fault', async () => {
+    // 20,000 events in one burst: a buffer that takes them (the default closes a client that far behind, to resume).
+    sc = await startTestSidecar({ wsMaxBufferedBytes: 64 * 1024 * 1024 }, true);
+    const client = await connectAcked(sc, 'deep');
+    const depth = 10_000;
+    const traceId = hex(16);
+    const ids = Array.from({ length: depth }, () => hex(8));
+    // ids[0] the agent; ids[i] (a tool) the child of ids[i - 1]. Deepest first, in requests of 512 spans.
+    const spans: SpanInput[] = [];
+    for (let i = depth - 1; i >= 1; i--) spans.push(span(traceId, ids[i]!, ids[i - 1], 'execute_tool step', { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': `step${i}` }, i));
+    spans.push(span(traceId, ids[0]!, undefined, 'invoke_agent deep', { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'deep', 'user.id': 'deep' }, 0));
+    const faults: unknown[] = [];
+    for (let i = 0; i < spans.length; i += 512) sc.tw.otlpBridges.ingest(spans.slice(i, i + 512), (err) => faults.push(err));
+    expect(faults).toEqual([]);
+    expect(sc.tw.otlpBridges.heldCount).toBe(0);
+    const n = 2 * depth;
+    await client.until((c) => c.events.length >= n, 15_000, 'every event');
+    const evs = client.events;
+    expect(evs.map((e) => e.seq)).toEqual(Array.from({ length: n }, (_, i) => i + 1));
+    // Starts down the chain, then completions back up it.
+    expect(evs[0]!.type).toBe('agent_started');
+    expect(evs.slice(1, depth).map((e) => (e.data as { tool: string }).tool)).toEqual(Array.from({ length: depth - 1 }, (_, i) => `step${i + 1}`));
+    expect(evs.slice(depth, n - 1).every((e) => e.type === 'tool_completed')).toBe(true);
+    expect(evs.slice(depth, n - 1).map((e) => (e.data as { tool: string }).tool)).toEqual(Array.from({ length: depth - 1 }, (_, i) => `step${depth - 1 - i}`));
+    expect(evs[n - 1]!.type).toBe('agent_completed');
+    expect(await metricValue(sc, 'tracewire_internal_errors_total')).toBe(0);
+  }, 30_000);
+});
+
 describe('one OTLP request at a time (the receiver hands the bridge each request whole)', () => {
   const agentSpan = (traceId: string, id: string, user: string): SpanInput =>
     span(traceId, id, undefined, 'invoke_agent boss', { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'boss', 'user.id': user }, 0);
