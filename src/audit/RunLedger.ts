@@ -1,7 +1,8 @@
 import { TracewireError } from '../errors/errors.js';
 import { Fifo, NumberFifo } from '../util/Fifo.js';
 import type { DropReason, EventType, Metrics, Verdict } from './Metrics.js';
-import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, Judgement, RunRecord, type EventRecord, type ExplainContext, type ForcedCause } from './RunRecord.js';
+import { AuditMatcher } from './AuditMatcher.js';
+import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, Judgement, RunRecord, type AuditOutcome, type EventRecord, type ExplainContext, type ForcedCause } from './RunRecord.js';
 
 export interface RunLedgerOptions {
   readonly mode: 'emit' | 'audit';
@@ -176,26 +177,22 @@ export class RunLedger {
   }
 
   /**
-   * Audit mode: the backend recorded an `agent.event` span event whose
-   * nearest lifecycle span is `spanId`. Matches the first expected event of
-   * that type on that span with no outcome yet; failing that, the first one on
-   * a lifecycle span below it (a backend that records a tool's events on the
-   * agent span that called the tool).
+   * Audit mode: the `agent.event` outcomes the backend recorded for a run,
+   * each on the nearest lifecycle span, given to the expected events they
+   * report on (see AuditMatcher); an outcome that matches none only counts.
    */
-  recordAudit(run: RunRecord, spanId: string, type: EventType, outcome: 'delivered' | 'dropped', reason: DropReason | undefined): boolean {
-    (run.audit ??= { outcomes: 0, pending: undefined }).outcomes++;
-    const open = (ev: EventRecord): boolean => ev.type === type && (ev.state === EV_PENDING || ev.state === EV_HELD);
-    let match = run.events.find((ev) => ev.spanId === spanId && open(ev));
-    if (match === undefined) {
-      const below = descendantsOf(run, spanId);
-      if (below.size > 0) match = run.events.find((ev) => below.has(ev.spanId) && open(ev));
+  private recordAudit(run: RunRecord, outcomes: readonly AuditOutcome[]): void {
+    const audit = (run.audit ??= { outcomes: 0, pending: undefined });
+    const matcher = new AuditMatcher(run);
+    for (const o of outcomes) {
+      audit.outcomes++;
+      const match = matcher.match(o.spanId, o.type);
+      if (match === undefined) continue;
+      if (o.outcome === 'delivered') {
+        match.connections = Math.max(match.connections, 1);
+        this.markDelivered(run, match, false);
+      } else this.markDropped(run, match, o.reason ?? 'reported_dropped');
     }
-    if (match === undefined) return false;
-    if (outcome === 'delivered') {
-      match.connections = Math.max(match.connections, 1);
-      this.markDelivered(run, match, false);
-    } else this.markDropped(run, match, reason ?? 'reported_dropped');
-    return true;
   }
 
   /** Judge now, with the given verdict forced (abandoned, interrupted) or computed. */
@@ -208,7 +205,7 @@ export class RunLedger {
     if (record.audit?.pending !== undefined) {
       const pending = record.audit.pending;
       record.audit.pending = undefined;
-      for (const o of pending) this.recordAudit(record, o.spanId, o.type, o.outcome, o.reason);
+      this.recordAudit(record, pending);
     }
     const j = computeJudgement(record, this.opts.mode, forced, this.now(), this.opts.runTimeoutMillis, cause);
     record.judgement = j;
@@ -425,23 +422,6 @@ export function decodeCursor(cursor: string): { startMs: number; openSeq: number
   const openSeq = Number(s.slice(i + 1));
   if (!Number.isSafeInteger(openSeq) || openSeq < 0) return undefined;
   return { startMs, openSeq };
-}
-
-/** The ids of the lifecycle spans below `spanId` in the run (from its span summaries). */
-function descendantsOf(run: RunRecord, spanId: string): Set<string> {
-  const out = new Set<string>();
-  const frontier = [spanId];
-  // Spans are recorded parents first, so a single pass per level suffices; bounded by the run's span count.
-  while (frontier.length > 0) {
-    const id = frontier.pop()!;
-    for (const s of run.spans) {
-      if (s.parentSpanId === id && !out.has(s.spanId)) {
-        out.add(s.spanId);
-        frontier.push(s.spanId);
-      }
-    }
-  }
-  return out;
 }
 
 /** The reason an event that never got an outcome is given at verdict time. */
