@@ -172,7 +172,7 @@ if (R.otlp && !R.otlp.error) {
     }
     const su = o.sustained;
     if (su?.lastPerCpuSec !== undefined) {
-      rows.push([`4. … protobuf 512 in process (no HTTP), sustained ${su.seconds} s`, `${k(su.lastPerCpuSec)} spans/CPU-s over the last ${su.lastSeconds} s (tables at their bounds: ${k(su.traces)} traces, ${k(su.held)} held events)`, `the same over its first ${su.firstSeconds} s: ${k(su.firstPerCpuSec)} spans/CPU-s`, x(su.lastPerCpuSec / su.firstPerCpuSec), 'reported', '–']);
+      rows.push([`4. … protobuf 512 in process (no HTTP), sustained ${su.seconds} s`, `${k(su.lastPerCpuSec)} spans/CPU-s over the last ${su.lastSeconds} s (at the end: ${k(su.traces)} traces kept, ${k(su.held)} held events)`, `the same over its first ${su.firstSeconds} s: ${k(su.firstPerCpuSec)} spans/CPU-s`, x(su.lastPerCpuSec / su.firstPerCpuSec), 'reported', '–']);
     }
     if (otlpMissed) missed.push('otlp');
     detail.push(
