@@ -1,3 +1,5 @@
+import { isoOf } from '../util/time.js';
+
 /**
  * The tracewire.v1 event envelope, written by hand: the same bytes as
  * JSON.stringify of the envelope object (its shape is fixed), several times
@@ -12,7 +14,7 @@ export function isoTime(ms: number): string {
   const sec = Math.floor(ms / 1000);
   if (sec !== isoSecond) {
     const d = new Date(sec * 1000);
-    if (Number.isNaN(d.getTime())) return new Date(ms).toISOString();
+    if (Number.isNaN(d.getTime())) return isoOf(ms);
     isoSecond = sec;
     isoPrefix = d.toISOString().slice(0, 20);
   }

@@ -247,4 +247,26 @@ describe('runs API', () => {
     expect((await getJson(sc, '/api/runs')).body.runs).toEqual([]);
     await until(() => s.tw.ledger.judgedCount === 0, 2000, 'expired runs released');
   });
+
+  it('a span whose clock is far outside a Date\'s range (set by hand in process) still lists, shows and streams', async () => {
+    sc = await startTestSidecar({ graceMillis: 20 });
+    const s = sc;
+    const client = await connectAcked(s, 'clock');
+    const { tracer } = inProcessTracer(s);
+    const span = tracer.startSpan('invoke_agent skewed', { startTime: 1e300, attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'skewed', 'user.id': 'clock' } });
+    span.end(1e300);
+    const id = runIdOf(span.spanContext());
+    await client.until((c) => c.events.length === 2, 3000, 'both events');
+    expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'agent_completed']);
+    // Shown at the end of a Date's range rather than failing the frame.
+    expect(client.events[0]!.ts).toBe('+275760-09-13T00:00:00.000Z');
+    await until(() => s.tw.ledger.get(id)?.judgement !== undefined, 3000, 'the verdict');
+    const list = await getJson(s, '/api/runs');
+    expect(list.status).toBe(200);
+    expect(list.body.runs.map((r: Summary) => r.run_id)).toContain(id);
+    const one = await getJson(s, `/api/runs/${id}`);
+    expect(one.status).toBe(200);
+    expect(one.body.started_at).toBe('+275760-09-13T00:00:00.000Z');
+    expect(await s.tw.metrics.internalErrors.get().then((m) => m.values.reduce((a, v) => a + v.value, 0))).toBe(0);
+  });
 });

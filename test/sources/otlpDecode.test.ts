@@ -107,6 +107,24 @@ describe('OTLP/JSON decoding', () => {
     expect(d.firstRejection).toMatch(/^span 1: span_id/);
   });
 
+  it('rejects OTLP/JSON times past uint64 nanoseconds (bad_time), which no Date could show; keeps the largest uint64', () => {
+    const d = decodeJson(
+      json(
+        jsonRequest([
+          span({ spanId: '1111111111111111', startTimeUnixNano: '18446744073709551616' }),
+          span({ spanId: '2222222222222222', endTimeUnixNano: '99999999999999999999999999999' }),
+          span({ spanId: '3333333333333333', startTimeUnixNano: 1e300 }),
+          span({ spanId: '4444444444444444', endTimeUnixNano: '18446744073709551615' }),
+          span({ spanId: '5555555555555555', endTimeUnixNano: '0000018446744073709551615' }),
+        ]),
+      ),
+      opts,
+    );
+    expect(d.spans.map((s) => s.spanId)).toEqual(['4444444444444444', '5555555555555555']);
+    expect(d.spans[0]!.endMs).toBe(18446744073709.55);
+    expect(Object.fromEntries(d.reasons)).toEqual({ bad_time: 3 });
+  });
+
   it('refuses bodies that are not an ExportTraceServiceRequest', () => {
     for (const body of ['', 'null', '[]', '"x"', '{"resourceSpans":1}', '{"resourceSpans":[{"scopeSpans":{}}]}']) {
       expect(() => decodeJson(Buffer.from(body), opts)).toThrowError(TracewireError);

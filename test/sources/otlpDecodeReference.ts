@@ -351,8 +351,9 @@ const JSON_CODEC: Codec = {
   },
   nanosToMs(v) {
     if (v === undefined || v === null) return 0;
-    if (typeof v === 'number') return Number.isInteger(v) && v >= 0 ? v / 1e6 : undefined;
-    if (typeof v === 'string' && DIGITS.test(v)) {
+    // A uint64: up to 2^64 - 1 (as a number, 2^64 is the nearest double).
+    if (typeof v === 'number') return Number.isInteger(v) && v >= 0 && v <= 2 ** 64 ? v / 1e6 : undefined;
+    if (typeof v === 'string' && DIGITS.test(v) && BigInt(v) <= 18446744073709551615n) {
       // Split so the integral milliseconds stay exact beyond 2^53 nanoseconds.
       if (v.length <= 6) return Number(v) / 1e6;
       return Number(v.slice(0, -6)) + Number(v.slice(-6)) / 1e6;

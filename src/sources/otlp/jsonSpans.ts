@@ -181,12 +181,27 @@ function idOf(v: unknown, bytes: number): string | undefined {
   return undefined;
 }
 
-/** Unix nanos (a decimal string or a number) to epoch ms; 0 when absent; undefined when malformed. */
+/** Unix nanos (a decimal string or a number) to epoch ms; 0 when absent; undefined when malformed or past uint64. */
 function nanosToMs(v: unknown): number | undefined {
   if (v === undefined || v === null) return 0;
-  if (typeof v === 'string') return decimalNanosToMs(v);
-  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 ? v / 1e6 : undefined;
+  if (typeof v === 'string') return isUint64Decimal(v) ? decimalNanosToMs(v) : undefined;
+  // 2^64 is the double nearest to the largest uint64 (a JSON number cannot say which of the two it meant).
+  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 && v <= TWO_64 ? v / 1e6 : undefined;
   return undefined;
+}
+
+const UINT64_MAX = '18446744073709551615';
+const TWO_64 = 2 ** 64;
+
+/** Decimal digits of a value that fits a uint64 (leading zeros allowed). */
+function isUint64Decimal(v: string): boolean {
+  if (v.length < UINT64_MAX.length) return true;
+  let i = 0;
+  while (i < v.length - 1 && v.charCodeAt(i) === 48) i++;
+  const n = v.length - i;
+  if (n !== UINT64_MAX.length) return n < UINT64_MAX.length;
+  // Same length: digit strings compare as numbers (a non-digit fails the caller's check anyway).
+  return v.slice(i) <= UINT64_MAX;
 }
 
 /** Longest millisecond part read digit by digit: below 2^53, so the sum is exact, as Number() would be. */
