@@ -17,7 +17,7 @@ import { ClientProcess } from './lib/clientproc.mjs';
 import { cpuSeconds, deadline, ingest, log, nowNs, report, sleep } from './lib/common.mjs';
 import { buildBody, stamp } from './lib/otlpBodies.mjs';
 
-deadline(220_000, 'otlp');
+deadline(300_000, 'otlp');
 const quick = process.env.BENCH_QUICK === '1';
 const WARMUP_MS = quick ? 500 : 1000;
 const MEASURE_MS = quick ? 1500 : 2000;

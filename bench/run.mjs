@@ -62,7 +62,7 @@ if (want('fanout')) {
   for (const impl of ['tw-spans', 'tw-publish', 'ws', 'sio']) R.fanout[impl] = await attempt(`fanout ${impl}`, () => runScript('fanout.mjs', ['--impl', impl]));
 }
 if (want('memory')) R.memory = await attempt('memory', () => runScript('memory.mjs', [], [], 200_000));
-if (want('otlp')) R.otlp = await attempt('otlp', () => runScript('otlp.mjs', [], ['--expose-gc']));
+if (want('otlp')) R.otlp = await attempt('otlp', () => runScript('otlp.mjs', [], ['--expose-gc'], 320_000));
 R.loadAverage = { before: load0, after: os.loadavg() };
 
 // ---- figures, targets, verdicts ---------------------------------------------------
