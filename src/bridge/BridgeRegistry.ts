@@ -273,8 +273,9 @@ export class BridgeRegistry {
       data = eventData(type, node);
       // charCodeAt flattens `data` (built by concatenation): an event kept for a while keeps one string, not its pieces.
       data.charCodeAt(0);
-    } else if (run.user !== undefined && node.conv !== undefined && this.holdIfAbsent(evRec)) {
-      // Its user has no connection: held as its record alone (everything the event carries is read from it later).
+    } else if (run.user !== undefined && node.conv !== undefined && this.sink.publishRecord !== undefined) {
+      // Everything the event carries is read from its record: the sink makes it if a connection takes it now.
+      this.publishRecord(evRec);
       return;
     }
     const ev = new OutboundEvent(node.conv ?? run.conversation, evRec, this.hookAt, node.agentName, data);
@@ -285,15 +286,11 @@ export class BridgeRegistry {
     this.publish(ev);
   }
 
-  /** See EventSink.holdIfAbsent; a fault is counted like one in publish (the event stays undelivered). */
-  private holdIfAbsent(record: EventRecord): boolean {
-    const sink = this.sink!;
-    if (sink.holdIfAbsent === undefined) return false;
+  private publishRecord(record: EventRecord): void {
     try {
-      return sink.holdIfAbsent(record, this.batchAtMs ?? this.now());
+      this.sink!.publishRecord!(record, this.hookAt, this.batchAtMs ?? this.now());
     } catch (err) {
       this.sinkFault(err, record);
-      return true;
     }
   }
 

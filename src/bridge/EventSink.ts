@@ -81,22 +81,22 @@ export class OutboundEvent {
   }
 
   /**
-   * The event of a record the bridge handed to `EventSink.holdIfAbsent`:
+   * The event of a record the bridge handed to `EventSink.publishRecord`:
    * everything it carries is read from the record, its run and its span.
    */
-  static ofHeld(record: EventRecord): OutboundEvent {
+  static ofRecord(record: EventRecord, hookAt: number | undefined): OutboundEvent {
     const span = record.span as unknown as HeldSource;
-    return new OutboundEvent(span.conv, record, undefined, span.agentName, undefined);
+    return new OutboundEvent(span.conv, record, hookAt, span.agentName, undefined);
   }
 
-  /** `estimatedBytes` of `ofHeld(record)`, without making the event. */
+  /** `estimatedBytes` of `ofRecord(record)`, without making the event. */
   static heldEstimate(record: EventRecord): number {
     const span = record.span as unknown as HeldSource;
     return estimate(record, span.agentName, span.conv, eventDataLength(record.type, span));
   }
 }
 
-/** What `OutboundEvent.ofHeld` reads from a record's span: a bridge span node, ended and anchored (none of it changes any more). */
+/** What `OutboundEvent.ofRecord` reads from a record's span: a bridge span node, ended and anchored (none of it changes any more). */
 interface HeldSource extends EventDataSource {
   readonly conv: string | undefined;
   readonly agentName: string | undefined;
@@ -111,14 +111,13 @@ function estimate(record: EventRecord, agent: string | undefined, conversation: 
 export interface EventSink {
   publish(ev: OutboundEvent): void;
   /**
-   * Hold the event of `record` without an event object if its run's user
-   * has no connection now (true: held, or dropped if nothing may be held);
-   * false: the caller publishes it. Only for an event whose data is written
-   * later and whose span carries its conversation, so `OutboundEvent.ofHeld`
-   * makes the same event later. `atMs`: now, as the caller last read the
-   * clock (an OTLP request's spans share one reading).
+   * `publish` for an event the sink makes from its record when it needs it
+   * (`OutboundEvent.ofRecord`): one whose data is written later and whose
+   * span carries its conversation. For a user with no connection it is held
+   * as the record alone. `hookAt` as in OutboundEvent; `atMs`: now, as the
+   * caller last read the clock (an OTLP request's spans share one reading).
    */
-  holdIfAbsent?(record: EventRecord, atMs: number): boolean;
+  publishRecord?(record: EventRecord, hookAt: number | undefined, atMs: number): void;
   /** A run ended: its events become resumable only for the retention window. */
   runEnded?(runId: string): void;
 }

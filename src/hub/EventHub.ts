@@ -89,7 +89,7 @@ export class EventHub implements EventSink {
   private flushScheduled = false;
   // Held events (no connection wanted them when they were published; their record's `inHold` is
   // set while held), by their ledger records: per user (release on connect) and one FIFO across
-  // users (expiry and bounds). Most are held as the record alone (`holdIfAbsent`: the event object
+  // users (expiry and bounds). Most are held as the record alone (`publishRecord`: the event object
   // is made when a connection takes it); an event published as an object keeps it in `heldEvents`.
   /** Each user's held events in hold order (given-up ones leave from the front as they reach it). */
   private readonly heldByUser = new Map<string, Fifo<EventRecord>>();
@@ -280,12 +280,27 @@ export class EventHub implements EventSink {
       this.ledger.markDropped(ev.run, ev.record, 'shutdown');
       return;
     }
-    const set = this.byUser.get(ev.user);
+    this.deliver(ev, this.byUser.get(ev.user), this.now());
+  }
+
+  publishRecord(record: EventRecord, hookAt: number | undefined, atMs: number): void {
+    if (this.closed) {
+      this.ledger.markDropped(record.run, record, 'shutdown');
+      return;
+    }
+    const set = this.byUser.get(record.run.user ?? '');
+    // No connection of its user: held as the record alone (its event object is made when one takes it).
+    if (set === undefined) this.hold(record, undefined, atMs);
+    else this.deliver(OutboundEvent.ofRecord(record, hookAt), set, atMs);
+  }
+
+  /** Send an event to the connections of its user (`set`) that take it, or hold it (from `atMs`) if none does. */
+  private deliver(ev: OutboundEvent, set: Set<Connection> | undefined, atMs: number): void {
     let targets = 0;
     if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
     if (targets === 0) {
       // Held, not serialised and not in the resume window yet: both happen when a connection takes it.
-      this.hold(ev.record, ev, this.now());
+      this.hold(ev.record, ev, atMs);
       return;
     }
     // Framed once for several connections (which measures it); one connection writes it straight into its batch.
@@ -308,14 +323,6 @@ export class EventHub implements EventSink {
   }
 
   // ---- held events (users with no connection) -------------------------------
-
-  holdIfAbsent(record: EventRecord, atMs: number): boolean {
-    const user = record.run.user ?? '';
-    if (this.byUser.has(user)) return false;
-    if (this.closed) this.ledger.markDropped(record.run, record, 'shutdown');
-    else this.hold(record, undefined, atMs);
-    return true;
-  }
 
   /** Hold an event (`ev`: its object, if it has one) for its user, who has no connection that takes it, from `atMs`. */
   private hold(record: EventRecord, ev: OutboundEvent | undefined, atMs: number): void {
@@ -392,7 +399,7 @@ export class EventHub implements EventSink {
     const keep = new Fifo<EventRecord>();
     for (let rec = held.shift(); rec !== undefined; rec = held.shift()) {
       if (!rec.inHold) continue;
-      const ev = this.heldEventOf(rec) ?? OutboundEvent.ofHeld(rec);
+      const ev = this.heldEventOf(rec) ?? OutboundEvent.ofRecord(rec, undefined);
       if (!conn.wants(ev)) {
         keep.push(rec);
         continue;

@@ -22,7 +22,8 @@ describe('faults inside the hub never reach the traced code', () => {
     const { tracer } = inProcessTracer(sc);
     const client = await connectAcked(sc, 'alice');
     let calls = 0;
-    sc.tw.hub.publish = () => {
+    // Both ways the bridge hands the hub an event: as an object, or as its ledger record.
+    sc.tw.hub.publish = sc.tw.hub.publishRecord = () => {
       calls++;
       throw new Error('hub exploded');
     };
@@ -38,7 +39,7 @@ describe('faults inside the hub never reach the traced code', () => {
   it('span.end() and tracer.startSpan() called directly never throw, even when the hooks are drained synchronously', async () => {
     sc = await startTestSidecar();
     const { tracer, provider } = inProcessTracer(sc);
-    sc.tw.hub.publish = () => {
+    sc.tw.hub.publish = sc.tw.hub.publishRecord = () => {
       throw new TypeError('boom');
     };
     const agent = tracer.startSpan('invoke_agent a', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'user.id': 'alice' } });
