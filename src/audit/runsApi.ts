@@ -3,7 +3,7 @@ import { TracewireError } from '../errors/errors.js';
 import { VERDICTS } from './Metrics.js';
 import { EV_DELIVERED, EV_DROPPED, EV_HELD, type EventRecord, type RunRecord } from './RunRecord.js';
 import { decodeCursor, LIST_MAX_LIMIT, type RunLedger } from './RunLedger.js';
-import { isoOf } from '../util/time.js';
+import { isoOf as iso } from '../util/time.js';
 
 export interface RunsApiOptions {
   readonly ledger: RunLedger;
@@ -11,7 +11,6 @@ export interface RunsApiOptions {
   readonly traceUrlTemplate?: string;
 }
 
-const iso = isoOf;
 
 export function traceUrl(template: string | undefined, traceId: string): string | null {
   return template ? template.split('{trace_id}').join(encodeURIComponent(traceId)) : null;

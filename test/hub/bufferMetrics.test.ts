@@ -14,9 +14,8 @@ import { connectAcked, inProcessTracer, startTestSidecar, until, type TestClient
 const N = DEMO_EXPECTED.length; // events of one demo run
 
 let sc: Sidecar | undefined;
-const clients: TestClient[] = [];
+// Closing the sidecar closes its connections too.
 afterEach(async () => {
-  for (const c of clients.splice(0)) c.ws.terminate();
   await sc?.close();
   sc = undefined;
 });
@@ -24,6 +23,12 @@ afterEach(async () => {
 async function sidecar(opts: TracewireOptions): Promise<Sidecar> {
   sc = await startTestSidecar(opts);
   return sc;
+}
+
+/** A sidecar with `opts` and one connected client of `user`. */
+async function listening(opts: TracewireOptions, user: string): Promise<{ s: Sidecar; c: TestClient }> {
+  const s = await sidecar(opts);
+  return { s, c: await connectAcked(s, user) };
 }
 
 /** A series' value as GET /metrics shows it (Prometheus text format). */
@@ -50,7 +55,6 @@ describe('hub buffer metrics', () => {
     expect(bytes).toBe(s.tw.hub.stats().heldBytes);
 
     const c = await connectAcked(s, 'absent');
-    clients.push(c);
     await c.until((x) => x.events.length === N, 3000, 'the held events');
     expect(await scraped(s, 'tracewire_held_events')).toBe(0);
     expect(await scraped(s, 'tracewire_held_event_bytes')).toBe(0);
@@ -60,9 +64,7 @@ describe('hub buffer metrics', () => {
   });
 
   it('events the window gives up to replayMaxEventsPerRun are counted as run_events', async () => {
-    const s = await sidecar({ replayMaxEventsPerRun: 4 });
-    const c = await connectAcked(s, 'ann');
-    clients.push(c);
+    const { s, c } = await listening({ replayMaxEventsPerRun: 4 }, 'ann');
     await runFor(s, 'ann');
     await c.until((x) => x.events.length === N, 3000, 'the run');
     expect(await scraped(s, 'tracewire_resume_window_trimmed_total{reason="run_events"}')).toBe(N - 4);
@@ -73,9 +75,7 @@ describe('hub buffer metrics', () => {
 
   it('runs the window drops for replayMaxTotalBytes count their events as total_bytes; the window stays within the bound', async () => {
     // About one demo run's worth: each later run pushes the one before it out.
-    const s = await sidecar({ replayMaxTotalBytes: 6000 });
-    const c = await connectAcked(s, 'bea');
-    clients.push(c);
+    const { s, c } = await listening({ replayMaxTotalBytes: 6000 }, 'bea');
     for (let i = 1; i <= 3; i++) {
       await runFor(s, 'bea');
       await c.until((x) => x.events.length === i * N, 3000, `run ${i}`);
@@ -87,7 +87,6 @@ describe('hub buffer metrics', () => {
     expect(await scraped(s, 'tracewire_resume_window_bytes')).toBeLessThanOrEqual(6000);
     // Every event given up is one of the 3 runs' events that a resuming tab can no longer get.
     const tab = await connectAcked(s, 'bea', 'resume_all=1');
-    clients.push(tab);
     await until(() => tab.events.length === 3 * N - trimmed, 3000, 'the kept events replayed');
     await new Promise((r) => setTimeout(r, 100));
     expect(tab.events).toHaveLength(3 * N - trimmed);
