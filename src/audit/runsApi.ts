@@ -11,7 +11,6 @@ export interface RunsApiOptions {
   readonly traceUrlTemplate?: string;
 }
 
-
 export function traceUrl(template: string | undefined, traceId: string): string | null {
   return template ? template.split('{trace_id}').join(encodeURIComponent(traceId)) : null;
 }
