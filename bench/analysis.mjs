@@ -2,12 +2,14 @@
 // limits the figures"). Not part of `npm run bench`; run after `npm run build`:
 //
 //   node bench/analysis.mjs            all checks (~30 s)
-//   node bench/analysis.mjs sweep|evict|otlp-hold|survivors
+//   node bench/analysis.mjs sweep|evict|otlp-hold|survivors|lean
 //
 //   sweep      ReplayStore.sweep() with many retained runs (a full scan every second)
 //   evict      eviction cost at each bound: a new trace at maxTraces, an orphan span at maxOrphanSpans, a resume-window event at replayMaxTotalBytes
 //   otlp-hold  decode + bridge per span with the hold for absent users on and off, and the GC pauses of each
 //   survivors  bytes allocated per OTLP span, and how many of them survive a young-generation collection
+//   lean       the ceiling of a columnar in-flight model (bench/lib/leanIngest.mjs, an experiment) beside the
+//              bridge and decoding alone, in process, per OTLP case (~2 min)
 import { spawnSync } from 'node:child_process';
 import v8 from 'node:v8';
 import path from 'node:path';
@@ -71,6 +73,21 @@ if (want('evict')) {
   console.log(`[evict] an orphan span (its parent never arrives): ${below.toFixed(1)} µs below maxOrphanSpans (20,000); ${atBound.toFixed(1)} µs for the next 100,000, each giving up the oldest held span`);
   await tw2.close(100);
 
+  // Many orphans of one missing parent in one trace (a fan-out whose parent span was dropped), given up together
+  // by the orphan sweep: each is taken out of its parent's waiting list.
+  let clock = Date.now();
+  const tw3 = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbeatMillis: 0, replayRetentionMillis: 0, now: () => clock });
+  const siblings = (n, trace) => Array.from({ length: n }, (_, k) => ({ ...orphan(k + 1), traceId: trace.repeat(32) }));
+  for (const [n, trace] of [[1000, 'a'], [10_000, 'b']]) {
+    tw3.otlpBridges.ingest(siblings(n, trace), () => {});
+    clock += 60_000; // past orphanHoldMillis (10 s), with no timer in between
+    const t = process.hrtime.bigint();
+    tw3.otlpBridges.sweep();
+    const took = ms(t);
+    console.log(`[evict] ${n.toLocaleString()} orphans of one missing parent, given up by one sweep: ${took.toFixed(1)} ms (${((took * 1000) / n).toFixed(2)} µs each; ${tw3.otlpBridges.heldCount} still held)`);
+  }
+  await tw3.close(100);
+
   // The resume window past replayMaxTotalBytes: every event of a new run drops the oldest run.
   const { ReplayStore } = await import(distUrl('hub/ReplayStore.js'));
   const rs = new ReplayStore({ retentionMillis: 60_000, maxEventsPerRun: 1000, maxBytesPerRun: 1 << 20, maxTotalBytes: 50_000 * 460, maxIdleMillis: 600_000, now: Date.now });
@@ -95,6 +112,30 @@ if (want('otlp-hold')) {
     const r = spawnSync(process.execPath, ['--expose-gc', prof, 'protobuf', '512', 'bridge', '5'], { encoding: 'utf8', env: { ...process.env, TW_OPTS: JSON.stringify(opts) }, timeout: 60_000 });
     const line = r.stdout.split('\n').find((l) => l.includes('spans/CPU-s'));
     console.log(`[otlp-hold] ${name}: ${line ?? `failed: ${r.stderr.slice(-300)}`}`);
+  }
+}
+
+if (which === 'lean') {
+  // Not in the default run (2 min). Each case: decode only, decode + LeanIngest, decode + the bridge, in separate
+  // processes, interleaved, 3 rounds of 3 s; medians of spans per CPU second.
+  const prof = path.join(here, 'lib', 'ingestprof.mjs');
+  for (const [encoding, spans] of [['protobuf', '512'], ['protobuf', '8'], ['json', '512']]) {
+    const rates = { decode: [], lean: [], bridge: [] };
+    for (let round = 0; round < 3; round++) {
+      for (const mode of Object.keys(rates)) {
+        const r = spawnSync(process.execPath, ['--expose-gc', prof, encoding, spans, mode, '3'], { encoding: 'utf8', timeout: 60_000 });
+        const m = /([\d,]+) spans\/CPU-s/.exec(r.stdout);
+        if (m === null) throw new Error(`ingestprof ${encoding} ${spans} ${mode} failed: ${r.stderr.slice(-300)}`);
+        rates[mode].push(Number(m[1].replace(/,/g, '')));
+      }
+    }
+    const med = (xs) => [...xs].sort((a, b) => a - b)[1];
+    const us = (rate) => 1e6 / rate;
+    const [d, l, b] = [med(rates.decode), med(rates.lean), med(rates.bridge)];
+    console.log(
+      `[lean] ${encoding} ${spans}: decode only ${Math.round(d / 1000)}k spans/CPU-s (${us(d).toFixed(2)} µs/span); ` +
+        `+ lean model ${Math.round(l / 1000)}k (+${(us(l) - us(d)).toFixed(2)} µs); + bridge ${Math.round(b / 1000)}k (+${(us(b) - us(d)).toFixed(2)} µs); lean/bridge ${(l / b).toFixed(2)}×`,
+    );
   }
 }
 

@@ -1,6 +1,7 @@
 // Quick in-process ingest profile (no HTTP): decode, or decode + bridge, of a
 // pre-built OTLP body, for `node --cpu-prof`. Usage:
-//   node --expose-gc bench/lib/ingestprof.mjs [protobuf|json] [spans] [decode|bridge] [seconds]
+//   node --expose-gc bench/lib/ingestprof.mjs [protobuf|json] [spans] [decode|bridge|lean] [seconds]
+// lean: decode + the LeanIngest experiment (bench/lib/leanIngest.mjs) instead of the bridge.
 // TW_OPTS='{"replayRetentionMillis":0}' sets Tracewire options; HEAP=1 prints what the instance keeps.
 // Prints spans per CPU second, main-thread scavenge time per span, and the main-thread GC pauses (scavenges and mark-compact apart).
 import { distUrl, makeTracewire } from './tw.mjs';
@@ -14,6 +15,7 @@ const tw = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbe
 const b = buildBody(encoding, Number(spansArg));
 const decode = encoding === 'protobuf' ? decodeProtobuf : decodeJson;
 const bridges = tw.otlpBridges;
+const lean = mode === 'lean' ? new (await import('./leanIngest.mjs')).LeanIngest() : undefined;
 let n = 0;
 let k = 1e6;
 globalThis.gc?.();
@@ -39,6 +41,7 @@ while (nowNs() < until) {
     stamp(b, k++);
     const d = decode(b.body, { maxSpans: 20000 });
     if (mode === 'bridge') ingest(bridges, d.spans);
+    else if (lean !== undefined) lean.ingest(d.spans);
     n += d.spans.length;
   }
   await new Promise((r) => setImmediate(r));
@@ -52,6 +55,11 @@ globalThis.gc?.();
 const heapKept = process.memoryUsage().heapUsed;
 console.log(`${encoding} ${spansArg} ${mode}: ${Math.round(n / cpu).toLocaleString()} spans/CPU-s (${((cpu / n) * 1e9).toFixed(0)} ns/span; scavenge ${((gc.minor * 1e6) / n).toFixed(0)} ns/span), heap ${(heapNow / 2 ** 20).toFixed(0)} MiB (${(heapKept / 2 ** 20).toFixed(0)} MiB live after a full GC); ` +
   `GC pauses ${(((gc.minor + gc.major) / wallMs) * 100).toFixed(0)}% of ${(wallMs / 1000).toFixed(1)} s: scavenges ${gc.minor.toFixed(0)} ms (${gc.minorN}), mark-compact ${gc.major.toFixed(0)} ms (${gc.majorN})`);
+if (lean !== undefined) console.log(`lean: ${lean.emitted} events emitted, ${lean.verdicts} verdicts, ${lean.inFlight.size} runs in flight, ${lean.traces.size} traces kept, ${lean.droppedHeld} held events given up`);
+else if (mode === 'bridge') {
+  const m = await tw.metrics.eventsEmitted.counter.get();
+  console.log(`bridge: ${m.values.reduce((a, v) => a + v.value, 0)} events emitted, ${tw.ledger.judgedCount} judged kept, ${tw.ledger.inFlightCount} runs in flight, ${bridges.traceCount} traces kept`);
+}
 if (process.env.HEAP === '1') {
   // What the instance keeps after the run: heap snapshot totals by object kind.
   const { hub, ledger } = tw;
