@@ -51,8 +51,16 @@ const REASON_SET = new Set<string>(DROP_REASONS);
  */
 export class BridgeRegistry {
   private readonly traces = new Map<string, TraceBridge>();
-  /** The traces in `traces`, oldest first (what `maxTraces` evicts). */
+  /** The traces in `traces`, oldest first (what `maxTraces` evicts when no trace is kept only for late spans). */
   private readonly traceOrder = new EvictionOrder<TraceBridge>((tb) => this.traces.get(tb.traceId) === tb);
+  /**
+   * OTLP: traces kept only for late spans (their runs ended, their root
+   * ended, nothing held), in the order they got there: what `maxTraces`
+   * gives up first, so a burst of short runs does not evict the trace of a
+   * run still in flight. An entry stops counting when its trace opens a run
+   * or holds a span again (`TraceBridge.doneEntry` is cleared).
+   */
+  private readonly doneOrder = new EvictionOrder<DoneEntry>((e) => e.tb.doneEntry === e && this.traces.get(e.tb.traceId) === e.tb);
   /** In-flight runs in open order, for evicting the oldest at maxInFlightRuns (runs end in any order). */
   private readonly runQ = new EvictionOrder<RunState>((r) => !r.ended);
   private liveRuns = 0;
@@ -125,6 +133,10 @@ export class BridgeRegistry {
   /** Entries of the trace eviction queue, live and forgotten (tests check it stays bounded). */
   get traceOrderSize(): number {
     return this.traceOrder.length;
+  }
+  /** Entries of the late-span-only trace order, live and not (tests check it stays bounded). */
+  get doneOrderSize(): number {
+    return this.doneOrder.length;
   }
   /** Entries of the held-span order, live and given up (tests check it stays bounded). */
   get heldOrderSize(): number {
@@ -229,6 +241,7 @@ export class BridgeRegistry {
       }
     }
     const run = new RunState(tb, top, this.batchAtMs ?? this.now());
+    this.notDone(tb);
     this.runQ.push(run);
     this.liveRuns++;
     tb.activeRuns++;
@@ -394,6 +407,7 @@ export class BridgeRegistry {
   }
 
   held(tb: TraceBridge, node: SpanNode): void {
+    this.notDone(tb);
     // In a batch (emit mode: audit mode keeps the events a held span carries in its index entry), indexed at its end.
     if (this.batchAtMs !== undefined && this.opts.mode === 'emit') {
       this.batchHeld.push({ tb, node });
@@ -438,9 +452,16 @@ export class BridgeRegistry {
     // that arrives after its run (a later or reordered request) finds its
     // ancestors and is dropped as late_span, instead of being held as an
     // orphan and opening a phantom run of its own.
-    if (!this.opts.parentsArriveFirst && tb.runCount > 0) return;
+    if (!this.opts.parentsArriveFirst && tb.runCount > 0) {
+      if (tb.doneEntry === undefined && this.traces.get(tb.traceId) === tb) {
+        const e: DoneEntry = { tb };
+        tb.doneEntry = e;
+        this.doneOrder.push(e);
+      }
+      return;
+    }
     if (this.traces.get(tb.traceId) === tb) {
-      this.forgetTrace(tb.traceId);
+      this.forgetTrace(tb);
       if (tb.runCount > 0) this.released.set(tb.traceId, true);
       else if (!this.opts.parentsArriveFirst) {
         const ancestors = tb.ancestors(MAX_ANCESTORS);
@@ -449,16 +470,30 @@ export class BridgeRegistry {
     }
   }
 
-  private forgetTrace(id: string): void {
-    this.traces.delete(id);
-    if (this.lastTrace?.traceId === id) this.lastTrace = undefined;
+  /** `tb` leaves `traces` (it is the trace kept under its id). */
+  private forgetTrace(tb: TraceBridge): void {
+    this.traces.delete(tb.traceId);
+    if (this.lastTrace === tb) this.lastTrace = undefined;
     this.traceOrder.left();
+    this.notDone(tb);
   }
 
+  /** The trace opens a run or holds a span: it is no longer kept only for late spans. */
+  private notDone(tb: TraceBridge): void {
+    if (tb.doneEntry === undefined) return;
+    tb.doneEntry = undefined;
+    this.doneOrder.left();
+  }
+
+  /**
+   * At maxTraces: the oldest trace kept only for late spans (its runs are
+   * judged or waiting for their verdict, which eviction does not change);
+   * if there is none, the oldest trace, whose runs in flight are evicted.
+   */
   private evictOldestTrace(): void {
-    const tb = this.traceOrder.oldest()!;
+    const tb = this.doneOrder.oldest()?.tb ?? this.traceOrder.oldest()!;
     const id = tb.traceId;
-    this.forgetTrace(id);
+    this.forgetTrace(tb);
     this.evicted('max_traces');
     for (const n of tb.heldNodes()) this.unheld(n);
     for (const node of tb.nodeList()) {
@@ -499,8 +534,10 @@ export class BridgeRegistry {
       const id = this.idleQ.shift()!;
       const tb = this.traces.get(id);
       if (tb === undefined) continue; // released or evicted already
-      if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) this.forgetTrace(id);
-      else {
+      if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) {
+        this.forgetTrace(tb);
+        this.evicted('trace_idle');
+      } else {
         this.idleQ.push(id);
         this.idleAt.push(now);
       }
@@ -512,6 +549,11 @@ export class BridgeRegistry {
     clearInterval(this.sweepTimer);
     for (const u of this.untrack) u();
   }
+}
+
+/** An entry of the late-span-only order (see `doneOrder`). */
+export interface DoneEntry {
+  readonly tb: TraceBridge;
 }
 
 const RELEASED_MEMORY = 65_536;

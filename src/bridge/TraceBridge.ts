@@ -3,7 +3,7 @@ import { append } from '../util/arrays.js';
 import { RunRecord, type SpanSummary } from '../audit/RunRecord.js';
 import { classify, type Classified } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
-import type { BridgeRegistry } from './BridgeRegistry.js';
+import type { BridgeRegistry, DoneEntry } from './BridgeRegistry.js';
 import type { OutboundEvent } from './EventSink.js';
 
 const PARENT_REMOTE = 1;
@@ -209,6 +209,8 @@ export class TraceBridge {
   private droppedSpans: Set<string> | undefined;
   localRootEnded = false;
   lastSeenMs = 0;
+  /** OTLP: its entry in the registry's order of traces kept only for late spans, while it is one. */
+  doneEntry: DoneEntry | undefined = undefined;
 
   constructor(
     readonly traceId: string,

@@ -123,6 +123,66 @@ describe('bounded in-flight state', () => {
     expect(b.traceOrderSize).toBe(4000);
   });
 
+  it('maxTraces (OTLP): traces kept only for late spans go first; a run still in flight keeps its trace and is delivered whole', async () => {
+    sc = await startTestSidecar({ maxTraces: 5 }, true);
+    const client = await connectAcked(sc, 'long');
+    const b = sc.tw.otlpBridges;
+    const agent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
+    // A long run, exported live: its agent span starts, one tool ends.
+    const long = agent(hex(16), 'long');
+    b.startSpan({ ...long, endMs: undefined });
+    b.endSpan(otlpSpan({ traceId: long.traceId, parentSpanId: long.spanId, name: 'execute_tool lookup', attributes: TOOL }));
+    // 20 short runs after it, each whole in one request: their traces stay for late spans until the bound gives them up.
+    const short = Array.from({ length: 20 }, () => agent(hex(16), 'short'));
+    for (const s of short) b.ingest([s], (err) => { throw err; });
+    const longRun = sc.tw.ledger.get(`${long.traceId}-${long.spanId}`)!;
+    expect(longRun.judgement).toBeUndefined();
+    expect(b.traceCount).toBe(5);
+    expect(await evictions(sc, 'max_traces')).toBe(16);
+    expect(b.doneOrderSize).toBeLessThanOrEqual(21);
+    // A late span of an evicted short trace is still dropped as late (no phantom run).
+    b.endSpan(otlpSpan({ traceId: short[0]!.traceId, parentSpanId: short[0]!.spanId, name: 'execute_tool lookup', attributes: TOOL }));
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(1);
+
+    // The long run ends: every event reaches its user, and it is judged complete.
+    b.endSpan(long);
+    await client.until((c) => c.events.some((e) => e.type === 'agent_completed'), 2000, 'the long run completed');
+    expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'tool_executing', 'tool_completed', 'agent_completed']);
+    expect(client.events.map((e) => e.seq)).toEqual([1, 2, 3, 4]);
+    await until(() => longRun.judgement !== undefined, 2000, 'the long run judged');
+    expect(longRun.judgement).toMatchObject({ verdict: 'complete', expected: 4, delivered: 4 });
+    expect(await runsTotal(sc, { reason: 'evicted' })).toBe(0);
+  });
+
+  it('maxTraces (OTLP): a kept trace that opens a new run is no longer given up first; with every trace in flight, the oldest goes', async () => {
+    sc = await startTestSidecar({ maxTraces: 3 }, true);
+    const b = sc.tw.otlpBridges;
+    const agent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
+    const ingest = (spans: SpanInput[]): void => b.ingest(spans, (err) => { throw err; });
+    // Trace A: one run, complete (kept for late spans); then a second run in it, live.
+    const a = hex(16);
+    ingest([agent(a, 'ann')]);
+    const second = agent(a, 'ann');
+    b.startSpan({ ...second, endMs: undefined });
+    // Trace B: complete. Trace C: live.
+    const bTrace = hex(16);
+    ingest([agent(bTrace, 'bob')]);
+    const c = agent(hex(16), 'cat');
+    b.startSpan({ ...c, endMs: undefined });
+    expect(b.traceCount).toBe(3);
+    // A fourth trace: B goes (kept only for late spans), though A is older.
+    const d = agent(hex(16), 'dan');
+    b.startSpan({ ...d, endMs: undefined });
+    expect(await evictions(sc, 'max_traces')).toBe(1);
+    expect(sc.tw.ledger.get(`${a}-${second.spanId}`)!.judgement).toBeUndefined();
+    // Every trace now has a run in flight: the next one evicts the oldest, A, and its live run.
+    b.startSpan({ ...agent(hex(16), 'eve'), endMs: undefined });
+    expect(await evictions(sc, 'max_traces')).toBe(2);
+    expect(sc.tw.ledger.get(`${a}-${second.spanId}`)!.judgement).toMatchObject({ verdict: 'abandoned', reasons: { evicted: 1 } });
+    expect(sc.tw.ledger.get(`${c.traceId}-${c.spanId}`)!.judgement).toBeUndefined();
+    expect(sc.tw.ledger.get(`${d.traceId}-${d.spanId}`)!.judgement).toBeUndefined();
+  });
+
   it('maxSpansPerRun: spans past the bound are dropped and counted (max_spans), once each (OTLP)', async () => {
     sc = await startTestSidecar({ maxSpansPerRun: 5 }, true);
     const client = await connectAcked(sc, 'cy');

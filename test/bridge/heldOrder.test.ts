@@ -154,5 +154,8 @@ describe('idle OTLP traces', () => {
     while (b.traceCount > 1 && Date.now() - t0 < 3000) await new Promise((r) => setTimeout(r, 50));
     expect(b.traceCount).toBe(1); // the completed one is gone; the one with a run in flight stays
     expect(b.runCount).toBe(1);
+    // Routine, counted apart from the bounds (it does not alert).
+    expect(await metricValue(sc, 'tracewire_bridge_evictions_total', { reason: 'trace_idle' })).toBe(1);
+    expect(await metricValue(sc, 'tracewire_bridge_evictions_total')).toBe(1);
   });
 });
