@@ -2,12 +2,13 @@
 // limits the figures"). Not part of `npm run bench`; run after `npm run build`:
 //
 //   node bench/analysis.mjs            all checks (~30 s)
-//   node bench/analysis.mjs sweep|evict|otlp-hold|survivors|lean
+//   node bench/analysis.mjs sweep|evict|otlp-hold|survivors|detail|lean
 //
 //   sweep      ReplayStore.sweep() with many retained runs (a full scan every second)
 //   evict      eviction cost at each bound: a new trace at maxTraces, an orphan span at maxOrphanSpans, a resume-window event at replayMaxTotalBytes
 //   otlp-hold  decode + bridge per span with the hold for absent users on and off, and the GC pauses of each
 //   survivors  bytes allocated per OTLP span, and how many of them survive a young-generation collection
+//   detail     GET /api/runs/:id of a run at the span bound (10,000 spans, 20,000 events): one page against the whole run
 //   lean       the ceiling of a columnar in-flight model (bench/lib/leanIngest.mjs, an experiment) beside the
 //              bridge and decoding alone, in process, per OTLP case (~2 min)
 import { spawnSync } from 'node:child_process';
@@ -113,6 +114,41 @@ if (want('otlp-hold')) {
     const line = r.stdout.split('\n').find((l) => l.includes('spans/CPU-s'));
     console.log(`[otlp-hold] ${name}: ${line ?? `failed: ${r.stderr.slice(-300)}`}`);
   }
+}
+
+if (want('detail')) {
+  // The run detail builds its answer on the event loop: a run at maxSpansPerRun, whole against one page.
+  const { runDetail } = await import(distUrl('audit/runsApi.js'));
+  const tw = makeTracewire({ jwtSecret: 'bench-secret-0123456789abcdef', wsHeartbeatMillis: 0, graceMillis: 0, replayRetentionMillis: 0 });
+  const traceId = 'd'.repeat(32);
+  const id = (i) => i.toString(16).padStart(16, '0');
+  const t0 = Date.now();
+  const spans = Array.from({ length: 9999 }, (_, k) => ({ traceId, spanId: id(k + 2), parentSpanId: id(1), name: 'execute_tool t', startMs: t0 + k * 0.01, endMs: t0 + k * 0.01 + 0.005, attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 't' }, statusCode: 0 }));
+  spans.push({ traceId, spanId: id(1), name: 'invoke_agent a', startMs: t0 - 1, endMs: t0 + 200, attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'a', 'user.id': 'u' }, statusCode: 0 });
+  tw.otlpBridges.ingest(spans, (err) => {
+    throw err;
+  });
+  const run = tw.ledger.get(`${traceId}-${id(1)}`);
+  const time = (page) => {
+    const xs = [];
+    let bytes = 0;
+    for (let k = 0; k < 15; k++) {
+      const t = process.hrtime.bigint();
+      bytes = JSON.stringify(runDetail(run, undefined, page)).length;
+      xs.push(ms(t));
+    }
+    xs.sort((a, b) => a - b);
+    return { ms: xs[7], mib: bytes / 2 ** 20 };
+  };
+  // Medians of 15, the whole run first (it warms up the code the pages share).
+  const whole = time({ afterSeq: 0, limit: 1e9 });
+  const first = time({ afterSeq: 0, limit: 1000 });
+  const middle = time({ afterSeq: 10_000, limit: 1000 });
+  console.log(
+    `[detail] a run of ${run.spans.length.toLocaleString()} spans and ${run.events.length.toLocaleString()} events, built and serialised: ` +
+      `whole ${whole.ms.toFixed(0)} ms (${whole.mib.toFixed(1)} MiB); a page of 1,000 events: first ${first.ms.toFixed(1)} ms, middle ${middle.ms.toFixed(1)} ms (${first.mib.toFixed(2)} MiB)`,
+  );
+  await tw.close(100);
 }
 
 if (which === 'lean') {

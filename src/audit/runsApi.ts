@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { TracewireError } from '../errors/errors.js';
 import { VERDICTS } from './Metrics.js';
-import { EV_DELIVERED, EV_DROPPED, EV_HELD, type EventRecord, type RunRecord } from './RunRecord.js';
+import { EV_DELIVERED, EV_DROPPED, EV_HELD, type EventRecord, type RunRecord, type SpanSummary } from './RunRecord.js';
 import { decodeCursor, LIST_MAX_LIMIT, type RunLedger } from './RunLedger.js';
 import { isoOf as iso } from '../util/time.js';
 
@@ -108,38 +108,96 @@ interface Placed {
   readonly item: TimelineItem;
 }
 
+/** Events per page of `GET /api/runs/:run_id` when no `limit` is given, and the most one page may ask for. */
+export const DETAIL_DEFAULT_LIMIT = 1000;
+export const DETAIL_MAX_LIMIT = 5000;
+
+/** One page of a run's detail: the events after seq `afterSeq`, at most `limit` of them. */
+export interface DetailPage {
+  readonly afterSeq: number;
+  readonly limit: number;
+}
+
+/** Detail cursor: base64url of `seq:<n>`, the last event seq of the page before. */
+export function encodeDetailCursor(seq: number): string {
+  return Buffer.from(`seq:${seq}`, 'utf8').toString('base64url');
+}
+
+export function decodeDetailCursor(cursor: string): number | undefined {
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(cursor)) return undefined;
+  const m = /^seq:(\d{1,15})$/.exec(Buffer.from(cursor, 'base64url').toString('utf8'));
+  return m === null ? undefined : Number(m[1]);
+}
+
 /**
- * One timeline of the run, in causal order: the expected events in seq order
- * (the order the user's client receives them), each span's start just before
- * the event its start caused and its end just before the event its end
- * caused. Ends that cause no event (thinking spans) are placed by time after
+ * One page of the run's detail: its expected events with seq above
+ * `page.afterSeq` (at most `page.limit`, in seq order), the spans whose
+ * start event is among them (on the first page also the spans that have no
+ * start event, such as late spans), and the timeline of that page in causal
+ * order: the events in seq order (the order the user's client receives
+ * them), each span's start just before the event its start caused and its
+ * end just before the event its end caused. Ends that cause no event
+ * (thinking spans) are placed by time after their start, within the page of
  * their start; a start time that is a whole millisecond may lie anywhere in
- * that millisecond, so an end within it is placed before it.
+ * that millisecond, so an end within it is placed before it. The pages of a
+ * run put together are its whole timeline (`next_cursor` names the next
+ * page); the work per page is proportional to the page, plus one pass over
+ * the run's span and event lists.
  */
-export function runDetail(r: RunRecord, traceUrlTemplate?: string): Record<string, unknown> {
+export function runDetail(r: RunRecord, traceUrlTemplate?: string, page: DetailPage = { afterSeq: 0, limit: DETAIL_DEFAULT_LIMIT }): Record<string, unknown> {
   const judged = r.judgement !== undefined;
-  const events = r.events.map((e) => eventView(e, judged));
-  const depth = new Map<string, number>();
-  const spans = r.spans.map((s) => {
-    const d = s.parentSpanId !== undefined && depth.has(s.parentSpanId) ? depth.get(s.parentSpanId)! + 1 : 0;
-    depth.set(s.spanId, d);
-    return {
-      span_id: s.spanId,
-      parent_span_id: s.parentSpanId ?? null,
-      depth: d,
-      kind: s.kind,
-      name: s.name ?? null,
-      start: iso(s.startMs),
-      end: s.endMs !== undefined ? iso(s.endMs) : null,
-      duration_ms: s.endMs !== undefined ? Math.round((s.endMs - s.startMs) * 1000) / 1000 : null,
-      error: s.error ?? null,
-    };
+  const all = r.events;
+  // Events are in seq order: the page starts at the first seq above afterSeq.
+  let lo = 0;
+  let hi = all.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (all[mid]!.seq <= page.afterSeq) lo = mid + 1;
+    else hi = mid;
+  }
+  const first = lo;
+  const last = Math.min(all.length, first + page.limit);
+  const pageEvents = all.slice(first, last);
+  const events = pageEvents.map((e) => eventView(e, judged));
+
+  // Over the whole run, without formatting anything: each span's index and depth, and which spans' starts and ends caused events.
+  const index = new Map<string, number>();
+  const depthOf: number[] = [];
+  r.spans.forEach((s, i) => {
+    index.set(s.spanId, i);
+    const p = s.parentSpanId !== undefined ? index.get(s.parentSpanId) : undefined;
+    depthOf.push(p !== undefined ? depthOf[p]! + 1 : 0);
   });
+  const startedByEvent = new Uint8Array(r.spans.length);
+  const endedByEvent = new Uint8Array(r.spans.length);
+  for (const e of all) {
+    const i = index.get(e.spanId);
+    if (i === undefined) continue;
+    if (START_EVENTS.has(e.type)) startedByEvent[i] = 1;
+    else if (r.spans[i]!.endMs !== undefined) endedByEvent[i] = 1;
+  }
+
+  // The page's spans, in the run's span order.
+  const inPage = new Uint8Array(r.spans.length);
+  for (const e of pageEvents) {
+    const i = index.get(e.spanId);
+    if (i !== undefined && START_EVENTS.has(e.type)) inPage[i] = 1;
+  }
+  if (first === 0) for (let i = 0; i < r.spans.length; i++) if (startedByEvent[i] === 0) inPage[i] = 1;
+  const views = new Map<number, SpanView>();
+  const viewOf = (i: number): SpanView => {
+    let v = views.get(i);
+    if (v === undefined) views.set(i, (v = spanView(r.spans[i]!, depthOf[i]!)));
+    return v;
+  };
+  const pageSpans: number[] = [];
+  for (let i = 0; i < r.spans.length; i++) if (inPage[i] === 1) pageSpans.push(i);
+  const spans = pageSpans.map(viewOf);
+
   const offset = (ms: number): number => Math.round((ms - r.startMs) * 1000) / 1000;
-  const index = new Map(r.spans.map((s, i) => [s.spanId, i] as const));
   const startItem = (i: number): Placed => {
     const s = r.spans[i]!;
-    const v = spans[i]!;
+    const v = viewOf(i);
     return {
       atMs: s.startMs,
       coarseStart: Number.isInteger(s.startMs),
@@ -148,7 +206,7 @@ export function runDetail(r: RunRecord, traceUrlTemplate?: string): Record<strin
   };
   const endItem = (i: number): Placed => {
     const s = r.spans[i]!;
-    const v = spans[i]!;
+    const v = viewOf(i);
     return {
       atMs: s.endMs!,
       coarseStart: false,
@@ -158,7 +216,7 @@ export function runDetail(r: RunRecord, traceUrlTemplate?: string): Record<strin
   const line: Placed[] = [];
   const startPos = new Map<number, number>();
   const endPos = new Map<number, number>();
-  r.events.forEach((e, k) => {
+  pageEvents.forEach((e, k) => {
     const i = index.get(e.spanId);
     const isStart = START_EVENTS.has(e.type);
     if (i !== undefined) {
@@ -174,7 +232,7 @@ export function runDetail(r: RunRecord, traceUrlTemplate?: string): Record<strin
     line.push({
       atMs: e.tsMs,
       coarseStart: isStart && Number.isInteger(e.tsMs),
-      item: { at: events[k]!.ts as string, offset_ms: offset(e.tsMs), what: 'event', kind: s?.kind ?? null, name: s?.name ?? null, depth: depth.get(e.spanId) ?? 0, ...events[k]! },
+      item: { at: events[k]!.ts as string, offset_ms: offset(e.tsMs), what: 'event', kind: s?.kind ?? null, name: s?.name ?? null, depth: i !== undefined ? depthOf[i]! : 0, ...events[k]! },
     });
   });
   // Span starts and ends that caused no event go by time, after the span's own start and before
@@ -189,19 +247,21 @@ export function runDetail(r: RunRecord, traceUrlTemplate?: string): Record<strin
     return j;
   };
   const extra: Array<{ pos: number; order: number; p: Placed }> = [];
-  r.spans.forEach((s, i) => {
+  for (const i of pageSpans) {
+    const s = r.spans[i]!;
     let from = startPos.get(i);
     if (from === undefined) {
       from = positionFrom(s.startMs, 0);
       extra.push({ pos: from, order: extra.length, p: startItem(i) });
     } else from += 2; // after the span's start and the event it caused
-    if (s.endMs === undefined || endPos.has(i)) return;
+    // An end that caused an event is placed with that event (in this page or a later one).
+    if (s.endMs === undefined || endedByEvent[i] === 1) continue;
     let pos = positionFrom(s.endMs, from);
     // End times carry the start's millisecond error too: a span ends before its parent does.
     const parentEnd = s.parentSpanId !== undefined ? endPos.get(index.get(s.parentSpanId) ?? -1) : undefined;
     if (parentEnd !== undefined && parentEnd >= from) pos = Math.min(pos, parentEnd);
     extra.push({ pos, order: extra.length, p: endItem(i) });
-  });
+  }
   let timeline: Placed[] = line;
   if (extra.length > 0) {
     extra.sort((a, b) => a.pos - b.pos || a.p.atMs - b.p.atMs || a.order - b.order);
@@ -212,7 +272,34 @@ export function runDetail(r: RunRecord, traceUrlTemplate?: string): Record<strin
       if (j < line.length) timeline.push(line[j]!);
     }
   }
-  return { ...runSummary(r, traceUrlTemplate), spans, events, timeline: timeline.map((p) => p.item) };
+  const nextCursor = last < all.length ? encodeDetailCursor(all[last - 1]!.seq) : null;
+  return { ...runSummary(r, traceUrlTemplate), spans, events, timeline: timeline.map((p) => p.item), next_cursor: nextCursor };
+}
+
+interface SpanView {
+  readonly span_id: string;
+  readonly parent_span_id: string | null;
+  readonly depth: number;
+  readonly kind: string;
+  readonly name: string | null;
+  readonly start: string;
+  readonly end: string | null;
+  readonly duration_ms: number | null;
+  readonly error: string | null;
+}
+
+function spanView(s: SpanSummary, depth: number): SpanView {
+  return {
+    span_id: s.spanId,
+    parent_span_id: s.parentSpanId ?? null,
+    depth,
+    kind: s.kind,
+    name: s.name ?? null,
+    start: iso(s.startMs),
+    end: s.endMs !== undefined ? iso(s.endMs) : null,
+    duration_ms: s.endMs !== undefined ? Math.round((s.endMs - s.startMs) * 1000) / 1000 : null,
+    error: s.error ?? null,
+  };
 }
 
 function single(q: Record<string, unknown>, name: string): string | undefined {
@@ -220,6 +307,14 @@ function single(q: Record<string, unknown>, name: string): string | undefined {
   if (v === undefined) return undefined;
   if (typeof v !== 'string') throw new TracewireError('TW_BAD_QUERY', name, 'give it once');
   return v;
+}
+
+/** A `limit` query value, 1..max; undefined when not given. */
+function parseLimit(raw: string | undefined, max: number): number | undefined {
+  if (raw === undefined) return undefined;
+  const limit = /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isInteger(limit) || limit < 1 || limit > max) throw new TracewireError('TW_BAD_QUERY', 'limit', `an integer from 1 to ${max}`);
+  return limit;
 }
 
 function parseTime(name: string, v: string | undefined): number | undefined {
@@ -236,7 +331,9 @@ const VERDICT_FILTERS: readonly string[] = [...VERDICTS, 'in_flight'];
  * `in_flight`), `agent`, `user`, `since`, `until` (epoch ms or ISO 8601, on
  * the start time); `limit` (1..500, default 50) and `cursor` (the previous
  * page's `next_cursor`) paginate. `GET /api/runs/:run_id`: one run with its
- * spans, events and timeline. Errors: 400 TW_BAD_QUERY, 404 TW_RUN_NOT_FOUND.
+ * spans, events and timeline, `limit` events a page (1..5000, default 1000)
+ * from `cursor` (the previous page's `next_cursor`). Errors: 400
+ * TW_BAD_QUERY, 404 TW_RUN_NOT_FOUND.
  */
 export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promise<void> {
   const { ledger } = opts;
@@ -246,12 +343,7 @@ export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promi
     if (verdict !== undefined && !VERDICT_FILTERS.includes(verdict)) {
       throw new TracewireError('TW_BAD_QUERY', 'verdict', `one of ${VERDICT_FILTERS.join(', ')}`);
     }
-    const rawLimit = single(q, 'limit');
-    let limit: number | undefined;
-    if (rawLimit !== undefined) {
-      limit = /^\d+$/.test(rawLimit) ? Number(rawLimit) : Number.NaN;
-      if (!Number.isInteger(limit) || limit < 1 || limit > LIST_MAX_LIMIT) throw new TracewireError('TW_BAD_QUERY', 'limit', `an integer from 1 to ${LIST_MAX_LIMIT}`);
-    }
+    const limit = parseLimit(single(q, 'limit'), LIST_MAX_LIMIT);
     const cursor = single(q, 'cursor') || undefined;
     if (cursor !== undefined && decodeCursor(cursor) === undefined) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
     const sinceMs = parseTime('since', single(q, 'since'));
@@ -270,8 +362,13 @@ export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promi
   });
   app.get('/api/runs/:run_id', async (req) => {
     const { run_id } = req.params as { run_id: string };
+    const q = (req.query ?? {}) as Record<string, unknown>;
+    const limit = parseLimit(single(q, 'limit'), DETAIL_MAX_LIMIT) ?? DETAIL_DEFAULT_LIMIT;
+    const cursor = single(q, 'cursor') || undefined;
+    const afterSeq = cursor === undefined ? 0 : decodeDetailCursor(cursor);
+    if (afterSeq === undefined) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page of this run');
     const r = ledger.get(run_id);
     if (r === undefined) throw new TracewireError('TW_RUN_NOT_FOUND', run_id);
-    return runDetail(r, opts.traceUrlTemplate);
+    return runDetail(r, opts.traceUrlTemplate, { afterSeq, limit });
   });
 }

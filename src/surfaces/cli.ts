@@ -181,21 +181,28 @@ async function inspect(runId: string | undefined, flags: Record<string, string>,
     if ((body.runs ?? []).length === 0) out('no runs match');
     return 0;
   }
-  const res = await fetch(`${base}/api/runs/${encodeURIComponent(runId)}`, { headers });
-  const r = (await res.json()) as Record<string, unknown> & { timeline?: Array<Record<string, unknown>> };
-  if (!res.ok) {
-    err(`tracewire inspect: ${res.status} ${r.code}: ${r.message}`);
-    return 1;
-  }
-  out(`run ${r.run_id}  agent ${r.agent}  user ${r.user}  verdict ${r.verdict ?? r.status}${r.reason ? ` (${r.reason})` : ''}`);
-  out(`  ${r.explanation}`);
-  if (r.trace_url) out(`  trace: ${r.trace_url}`);
-  for (const t of r.timeline ?? []) {
-    if (t.what === 'event') {
-      out(`  ${t.at}  event #${String(t.seq).padStart(2)} ${String(t.type).padEnd(16)} ${String(t.outcome).padEnd(9)} ${t.reason ?? ''}${t.connections ? ` (${t.connections} connection${t.connections === 1 ? '' : 's'})` : ''}`);
-    } else {
-      out(`  ${t.at}  ${t.what === 'span_start' ? 'start' : 'end  '} ${String(t.kind).padEnd(8)} ${t.name ?? ''}${t.error ? `  error: ${t.error}` : ''}`);
+  // The run's timeline comes a page of events at a time: follow next_cursor to its end.
+  let cursor: string | null = null;
+  for (let page = 0; page === 0 || cursor !== null; page++) {
+    const res = await fetch(`${base}/api/runs/${encodeURIComponent(runId)}${cursor !== null ? `?cursor=${encodeURIComponent(cursor)}` : ''}`, { headers });
+    const r = (await res.json()) as Record<string, unknown> & { timeline?: Array<Record<string, unknown>>; next_cursor?: string | null };
+    if (!res.ok) {
+      err(`tracewire inspect: ${res.status} ${r.code}: ${r.message}`);
+      return 1;
     }
+    if (page === 0) {
+      out(`run ${r.run_id}  agent ${r.agent}  user ${r.user}  verdict ${r.verdict ?? r.status}${r.reason ? ` (${r.reason})` : ''}`);
+      out(`  ${r.explanation}`);
+      if (r.trace_url) out(`  trace: ${r.trace_url}`);
+    }
+    for (const t of r.timeline ?? []) {
+      if (t.what === 'event') {
+        out(`  ${t.at}  event #${String(t.seq).padStart(2)} ${String(t.type).padEnd(16)} ${String(t.outcome).padEnd(9)} ${t.reason ?? ''}${t.connections ? ` (${t.connections} connection${t.connections === 1 ? '' : 's'})` : ''}`);
+      } else {
+        out(`  ${t.at}  ${t.what === 'span_start' ? 'start' : 'end  '} ${String(t.kind).padEnd(8)} ${t.name ?? ''}${t.error ? `  error: ${t.error}` : ''}`);
+      }
+    }
+    cursor = r.next_cursor ?? null;
   }
   return 0;
 }

@@ -1,6 +1,7 @@
 import type { Tracer } from '@opentelemetry/api';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
+import type { SpanInput } from '../../src/conventions/SpanInput.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
 import { connectAcked, inProcessTracer, startTestSidecar, until } from '../helpers.js';
 import { getJson, judged, runIdOf } from './support.js';
@@ -130,6 +131,13 @@ describe('runs API', () => {
       ['/api/runs?cursor=!!', 400, 'TW_BAD_QUERY', 'bad query parameter cursor: use next_cursor from the previous page'],
       ['/api/runs?cursor=12', 400, 'TW_BAD_QUERY', 'bad query parameter cursor: use next_cursor from the previous page'],
       ['/api/runs?verdict=complete&verdict=partial', 400, 'TW_BAD_QUERY', 'bad query parameter verdict: give it once'],
+      // One run's detail pages its events: the same codes, checked before the run is looked up.
+      ['/api/runs/nope?limit=0', 400, 'TW_BAD_QUERY', 'bad query parameter limit: an integer from 1 to 5000'],
+      ['/api/runs/nope?limit=5001', 400, 'TW_BAD_QUERY', 'bad query parameter limit: an integer from 1 to 5000'],
+      ['/api/runs/nope?cursor=!!', 400, 'TW_BAD_QUERY', 'bad query parameter cursor: use next_cursor from the previous page of this run'],
+      // A cursor of the run list is not one of a run's detail.
+      [`/api/runs/nope?cursor=${Buffer.from('1000:1').toString('base64url')}`, 400, 'TW_BAD_QUERY', 'bad query parameter cursor: use next_cursor from the previous page of this run'],
+      [`/api/runs/nope?cursor=${Buffer.from('seq:12').toString('base64url')}&limit=5000`, 404, 'TW_RUN_NOT_FOUND', 'no run "nope" (runs are kept for a bounded count and age)'],
     ];
     for (const [path, status, code, message] of cases) {
       const res = await getJson(sc, path);
@@ -225,6 +233,70 @@ describe('runs API', () => {
     // The list entry of the same run carries the trace link too.
     const list = await getJson(sc, '/api/runs');
     expect(list.body.runs[0]).toMatchObject({ run_id: runId, trace_url: `http://tempo.local/explore?trace=${ids.traceId}` });
+  });
+
+  it("pages a large run's detail by event seq; its pages put together are the whole timeline", async () => {
+    sc = await startTestSidecar({ graceMillis: 20 }, true);
+    const client = await connectAcked(sc, 'big');
+    const traceId = 'b1'.repeat(16);
+    const id = (i: number): string => i.toString(16).padStart(16, '0');
+    const t0 = Date.now() - 1000;
+    const tool = (i: number): SpanInput => ({ traceId, spanId: id(i + 10), parentSpanId: id(1), name: 'execute_tool lookup', startMs: t0 + 1 + i * 0.25, endMs: t0 + 1.1 + i * 0.25, attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': `lookup-${i}` }, statusCode: 0 });
+    // An agent with a short thinking span (its end causes no event) and 1,299 tools: 2,600 expected events.
+    const spans: SpanInput[] = [
+      { traceId, spanId: id(2), parentSpanId: id(1), name: 'chat gpt-4o', startMs: t0 + 0.5, endMs: t0 + 0.6, attributes: { 'gen_ai.operation.name': 'chat', 'gen_ai.request.model': 'gpt-4o' }, statusCode: 0 },
+      ...Array.from({ length: 1299 }, (_, i) => tool(i)),
+      { traceId, spanId: id(1), name: 'invoke_agent big', startMs: t0, endMs: t0 + 400, attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'big', 'user.id': 'big' }, statusCode: 0 },
+    ];
+    sc.tw.otlpBridges.ingest(spans, (err) => {
+      throw err;
+    });
+    const runId = `${traceId}-${id(1)}`;
+    await judged(sc, runId);
+    // agent_started, agent_thinking, 1,299 × (tool_executing, tool_completed), agent_completed.
+    await client.until((c) => c.events.length >= 2601, 5000, 'every event');
+
+    // The whole run in one page (the most a page may ask for).
+    const whole = (await getJson(sc, `/api/runs/${runId}?limit=5000`)).body;
+    expect(whole.next_cursor).toBeNull();
+    expect(whole.events).toHaveLength(2601);
+    expect(whole.spans).toHaveLength(1301);
+    expect(whole.timeline).toHaveLength(2601 + 2 * 1301);
+    expect(whole.verdict).toBe('complete');
+
+    /** Every page of the run's detail with `query`, following next_cursor. */
+    const pagesOf = async (query: string): Promise<any[]> => {
+      const pages: any[] = [];
+      let cursor: string | null = null;
+      do {
+        const { status, body } = await getJson(sc!, `/api/runs/${runId}?${query}${cursor ? `&cursor=${cursor}` : ''}`);
+        expect(status).toBe(200);
+        pages.push(body);
+        cursor = body.next_cursor;
+      } while (cursor !== null && pages.length < 10);
+      return pages;
+    };
+    // Default pages of 1,000 events.
+    const pages = await pagesOf('');
+    expect(pages.map((p) => p.events.length)).toEqual([1000, 1000, 601]);
+    for (const p of pages) expect(p).toMatchObject({ run_id: runId, verdict: 'complete', expected: 2601, delivered: 2601 });
+    expect(pages.flatMap((p) => p.events)).toEqual(whole.events);
+    expect(pages.flatMap((p) => p.spans)).toEqual(whole.spans);
+    expect(pages.flatMap((p) => p.timeline)).toEqual(whole.timeline);
+    // The thinking span's end (no event) stays right after its start and event, on the first page.
+    expect(pages[0].timeline.slice(0, 5).map((t: { what: string; kind: string }) => `${t.what}:${t.kind}`)).toEqual(['span_start:agent', 'event:agent', 'span_start:thinking', 'event:thinking', 'span_end:thinking']);
+
+    // Pages of 999: a tool starts on one page and ends on the next; its end item comes with its end event.
+    const odd = await pagesOf('limit=999');
+    expect(odd.map((p) => p.events.length)).toEqual([999, 999, 603]);
+    expect(odd.flatMap((p) => p.timeline)).toEqual(whole.timeline);
+    expect(odd[0].events.at(-1)).toMatchObject({ seq: 999, type: 'tool_executing' });
+    expect(odd[1].timeline[0]).toMatchObject({ what: 'span_end', kind: 'tool', span_id: odd[0].events.at(-1).span_id });
+    expect(odd[1].spans.map((x: { span_id: string }) => x.span_id)).not.toContain(odd[0].events.at(-1).span_id);
+
+    // A page past the end is empty.
+    const end = (await getJson(sc, `/api/runs/${runId}?cursor=${Buffer.from('seq:2601').toString('base64url')}`)).body;
+    expect(end).toMatchObject({ events: [], spans: [], timeline: [], next_cursor: null, expected: 2601 });
   });
 
   it('keeps judged runs bounded by runsMaxCount and runsMaxAgeMillis', async () => {

@@ -1,3 +1,4 @@
+import { context, trace } from '@opentelemetry/api';
 import { spawn } from 'node:child_process';
 import { jwtVerify } from 'jose';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -69,6 +70,23 @@ describe('tracewire inspect', () => {
     const missing = await cli(['inspect', 'no-such-run', '--url', sc.publicUrl]);
     expect(missing.code).toBe(1);
     expect(missing.err.join('\n')).toMatch(/404 TW_RUN_NOT_FOUND/);
+  });
+
+  it('prints the whole timeline of a run larger than one page of the API', async () => {
+    const { tracer } = inProcessTracer(sc);
+    // One agent with 550 tools: 1,102 events, two pages.
+    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'nobody-listening' } });
+    const ctx = trace.setSpan(context.active(), top);
+    for (let i = 0; i < 550; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+    top.end();
+    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    await until(() => sc.tw.ledger.get(runId)?.judgement !== undefined, 3000, 'verdict');
+    const one = await cli(['inspect', runId, '--url', sc.publicUrl]);
+    expect(one.code).toBe(0);
+    expect(one.out.filter((l) => l.startsWith('run '))).toHaveLength(1);
+    const seqs = one.out.filter((l) => / event #/.test(l)).map((l) => Number(/#\s*(\d+)/.exec(l)![1]));
+    expect(seqs).toEqual(Array.from({ length: 1102 }, (_, i) => i + 1));
+    expect(one.out.filter((l) => / (start|end {2}) tool /.test(l))).toHaveLength(1100);
   });
 });
 

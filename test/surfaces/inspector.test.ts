@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { context, trace } from '@opentelemetry/api';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
@@ -187,5 +188,37 @@ describe.skipIf(!hasChromium)('run inspector (headless Chromium)', () => {
     expect(new URL(page.url()).pathname).toBe('/tw/inspector');
     expect(problems).toEqual([]);
     await page.close();
+  });
+
+  it('shows a large run a page of events at a time: "Show more events" appends the rest in order', async () => {
+    const big = await startTestSidecar();
+    try {
+      await connectAcked(big, 'bo');
+      const { tracer } = inProcessTracer(big);
+      // One agent with 600 tools: 1,202 expected events, more than one page (1,000).
+      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'bo' } });
+      const ctx = trace.setSpan(context.active(), top);
+      for (let i = 0; i < 600; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+      top.end();
+      const id = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+      await until(() => big.tw.ledger.get(id)?.judgement !== undefined, 5000, 'verdict');
+      const { page, problems } = await openPage(`${big.publicUrl}/inspector?run=${id}`);
+      const events = page.locator('#timeline tr[data-what="event"]');
+      await expect.poll(() => events.count()).toBe(1000);
+      await expect.poll(() => page.locator('#timeline-more').textContent()).toBe('Show more events (1000 of 1202 shown)');
+      await page.click('#timeline-more');
+      await expect.poll(() => events.count()).toBe(1202);
+      expect(await page.locator('#timeline-more').isHidden()).toBe(true);
+      // Every span start and end is there once, and the rows run in seq order across the pages.
+      expect(await page.locator('#timeline tr[data-what="span_start"]').count()).toBe(601);
+      expect(await page.locator('#timeline tr[data-what="span_end"]').count()).toBe(601);
+      const seqs = (await events.locator('td.what .muted').allTextContents()).map((t) => Number(t.replace(' #', '')));
+      expect(seqs).toEqual(Array.from({ length: 1202 }, (_, i) => i + 1));
+      expect(await events.last().getAttribute('data-type')).toBe('agent_completed');
+      expect(problems).toEqual([]);
+      await page.close();
+    } finally {
+      await big.close();
+    }
   });
 });

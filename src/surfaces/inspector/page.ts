@@ -52,6 +52,7 @@ td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 .v-in_flight,.v-ended{color:var(--blue);background:var(--blue-bg)}
 .chip{display:inline-block;margin:0 .3rem .3rem 0;padding:.05rem .45rem;border-radius:4px;background:var(--grey-bg);font-size:.8rem}
 #more{margin:.7rem 1.2rem}
+#timeline-more{margin:.7rem 0}
 #empty{padding:1.2rem;color:var(--muted)}
 #detail{padding:1rem 1.4rem;overflow:auto}
 #detail h2{font-size:1.15rem;margin:.1rem 0 .6rem;display:flex;gap:.6rem;align-items:center;flex-wrap:wrap}
@@ -107,6 +108,8 @@ const token = new URLSearchParams(location.search).get('token');
 let nextCursor = null;
 let selected = null;
 let liveTimer = null;
+/** Pages of the selected run's timeline shown (live refresh re-reads only a run shown on one page). */
+let detailPages = 0;
 
 function el(tag, props, ...kids) {
   const e = document.createElement(tag);
@@ -304,6 +307,7 @@ function timelineRow(t) {
 
 async function showRun(id) {
   const d = $('#detail');
+  detailPages = 0;
   if (!id) {
     d.textContent = '';
     d.append(el('p', { class: 'placeholder', text: 'Select a run to see what happened to each of its events.' }));
@@ -343,6 +347,29 @@ async function showRun(id) {
   for (const t of r.timeline) tb.append(timelineRow(t));
   table.append(tb);
   d.append(table);
+  detailPages = 1;
+  // A large run comes a page of events at a time (next_cursor): more rows on demand.
+  let cursor = r.next_cursor;
+  const more = el('button', { id: 'timeline-more', type: 'button', text: 'Show more events (' + r.events.length + ' of ' + r.expected + ' shown)' });
+  more.hidden = !cursor;
+  more.addEventListener('click', async () => {
+    more.disabled = true;
+    try {
+      const page = await api('api/runs/' + encodeURIComponent(id) + '?cursor=' + encodeURIComponent(cursor));
+      if (selected !== id) return;
+      for (const t of page.timeline) tb.append(timelineRow(t));
+      detailPages++;
+      cursor = page.next_cursor;
+      const shown = tb.querySelectorAll('tr[data-what="event"]').length;
+      more.textContent = 'Show more events (' + shown + ' of ' + page.expected + ' shown)';
+      more.hidden = !cursor;
+    } catch (e) {
+      more.textContent = 'Could not load more: ' + (e.code ? e.code + ': ' : '') + e.message;
+    } finally {
+      more.disabled = false;
+    }
+  });
+  d.append(more);
   d.append(el('p', { class: 'note', text: 'Rows are in causal order: events by seq (the order a client receives them), each span start before the event it caused. Times are offsets from the run start taken from the spans; span start times from OpenTelemetry JS have millisecond resolution, so neighbouring offsets may differ from that order by under a millisecond.' }));
 }
 
@@ -353,7 +380,7 @@ async function refresh() {
 
 function applyLive() {
   if (liveTimer) { clearInterval(liveTimer); liveTimer = null; }
-  if ($('#f-live').checked) liveTimer = setInterval(() => { if (!nextCursor || $('#runs tbody').children.length <= 50) refresh(); if (selected) showRun(selected); }, 5000);
+  if ($('#f-live').checked) liveTimer = setInterval(() => { if (!nextCursor || $('#runs tbody').children.length <= 50) refresh(); if (selected && detailPages <= 1) showRun(selected); }, 5000);
 }
 
 $('#filters').addEventListener('submit', (e) => {
