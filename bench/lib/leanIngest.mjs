@@ -27,6 +27,43 @@ import { distUrl } from './tw.mjs';
 
 const { classify } = await import(distUrl('conventions/classify.js'));
 
+// Ablations (what the bridge's object model costs): LEAN_EVENT_OBJECTS=1 keeps an object per event (like
+// EventRecord) besides the column; LEAN_SPAN_OBJECTS=1 keeps an object per span (like SpanNode) until the
+// run's verdict.
+const EVENT_OBJECTS = process.env.LEAN_EVENT_OBJECTS === '1';
+const SPAN_OBJECTS = process.env.LEAN_SPAN_OBJECTS === '1';
+
+class EventObject {
+  constructor(seq, type, span, run) {
+    this.bits = 0;
+    this.connections = 0;
+    this.attempts = 0;
+    this.deliveredAfterMs = -1;
+    this.seq = seq;
+    this.type = type;
+    this.span = span;
+    this.run = run;
+  }
+}
+
+class SpanObject {
+  constructor(spanId, parentSpanId, kind, name, user, conv, startMs, endMs) {
+    this.flags = 0;
+    this.kind = kind;
+    this.name = name;
+    this.detail = undefined;
+    this.error = undefined;
+    this.user = user;
+    this.conv = conv;
+    this.endMs = endMs;
+    this.run = undefined;
+    this.agentName = undefined;
+    this.spanId = spanId;
+    this.parentSpanId = parentSpanId;
+    this.startMs = startMs;
+  }
+}
+
 const KIND_CODE = { agent: 1, thinking: 2, tool: 3 };
 // Event types: 1 agent_started, 2 agent_completed, 3 agent_thinking, 4 tool_executing, 5 tool_completed.
 const START_CODE = [0, 1, 3, 4];
@@ -56,6 +93,9 @@ class LeanRun {
     this.verdict = 0;
     this.delivered = 0;
     this.dropped = 0;
+    /** Ablations only. */
+    this.eventObjects = EVENT_OBJECTS ? [] : undefined;
+    this.spanObjects = SPAN_OBJECTS ? [] : undefined;
   }
 }
 
@@ -167,6 +207,7 @@ export class LeanIngest {
         this.inFlight.set(run.runId, run);
       }
       runs[i] = run;
+      if (run !== undefined && run.spanObjects !== undefined) run.spanObjects.push(new SpanObject(s.spanId, s.parentSpanId, c.kind, c.name, users[i], convs[i], s.startMs, s.endMs));
       if (run === undefined || kinds[i] === 0) continue;
       if (run.user === undefined && users[i] !== undefined) run.user = users[i];
       if (run.conversation === undefined && convs[i] !== undefined) run.conversation = convs[i];
@@ -232,6 +273,7 @@ export class LeanIngest {
       run.events = evs = grown;
     }
     evs[i] = (spanIndex << 8) | (type << 2) | EV_PENDING;
+    if (run.eventObjects !== undefined) run.eventObjects.push(new EventObject(i + 1, type, spanIndex, run));
     this.emitted++;
     // No connection for the user (the figure's workload): held, the oldest given up past the bound.
     if (this.heldSize === this.opts.maxHeld) {
@@ -263,6 +305,7 @@ export class LeanIngest {
       run.dropped = dropped;
       run.verdict = dropped === 0 ? 1 : delivered === 0 ? 2 : 3;
       this.verdicts++;
+      run.spanObjects = undefined; // the bridge lets go of a judged run's spans (the trace keeps ids only)
       this.inFlight.delete(run.runId);
       const old = this.judged[this.judgedNext];
       if (old !== undefined) this.judgedMap.delete(old.runId);
