@@ -417,7 +417,8 @@ export class BridgeRegistry {
     this.heldOrder.push(node);
     if (this.heldIndex.size > this.opts.maxOrphanSpans) {
       this.evicted('max_orphans');
-      this.giveUp(this.heldOrder.oldest()!);
+      // As after the sweep: its trace may now be kept only for late spans, or be done with.
+      this.maybeRelease(this.giveUp(this.heldOrder.oldest()!));
     }
   }
 

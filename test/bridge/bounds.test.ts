@@ -183,6 +183,29 @@ describe('bounded in-flight state', () => {
     expect(sc.tw.ledger.get(`${d.traceId}-${d.spanId}`)!.judgement).toBeUndefined();
   });
 
+  it('maxTraces (OTLP): a kept trace whose late orphan is given up at maxOrphanSpans is again among the first given up', async () => {
+    sc = await startTestSidecar({ maxTraces: 3, maxOrphanSpans: 1 }, true);
+    const b = sc.tw.otlpBridges;
+    const agent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
+    const orphanIn = (traceId: string): SpanInput => otlpSpan({ traceId, parentSpanId: hex(8), name: 'GET', attributes: { 'http.request.method': 'GET' } });
+    // B: a run in flight (the oldest trace). A: a complete run, then a late span whose parent never comes (held).
+    const live = agent(hex(16), 'bea');
+    b.startSpan({ ...live, endMs: undefined });
+    const a = hex(16);
+    b.endSpan(agent(a, 'ann'));
+    b.endSpan(orphanIn(a));
+    expect(b.heldCount).toBe(1);
+    // C: another orphan; past maxOrphanSpans the oldest held span, A's, is given up.
+    b.endSpan(orphanIn(hex(16)));
+    expect(await evictions(sc, 'max_orphans')).toBe(1);
+    expect(b.traceCount).toBe(3);
+    // D: at maxTraces, A goes (kept only for late spans again), not B with its run in flight.
+    b.startSpan({ ...agent(hex(16), 'dan'), endMs: undefined });
+    expect(await evictions(sc, 'max_traces')).toBe(1);
+    expect(sc.tw.ledger.get(`${live.traceId}-${live.spanId}`)!.judgement).toBeUndefined();
+    expect(await runsTotal(sc, { reason: 'evicted' })).toBe(0);
+  });
+
   it('maxSpansPerRun: spans past the bound are dropped and counted (max_spans), once each (OTLP)', async () => {
     sc = await startTestSidecar({ maxSpansPerRun: 5 }, true);
     const client = await connectAcked(sc, 'cy');
