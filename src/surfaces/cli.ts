@@ -202,7 +202,12 @@ async function inspect(runId: string | undefined, flags: Record<string, string>,
         out(`  ${t.at}  ${t.what === 'span_start' ? 'start' : 'end  '} ${String(t.kind).padEnd(8)} ${t.name ?? ''}${t.error ? `  error: ${t.error}` : ''}`);
       }
     }
-    cursor = r.next_cursor ?? null;
+    const next = r.next_cursor ?? null;
+    if (next !== null && next === cursor) {
+      err(`tracewire inspect: the server gave the same page cursor twice (${next}); stopping`);
+      return 1;
+    }
+    cursor = next;
   }
   return 0;
 }

@@ -1,5 +1,7 @@
 import { context, trace } from '@opentelemetry/api';
 import { spawn } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { jwtVerify } from 'jose';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
@@ -70,6 +72,21 @@ describe('tracewire inspect', () => {
     const missing = await cli(['inspect', 'no-such-run', '--url', sc.publicUrl]);
     expect(missing.code).toBe(1);
     expect(missing.err.join('\n')).toMatch(/404 TW_RUN_NOT_FOUND/);
+  });
+
+  it('stops with exit code 1 when a server hands out the same page cursor twice', async () => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify({ run_id: 'r', agent: 'a', user: null, verdict: null, status: 'in_flight', explanation: 'x', timeline: [], next_cursor: 'c2VxOjE' }));
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const r = await cli(['inspect', 'r', '--url', `http://127.0.0.1:${(server.address() as AddressInfo).port}`]);
+      expect(r.code).toBe(1);
+      expect(r.err.join('\n')).toMatch(/the server gave the same page cursor twice/);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
   });
 
   it('prints the whole timeline of a run larger than one page of the API', async () => {
