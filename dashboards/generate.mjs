@@ -235,23 +235,25 @@ function overview() {
     }),
     timeseries({
       title: 'In flight',
-      description: 'Runs started and not judged yet, traces tracked, spans held until their ancestors arrive, and events held for users with no connection. A steady climb means runs are not ending (see abandoned verdicts), users are not connecting, or limits are close.',
+      description: 'Runs started and not judged yet, traces tracked, spans held until their ancestors arrive, events held for users with no connection, and judged runs kept for the runs API. A steady climb means runs are not ending (see abandoned verdicts), users are not connecting, or limits are close.',
       x: 8, y, w: 8,
       targets: [
         target('A', `sum(tracewire_runs_in_flight{${SEL}})`, 'runs'),
         target('B', `sum(tracewire_traces_in_flight{${SEL}})`, 'traces'),
         target('C', `sum(tracewire_held_spans{${SEL}})`, 'held spans'),
         target('D', `sum(tracewire_held_events{${SEL}})`, 'held events'),
+        target('E', `sum(tracewire_runs_kept{${SEL}})`, 'judged runs kept'),
       ],
     }),
     timeseries({
       title: 'Evictions and internal errors',
-      description: 'State given up by bounded limits, by reason (bridge state, and delivered events the resume window gave up before their run expired), and faults caught inside tracewire, by component. All are normally flat; "No data" means none happened since the sidecar started.',
+      description: 'State given up by bounded limits, by reason (bridge state, delivered events the resume window gave up before their run expired, and judged runs the runs API gave up before their age), and faults caught inside tracewire, by component. All are normally flat; "No data" means none happened since the sidecar started.',
       x: 16, y, w: 8, unit: 'ops', noValue: '0',
       targets: [
         target('A', `sum by (reason) (rate(tracewire_bridge_evictions_total{${SEL}}[${RI}]))`, 'evicted: {{reason}}'),
         target('B', `sum by (component) (rate(tracewire_internal_errors_total{${SEL}}[${RI}]))`, 'error: {{component}}'),
         target('C', `sum by (reason) (rate(tracewire_resume_window_trimmed_total{${SEL}}[${RI}]))`, 'resume window gave up: {{reason}}'),
+        target('D', `sum by (reason) (rate(tracewire_runs_trimmed_total{${SEL}}[${RI}]))`, 'runs API gave up: {{reason}}'),
       ],
     }),
   );

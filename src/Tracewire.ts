@@ -48,6 +48,7 @@ export class Tracewire {
       graceMillis: c.graceMillis,
       runTimeoutMillis: c.runTimeoutMillis,
       runsMaxCount: c.runsMaxCount,
+      runsMaxBytes: c.runsMaxBytes,
       runsMaxAgeMillis: c.runsMaxAgeMillis,
       metrics: this.metrics,
       onForget: (r) => {

@@ -40,6 +40,10 @@ export const COMPONENTS = ['sink', 'bridge', 'hub', 'ledger', 'otlp'] as const;
 export const REPLAY_TRIM_BOUNDS = ['run_events', 'run_bytes', 'total_bytes'] as const;
 export type ReplayTrimBound = (typeof REPLAY_TRIM_BOUNDS)[number];
 
+/** Reasons of tracewire_runs_trimmed_total: the bound (runsMaxCount, runsMaxBytes). */
+export const RUNS_TRIM_BOUNDS = ['max_count', 'max_bytes'] as const;
+export type RunsTrimBound = (typeof RUNS_TRIM_BOUNDS)[number];
+
 /** Reasons of tracewire_ws_disconnects_total. */
 export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', 'heartbeat_timeout', 'token_expired', 'bad_frames', 'shutdown'] as const;
 /**
@@ -258,6 +262,9 @@ export class Metrics {
   readonly resumeWindowRuns = new LiveGauge({ name: 'tracewire_resume_window_runs', help: 'Runs whose delivered events are kept for resuming connections.', registers: this.regs });
   readonly resumeWindowBytes = new LiveGauge({ name: 'tracewire_resume_window_bytes', help: 'Bytes the resume window accounts (frames plus a fixed overhead per event; bounded by replayMaxTotalBytes).', registers: this.regs });
   readonly resumeWindowTrimmed = new Counter({ name: 'tracewire_resume_window_trimmed_total', help: 'Delivered events given up by the resume window before their run expired, by the bound that gave them up.', labelNames: ['reason'] as const, registers: this.regs });
+  readonly runsKept = new LiveGauge({ name: 'tracewire_runs_kept', help: 'Judged runs kept for the runs API and the inspector (bounded by runsMaxCount, runsMaxBytes and runsMaxAgeMillis).', registers: this.regs });
+  readonly runsKeptBytes = new LiveGauge({ name: 'tracewire_runs_kept_bytes', help: 'Estimated bytes of the judged runs kept for the runs API (bounded by runsMaxBytes).', registers: this.regs });
+  readonly runsTrimmed = new Counter({ name: 'tracewire_runs_trimmed_total', help: 'Judged runs the runs API gave up before their age (runsMaxAgeMillis), by the bound that gave them up.', labelNames: ['reason'] as const, registers: this.regs });
   readonly heldEvents = new LiveGauge({ name: 'tracewire_held_events', help: 'Events held for users with no connection (bounded by maxHeldEvents).', registers: this.regs });
   readonly heldEventBytes = new LiveGauge({ name: 'tracewire_held_event_bytes', help: 'Estimated bytes of the events held for users with no connection (bounded by maxHeldBytes).', registers: this.regs });
   readonly buildInfo = new Gauge({ name: 'tracewire_build_info', help: 'Constant 1, labelled with the version and mode.', labelNames: ['version', 'mode'] as const, registers: this.regs });
@@ -289,6 +296,7 @@ export class Metrics {
     for (const encoding of ['protobuf', 'json']) this.otlpRequests.inc({ encoding, status: '200' }, 0);
     this.otlpSpans.inc({}, 0);
     for (const reason of REPLAY_TRIM_BOUNDS) this.resumeWindowTrimmed.inc({ reason }, 0);
+    for (const reason of RUNS_TRIM_BOUNDS) this.runsTrimmed.inc({ reason }, 0);
   }
 }
 

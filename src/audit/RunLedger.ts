@@ -9,6 +9,8 @@ export interface RunLedgerOptions {
   readonly graceMillis: number;
   readonly runTimeoutMillis: number;
   readonly runsMaxCount: number;
+  /** Estimated bytes of judged runs kept (see `keptBytesOf`); the earliest judged go past it. Default: no byte bound. */
+  readonly runsMaxBytes?: number;
   readonly runsMaxAgeMillis: number;
   readonly metrics: Metrics;
   /** Called when a run is judged without its top-level span having ended (abandoned/evicted/interrupted). */
@@ -57,8 +59,9 @@ export const LIST_MAX_LIMIT = 500;
  * - In-flight runs: bounded by the bridge's `maxInFlightRuns` (the oldest is
  *   evicted) and by time (`runTimeoutMillis`, then `graceMillis`).
  * - Judged runs are kept for the runs API and the inspector: at most
- *   `runsMaxCount` (the earliest judged is dropped first) and each for at most
- *   `runsMaxAgeMillis` after its verdict. An expired run disappears from
+ *   `runsMaxCount` runs and `runsMaxBytes` estimated bytes (the earliest
+ *   judged is dropped first; the last one judged always stays), and each for
+ *   at most `runsMaxAgeMillis` after its verdict. An expired run disappears from
  *   `get()`/`list()` at once; its memory is released at the next sweep
  *   (every min(1 s, runTimeoutMillis / 4)). Metrics are never retracted.
  * - The verdict queue holds ended runs for `graceMillis` only; the list index
@@ -94,16 +97,19 @@ export class RunLedger {
   private indexUnsorted = false;
   /** Judged runs in judgement order (stale entries skipped): count and age eviction take from its front. */
   private readonly judgedOrder = new Fifo<RunRecord>();
+  /** Estimated bytes of the runs in `judged` (see `keptBytesOf`). */
+  private keptBytes = 0;
   private openCounter = 0;
   private timer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
   private readonly now: () => number;
   private closed = false;
-  private readonly untrack: () => void;
+  private readonly untrack: Array<() => void>;
 
   constructor(private readonly opts: RunLedgerOptions) {
     this.now = opts.now ?? Date.now;
-    this.untrack = opts.metrics.runsInFlight.track(() => this.inFlight.size);
+    const m = opts.metrics;
+    this.untrack = [m.runsInFlight.track(() => this.inFlight.size), m.runsKept.track(() => this.judged.size), m.runsKeptBytes.track(() => this.keptBytes)];
     const sweepEvery = Math.max(50, Math.min(1000, Math.floor(opts.runTimeoutMillis / 4)));
     this.sweepTimer = setInterval(() => this.sweep(), sweepEvery);
     this.sweepTimer.unref();
@@ -116,6 +122,11 @@ export class RunLedger {
   /** Judged runs currently kept (including ones past their age until the next sweep). */
   get judgedCount(): number {
     return this.judged.size;
+  }
+
+  /** Estimated bytes of the judged runs kept (bounded by runsMaxBytes). */
+  get judgedBytes(): number {
+    return this.keptBytes;
   }
 
   /** Entries of the list index, live and dead (tests check it stays bounded). */
@@ -288,7 +299,7 @@ export class RunLedger {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    this.untrack();
+    for (const u of this.untrack) u();
     if (this.timer) clearTimeout(this.timer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
   }
@@ -308,20 +319,29 @@ export class RunLedger {
     const prev = this.judged.get(record.runId);
     if (prev !== undefined) {
       // Same run id judged again (trace evicted and seen anew): keep Map order = judgement order.
-      this.judged.delete(record.runId);
-      if (prev !== record) this.indexDead++;
+      this.forgetJudged(prev);
+      if (prev === record) this.indexDead--; // it stays in the index
     }
     this.judged.set(record.runId, record);
+    this.keptBytes += keptBytesOf(record);
     this.judgedOrder.push(record);
     // Oldest first from a queue: finding a Map's first live key is O(deleted entries) in V8.
-    while (this.judged.size > this.opts.runsMaxCount && this.judgedOrder.length > 0) {
+    const maxCount = this.opts.runsMaxCount;
+    const maxBytes = this.opts.runsMaxBytes ?? Number.POSITIVE_INFINITY;
+    while (this.judgedOrder.length > 0 && (this.judged.size > maxCount || (this.keptBytes > maxBytes && this.judged.size > 1))) {
       const oldest = this.judgedOrder.shift()!;
-      if (this.judged.get(oldest.runId) === oldest) {
-        this.judged.delete(oldest.runId);
-        this.indexDead++;
-      }
+      if (this.judged.get(oldest.runId) !== oldest) continue;
+      this.opts.metrics.runsTrimmed.inc({ reason: this.judged.size > maxCount ? 'max_count' : 'max_bytes' });
+      this.forgetJudged(oldest);
     }
     this.maybeCompact();
+  }
+
+  /** A judged run leaves the runs API (its list index entry goes at the next compaction). */
+  private forgetJudged(r: RunRecord): void {
+    this.judged.delete(r.runId);
+    this.keptBytes -= keptBytesOf(r);
+    this.indexDead++;
   }
 
   private indexInsert(r: RunRecord): void {
@@ -373,8 +393,7 @@ export class RunLedger {
     for (let r = this.judgedOrder.peek(); r !== undefined; r = this.judgedOrder.peek()) {
       if (this.judged.get(r.runId) === r) {
         if (!this.expired(r, now)) break; // judgement order
-        this.judged.delete(r.runId);
-        this.indexDead++;
+        this.forgetJudged(r);
       }
       this.judgedOrder.shift();
     }
@@ -382,6 +401,19 @@ export class RunLedger {
     this.judgeDue();
   }
 }
+
+/**
+ * What a judged run is counted as for runsMaxBytes: a fixed part and about
+ * 240 bytes per expected event (measured: a judged run keeps its events'
+ * records and its spans' summaries, 470–490 bytes per span and two events per
+ * span for runs of 10 and 1,000 tools). Read from the verdict, which never
+ * changes, so a run counts the same when it is kept and when it goes.
+ */
+export function keptBytesOf(r: RunRecord): number {
+  return KEPT_RUN_BYTES + KEPT_EVENT_BYTES * (r.judgement?.expected ?? r.events.length);
+}
+const KEPT_RUN_BYTES = 512;
+const KEPT_EVENT_BYTES = 240;
 
 /** The list index's order: start time, then open order (runs opened in the same millisecond append). */
 function byKey(a: RunRecord, b: RunRecord): number {

@@ -1,9 +1,10 @@
 import type { Tracer } from '@opentelemetry/api';
+import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
 import type { SpanInput } from '../../src/conventions/SpanInput.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
-import { connectAcked, inProcessTracer, startTestSidecar, until } from '../helpers.js';
+import { connectAcked, inProcessTracer, metricValue, startTestSidecar, until } from '../helpers.js';
 import { getJson, judged, runIdOf } from './support.js';
 
 let sc: Sidecar | undefined;
@@ -314,10 +315,53 @@ describe('runs API', () => {
     expect(listed).toEqual(ids.slice(7).reverse());
     expect((await getJson(sc, `/api/runs/${ids[0]}`)).status).toBe(404);
     expect((await getJson(sc, `/api/runs/${ids[11]}`)).status).toBe(200);
+    expect(await metricValue(sc, 'tracewire_runs_trimmed_total', { reason: 'max_count' })).toBe(7);
+    expect(await metricValue(sc, 'tracewire_runs_kept')).toBe(5);
+    // A tiny run: agent_started and agent_completed, counted as 512 + 2 × 240 bytes.
+    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(5 * 992);
     await sleep(450);
     expect((await getJson(sc, `/api/runs/${ids[11]}`)).status).toBe(404);
     expect((await getJson(sc, '/api/runs')).body.runs).toEqual([]);
     await until(() => s.tw.ledger.judgedCount === 0, 2000, 'expired runs released');
+    // Expiry by age is not a bound giving runs up early: not counted.
+    expect(await metricValue(sc, 'tracewire_runs_trimmed_total')).toBe(7);
+    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(0);
+  });
+
+  it('keeps judged runs within runsMaxBytes: large runs push the earliest judged out, the last one always stays', async () => {
+    sc = await startTestSidecar({ graceMillis: 0, runsMaxBytes: 200_000 }, true);
+    const s = sc;
+    const b = sc.tw.otlpBridges;
+    /** A run of one agent and `tools` tools, whole in one request: 2 + 2 × tools expected events. */
+    const bigRun = (tools: number): string => {
+      const traceId = randomBytes(16).toString('hex');
+      const top = randomBytes(8).toString('hex');
+      const t0 = Date.now() - 100;
+      const spans: SpanInput[] = Array.from({ length: tools }, (_, k) => ({ traceId, spanId: randomBytes(8).toString('hex'), parentSpanId: top, name: 'execute_tool lookup', startMs: t0 + k * 0.01, endMs: t0 + k * 0.01 + 0.005, attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' }, statusCode: 0 }));
+      spans.push({ traceId, spanId: top, name: 'invoke_agent big', startMs: t0 - 1, endMs: t0 + 50, attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'big', 'user.id': 'nobody' }, statusCode: 0 });
+      b.ingest(spans, (err) => {
+        throw err;
+      });
+      return `${traceId}-${top}`;
+    };
+    // 5 runs of 199 tools (400 events, 96,512 bytes each): two fit in 200,000.
+    const ids: string[] = [];
+    for (let i = 0; i < 5; i++) {
+      ids.push(bigRun(199));
+      await until(() => s.tw.ledger.get(ids[i]!)?.judgement !== undefined, 3000, 'verdict');
+    }
+    expect(s.tw.ledger.judgedCount).toBe(2);
+    expect((await getJson(sc, '/api/runs')).body.runs.map((r: Summary) => r.run_id)).toEqual([ids[4], ids[3]]);
+    expect((await getJson(sc, `/api/runs/${ids[2]}`)).status).toBe(404);
+    expect(await metricValue(sc, 'tracewire_runs_trimmed_total', { reason: 'max_bytes' })).toBe(3);
+    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(2 * 96_512);
+    // One run larger than the bound on its own is still kept (the last judged stays), alone.
+    const huge = bigRun(500);
+    await until(() => s.tw.ledger.get(huge)?.judgement !== undefined, 3000, 'verdict');
+    expect(s.tw.ledger.judgedCount).toBe(1);
+    expect((await getJson(sc, `/api/runs/${huge}`)).status).toBe(200);
+    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(512 + 240 * 1002);
+    expect(await metricValue(sc, 'tracewire_runs_trimmed_total', { reason: 'max_bytes' })).toBe(5);
   });
 
   it('a span whose clock is far outside a Date\'s range (set by hand in process) still lists, shows and streams', async () => {
