@@ -1,9 +1,10 @@
 import type { FastifyInstance } from 'fastify';
+import { getHeapStatistics } from 'node:v8';
 import { Metrics } from './audit/Metrics.js';
 import type { RunRecord } from './audit/RunRecord.js';
 import { RunLedger } from './audit/RunLedger.js';
 import { BridgeRegistry } from './bridge/BridgeRegistry.js';
-import { resolveConfig, type TracewireConfig } from './config/Config.js';
+import { boundsMemoryWarning, resolveConfig, type TracewireConfig } from './config/Config.js';
 import { Diag } from './errors/Diag.js';
 import { EventHub } from './hub/EventHub.js';
 import { TracewireSpanProcessor, type TracewireSpanProcessorOptions } from './sources/TracewireSpanProcessor.js';
@@ -42,6 +43,8 @@ export class Tracewire {
     this.config = resolveConfig({ overrides: overrides as Record<string, unknown> });
     const c = this.config;
     this.diag = new Diag(c.logLevel);
+    const tight = boundsMemoryWarning(c, getHeapStatistics().heap_size_limit);
+    if (tight !== undefined) this.diag.log('warn', 'config', tight);
     this.metrics = new Metrics({ maxAgentLabels: c.maxAgentLabels, version: VERSION, mode: c.mode });
     this.ledger = new RunLedger({
       mode: c.mode,

@@ -168,6 +168,43 @@ function parseValue(spec: OptionSpec, raw: string, from: string): unknown {
   }
 }
 
+/**
+ * What the configured bounds can hold in memory when all of them are
+ * reached, in bytes, by part (measured per entry, see docs/operations.md
+ * "Sizing a sidecar"): runs in flight of a few spans (about 1 KB each), OTLP
+ * traces kept for late spans (about 400 B), and the byte bounds of held
+ * events, the resume window and the judged runs. Connection buffers are left
+ * out: they are bounded per connection and drain or close.
+ */
+export function boundsMemory(cfg: TracewireConfig): { total: number; parts: Array<[string, string, number]> } {
+  const parts: Array<[string, string, number]> = [
+    ['runs in flight', '--max-runs', cfg.maxInFlightRuns * RUN_IN_FLIGHT_BYTES],
+    ['traces kept', '--max-traces', cfg.maxTraces * TRACE_KEPT_BYTES],
+    ['held events', '--max-held-bytes', cfg.maxHeldBytes],
+    ['resume window', '--replay-max-total-bytes', cfg.replayMaxTotalBytes],
+    ['judged runs', '--runs-max-bytes', cfg.runsMaxBytes],
+  ];
+  return { total: parts.reduce((a, p) => a + p[2], 0), parts };
+}
+const RUN_IN_FLIGHT_BYTES = 1024;
+const TRACE_KEPT_BYTES = 400;
+
+/**
+ * A warning when the bounds can hold more than 90% of the V8 heap limit
+ * (`heapLimitBytes`, from `v8.getHeapStatistics().heap_size_limit`): the heap
+ * would run out before the bounds give state up. Undefined when they fit.
+ */
+export function boundsMemoryWarning(cfg: TracewireConfig, heapLimitBytes: number): string | undefined {
+  const { total, parts } = boundsMemory(cfg);
+  if (total <= heapLimitBytes * 0.9) return undefined;
+  const mib = (n: number): string => String(Math.round(n / 2 ** 20));
+  return (
+    `the configured bounds can hold about ${mib(total)} MiB (${parts.map(([what, , n]) => `${what} ${mib(n)}`).join(', ')}), ` +
+    `more than 90% of the heap limit (${mib(heapLimitBytes)} MiB): lower ${parts.map(([, flag]) => flag).join(', ')}, ` +
+    'or raise the heap limit (NODE_OPTIONS=--max-old-space-size=<MiB>)'
+  );
+}
+
 /** The resolved configuration as lines, secrets replaced by `***` (or `(unset)`). */
 export function describeConfig(cfg: TracewireConfig): string {
   const lines: string[] = [];

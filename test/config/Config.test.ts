@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DEV_JWT_SECRET, describeConfig, OPTIONS, parseArgs, resolveConfig } from '../../src/config/Config.js';
+import { boundsMemory, boundsMemoryWarning, DEV_JWT_SECRET, describeConfig, OPTIONS, parseArgs, resolveConfig } from '../../src/config/Config.js';
 import { TracewireError } from '../../src/errors/errors.js';
 
 describe('config resolver', () => {
@@ -13,6 +13,23 @@ describe('config resolver', () => {
     expect(d.listen).toEqual({ host: '127.0.0.1', port: 8080 });
     expect(d.otlpListen).toEqual({ host: '127.0.0.1', port: 4318 });
     expect(d.mode).toBe('emit');
+  });
+
+  it('sums what the bounds can hold, and warns only when it passes 90% of the heap limit', () => {
+    const d = resolveConfig({});
+    const MiB = 2 ** 20;
+    expect(boundsMemory(d).parts.map(([what, flag, n]) => [what, flag, Math.round(n / MiB)])).toEqual([
+      ['runs in flight', '--max-runs', 195],
+      ['traces kept', '--max-traces', 153],
+      ['held events', '--max-held-bytes', 64],
+      ['resume window', '--replay-max-total-bytes', 256],
+      ['judged runs', '--runs-max-bytes', 256],
+    ]);
+    expect(boundsMemoryWarning(d, 4096 * MiB)).toBeUndefined();
+    expect(boundsMemoryWarning(d, 1024 * MiB)).toMatch(/^the configured bounds can hold about 924 MiB .* more than 90% of the heap limit \(1024 MiB\)/);
+    const small = resolveConfig({ env: { TRACEWIRE_REPLAY_MAX_TOTAL_BYTES: String(32 * MiB), TRACEWIRE_RUNS_MAX_BYTES: String(32 * MiB), TRACEWIRE_MAX_TRACES: '40000', TRACEWIRE_MAX_RUNS: '20000' } });
+    expect(Math.round(boundsMemory(small).total / MiB)).toBe(163);
+    expect(boundsMemoryWarning(small, 256 * MiB)).toBeUndefined();
   });
 
   it('parses --flag value and --flag=value', () => {

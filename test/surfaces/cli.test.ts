@@ -128,6 +128,34 @@ describe('tracewire serve', () => {
     expect(out).toMatch(/tracewire: SIGTERM, shutting down \(bound 10000 ms\)\ntracewire: stopped; runs judged at shutdown: none/);
   });
 
+  it('warns at start-up when its bounds can hold more than the heap limit, and not once they fit', async () => {
+    /** Start `serve` with a 256 MiB heap and `flags`; resolve with what it printed by the time it listened. */
+    const startWith = async (flags: string[]): Promise<string> => {
+      const child = spawn(process.execPath, ['bin/tracewire.js', 'serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', ...flags], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=256' },
+      });
+      let out = '';
+      child.stdout.on('data', (d) => (out += d));
+      child.stderr.on('data', (d) => (out += d));
+      try {
+        await until(() => /listening on http/.test(out), 10_000, 'listening line');
+      } finally {
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        await exited;
+      }
+      return out;
+    };
+    const defaults = await startWith([]);
+    expect(defaults).toMatch(
+      /WARN config: the configured bounds can hold about 924 MiB \(runs in flight 195, traces kept 153, held events 64, resume window 256, judged runs 256\), more than 90% of the heap limit \(\d+ MiB\): lower --max-runs, --max-traces, --max-held-bytes, --replay-max-total-bytes, --runs-max-bytes, or raise the heap limit/,
+    );
+    const fitted = await startWith(['--max-runs', '20000', '--max-traces', '40000', '--max-held-bytes', '16777216', '--replay-max-total-bytes', '33554432', '--runs-max-bytes', '33554432']);
+    expect(fitted).toMatch(/listening on http/);
+    expect(fitted).not.toMatch(/WARN config/);
+  });
+
   it('refuses to start on bad configuration with exit code 2', async () => {
     const child = spawn(process.execPath, ['bin/tracewire.js', 'serve', '--listen', '0.0.0.0:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
