@@ -130,6 +130,8 @@ export function resolveConfig(input: ResolveInput = {}): TracewireConfig {
     const bare = spec.flag.slice(2);
     const override = input.overrides?.[spec.key];
     if (override !== undefined && typeof override !== 'string') {
+      // Library options: numbers are checked as a flag's would be (other kinds are taken as given).
+      if (spec.kind === 'int') checkInt(spec, override, spec.flag);
       out[spec.key] = override;
       continue;
     }
@@ -154,9 +156,7 @@ function parseValue(spec: OptionSpec, raw: string, from: string): unknown {
       return Object.freeze(parseHostPort(raw, name));
     case 'int': {
       if (!/^\d+$/.test(raw.trim())) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" is not a whole number`);
-      const n = Number(raw);
-      if (spec.min !== undefined && n < spec.min) throw new TracewireError('TW_CONFIG_INVALID', `${name}=${n} is under its minimum ${spec.min}`);
-      return n;
+      return checkInt(spec, Number(raw), name);
     }
     case 'enum':
       if (!spec.values!.includes(raw)) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" is not one of ${spec.values!.join(', ')}`);
@@ -203,6 +203,13 @@ export function boundsMemoryWarning(cfg: TracewireConfig, heapLimitBytes: number
     `more than 90% of the heap limit (${mib(heapLimitBytes)} MiB): lower ${parts.map(([, flag]) => flag).join(', ')}, ` +
     'or raise the heap limit (NODE_OPTIONS=--max-old-space-size=<MiB>)'
   );
+}
+
+/** A whole number at or over the option's minimum (`name`: where it came from, for the message). */
+function checkInt(spec: OptionSpec, v: unknown, name: string): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new TracewireError('TW_CONFIG_INVALID', `${name}=${String(v)} is not a whole number`);
+  if (spec.min !== undefined && v < spec.min) throw new TracewireError('TW_CONFIG_INVALID', `${name}=${v} is under its minimum ${spec.min}`);
+  return v;
 }
 
 /** The resolved configuration as lines, secrets replaced by `***` (or `(unset)`). */

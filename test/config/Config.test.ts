@@ -54,6 +54,14 @@ describe('config resolver', () => {
     bad({ flags: { '--mode': 'loud' } }, /--mode="loud" is not one of emit, audit/);
     bad({ flags: { '--listen': '127.0.0.1:70000' } }, /over 65535/);
     bad({ flags: { '--jwt-secret': 'short' } }, /at least 16/);
+    bad({ flags: { '--max-traces': '99999999999999999999' } }, /--max-traces=100000000000000000000 is not a whole number/);
+    // Library options (new Tracewire({...})) are checked as their flags are.
+    bad({ overrides: { maxTraces: -1 } }, /--max-traces=-1 is not a whole number/);
+    bad({ overrides: { graceMillis: 1.5 } }, /--grace-ms=1.5 is not a whole number/);
+    bad({ overrides: { maxTraces: 0 } }, /--max-traces=0 is under its minimum 1/);
+    bad({ overrides: { runsMaxBytes: 1000 } }, /--runs-max-bytes=1000 is under its minimum 65536/);
+    bad({ overrides: { wsMaxBufferedBytes: Number.NaN } }, /--ws-max-buffered-bytes=NaN is not a whole number/);
+    expect(resolveConfig({ overrides: { maxTraces: 3, graceMillis: 0 } })).toMatchObject({ maxTraces: 3, graceMillis: 0 });
   });
 
   it('refuses the built-in dev secret off loopback', () => {
