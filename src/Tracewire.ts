@@ -96,6 +96,7 @@ export class Tracewire {
         maxInFlightRuns: c.maxInFlightRuns,
         maxSpansPerRun: c.maxSpansPerRun,
         maxTraces: c.maxTraces,
+        maxSpansInFlight: c.maxSpansInFlight,
       },
       this.metrics,
       this.ledger,

@@ -30,7 +30,7 @@ export const DROP_REASONS = [
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
-export const EVICTION_REASONS = ['max_runs', 'max_traces', 'max_spans', 'orphan_timeout', 'max_orphans', 'trace_idle'] as const;
+export const EVICTION_REASONS = ['max_runs', 'max_traces', 'max_spans', 'max_spans_total', 'orphan_timeout', 'max_orphans', 'trace_idle'] as const;
 export type EvictionReason = (typeof EVICTION_REASONS)[number];
 
 /** Components that count caught faults in tracewire_internal_errors_total. */

@@ -29,6 +29,8 @@ export interface BridgeOptions {
   readonly maxSpansPerRun: number;
   /** Traces tracked at once. Default 400000. */
   readonly maxTraces: number;
+  /** Spans kept as nodes across all traces; past it the oldest traces are given up (see `shedSpans`). Default: no such bound. */
+  readonly maxSpansInFlight?: number;
 }
 
 /** A span waiting for its ancestors. */
@@ -61,9 +63,17 @@ export class BridgeRegistry {
    * or holds a span again (`TraceBridge.doneEntry` is cleared).
    */
   private readonly doneOrder = new EvictionOrder<DoneEntry>((e) => e.tb.doneEntry === e && this.traces.get(e.tb.traceId) === e.tb);
+  /**
+   * The same entries while their traces still keep spans as nodes (their
+   * runs wait for their verdicts; once judged, a trace keeps only span ids):
+   * what `maxSpansInFlight` gives up first. Traces kept as ids free nothing.
+   */
+  private readonly doneWithNodes = new EvictionOrder<DoneEntry>((e) => e.tb.doneEntry === e && e.tb.nodeCount > 0 && this.traces.get(e.tb.traceId) === e.tb);
   /** In-flight runs in open order, for evicting the oldest at maxInFlightRuns (runs end in any order). */
   private readonly runQ = new EvictionOrder<RunState>((r) => !r.ended);
   private liveRuns = 0;
+  /** Spans kept as nodes by the traces in `traces` (TraceBridge counts them in and out). */
+  spanNodes = 0;
   /** Held spans: their trace, since when, and audit events they carry. */
   private readonly heldIndex = new Map<SpanNode, Held>();
   /** Held spans in hold order (what the orphan sweep and `maxOrphanSpans` give up first). */
@@ -148,6 +158,10 @@ export class BridgeRegistry {
   get heldCount(): number {
     return this.heldIndex.size;
   }
+  /** Spans kept as nodes across all traces (bounded by maxSpansInFlight). */
+  get spanNodeCount(): number {
+    return this.spanNodes;
+  }
 
   /**
    * One OTLP request's spans, in request order (a span with no end time
@@ -227,6 +241,27 @@ export class BridgeRegistry {
     this.hookAt = span.hookAt;
     tb.handle(span, ended);
     this.maybeRelease(tb);
+    if (this.spanNodes > (this.opts.maxSpansInFlight ?? Number.POSITIVE_INFINITY)) this.shedSpans();
+  }
+
+  /**
+   * Past maxSpansInFlight: give up traces until the spans kept as nodes are
+   * within the bound again. First the traces kept only for late spans that
+   * still keep nodes (their runs ended and wait for their verdicts, which
+   * eviction does not change), oldest first; then the oldest traces with
+   * nodes, whose runs in flight are evicted. Traces kept as span ids only are
+   * passed over (they free nothing), at most SHED_SCAN of them per call; the
+   * last trace with nodes stays (a single trace is bounded by maxSpansPerRun).
+   */
+  private shedSpans(): void {
+    const max = this.opts.maxSpansInFlight!;
+    for (let e = this.doneWithNodes.oldest(); e !== undefined && this.spanNodes > max; e = this.doneWithNodes.oldest()) this.evictTrace(e.tb, 'max_spans_total');
+    for (let scan = 0; this.spanNodes > max && scan < SHED_SCAN; scan++) {
+      const tb = this.traceOrder.oldest();
+      if (tb === undefined || tb.nodeCount === this.spanNodes) return;
+      if (tb.nodeCount === 0) this.traceOrder.requeueOldest();
+      else this.evictTrace(tb, 'max_spans_total');
+    }
   }
 
   // ---- called by TraceBridge -------------------------------------------------
@@ -368,7 +403,10 @@ export class BridgeRegistry {
   judged(record: RunRecord): void {
     if (this.opts.parentsArriveFirst) return;
     const tb = this.traces.get(record.traceId);
-    if (tb !== undefined && tb.activeRuns === 0 && tb.heldCount === 0) tb.compact();
+    if (tb !== undefined && tb.activeRuns === 0 && tb.heldCount === 0) {
+      tb.compact();
+      if (tb.doneEntry !== undefined && tb.nodeCount === 0) this.doneWithNodes.left();
+    }
   }
 
   /** An event of a span inside a run that already ended (and was let go): dropped as late. */
@@ -458,6 +496,7 @@ export class BridgeRegistry {
         const e: DoneEntry = { tb };
         tb.doneEntry = e;
         this.doneOrder.push(e);
+        this.doneWithNodes.push(e);
       }
       return;
     }
@@ -474,6 +513,7 @@ export class BridgeRegistry {
   /** `tb` leaves `traces` (it is the trace kept under its id). */
   private forgetTrace(tb: TraceBridge): void {
     this.traces.delete(tb.traceId);
+    this.spanNodes -= tb.nodeCount;
     if (this.lastTrace === tb) this.lastTrace = undefined;
     this.traceOrder.left();
     this.notDone(tb);
@@ -484,6 +524,7 @@ export class BridgeRegistry {
     if (tb.doneEntry === undefined) return;
     tb.doneEntry = undefined;
     this.doneOrder.left();
+    this.doneWithNodes.left();
   }
 
   /**
@@ -492,10 +533,14 @@ export class BridgeRegistry {
    * if there is none, the oldest trace, whose runs in flight are evicted.
    */
   private evictOldestTrace(): void {
-    const tb = this.doneOrder.oldest()?.tb ?? this.traceOrder.oldest()!;
+    this.evictTrace(this.doneOrder.oldest()?.tb ?? this.traceOrder.oldest()!, 'max_traces');
+  }
+
+  /** Give up a trace (bounded state): its held spans and its runs in flight go with it (judged abandoned, evicted). */
+  private evictTrace(tb: TraceBridge, reason: 'max_traces' | 'max_spans_total'): void {
     const id = tb.traceId;
     this.forgetTrace(tb);
-    this.evicted('max_traces');
+    this.evicted(reason);
     for (const n of tb.heldNodes()) this.unheld(n);
     for (const node of tb.nodeList()) {
       const run = node.run;
@@ -558,6 +603,8 @@ export interface DoneEntry {
 }
 
 const RELEASED_MEMORY = 65_536;
+/** Traces kept as span ids only passed over per call of shedSpans (each is moved behind the others). */
+const SHED_SCAN = 4096;
 /** Span ids a trace released with no run leaves for its later spans (see `ancestry`). */
 const MAX_ANCESTORS = 64;
 

@@ -249,7 +249,14 @@ export class TraceBridge {
     return false;
   }
 
+  /** Spans kept as nodes (not as done ids). */
+  get nodeCount(): number {
+    const n = this.nodes;
+    return n === undefined ? 0 : n instanceof SpanNode ? 1 : Array.isArray(n) ? n.length : n.size;
+  }
+
   private add(node: SpanNode): void {
+    this.reg.spanNodes++;
     const n = this.nodes;
     if (n === undefined) this.nodes = node;
     else if (n instanceof SpanNode) this.nodes = [n, node];
@@ -539,6 +546,8 @@ export class TraceBridge {
       // join() makes one flat string (concatenation would keep a chain of the pieces).
       this.doneIds = done.join('');
     }
+    // The kept nodes are added back (and counted again).
+    this.reg.spanNodes -= this.nodeCount;
     this.nodes = undefined;
     if (keep !== undefined) for (const node of keep) this.add(node);
   }

@@ -39,6 +39,7 @@ export interface TracewireConfig {
   readonly maxInFlightRuns: number;
   readonly maxSpansPerRun: number;
   readonly maxTraces: number;
+  readonly maxSpansInFlight: number;
   readonly replayRetentionMillis: number;
   readonly replayMaxEventsPerRun: number;
   readonly replayMaxBytesPerRun: number;
@@ -77,6 +78,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'maxInFlightRuns', flag: '--max-runs', env: 'TRACEWIRE_MAX_RUNS', kind: 'int', min: 1, default: '200000', doc: 'in-flight runs; the oldest is evicted past it' },
   { key: 'maxSpansPerRun', flag: '--max-spans-per-run', env: 'TRACEWIRE_MAX_SPANS_PER_RUN', kind: 'int', min: 1, default: '10000', doc: 'spans kept per trace; further spans are dropped (counted)' },
   { key: 'maxTraces', flag: '--max-traces', env: 'TRACEWIRE_MAX_TRACES', kind: 'int', min: 1, default: '400000', doc: 'traces tracked at once (with or without runs)' },
+  { key: 'maxSpansInFlight', flag: '--max-spans', env: 'TRACEWIRE_MAX_SPANS', kind: 'int', min: 1, default: '500000', doc: 'spans kept across all traces of a span source (about 480 bytes each); past it the oldest traces are given up, those kept only for late spans first' },
   { key: 'replayRetentionMillis', flag: '--replay-retention-ms', env: 'TRACEWIRE_REPLAY_RETENTION_MS', kind: 'int', min: 0, default: '60000', doc: 'how long after a run ends its events stay resumable, and how long events wait for a user with no connection' },
   { key: 'replayMaxEventsPerRun', flag: '--replay-max-events', env: 'TRACEWIRE_REPLAY_MAX_EVENTS', kind: 'int', min: 0, default: '1000', doc: 'resumable events kept per run' },
   { key: 'replayMaxBytesPerRun', flag: '--replay-max-bytes', env: 'TRACEWIRE_REPLAY_MAX_BYTES', kind: 'int', min: 0, default: '1048576', doc: 'resumable bytes kept per run' },
@@ -171,14 +173,17 @@ function parseValue(spec: OptionSpec, raw: string, from: string): unknown {
 /**
  * What the configured bounds can hold in memory when all of them are
  * reached, in bytes, by part (measured per entry, see docs/operations.md
- * "Sizing a sidecar"): runs in flight of a few spans (about 1 KB each), OTLP
- * traces kept for late spans (about 400 B), and the byte bounds of held
- * events, the resume window and the judged runs. Connection buffers are left
- * out: they are bounded per connection and drain or close.
+ * "Sizing a sidecar"): runs in flight (about 512 B each besides their
+ * spans) and their spans (about 480 B each, events included), OTLP traces
+ * kept for late spans (about 400 B), and the byte bounds of held events, the
+ * resume window and the judged runs. Connection buffers are left out: they
+ * are bounded per connection and drain or close. One span source (in-process
+ * or OTLP) is counted: each has its own run, span and trace bounds.
  */
 export function boundsMemory(cfg: TracewireConfig): { total: number; parts: Array<[string, string, number]> } {
   const parts: Array<[string, string, number]> = [
     ['runs in flight', '--max-runs', cfg.maxInFlightRuns * RUN_IN_FLIGHT_BYTES],
+    ['spans in flight', '--max-spans', cfg.maxSpansInFlight * SPAN_IN_FLIGHT_BYTES],
     ['traces kept', '--max-traces', cfg.maxTraces * TRACE_KEPT_BYTES],
     ['held events', '--max-held-bytes', cfg.maxHeldBytes],
     ['resume window', '--replay-max-total-bytes', cfg.replayMaxTotalBytes],
@@ -186,7 +191,8 @@ export function boundsMemory(cfg: TracewireConfig): { total: number; parts: Arra
   ];
   return { total: parts.reduce((a, p) => a + p[2], 0), parts };
 }
-const RUN_IN_FLIGHT_BYTES = 1024;
+const RUN_IN_FLIGHT_BYTES = 512;
+const SPAN_IN_FLIGHT_BYTES = 480;
 const TRACE_KEPT_BYTES = 400;
 
 /**

@@ -38,6 +38,17 @@ function otlpSpan(o: { traceId: string; spanId?: string; parentSpanId?: string; 
   return { traceId: o.traceId, spanId: o.spanId ?? hex(8), parentSpanId: o.parentSpanId, name: o.name, startMs: now - 5, endMs: now, attributes: o.attributes, statusCode: 0 };
 }
 
+/** An ended top-level agent span of `user` in `traceId`, as the OTLP receiver hands it over. */
+const otlpAgent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
+
+/** A long run exported live: its agent span starts, and one tool below it ends. Returns the agent span. */
+function startLongRun(b: Sidecar['tw']['otlpBridges'], user: string): SpanInput {
+  const long = otlpAgent(hex(16), user);
+  b.startSpan({ ...long, endMs: undefined });
+  b.endSpan(otlpSpan({ traceId: long.traceId, parentSpanId: long.spanId, name: 'execute_tool lookup', attributes: TOOL }));
+  return long;
+}
+
 describe('bounded in-flight state', () => {
   it('maxInFlightRuns: the oldest run is evicted (max_runs), judged abandoned with reason evicted; its late end opens nothing', async () => {
     sc = await startTestSidecar({ maxInFlightRuns: 3 });
@@ -90,13 +101,12 @@ describe('bounded in-flight state', () => {
   it('maxTraces: with traces forgotten out of order, the oldest kept trace is the one evicted, and the eviction queue stays bounded', async () => {
     sc = await startTestSidecar({ maxTraces: 4000 });
     const b = sc.tw.inProcessBridges;
-    const agent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
     // A long run opens first; 3,000 short runs after it each end (their traces are forgotten while it stays at the front).
-    const long = agent(hex(16), 'old');
+    const long = otlpAgent(hex(16), 'old');
     b.startSpan({ ...long, endMs: undefined });
     let maxQueue = 0;
     for (let i = 0; i < 3000; i++) {
-      const s = agent(hex(16), 'short');
+      const s = otlpAgent(hex(16), 'short');
       b.startSpan({ ...s, endMs: undefined });
       b.endSpan(s);
       maxQueue = Math.max(maxQueue, b.traceOrderSize);
@@ -108,15 +118,15 @@ describe('bounded in-flight state', () => {
     expect(await evictions(sc)).toBe(0);
 
     // Fill the table with runs still in flight: the next trace evicts the long run's trace, the oldest kept.
-    const open = Array.from({ length: 3999 }, () => agent(hex(16), 'later'));
+    const open = Array.from({ length: 3999 }, () => otlpAgent(hex(16), 'later'));
     for (const s of open) b.startSpan({ ...s, endMs: undefined });
     expect(b.traceCount).toBe(4000);
     expect(await evictions(sc, 'max_traces')).toBe(0);
-    b.startSpan({ ...agent(hex(16), 'last'), endMs: undefined });
+    b.startSpan({ ...otlpAgent(hex(16), 'last'), endMs: undefined });
     expect(await evictions(sc, 'max_traces')).toBe(1);
     expect(sc.tw.ledger.get(`${long.traceId}-${long.spanId}`)!.judgement).toMatchObject({ verdict: 'abandoned', reasons: { evicted: 1 } });
     // The next one evicts the oldest of the rest, in the order they opened.
-    b.startSpan({ ...agent(hex(16), 'last'), endMs: undefined });
+    b.startSpan({ ...otlpAgent(hex(16), 'last'), endMs: undefined });
     const firstOpen = open[0]!;
     expect(sc.tw.ledger.get(`${firstOpen.traceId}-${firstOpen.spanId}`)!.judgement).toMatchObject({ verdict: 'abandoned' });
     expect(sc.tw.ledger.get(`${open[1]!.traceId}-${open[1]!.spanId}`)!.judgement).toBeUndefined();
@@ -127,13 +137,9 @@ describe('bounded in-flight state', () => {
     sc = await startTestSidecar({ maxTraces: 5 }, true);
     const client = await connectAcked(sc, 'long');
     const b = sc.tw.otlpBridges;
-    const agent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
-    // A long run, exported live: its agent span starts, one tool ends.
-    const long = agent(hex(16), 'long');
-    b.startSpan({ ...long, endMs: undefined });
-    b.endSpan(otlpSpan({ traceId: long.traceId, parentSpanId: long.spanId, name: 'execute_tool lookup', attributes: TOOL }));
+    const long = startLongRun(b, 'long');
     // 20 short runs after it, each whole in one request: their traces stay for late spans until the bound gives them up.
-    const short = Array.from({ length: 20 }, () => agent(hex(16), 'short'));
+    const short = Array.from({ length: 20 }, () => otlpAgent(hex(16), 'short'));
     for (const s of short) b.ingest([s], (err) => { throw err; });
     const longRun = sc.tw.ledger.get(`${long.traceId}-${long.spanId}`)!;
     expect(longRun.judgement).toBeUndefined();
@@ -157,26 +163,25 @@ describe('bounded in-flight state', () => {
   it('maxTraces (OTLP): a kept trace that opens a new run is no longer given up first; with every trace in flight, the oldest goes', async () => {
     sc = await startTestSidecar({ maxTraces: 3 }, true);
     const b = sc.tw.otlpBridges;
-    const agent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
     const ingest = (spans: SpanInput[]): void => b.ingest(spans, (err) => { throw err; });
     // Trace A: one run, complete (kept for late spans); then a second run in it, live.
     const a = hex(16);
-    ingest([agent(a, 'ann')]);
-    const second = agent(a, 'ann');
+    ingest([otlpAgent(a, 'ann')]);
+    const second = otlpAgent(a, 'ann');
     b.startSpan({ ...second, endMs: undefined });
     // Trace B: complete. Trace C: live.
     const bTrace = hex(16);
-    ingest([agent(bTrace, 'bob')]);
-    const c = agent(hex(16), 'cat');
+    ingest([otlpAgent(bTrace, 'bob')]);
+    const c = otlpAgent(hex(16), 'cat');
     b.startSpan({ ...c, endMs: undefined });
     expect(b.traceCount).toBe(3);
     // A fourth trace: B goes (kept only for late spans), though A is older.
-    const d = agent(hex(16), 'dan');
+    const d = otlpAgent(hex(16), 'dan');
     b.startSpan({ ...d, endMs: undefined });
     expect(await evictions(sc, 'max_traces')).toBe(1);
     expect(sc.tw.ledger.get(`${a}-${second.spanId}`)!.judgement).toBeUndefined();
     // Every trace now has a run in flight: the next one evicts the oldest, A, and its live run.
-    b.startSpan({ ...agent(hex(16), 'eve'), endMs: undefined });
+    b.startSpan({ ...otlpAgent(hex(16), 'eve'), endMs: undefined });
     expect(await evictions(sc, 'max_traces')).toBe(2);
     expect(sc.tw.ledger.get(`${a}-${second.spanId}`)!.judgement).toMatchObject({ verdict: 'abandoned', reasons: { evicted: 1 } });
     expect(sc.tw.ledger.get(`${c.traceId}-${c.spanId}`)!.judgement).toBeUndefined();
@@ -186,13 +191,12 @@ describe('bounded in-flight state', () => {
   it('maxTraces (OTLP): a kept trace whose late orphan is given up at maxOrphanSpans is again among the first given up', async () => {
     sc = await startTestSidecar({ maxTraces: 3, maxOrphanSpans: 1 }, true);
     const b = sc.tw.otlpBridges;
-    const agent = (traceId: string, user: string): SpanInput => otlpSpan({ traceId, name: 'invoke_agent supervisor', attributes: { ...AGENT, 'user.id': user } });
     const orphanIn = (traceId: string): SpanInput => otlpSpan({ traceId, parentSpanId: hex(8), name: 'GET', attributes: { 'http.request.method': 'GET' } });
     // B: a run in flight (the oldest trace). A: a complete run, then a late span whose parent never comes (held).
-    const live = agent(hex(16), 'bea');
+    const live = otlpAgent(hex(16), 'bea');
     b.startSpan({ ...live, endMs: undefined });
     const a = hex(16);
-    b.endSpan(agent(a, 'ann'));
+    b.endSpan(otlpAgent(a, 'ann'));
     b.endSpan(orphanIn(a));
     expect(b.heldCount).toBe(1);
     // C: another orphan; past maxOrphanSpans the oldest held span, A's, is given up.
@@ -200,10 +204,85 @@ describe('bounded in-flight state', () => {
     expect(await evictions(sc, 'max_orphans')).toBe(1);
     expect(b.traceCount).toBe(3);
     // D: at maxTraces, A goes (kept only for late spans again), not B with its run in flight.
-    b.startSpan({ ...agent(hex(16), 'dan'), endMs: undefined });
+    b.startSpan({ ...otlpAgent(hex(16), 'dan'), endMs: undefined });
     expect(await evictions(sc, 'max_traces')).toBe(1);
     expect(sc.tw.ledger.get(`${live.traceId}-${live.spanId}`)!.judgement).toBeUndefined();
     expect(await runsTotal(sc, { reason: 'evicted' })).toBe(0);
+  });
+
+  it('maxSpansInFlight (in process): past the bound the oldest trace is given up with its run (max_spans_total); the spans kept stay within it', async () => {
+    sc = await startTestSidecar({ maxSpansInFlight: 10 });
+    const { tracer } = inProcessTracer(sc);
+    const b = sc.tw.inProcessBridges;
+    // Four runs of an agent and two tools, all still running: 12 spans against a bound of 10.
+    const tops: Span[] = [];
+    for (let r = 0; r < 4; r++) {
+      const top = startRun(tracer, 'sam');
+      tops.push(top);
+      const ctx = trace.setSpan(context.active(), top);
+      tracer.startSpan('execute_tool lookup', { attributes: TOOL }, ctx);
+      tracer.startSpan('execute_tool lookup', { attributes: TOOL }, ctx);
+      await settle(5);
+      expect(b.spanNodeCount).toBeLessThanOrEqual(10);
+    }
+    expect(await evictions(sc, 'max_spans_total')).toBe(1);
+    expect(b.traceCount).toBe(3);
+    const first = sc.tw.ledger.get(`${tops[0]!.spanContext().traceId}-${tops[0]!.spanContext().spanId}`)!;
+    expect(first.judgement).toMatchObject({ verdict: 'abandoned', reasons: { evicted: 3 } });
+    for (const t of tops) t.end();
+    await until(() => b.traceCount === 0 && sc!.tw.ledger.inFlightCount === 0, 2000, 'the rest released and judged');
+    expect(b.spanNodeCount).toBe(0);
+  });
+
+  it('maxSpansInFlight (OTLP): traces kept only for late spans go first; a run in flight keeps its spans and is delivered whole', async () => {
+    sc = await startTestSidecar({ maxSpansInFlight: 10, graceMillis: 60_000 }, true);
+    const client = await connectAcked(sc, 'long');
+    const b = sc.tw.otlpBridges;
+    const long = startLongRun(b, 'long');
+    // Short runs of an agent and three tools, whole in one request: kept as nodes until their verdicts (60 s away).
+    const short = Array.from({ length: 6 }, () => {
+      const s = otlpAgent(hex(16), 'short');
+      const tools = Array.from({ length: 3 }, () => otlpSpan({ traceId: s.traceId, parentSpanId: s.spanId, name: 'execute_tool lookup', attributes: TOOL }));
+      b.ingest([...tools, s], (err) => {
+        throw err;
+      });
+      expect(b.spanNodeCount).toBeLessThanOrEqual(10);
+      return s;
+    });
+    // 2 + 6 × 4 spans against 10: the four oldest short traces went, the long run's stayed.
+    expect(await evictions(sc, 'max_spans_total')).toBe(4);
+    expect(b.traceCount).toBe(3);
+    expect(sc.tw.ledger.get(`${long.traceId}-${long.spanId}`)!.judgement).toBeUndefined();
+    // The short runs given up had ended: they are still judged, after their grace period, as they stand.
+    expect(sc.tw.ledger.get(`${short[0]!.traceId}-${short[0]!.spanId}`)!.endMs).toBeDefined();
+    b.endSpan(long);
+    await client.until((c) => c.events.some((e) => e.type === 'agent_completed'), 2000, 'the long run completed');
+    expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'tool_executing', 'tool_completed', 'agent_completed']);
+    expect(await runsTotal(sc, { reason: 'evicted' })).toBe(0);
+  });
+
+  it('maxSpansInFlight (OTLP): traces kept as span ids only are passed over; the oldest trace with spans goes', async () => {
+    sc = await startTestSidecar({ maxSpansInFlight: 10, graceMillis: 0 }, true);
+    const b = sc.tw.otlpBridges;
+    // Five short runs, judged at once: their traces stay for late spans as span ids only.
+    const short = Array.from({ length: 5 }, () => otlpAgent(hex(16), 'short'));
+    for (const s of short) b.ingest([otlpSpan({ traceId: s.traceId, parentSpanId: s.spanId, name: 'execute_tool lookup', attributes: TOOL }), s], (err) => { throw err; });
+    await until(() => b.spanNodeCount === 0, 2000, 'the short runs judged and their traces kept as ids');
+    expect(b.traceCount).toBe(5);
+    // Two live runs of an agent and five tools: 12 spans against 10.
+    const live = [otlpAgent(hex(16), 'ann'), otlpAgent(hex(16), 'bob')];
+    for (const l of live) {
+      b.startSpan({ ...l, endMs: undefined });
+      for (let i = 0; i < 5; i++) b.startSpan({ ...otlpSpan({ traceId: l.traceId, parentSpanId: l.spanId, name: 'execute_tool lookup', attributes: TOOL }), endMs: undefined });
+    }
+    expect(await evictions(sc, 'max_spans_total')).toBe(1);
+    expect(b.spanNodeCount).toBe(6);
+    expect(sc.tw.ledger.get(`${live[0]!.traceId}-${live[0]!.spanId}`)!.judgement).toMatchObject({ verdict: 'abandoned', reasons: { evicted: 6 } });
+    expect(sc.tw.ledger.get(`${live[1]!.traceId}-${live[1]!.spanId}`)!.judgement).toBeUndefined();
+    // The short traces were passed over: a late span of one is still found and dropped as late.
+    expect(b.traceCount).toBe(6);
+    b.endSpan(otlpSpan({ traceId: short[0]!.traceId, parentSpanId: short[0]!.spanId, name: 'execute_tool lookup', attributes: TOOL }));
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(2);
   });
 
   it('maxSpansPerRun: spans past the bound are dropped and counted (max_spans), once each (OTLP)', async () => {
