@@ -72,8 +72,8 @@ export class BridgeRegistry {
   /** In-flight runs in open order, for evicting the oldest at maxInFlightRuns (runs end in any order). */
   private readonly runQ = new EvictionOrder<RunState>((r) => !r.ended);
   private liveRuns = 0;
-  /** Spans kept as nodes by the traces in `traces` (TraceBridge counts them in and out). */
-  spanNodes = 0;
+  /** Spans kept as nodes by the traces in `traces` (their TraceBridges report them: `nodesKept`). */
+  private spanNodes = 0;
   /** Held spans: their trace, since when, and audit events they carry. */
   private readonly heldIndex = new Map<SpanNode, Held>();
   /** Held spans in hold order (what the orphan sweep and `maxOrphanSpans` give up first). */
@@ -265,6 +265,11 @@ export class BridgeRegistry {
   }
 
   // ---- called by TraceBridge -------------------------------------------------
+
+  /** A trace keeps `n` more spans as nodes (fewer when negative). */
+  nodesKept(n: number): void {
+    this.spanNodes += n;
+  }
 
   openRun(tb: TraceBridge, top: SpanNode): RunState {
     if (this.liveRuns >= this.opts.maxInFlightRuns) {

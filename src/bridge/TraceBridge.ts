@@ -256,7 +256,7 @@ export class TraceBridge {
   }
 
   private add(node: SpanNode): void {
-    this.reg.spanNodes++;
+    this.reg.nodesKept(1);
     const n = this.nodes;
     if (n === undefined) this.nodes = node;
     else if (n instanceof SpanNode) this.nodes = [n, node];
@@ -547,7 +547,7 @@ export class TraceBridge {
       this.doneIds = done.join('');
     }
     // The kept nodes are added back (and counted again).
-    this.reg.spanNodes -= this.nodeCount;
+    this.reg.nodesKept(-this.nodeCount);
     this.nodes = undefined;
     if (keep !== undefined) for (const node of keep) this.add(node);
   }
