@@ -189,7 +189,7 @@ if (onlyPhases === undefined) {
     if (tail === undefined && el >= totalNs - lastNs) tail = { n, cpu: cpuSeconds() };
   }
   const cpu = cpuSeconds();
-  const m = await tw3.metrics.evictions.get();
+  const m = await tw3.metrics.evictions.counter.get();
   const evicted = Object.fromEntries(m.values.filter((v) => v.value > 0).map((v) => [v.labels.reason, v.value]));
   sustained = {
     seconds: totalNs / 1e9,

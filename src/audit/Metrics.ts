@@ -252,7 +252,7 @@ export class Metrics {
   readonly runsInFlight = new LiveGauge({ name: 'tracewire_runs_in_flight', help: 'Runs whose top-level agent span has started and not been judged yet.', registers: this.regs });
   readonly tracesInFlight = new LiveGauge({ name: 'tracewire_traces_in_flight', help: 'Traces the bridge tracks.', registers: this.regs });
   readonly heldSpans = new LiveGauge({ name: 'tracewire_held_spans', help: 'Spans held until their ancestors arrive.', registers: this.regs });
-  readonly evictions = new Counter({ name: 'tracewire_bridge_evictions_total', help: 'Spans, traces or runs given up by bounded state, by reason.', labelNames: ['reason'] as const, registers: this.regs });
+  readonly evictions = new HotCounter({ name: 'tracewire_bridge_evictions_total', help: 'Spans, traces or runs given up by bounded state, by reason.', labelNames: ['reason'] as const, registers: this.regs });
   readonly internalErrors = new Counter({ name: 'tracewire_internal_errors_total', help: 'Faults caught inside tracewire (never thrown into the caller), by component.', labelNames: ['component'] as const, registers: this.regs });
   readonly hookQueueDrops = new Counter({ name: 'tracewire_hook_queue_dropped_total', help: 'Span hook records dropped because the in-process queue was full.', registers: this.regs });
   readonly otlpRequests = new HotCounter({ name: 'tracewire_otlp_requests_total', help: 'OTLP/HTTP export requests by encoding and response status.', labelNames: ['encoding', 'status'] as const, registers: this.regs });
