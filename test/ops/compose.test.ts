@@ -1,5 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { existsSync, statSync } from 'node:fs';
+import { boundsMemory, boundsMemoryWarning, resolveConfig } from '../../src/config/Config.js';
 import { readText, readYaml, repoPath, run } from './support.js';
 
 type Section = Record<string, any>;
@@ -67,6 +68,16 @@ describe('docker-compose.yml', () => {
     expect(tw.healthcheck.test.join(' ')).toContain('http://127.0.0.1:8080/healthz');
     expect(tw.environment.TRACEWIRE_TRACE_URL).toContain('{trace_id}');
     expect(tw.environment.TRACEWIRE_TRACE_URL).not.toContain('$');
+  });
+
+  it('gives tracewire a heap its default bounds fit in (no start-up memory warning)', () => {
+    const m = /^\$\{TRACEWIRE_NODE_OPTIONS:-(.*)\}$/.exec(compose().services.tracewire.environment.NODE_OPTIONS as string);
+    expect(m).not.toBeNull();
+    const mib = Number(/^--max-old-space-size=(\d+)$/.exec(m![1]!)?.[1]);
+    expect(mib).toBeGreaterThan(0);
+    // V8's heap limit is the old space plus the young generation: the old space alone is the safe side.
+    expect(boundsMemoryWarning(resolveConfig({}), mib * 2 ** 20)).toBeUndefined();
+    expect(boundsMemory(resolveConfig({})).total).toBeLessThan(mib * 2 ** 20 * 0.9);
   });
 
   it('has a Dockerfile whose COPY sources exist and whose CMD matches the compose command', () => {
