@@ -78,7 +78,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'maxInFlightRuns', flag: '--max-runs', env: 'TRACEWIRE_MAX_RUNS', kind: 'int', min: 1, default: '200000', doc: 'in-flight runs; the oldest is evicted past it' },
   { key: 'maxSpansPerRun', flag: '--max-spans-per-run', env: 'TRACEWIRE_MAX_SPANS_PER_RUN', kind: 'int', min: 1, default: '10000', doc: 'spans kept per trace; further spans are dropped (counted)' },
   { key: 'maxTraces', flag: '--max-traces', env: 'TRACEWIRE_MAX_TRACES', kind: 'int', min: 1, default: '400000', doc: 'traces tracked at once (with or without runs)' },
-  { key: 'maxSpansInFlight', flag: '--max-spans', env: 'TRACEWIRE_MAX_SPANS', kind: 'int', min: 1, default: '500000', doc: 'spans kept across all traces of a span source (about 480 bytes each); past it the oldest traces are given up, those kept only for late spans first' },
+  { key: 'maxSpansInFlight', flag: '--max-spans', env: 'TRACEWIRE_MAX_SPANS', kind: 'int', min: 1, default: '1000000', doc: 'spans kept across all traces of a span source (about 480 bytes each); past it the oldest traces are given up, those kept only for late spans first' },
   { key: 'replayRetentionMillis', flag: '--replay-retention-ms', env: 'TRACEWIRE_REPLAY_RETENTION_MS', kind: 'int', min: 0, default: '60000', doc: 'how long after a run ends its events stay resumable, and how long events wait for a user with no connection' },
   { key: 'replayMaxEventsPerRun', flag: '--replay-max-events', env: 'TRACEWIRE_REPLAY_MAX_EVENTS', kind: 'int', min: 0, default: '1000', doc: 'resumable events kept per run' },
   { key: 'replayMaxBytesPerRun', flag: '--replay-max-bytes', env: 'TRACEWIRE_REPLAY_MAX_BYTES', kind: 'int', min: 0, default: '1048576', doc: 'resumable bytes kept per run' },

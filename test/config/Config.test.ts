@@ -20,14 +20,14 @@ describe('config resolver', () => {
     const MiB = 2 ** 20;
     expect(boundsMemory(d).parts.map(([what, flag, n]) => [what, flag, Math.round(n / MiB)])).toEqual([
       ['runs in flight', '--max-runs', 98],
-      ['spans in flight', '--max-spans', 229],
+      ['spans in flight', '--max-spans', 458],
       ['traces kept', '--max-traces', 153],
       ['held events', '--max-held-bytes', 64],
       ['resume window', '--replay-max-total-bytes', 256],
       ['judged runs', '--runs-max-bytes', 256],
     ]);
     expect(boundsMemoryWarning(d, 4096 * MiB)).toBeUndefined();
-    expect(boundsMemoryWarning(d, 1024 * MiB)).toMatch(/^the configured bounds can hold about 1055 MiB .* more than 90% of the heap limit \(1024 MiB\)/);
+    expect(boundsMemoryWarning(d, 1024 * MiB)).toMatch(/^the configured bounds can hold about 1284 MiB .* more than 90% of the heap limit \(1024 MiB\)/);
     const small = resolveConfig({ env: { TRACEWIRE_REPLAY_MAX_TOTAL_BYTES: String(32 * MiB), TRACEWIRE_RUNS_MAX_BYTES: String(32 * MiB), TRACEWIRE_MAX_TRACES: '40000', TRACEWIRE_MAX_RUNS: '20000', TRACEWIRE_MAX_SPANS: '100000' } });
     expect(Math.round(boundsMemory(small).total / MiB)).toBe(199);
     expect(boundsMemoryWarning(small, 256 * MiB)).toBeUndefined();

@@ -149,7 +149,7 @@ describe('tracewire serve', () => {
     };
     const defaults = await startWith([]);
     expect(defaults).toMatch(
-      /WARN config: the configured bounds can hold about 1055 MiB \(runs in flight 98, spans in flight 229, traces kept 153, held events 64, resume window 256, judged runs 256\), more than 90% of the heap limit \(\d+ MiB\): lower --max-runs, --max-spans, --max-traces, --max-held-bytes, --replay-max-total-bytes, --runs-max-bytes, or raise the heap limit/,
+      /WARN config: the configured bounds can hold about 1284 MiB \(runs in flight 98, spans in flight 458, traces kept 153, held events 64, resume window 256, judged runs 256\), more than 90% of the heap limit \(\d+ MiB\): lower --max-runs, --max-spans, --max-traces, --max-held-bytes, --replay-max-total-bytes, --runs-max-bytes, or raise the heap limit/,
     );
     const fitted = await startWith(['--max-runs', '20000', '--max-spans', '100000', '--max-traces', '40000', '--max-held-bytes', '16777216', '--replay-max-total-bytes', '33554432', '--runs-max-bytes', '33554432']);
     expect(fitted).toMatch(/listening on http/);
