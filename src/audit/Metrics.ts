@@ -42,7 +42,6 @@ export type ReplayTrimBound = (typeof REPLAY_TRIM_BOUNDS)[number];
 
 /** Reasons of tracewire_runs_trimmed_total: the bound (runsMaxCount, runsMaxBytes). */
 export const RUNS_TRIM_BOUNDS = ['max_count', 'max_bytes'] as const;
-export type RunsTrimBound = (typeof RUNS_TRIM_BOUNDS)[number];
 
 /** Reasons of tracewire_ws_disconnects_total. */
 export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', 'heartbeat_timeout', 'token_expired', 'bad_frames', 'shutdown'] as const;

@@ -124,11 +124,6 @@ export class RunLedger {
     return this.judged.size;
   }
 
-  /** Estimated bytes of the judged runs kept (bounded by runsMaxBytes). */
-  get judgedBytes(): number {
-    return this.keptBytes;
-  }
-
   /** Entries of the list index, live and dead (tests check it stays bounded). */
   get indexSize(): number {
     return this.index.length;
@@ -409,7 +404,7 @@ export class RunLedger {
  * span for runs of 10 and 1,000 tools). Read from the verdict, which never
  * changes, so a run counts the same when it is kept and when it goes.
  */
-export function keptBytesOf(r: RunRecord): number {
+function keptBytesOf(r: RunRecord): number {
   return KEPT_RUN_BYTES + KEPT_EVENT_BYTES * (r.judgement?.expected ?? r.events.length);
 }
 const KEPT_RUN_BYTES = 512;
