@@ -460,8 +460,7 @@ export class BridgeRegistry {
     this.heldOrder.push(node);
     if (this.heldIndex.size > this.opts.maxOrphanSpans) {
       this.evicted('max_orphans');
-      // As after the sweep: its trace may now be kept only for late spans, or be done with.
-      this.maybeRelease(this.giveUp(this.heldOrder.oldest()!));
+      this.giveUp(this.heldOrder.oldest()!);
     }
   }
 
@@ -474,13 +473,17 @@ export class BridgeRegistry {
     return h.audit;
   }
 
-  /** Stop waiting for a held span's ancestors (it is anchored as a local root). */
-  private giveUp(node: SpanNode): TraceBridge {
+  /**
+   * Stop waiting for a held span's ancestors (it is anchored as a local
+   * root), then look at its trace again: with nothing held it may now be
+   * kept only for late spans, or be done with.
+   */
+  private giveUp(node: SpanNode): void {
     const tb = this.heldIndex.get(node)!.tb;
     tb.forceAnchor(node);
     // forceAnchor takes it out of the index; if it did not, it still must not stay at the front.
     this.unheld(node);
-    return tb;
+    this.maybeRelease(tb);
   }
 
   evicted(reason: EvictionReason): void {
@@ -566,7 +569,7 @@ export class BridgeRegistry {
     for (let node = this.heldOrder.oldest(); node !== undefined; node = this.heldOrder.oldest()) {
       if (this.heldIndex.get(node)!.atMs + this.opts.orphanHoldMillis > now) break;
       this.evicted('orphan_timeout');
-      this.maybeRelease(this.giveUp(node));
+      this.giveUp(node);
     }
     if (!this.opts.parentsArriveFirst) this.dropIdleTraces(now);
   }
