@@ -1,5 +1,5 @@
 import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
-import type { Tracer } from '@opentelemetry/api';
+import { context, trace, type Tracer } from '@opentelemetry/api';
 import WebSocket from 'ws';
 import { startSidecar, type Sidecar } from '../src/surfaces/server.js';
 import { Tracewire, type TracewireOptions } from '../src/Tracewire.js';
@@ -96,6 +96,22 @@ export async function connectAcked(sc: Sidecar, user: string, query?: string): P
   const c = await connect(sc, { user, query });
   await c.until((x) => x.frames.some((f) => f.type === 'ack'), 5000, 'ack');
   return c;
+}
+
+/**
+ * One in-process run of `user`: an agent span `invoke_agent planner` with
+ * `tools` ended tool spans below it (2 + 2 × tools expected events), ended;
+ * resolves with its run id once it is judged.
+ */
+export async function judgedToolRun(sc: Sidecar, user: string, tools: number, timeoutMs = 5000): Promise<string> {
+  const { tracer } = inProcessTracer(sc);
+  const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': user } });
+  const ctx = trace.setSpan(context.active(), top);
+  for (let i = 0; i < tools; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+  top.end();
+  const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+  await until(() => sc.tw.ledger.get(runId)?.judgement !== undefined, timeoutMs, 'verdict');
+  return runId;
 }
 
 export async function until(pred: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {

@@ -1,4 +1,3 @@
-import { context, trace } from '@opentelemetry/api';
 import { spawn } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -7,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
 import { main } from '../../src/surfaces/cli.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
-import { inProcessTracer, startTestSidecar, TEST_SECRET, until } from '../helpers.js';
+import { inProcessTracer, judgedToolRun, startTestSidecar, TEST_SECRET, until } from '../helpers.js';
 
 async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string[]; err: string[] }> {
   const out: string[] = [];
@@ -90,14 +89,8 @@ describe('tracewire inspect', () => {
   });
 
   it('prints the whole timeline of a run larger than one page of the API', async () => {
-    const { tracer } = inProcessTracer(sc);
     // One agent with 550 tools: 1,102 events, two pages.
-    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'nobody-listening' } });
-    const ctx = trace.setSpan(context.active(), top);
-    for (let i = 0; i < 550; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
-    top.end();
-    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
-    await until(() => sc.tw.ledger.get(runId)?.judgement !== undefined, 3000, 'verdict');
+    const runId = await judgedToolRun(sc, 'nobody-listening', 550, 3000);
     const one = await cli(['inspect', runId, '--url', sc.publicUrl]);
     expect(one.code).toBe(0);
     expect(one.out.filter((l) => l.startsWith('run '))).toHaveLength(1);

@@ -1,12 +1,11 @@
 import { existsSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { context, trace } from '@opentelemetry/api';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
-import { connectAcked, inProcessTracer, startTestSidecar, until } from '../helpers.js';
+import { connectAcked, inProcessTracer, judgedToolRun, startTestSidecar, until } from '../helpers.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const hasChromium = existsSync(CHROMIUM);
@@ -194,14 +193,8 @@ describe.skipIf(!hasChromium)('run inspector (headless Chromium)', () => {
     const big = await startTestSidecar();
     try {
       await connectAcked(big, 'bo');
-      const { tracer } = inProcessTracer(big);
       // One agent with 600 tools: 1,202 expected events, more than one page (1,000).
-      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'bo' } });
-      const ctx = trace.setSpan(context.active(), top);
-      for (let i = 0; i < 600; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
-      top.end();
-      const id = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
-      await until(() => big.tw.ledger.get(id)?.judgement !== undefined, 5000, 'verdict');
+      const id = await judgedToolRun(big, 'bo', 600);
       const { page, problems } = await openPage(`${big.publicUrl}/inspector?run=${id}`);
       const events = page.locator('#timeline tr[data-what="event"]');
       await expect.poll(() => events.count()).toBe(1000);
