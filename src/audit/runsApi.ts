@@ -142,7 +142,8 @@ export function decodeDetailCursor(cursor: string): number | undefined {
  * that millisecond, so an end within it is placed before it. The pages of a
  * run put together are its whole timeline (`next_cursor` names the next
  * page); the work per page is proportional to the page, plus one pass over
- * the run's span and event lists.
+ * the run's span and event lists when the run changed since its last page
+ * (`runIndex`).
  */
 export function runDetail(r: RunRecord, traceUrlTemplate?: string, page: DetailPage = { afterSeq: 0, limit: DETAIL_DEFAULT_LIMIT }): Record<string, unknown> {
   const judged = r.judgement !== undefined;
@@ -160,22 +161,7 @@ export function runDetail(r: RunRecord, traceUrlTemplate?: string, page: DetailP
   const pageEvents = all.slice(first, last);
   const events = pageEvents.map((e) => eventView(e, judged));
 
-  // Over the whole run, without formatting anything: each span's index and depth, and which spans' starts and ends caused events.
-  const index = new Map<string, number>();
-  const depthOf: number[] = [];
-  r.spans.forEach((s, i) => {
-    index.set(s.spanId, i);
-    const p = s.parentSpanId !== undefined ? index.get(s.parentSpanId) : undefined;
-    depthOf.push(p !== undefined ? depthOf[p]! + 1 : 0);
-  });
-  const startedByEvent = new Uint8Array(r.spans.length);
-  const endedByEvent = new Uint8Array(r.spans.length);
-  for (const e of all) {
-    const i = index.get(e.spanId);
-    if (i === undefined) continue;
-    if (START_EVENTS.has(e.type)) startedByEvent[i] = 1;
-    else if (r.spans[i]!.endMs !== undefined) endedByEvent[i] = 1;
-  }
+  const { index, depthOf, startedByEvent, endedByEvent } = runIndex(r);
 
   // The page's spans, in the run's span order.
   const inPage = new Uint8Array(r.spans.length);
@@ -274,6 +260,48 @@ export function runDetail(r: RunRecord, traceUrlTemplate?: string, page: DetailP
   }
   const nextCursor = last < all.length ? encodeDetailCursor(all[last - 1]!.seq) : null;
   return { ...runSummary(r, traceUrlTemplate), spans, events, timeline: timeline.map((p) => p.item), next_cursor: nextCursor };
+}
+
+/** What every page of a run's detail needs from the whole run: each span's index and depth, and which spans' starts and ends caused events. */
+interface RunIndex {
+  /** The run's span and event counts it was built at (both only grow). */
+  readonly spans: number;
+  readonly events: number;
+  readonly index: Map<string, number>;
+  readonly depthOf: number[];
+  readonly startedByEvent: Uint8Array;
+  readonly endedByEvent: Uint8Array;
+}
+
+/** Built once per run and kept while the run is (a run read page after page, or by the inspector's live mode, is indexed once). */
+const runIndexes = new WeakMap<RunRecord, RunIndex>();
+
+/**
+ * The run's index, rebuilt when spans or events were added since. A span
+ * whose end causes an event has that event only once it ended, so the
+ * counts say when `endedByEvent` can have changed.
+ */
+function runIndex(r: RunRecord): RunIndex {
+  const cached = runIndexes.get(r);
+  if (cached !== undefined && cached.spans === r.spans.length && cached.events === r.events.length) return cached;
+  const index = new Map<string, number>();
+  const depthOf: number[] = [];
+  r.spans.forEach((s, i) => {
+    index.set(s.spanId, i);
+    const p = s.parentSpanId !== undefined ? index.get(s.parentSpanId) : undefined;
+    depthOf.push(p !== undefined ? depthOf[p]! + 1 : 0);
+  });
+  const startedByEvent = new Uint8Array(r.spans.length);
+  const endedByEvent = new Uint8Array(r.spans.length);
+  for (const e of r.events) {
+    const i = index.get(e.spanId);
+    if (i === undefined) continue;
+    if (START_EVENTS.has(e.type)) startedByEvent[i] = 1;
+    else if (r.spans[i]!.endMs !== undefined) endedByEvent[i] = 1;
+  }
+  const built = { spans: r.spans.length, events: r.events.length, index, depthOf, startedByEvent, endedByEvent };
+  runIndexes.set(r, built);
+  return built;
 }
 
 interface SpanView {
