@@ -68,6 +68,17 @@ function measure(ev: OutboundEvent): void {
 }
 
 /** The answer to an upgrade while the hub shuts down (before a WebSocket exists to carry 1001). */
+const BAD_REQUEST_RESPONSE = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
+
+/** The URL of an upgrade request's target (origin form; `//x` is a path, not a host), or undefined if it is not one. */
+function requestUrl(target: string | undefined): URL | undefined {
+  try {
+    return new URL(`http://localhost${target?.startsWith('/') ? target : `/${target ?? ''}`}`);
+  } catch {
+    return undefined;
+  }
+}
+
 const SHUTTING_DOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n';
 const MAX_BAD_FRAMES = 10;
 
@@ -169,7 +180,10 @@ export class EventHub implements EventSink {
   /** Route upgrades for the hub's path on `server`. */
   attach(server: Server): void {
     server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-      if (!this.handleUpgrade(req, socket, head)) {
+      // Node's server no longer listens for errors on an upgraded socket: a peer's reset must not become an uncaught 'error'.
+      if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+      // Another path is the app's, when it listens for upgrades too (library mode); else nobody's.
+      if (!this.handleUpgrade(req, socket, head) && server.listenerCount('upgrade') === 1) {
         socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       }
     });
@@ -177,9 +191,14 @@ export class EventHub implements EventSink {
 
   /** Handle an HTTP upgrade; false when the path is not the hub's. */
   handleUpgrade(req: IncomingMessage, socket: Socket, head: Buffer): boolean {
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    const url = requestUrl(req.url);
+    if (url === undefined) {
+      // Not a request-target any URL parser takes (e.g. `//x:99999/v1/events`): refused, whatever its path.
+      socket.end(BAD_REQUEST_RESPONSE);
+      return true;
+    }
     if (url.pathname !== this.path) return false;
-    socket.on('error', () => socket.destroy());
+    if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
     if (this.closing) {
       socket.end(SHUTTING_DOWN_RESPONSE);
       return true;
