@@ -309,7 +309,7 @@ export class BridgeRegistry {
   emit(run: RunState, node: SpanNode, type: EventType): void {
     if (run.ended || run.judgement !== undefined) {
       // The run already completed: emitting now would break "agent_completed last".
-      this.lateEvent(type);
+      this.lateRunEvent(run, node, type);
       return;
     }
     if (run.events.length >= this.opts.maxSpansPerRun * 2) {
@@ -412,6 +412,24 @@ export class BridgeRegistry {
       tb.compact();
       if (tb.doneEntry !== undefined && tb.nodeCount === 0) this.doneWithNodes.left();
     }
+  }
+
+  /**
+   * An event of a span of `run` that arrived or changed after the run
+   * completed. It is never emitted (the run's `agent_completed` was its last
+   * event), but until the verdict it is one of the run's expected events:
+   * dropped as late_span, so the verdict says what the user missed (audit
+   * mode: judged from the backend's outcomes like the others). After the
+   * verdict it only counts.
+   */
+  private lateRunEvent(run: RunState, node: SpanNode, type: EventType): void {
+    if (run.judgement !== undefined || run.events.length >= this.opts.maxSpansPerRun * 2) {
+      this.lateEvent(type);
+      return;
+    }
+    const evRec = run.addEvent(++run.seq, type, node as SpanSummary);
+    if (this.opts.mode === 'audit') this.metrics.eventsEmitted.inc({ type });
+    else this.ledger.markDropped(run, evRec, 'late_span');
   }
 
   /** An event of a span inside a run that already ended (and was let go): dropped as late. */

@@ -81,3 +81,41 @@ describe('LiveSpanExporter', () => {
     expect(live.droppedRecords).toBe(4);
   });
 });
+
+describe('a run whose spans come from two tracers (two instrumentation scopes in one request)', () => {
+  // Exporters group a request by scope, so the tool library's span follows the agent's end.
+  for (const mode of ['batch', 'live'] as const) {
+    it(`${mode === 'batch' ? 'exporter-trace-otlp-proto behind a BatchSpanProcessor' : 'LiveSpanExporter'}: every event delivered in causal order, verdict complete`, async () => {
+      const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-proto');
+      const { BatchSpanProcessor } = await import('@opentelemetry/sdk-trace-base');
+      const { context, trace } = await import('@opentelemetry/api');
+      const user = `scopes-${mode}`;
+      const client = await connectAcked(sc, user);
+      const url = `${sc.otlpUrl}/v1/traces`;
+      const processor = mode === 'live' ? new LiveSpanExporter({ url, scheduledDelayMillis: 10_000 }) : new BatchSpanProcessor(new OTLPTraceExporter({ url }), { scheduledDelayMillis: 10_000 });
+      const provider = new BasicTracerProvider({ spanProcessors: [processor] });
+      const agents = provider.getTracer('agent-framework');
+      const tools = provider.getTracer('tool-library');
+      const top = agents.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': user } });
+      const ctx = trace.setSpan(context.active(), top);
+      agents.startSpan('chat gpt-4o', { attributes: { 'gen_ai.operation.name': 'chat', 'gen_ai.request.model': 'gpt-4o' } }, ctx).end();
+      tools.startSpan('execute_tool search', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'search' } }, ctx).end();
+      top.end();
+      // One request with everything (the scheduled delay is long): grouped by scope, the tool's span comes last.
+      await provider.forceFlush();
+      const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+      await client.until((c) => c.events.filter((e) => e.run_id === runId).length === 5, 5000, 'five events');
+      expect(client.events.filter((e) => e.run_id === runId).map((e) => [e.seq, e.type])).toEqual([
+        [1, 'agent_started'],
+        [2, 'agent_thinking'],
+        [3, 'tool_executing'],
+        [4, 'tool_completed'],
+        [5, 'agent_completed'],
+      ]);
+      for (let i = 0; i < 100 && sc.tw.ledger.get(runId)?.judgement === undefined; i++) await new Promise((r) => setTimeout(r, 20));
+      expect(sc.tw.ledger.get(runId)?.judgement).toMatchObject({ verdict: 'complete', expected: 5, delivered: 5 });
+      await provider.shutdown();
+      client.close();
+    });
+  }
+});

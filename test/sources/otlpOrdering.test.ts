@@ -88,6 +88,9 @@ describe('a subtree arriving after its run completed (reordered requests)', () =
       await new Promise((r) => setTimeout(r, 700));
       expect(late.map((v) => v.runId)).toEqual([`${traceId}-${spanId}`]);
       expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(5);
+      // Before its verdict the run still counts them: the user missed the researcher's five events.
+      expect(late[0]!.judgement).toMatchObject({ verdict: 'partial', expected: 11, delivered: 6, reasons: { late_span: 5 }, mainReason: 'late_span' });
+      expect(late[0]!.judgement!.explanation).toContain('late_span ×5');
       expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'agent_thinking', 'tool_executing', 'tool_completed', 'agent_thinking', 'agent_completed']);
       expect(s2.tw.otlpBridges.heldCount).toBe(0);
       client.close();

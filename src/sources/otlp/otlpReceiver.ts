@@ -6,6 +6,7 @@ import { bearerOf, safeEqual } from '../../util/bearer.js';
 import type { Tracewire } from '../../Tracewire.js';
 import { decodeJson, decodeProtobuf, TooManySpansError, type DecodedRequest } from './decode.js';
 import { gunzipLimited } from './gunzip.js';
+import { causalOrder } from './requestOrder.js';
 import { otlpTypes } from './schema.js';
 
 /**
@@ -121,13 +122,13 @@ const EMPTY_PROTOBUF_RESPONSE = Buffer.alloc(0);
 
 const RETRY_AFTER_SECONDS = 1;
 
-/** Hand the decoded spans to the OTLP bridges, in request order, and count them. */
+/** Hand the decoded spans to the OTLP bridges, in request order but each span's end after its children's (`causalOrder`), and count them. */
 function ingest(tw: Tracewire, decoded: DecodedRequest): void {
   const m = tw.metrics;
   for (const [reason, n] of decoded.reasons) m.otlpRejectedSpans.inc({ reason }, n);
   if (decoded.spans.length === 0) return;
   // One bad span must not fail the request or stop the others.
-  tw.otlpBridges.ingest(decoded.spans, (err) => {
+  tw.otlpBridges.ingest(causalOrder(decoded.spans), (err) => {
     m.internalErrors.inc({ component: 'otlp' });
     tw.diag.repeated('otlp_bridge_fault', 'otlpReceiver', (n) => `${n} span(s) failed in the bridge: ${(err as Error)?.stack ?? String(err)}`);
   });
