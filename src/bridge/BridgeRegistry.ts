@@ -83,8 +83,10 @@ export class BridgeRegistry {
    * as soon as its runs ended; a span of it that ends later (an abandoned
    * run's top-level span, a sub-agent that outlived its run) must not open a
    * phantom run, so its late end is dropped. Bounded, oldest forgotten first.
+   * With each, its lifecycle spans in a run that had not ended (usually
+   * none): their late ends count in their runs' verdicts (`openRunMembers`).
    */
-  private readonly released = new BoundedMap<string, true>(RELEASED_MEMORY);
+  private readonly released = new BoundedMap<string, true | Map<string, SpanNode>>(RELEASED_MEMORY);
   /**
    * OTLP: what traces released with no run left (a request span that ended
    * and was exported before the agent run it started in the background): its
@@ -349,6 +351,17 @@ export class BridgeRegistry {
 
   /** A lifecycle span of a released trace ended: its completion cannot be emitted after the run's end. */
   private lateEnd(span: SpanInput): void {
+    const open = this.released.get(span.traceId);
+    const node = open instanceof Map ? open.get(span.spanId) : undefined;
+    if (node !== undefined) {
+      // A span of a run that had not ended when the trace was released: late in that run.
+      open!.delete(span.spanId);
+      node.seenEnd = true;
+      node.endMs = span.endMs;
+      const type = node.kind === undefined ? undefined : END_TYPE[node.kind];
+      if (type !== undefined && node.run !== undefined) this.lateRunEvent(node.run, node, type);
+      return;
+    }
     const kind = classify(span).kind;
     const late = kind === undefined ? undefined : END_TYPE[kind];
     if (late !== undefined) this.lateEvent(late);
@@ -528,7 +541,7 @@ export class BridgeRegistry {
     }
     if (this.traces.get(tb.traceId) === tb) {
       this.forgetTrace(tb);
-      if (tb.runCount > 0) this.released.set(tb.traceId, true);
+      if (tb.runCount > 0) this.released.set(tb.traceId, (this.opts.parentsArriveFirst ? tb.openRunMembers() : undefined) ?? true);
       else if (!this.opts.parentsArriveFirst) {
         const ancestors = tb.ancestors(MAX_ANCESTORS);
         if (ancestors.length > 0) this.ancestry.set(tb.traceId, ancestors);

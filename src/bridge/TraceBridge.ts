@@ -578,6 +578,21 @@ export class TraceBridge {
     this.localRootEnded = true;
   }
 
+  /**
+   * In-process, when the trace is released with its runs over: its lifecycle
+   * spans inside a run that have not ended yet and will emit a completion
+   * (a tool left running when its agent returned), by span id; undefined if
+   * none. Their ends then count as late in their runs' verdicts.
+   */
+  openRunMembers(): Map<string, SpanNode> | undefined {
+    let open: Map<string, SpanNode> | undefined;
+    for (const node of this.nodeList()) {
+      if (node.run === undefined || node.seenEnd || node.kind === undefined || END_TYPE[node.kind] === undefined) continue;
+      (open ??= new Map()).set(node.spanId, node);
+    }
+    return open;
+  }
+
   /** Held spans (for eviction; not in hold order once they are grouped by parent). */
   heldNodes(): SpanNode[] {
     const out: SpanNode[] = [];

@@ -27,3 +27,31 @@ describe('in-process run', () => {
     expect(evs[4]!.data).toMatchObject({ agent: 'researcher', parent_agent: 'supervisor' });
   });
 });
+
+describe('a tool still running when its agent returns (in process)', () => {
+  it('its completion cannot follow agent_completed: the run is judged partial with late_span, not complete', async () => {
+    const { context, trace } = await import('@opentelemetry/api');
+    const verdicts: Array<{ runId: string; verdict?: string }> = [];
+    sc = await startTestSidecar({ graceMillis: 300, onVerdict: (r) => verdicts.push({ runId: r.runId }) });
+    const { tracer } = inProcessTracer(sc);
+    const client = await connectAcked(sc, 'dora');
+    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'dora' } });
+    const tool = tracer.startSpan('execute_tool fetch', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'fetch' } }, trace.setSpan(context.active(), top));
+    top.end();
+    await client.until((c) => c.events.some((e) => e.type === 'agent_completed'), 5000, 'agent_completed');
+    tool.end();
+    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    await client.until(() => verdicts.length === 1, 5000, 'the verdict');
+    expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'tool_executing', 'agent_completed']);
+    expect(sc.tw.ledger.get(runId)!.judgement).toMatchObject({ verdict: 'partial', expected: 4, delivered: 3, reasons: { late_span: 1 }, undeliveredByType: { tool_completed: 1 } });
+    // The runs API shows the completion the user missed, after the run's last delivered event.
+    const detail = (await (await fetch(`${sc.publicUrl}/api/runs/${runId}`)).json()) as { events: Array<{ seq: number; type: string; outcome: string; reason?: string }> };
+    expect(detail.events.at(-1)).toMatchObject({ seq: 4, type: 'tool_completed', outcome: 'dropped', reason: 'late_span' });
+    // A span that ends after the verdict changes nothing.
+    const other = tracer.startSpan('execute_tool again', { attributes: { 'gen_ai.operation.name': 'execute_tool' } }, trace.setSpan(context.active(), top));
+    other.end();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(sc.tw.ledger.get(runId)!.judgement!.expected).toBe(4);
+    client.close();
+  });
+});
