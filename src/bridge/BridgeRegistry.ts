@@ -355,7 +355,7 @@ export class BridgeRegistry {
     const node = open instanceof Map ? open.get(span.spanId) : undefined;
     if (node !== undefined) {
       // A span of a run that had not ended when the trace was released: late in that run.
-      open!.delete(span.spanId);
+      (open as Map<string, SpanNode>).delete(span.spanId);
       node.seenEnd = true;
       node.endMs = span.endMs;
       const type = node.kind === undefined ? undefined : END_TYPE[node.kind];
