@@ -340,9 +340,16 @@ export class TraceBridge {
     this.reg.held(this, node);
   }
 
-  /** Give up waiting for `node`'s ancestors: treat its parent as outside tracewire's view. */
+  /**
+   * Give up waiting for `node`'s ancestors: treat the parent of its topmost
+   * held ancestor as outside tracewire's view. (Anchoring `node` alone while
+   * its parent waits too would put it outside the run that parent opens when
+   * given up in turn: its events lost, and not even expected.)
+   */
   forceAnchor(node: SpanNode): void {
     if (!node.held || node.anchored) return;
+    // Up through the held ancestors (bounded: a parent cycle in malformed input ends the walk).
+    for (let up = this.heldParent(node), steps = this.heldCount; up !== undefined && steps > 0; up = this.heldParent(up), steps--) node = up;
     const w = this.waiting;
     const list = Array.isArray(w) ? w : w?.get(node.parentSpanId!);
     if (list) {
@@ -356,6 +363,13 @@ export class TraceBridge {
     // Its own parent never came: anchor it as a local root.
     node.parentRemote = true;
     this.anchorTree(node, audit);
+  }
+
+  /** The parent of `node` if it is a span of this trace that waits for its own ancestors. */
+  private heldParent(node: SpanNode): SpanNode | undefined {
+    if (node.parentSpanId === undefined || node.parentRemote) return undefined;
+    const parent = this.node(node.parentSpanId);
+    return parent !== undefined && parent.held && !parent.anchored ? parent : undefined;
   }
 
   private anchorTree(node: SpanNode, audit?: readonly SpanEventInput[]): void {

@@ -375,3 +375,32 @@ describe('audit mode: agent.event span events over OTLP', () => {
     expect((await judge('frank', undefined)).judgement?.verdict).toBe('missing_events');
   });
 });
+
+describe('a run whose top-level agent waits for a parent that never arrives (another service, no remote flag)', () => {
+  it('past --orphan-hold-ms the whole waiting subtree is anchored from its top: every event delivered, verdict complete', async () => {
+    await withOwnSidecar({ orphanHoldMillis: 150 }, async ({ s2, verdicts, tracer, postFinished }) => {
+      const user = 'gus-orphans';
+      const client = await connectAcked(s2, user);
+      // The gateway's span is never exported; everything below it is, children first.
+      const gateway = tracer.startSpan('POST /chat');
+      const agent = tracer.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': user } }, trace.setSpan(context.active(), gateway));
+      const inAgent = trace.setSpan(context.active(), agent);
+      tracer.startSpan('chat gpt-4o', { attributes: { 'gen_ai.operation.name': 'chat', 'gen_ai.request.model': 'gpt-4o' } }, inAgent).end();
+      tracer.startSpan('execute_tool fetch', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'fetch' } }, inAgent).end();
+      agent.end();
+      await postFinished();
+      await until(() => verdicts.length === 1, 5000, 'the verdict');
+      expect(client.events.map((e) => [e.seq, e.type])).toEqual([
+        [1, 'agent_started'],
+        [2, 'agent_thinking'],
+        [3, 'tool_executing'],
+        [4, 'tool_completed'],
+        [5, 'agent_completed'],
+      ]);
+      expect(verdicts[0]!.judgement).toMatchObject({ verdict: 'complete', expected: 5, delivered: 5 });
+      expect(s2.tw.otlpBridges.heldCount).toBe(0);
+      gateway.end();
+      client.close();
+    });
+  });
+});
