@@ -25,7 +25,11 @@ export interface RunLedgerOptions {
 export interface RunQuery {
   /** A verdict, or `in_flight` for runs not judged yet. */
   readonly verdict?: string;
-  /** Top-level agent name (exact). */
+  /**
+   * Top-level agent name (exact), or the `agent` label a judged run was
+   * counted under in tracewire_runs_total (`other`, a name cut to 64
+   * characters, `unknown`), so dashboard links from that label find its runs.
+   */
   readonly agent?: string;
   /** User id (exact). */
   readonly user?: string;
@@ -99,6 +103,14 @@ export class RunLedger {
   private readonly judgedOrder = new Fifo<RunRecord>();
   /** Estimated bytes of the runs in `judged` (see `keptBytesOf`). */
   private keptBytes = 0;
+  /**
+   * The `agent` label a judged run was counted under in tracewire_runs_total,
+   * for the runs whose label is not their agent name (`other` past
+   * --max-agent-labels, a name cut to 64 characters, `unknown`): the agent
+   * filter accepts it, so a dashboard link built from the label lists those
+   * runs. Weak: an entry goes with its run.
+   */
+  private readonly agentLabels = new WeakMap<RunRecord, string>();
   private openCounter = 0;
   private timer: NodeJS.Timeout | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
@@ -186,19 +198,37 @@ export class RunLedger {
    * Audit mode: the `agent.event` outcomes the backend recorded for a run,
    * each on the nearest lifecycle span, given to the expected events they
    * report on (see AuditMatcher); an outcome that matches none only counts.
+   * Judged as in emit mode: an event is delivered when at least one outcome
+   * for it is `delivered` (one per connection: `connections` counts them),
+   * else dropped with the reason that names the failure best.
    */
   private recordAudit(run: RunRecord, outcomes: readonly AuditOutcome[]): void {
     const audit = (run.audit ??= { outcomes: 0, pending: undefined });
-    const matcher = new AuditMatcher(run);
-    for (const o of outcomes) {
-      audit.outcomes++;
-      const match = matcher.match(o.spanId, o.type);
-      if (match === undefined) continue;
+    audit.outcomes += outcomes.length;
+    const matched = new AuditMatcher(run).matchAll(outcomes);
+    let drops: Map<EventRecord, DropReason> | undefined;
+    for (let i = 0; i < outcomes.length; i++) {
+      const ev = matched[i];
+      if (ev === undefined) continue;
+      const o = outcomes[i]!;
       if (o.outcome === 'delivered') {
-        match.connections = Math.max(match.connections, 1);
-        this.markDelivered(run, match, false);
-      } else this.markDropped(run, match, o.reason ?? 'reported_dropped');
+        ev.connections++;
+        this.markDelivered(run, ev, false);
+      } else {
+        drops ??= new Map();
+        drops.set(ev, betterReason(drops.get(ev), o.reason ?? 'reported_dropped'));
+      }
     }
+    // After every delivery is known, so a drop never outranks a delivery of the same event.
+    if (drops !== undefined) for (const [ev, reason] of drops) this.markDropped(run, ev, reason);
+  }
+
+  /** Audit mode: match the outcomes recorded so far (once, before anything else decides the run's events). */
+  private drainAudit(record: RunRecord): void {
+    const pending = record.audit?.pending;
+    if (pending === undefined) return;
+    record.audit!.pending = undefined;
+    this.recordAudit(record, pending);
   }
 
   /** Judge now, with the given verdict forced (abandoned, interrupted) or computed. */
@@ -208,11 +238,7 @@ export class RunLedger {
 
   private judgeWith(record: RunRecord, forced: Verdict | undefined, cause: ForcedCause | undefined): Judgement {
     if (record.judgement) return record.judgement;
-    if (record.audit?.pending !== undefined) {
-      const pending = record.audit.pending;
-      record.audit.pending = undefined;
-      this.recordAudit(record, pending);
-    }
+    this.drainAudit(record);
     const j = computeJudgement(record, this.opts.mode, forced, this.now(), this.opts.runTimeoutMillis, cause);
     record.judgement = j;
     if (this.inFlight.get(record.runId) === record) this.inFlight.delete(record.runId);
@@ -225,7 +251,9 @@ export class RunLedger {
         this.opts.metrics.eventsDropped.inc({ type: ev.type, reason });
       }
     }
-    this.opts.metrics.runs.inc({ verdict: j.verdict, reason: j.mainReason, agent: this.opts.metrics.agentLabel.value(record.agent) });
+    const agentLabel = this.opts.metrics.agentLabel.value(record.agent);
+    if (agentLabel !== record.agent) this.agentLabels.set(record, agentLabel);
+    this.opts.metrics.runs.inc({ verdict: j.verdict, reason: j.mainReason, agent: agentLabel });
     this.retain(record);
     if (forced) this.opts.onForget?.(record);
     this.opts.onJudged?.(record);
@@ -237,9 +265,14 @@ export class RunLedger {
     return j;
   }
 
-  /** Evict an in-flight run (bounded state): judged now, its undelivered events dropped as `evicted`. */
+  /**
+   * Evict an in-flight run (bounded state): judged now, its undelivered events
+   * dropped as `evicted`. Audit mode: the outcomes the backend recorded so far
+   * count first, as deliveries written before an eviction do in emit mode.
+   */
   evict(record: RunRecord): void {
     if (record.judgement) return;
+    this.drainAudit(record);
     for (const ev of record.events) if (ev.state === EV_PENDING || ev.state === EV_HELD) this.markDropped(record, ev, 'evicted');
     if (record.endMs === undefined) this.judgeWith(record, 'abandoned', 'evicted');
     else this.judgeWith(record, undefined, undefined);
@@ -280,7 +313,7 @@ export class RunLedger {
       if (q.sinceMs !== undefined && r.startMs < q.sinceMs) break;
       if (!this.isKept(r, now)) continue;
       if (q.verdict !== undefined && (r.judgement?.verdict ?? 'in_flight') !== q.verdict) continue;
-      if (q.agent !== undefined && r.agent !== q.agent) continue;
+      if (q.agent !== undefined && r.agent !== q.agent && this.agentLabels.get(r) !== q.agent) continue;
       if (q.user !== undefined && r.user !== q.user) continue;
       if (out.length === limit) {
         const last = out[out.length - 1]!;
@@ -449,6 +482,17 @@ export function decodeCursor(cursor: string): { startMs: number; openSeq: number
   const openSeq = Number(s.slice(i + 1));
   if (!Number.isSafeInteger(openSeq) || openSeq < 0) return undefined;
   return { startMs, openSeq };
+}
+
+/**
+ * Of two reasons an event was reported dropped for, the one that names the
+ * failure best (as the hub picks among a run's connections): a known reason
+ * outranks `reported_dropped`, and any other outranks a plain `send_failed`.
+ */
+function betterReason(had: DropReason | undefined, next: DropReason): DropReason {
+  if (had === undefined || had === 'reported_dropped') return next;
+  if (had === 'send_failed' && next !== 'reported_dropped') return next;
+  return had;
 }
 
 /** The reason an event that never got an outcome is given at verdict time. */

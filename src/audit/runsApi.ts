@@ -356,8 +356,9 @@ const VERDICT_FILTERS: readonly string[] = [...VERDICTS, 'in_flight'];
 
 /**
  * `GET /api/runs`: kept runs, newest first. Filters `verdict` (a verdict or
- * `in_flight`), `agent`, `user`, `since`, `until` (epoch ms or ISO 8601, on
- * the start time); `limit` (1..500, default 50) and `cursor` (the previous
+ * `in_flight`), `agent` (the top-level agent's name, or the `agent` label of
+ * tracewire_runs_total a judged run was counted under, such as `other`),
+ * `user`, `since`, `until` (epoch ms or ISO 8601, on the start time); `limit` (1..500, default 50) and `cursor` (the previous
  * page's `next_cursor`) paginate. `GET /api/runs/:run_id`: one run with its
  * spans, events and timeline, `limit` events a page (1..5000, default 1000)
  * from `cursor` (the previous page's `next_cursor`). Errors: 400

@@ -9,7 +9,8 @@ import { metricValue, startTestSidecar, until } from '../helpers.js';
 
 /**
  * Audit mode: which expected event an `agent.event` outcome reports on. On
- * its own lifecycle span first (in order), else the first open one of its
+ * its own lifecycle span when that span has an event of its type (every such
+ * outcome: one per connection of the user), else the first open one of its
  * type on a lifecycle span below it, in the run's order, however the
  * outcomes and the spans are spread.
  */
@@ -27,15 +28,11 @@ function run(links: Array<[id: string, parent: string | undefined, kind: SpanSum
   return { r, evs };
 }
 
-/** Give the outcomes in order, as the ledger does; returns the seq each matched (0: none). */
+/** Match the outcomes at once, as the ledger does at the verdict; returns the seq each matched (0: none). Matched events count as delivered for later calls. */
 function matchAll(r: RunRecord, outcomes: Array<[id: string, type: EventType]>): number[] {
-  const m = new AuditMatcher(r);
-  return outcomes.map(([id, type]) => {
-    const ev = m.match(id, type);
-    if (ev === undefined) return 0;
-    ev.state = EV_DELIVERED;
-    return ev.seq;
-  });
+  const matched = new AuditMatcher(r).matchAll(outcomes.map(([spanId, type]) => ({ spanId, type })));
+  for (const ev of matched) if (ev !== undefined) ev.state = EV_DELIVERED;
+  return matched.map((ev) => ev?.seq ?? 0);
 }
 
 const LINKS: Array<[string, string | undefined, SpanSummary['kind']]> = [
@@ -77,19 +74,29 @@ describe('AuditMatcher', () => {
     expect(matchAll(r, [['a0', 'tool_executing']])).toEqual([2]);
   });
 
-  it('an event with its outcome already is never taken again; own events go before those below', () => {
+  it('every outcome on a span that has its own event of the type reports on that event (one per connection): none falls through to a sub-agent', () => {
     const { r } = run(LINKS, EVENTS);
-    expect(matchAll(r, [['a0', 'agent_started'], ['a0', 'agent_started'], ['a0', 'agent_started']])).toEqual([1, 4, 0]);
+    // Two tabs: the top agent records agent_started and agent_completed twice; the sub-agent s recorded nothing.
+    expect(matchAll(r, [['a0', 'agent_started'], ['a0', 'agent_started'], ['a0', 'agent_completed'], ['a0', 'agent_completed']])).toEqual([1, 1, 10, 10]);
+    expect(r.events.filter((e) => e.state !== EV_DELIVERED).map((e) => e.seq)).toEqual([2, 3, 4, 5, 6, 7, 8, 9]);
+  });
+
+  it('outcomes on their own span count first: an ancestor\'s outcome takes the next open event below, whatever the order they came in', () => {
+    const { r } = run(LINKS, EVENTS);
+    // The agent's outcome for a tool came before t1's own (OTLP exports in any order): it still leaves t1's event to t1.
+    expect(matchAll(r, [['a0', 'tool_executing'], ['t1', 'tool_executing'], ['t1', 'tool_executing']])).toEqual([3, 2, 2]);
+    // An event with its outcome already is never taken by an ancestor again.
+    expect(matchAll(r, [['a0', 'tool_executing'], ['a0', 'tool_executing']])).toEqual([5, 0]);
   });
 
   it('parent links that loop end the walk instead of hanging', () => {
     const { r } = run(
       [['x', 'y', 'tool'], ['y', 'x', 'tool'], ['z', undefined, 'agent']],
-      [['x', 'tool_executing'], ['y', 'tool_executing']],
+      [['x', 'tool_executing'], ['x', 'tool_completed'], ['y', 'tool_executing']],
     );
-    expect(matchAll(r, [['z', 'tool_executing']])).toEqual([0]);
-    expect(matchAll(r, [['y', 'tool_executing']])).toEqual([2]);
-    expect(matchAll(r, [['y', 'tool_executing']])).toEqual([1]);
+    expect(matchAll(r, [['z', 'tool_executing'], ['z', 'tool_completed']])).toEqual([0, 0]);
+    expect(matchAll(r, [['y', 'tool_executing'], ['y', 'tool_executing']])).toEqual([3, 3]);
+    expect(matchAll(r, [['y', 'tool_completed']])).toEqual([2]);
   });
 });
 

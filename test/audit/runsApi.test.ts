@@ -1,5 +1,6 @@
 import type { Tracer } from '@opentelemetry/api';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { afterEach, describe, expect, it } from 'vitest';
 import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
 import type { SpanInput } from '../../src/conventions/SpanInput.js';
@@ -115,6 +116,50 @@ describe('runs API', () => {
     expect(inFlight.body.runs).toHaveLength(1);
     expect(inFlight.body.runs[0]).toMatchObject({ run_id: runIdOf(open.spanContext()), status: 'in_flight', verdict: null, reason: null, ended_at: null });
     open.end();
+  });
+
+  it("the dashboard's per-agent links list the runs counted under each agent label, including `other` past the cap and names cut to 64 characters", async () => {
+    sc = await startTestSidecar({ maxAgentLabels: 3, graceMillis: 20 });
+    const s = sc;
+    const { tracer } = inProcessTracer(sc);
+    const long = `research_${'x'.repeat(80)}`;
+    const longToo = `research_${'x'.repeat(70)}_2`; // same first 64 characters: the same label
+    const agents = ['planner', long, 'writer', 'critic', longToo, 'editor', 'critic'];
+    const runs: Array<{ id: string; agent: string }> = [];
+    for (const agent of agents) {
+      const id = tinyRun(tracer, agent, 'nobody-online'); // missing_events / no_subscriber
+      await judged(s, id);
+      runs.push({ id, agent });
+    }
+    // The links of the "Missing-event runs by reason and agent" panel, as Grafana builds them from a series' agent label.
+    const dashboard = JSON.parse(readFileSync(new URL('../../dashboards/grafana/tracewire-overview.json', import.meta.url), 'utf8')) as { panels: Array<{ fieldConfig?: { defaults?: { links?: Array<{ url: string }> } } }> };
+    const template = dashboard.panels
+      .flatMap((p) => p.fieldConfig?.defaults?.links ?? [])
+      .map((l) => l.url)
+      .find((u) => u.startsWith('${tracewire_url}/api/runs?') && u.includes('agent=${__field.labels.agent}'));
+    expect(template).toBeDefined();
+
+    const m = await s.tw.metrics.registry.getSingleMetric('tracewire_runs_total')!.get();
+    const labels = [...new Set(m.values.map((v) => String(v.labels.agent)))].sort();
+    expect(labels).toEqual(['other', 'planner', long.slice(0, 64), 'writer'].sort());
+    const newestFirst = (pred: (agent: string) => boolean): string[] => runs.filter((r) => pred(r.agent)).map((r) => r.id).reverse();
+    const expected: Record<string, string[]> = {
+      planner: newestFirst((a) => a === 'planner'),
+      writer: newestFirst((a) => a === 'writer'),
+      [long.slice(0, 64)]: newestFirst((a) => a === long || a === longToo),
+      other: newestFirst((a) => a === 'critic' || a === 'editor'),
+    };
+    for (const label of labels) {
+      const url = template!.replace('${tracewire_url}', '').replace('${__field.labels.agent}', encodeURIComponent(label));
+      const { status, body } = await getJson(s, url);
+      expect(status).toBe(200);
+      const ids = body.runs.map((r: Summary) => r.run_id);
+      expect(ids, `link for agent label ${label}`).toEqual(expected[label]);
+      expect(ids).toHaveLength(await metricValue(s, 'tracewire_runs_total', { verdict: 'missing_events', agent: label }));
+    }
+    // A full name still filters exactly.
+    expect((await getJson(s, `/api/runs?agent=${encodeURIComponent(long)}`)).body.runs.map((r: Summary) => r.run_id)).toEqual(newestFirst((a) => a === long));
+    expect((await getJson(s, '/api/runs?agent=critic')).body.runs.map((r: Summary) => r.run_id)).toEqual(newestFirst((a) => a === 'critic'));
   });
 
   it('answers errors with stable codes', async () => {
