@@ -318,10 +318,11 @@ export class TraceBridge {
   }
 
   private canAnchor(node: SpanNode): boolean {
-    if (node.parentSpanId === undefined || node.parentRemote) return true;
+    if (node.parentSpanId === undefined) return true;
     const parent = this.node(node.parentSpanId);
     if (parent !== undefined) return parent.anchored;
-    return this.reg.opts.parentsArriveFirst;
+    // A remote parent (another service's span) is not waited for; it is used when it is here already.
+    return node.parentRemote || this.reg.opts.parentsArriveFirst;
   }
 
   private hold(node: SpanNode): void {
@@ -367,7 +368,7 @@ export class TraceBridge {
 
   /** The parent of `node` if it is a span of this trace that waits for its own ancestors. */
   private heldParent(node: SpanNode): SpanNode | undefined {
-    if (node.parentSpanId === undefined || node.parentRemote) return undefined;
+    if (node.parentSpanId === undefined) return undefined;
     const parent = this.node(node.parentSpanId);
     return parent !== undefined && parent.held && !parent.anchored ? parent : undefined;
   }
@@ -380,7 +381,8 @@ export class TraceBridge {
   /** Inherit run, agent, user and conversation from the (anchored) parent; then note the audit events it waited with. */
   private attach(node: SpanNode, audit: readonly SpanEventInput[] | undefined): void {
     node.anchored = true;
-    const parent = node.parentSpanId !== undefined && !node.parentRemote ? this.node(node.parentSpanId) : undefined;
+    // A remote parent too, when it arrived (both services send to the sidecar): a sub-agent called over HTTP stays in its caller's run.
+    const parent = node.parentSpanId !== undefined ? this.node(node.parentSpanId) : undefined;
     if (parent !== undefined) {
       // The same id as the parent's own string: the decoder's copy is let go while it is young.
       node.parentSpanId = parent.spanId;

@@ -404,3 +404,39 @@ describe('a run whose top-level agent waits for a parent that never arrives (ano
     });
   });
 });
+
+describe('a sub-agent in another service (its parent span is remote)', () => {
+  it('stays in its caller\'s run when the caller\'s span has arrived already, inheriting its user', async () => {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
+      const user = 'hal-remote';
+      const client = await connectAcked(s2, user);
+      const post = (spans: Array<Record<string, unknown>>): Promise<unknown> => postJson(s2.otlpUrl!, jsonRequest(spans));
+      // Service A: the supervisor and its HTTP client span, exported live (starts).
+      const supervisor = tracer.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': user } });
+      const call = tracer.startSpan('POST /research', { kind: 2 }, trace.setSpan(context.active(), supervisor));
+      await post([jsonSpan(supervisor as unknown as ReadableSpan, { started: true }), jsonSpan(call as unknown as ReadableSpan, { started: true })]);
+      // Service B: the researcher agent, its parent the propagated (remote) context of A's call.
+      const remote = trace.setSpanContext(context.active(), { ...call.spanContext(), isRemote: true });
+      const researcher = tracer.startSpan('invoke_agent researcher', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'researcher' } }, remote);
+      tracer.startSpan('execute_tool fetch', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'fetch' } }, trace.setSpan(context.active(), researcher)).end();
+      researcher.end();
+      await postFinished();
+      call.end();
+      supervisor.end();
+      await postFinished();
+      await until(() => verdicts.length === 1, 5000, 'the verdict');
+      expect(client.events.map((e) => [e.seq, e.type, e.agent])).toEqual([
+        [1, 'agent_started', 'supervisor'],
+        [2, 'agent_started', 'researcher'],
+        [3, 'tool_executing', 'researcher'],
+        [4, 'tool_completed', 'researcher'],
+        [5, 'agent_completed', 'researcher'],
+        [6, 'agent_completed', 'supervisor'],
+      ]);
+      expect(client.events[1]!.data).toMatchObject({ agent: 'researcher', parent_agent: 'supervisor' });
+      expect(verdicts[0]!.judgement).toMatchObject({ verdict: 'complete', expected: 6, delivered: 6 });
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'no_user' })).toBe(0);
+      client.close();
+    });
+  });
+});
