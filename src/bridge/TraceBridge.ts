@@ -72,8 +72,12 @@ export class SpanNode {
 
   /** What the span's end says that its start did not (attributes set after start). */
   update(c: Classified): void {
+    // A span that becomes an agent at its end (attributes set after its start) takes the name it now has;
+    // an agent's name is otherwise the one its start announced.
+    const becameAgent = this.kind === undefined && c.kind === 'agent';
     if (this.kind === undefined && c.kind !== undefined) this.kind = c.kind;
-    if (c.name !== undefined && this.kind !== 'agent') this.name = c.name;
+    if (c.name !== undefined && (this.kind !== 'agent' || becameAgent)) this.name = c.name;
+    if (becameAgent && this.anchored) this.agentName = this.name;
     const detail = this.kind === 'tool' ? c.callId : this.kind === 'thinking' ? c.model : undefined;
     if (detail !== undefined) this.detail = detail;
     // After anchoring, the user only matters if none was inherited (the run's user, at its end);

@@ -55,3 +55,27 @@ describe('a tool still running when its agent returns (in process)', () => {
     client.close();
   });
 });
+
+describe('a sub-agent whose GenAI attributes are set after its start (in process)', () => {
+  it('its events carry its own name once it is known to be an agent', async () => {
+    const { context, trace } = await import('@opentelemetry/api');
+    sc = await startTestSidecar();
+    const { tracer } = inProcessTracer(sc);
+    const client = await connectAcked(sc, 'eli');
+    const top = tracer.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': 'eli' } });
+    const sub = tracer.startSpan('researcher-step', {}, trace.setSpan(context.active(), top));
+    await new Promise((r) => setTimeout(r, 5));
+    sub.setAttributes({ 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'researcher' });
+    sub.end();
+    top.end();
+    await client.until((c) => c.events.length === 4, 5000, 'four events');
+    expect(client.events.map((e) => [e.type, e.agent, (e.data as { agent?: string }).agent])).toEqual([
+      ['agent_started', 'supervisor', 'supervisor'],
+      ['agent_started', 'researcher', 'researcher'],
+      ['agent_completed', 'researcher', 'researcher'],
+      ['agent_completed', 'supervisor', 'supervisor'],
+    ]);
+    expect(client.events[1]!.data).toMatchObject({ parent_agent: 'supervisor' });
+    client.close();
+  });
+});
