@@ -150,6 +150,18 @@ describe('protobuf decoding', () => {
     expect(d.spans[0]!.attributes).toEqual({ i: -5, big: 9007199254740993n, arr: [0.5, true] });
   });
 
+  it('an attribute with no key is left out, not its span, alike in protobuf and JSON', () => {
+    const attributes = [{ key: '', value: { stringValue: 'x' } }, { value: { intValue: '1' } }, { key: 'user.id', value: { stringValue: 'ann' } }, { key: 'kv', value: { kvlistValue: { values: [{ key: '', value: { boolValue: true } }, { key: 'in', value: { intValue: '2' } }] } } }];
+    const p = decodeProtobuf(protobufRequest([span({ attributes })]), opts);
+    const j = decodeJson(json(jsonRequest([span({ attributes: [...attributes, { key: null, value: { stringValue: 'y' } }] })])), opts);
+    for (const d of [p, j]) {
+      expect(d.rejected).toBe(0);
+      expect(d.spans[0]!.attributes).toEqual({ 'user.id': 'ann', 'kv.in': 2 });
+    }
+    // A key that is there but not a string is still a bad span (JSON).
+    expect(decodeJson(json(jsonRequest([span({ attributes: [{ key: 7, value: { stringValue: 'x' } }] })])), opts).rejected).toBe(1);
+  });
+
   it('an empty body is an empty request; garbage is TW_OTLP_BAD_BODY', () => {
     expect(decodeProtobuf(new Uint8Array(0), opts).spans).toEqual([]);
     expect(() => decodeProtobuf(Buffer.from('{"resourceSpans":[]}'), opts)).toThrowError(/cannot decode request body: protobuf/);

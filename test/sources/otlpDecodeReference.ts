@@ -183,6 +183,8 @@ function addKeyValues(out: Record<string, unknown>, prefix: string, kvs: unknown
     const kv = kvs[i];
     if (!isObject(kv)) throw new SpanReject('bad_field', `${what}[${i}] is not a KeyValue`);
     const key = codec.field(kv, 'key');
+    // No key: the attribute is left out (protobufjs leaves an empty string unset).
+    if (key === undefined || key === null || key === '') continue;
     if (typeof key !== 'string') throw new SpanReject('bad_field', `${what}[${i}].key is not a string`);
     const full = prefix + key;
     if (full === '__proto__') continue;

@@ -262,6 +262,8 @@ function addKeyValues(out: Record<string, unknown>, prefix: string, kvs: unknown
     const kv: unknown = kvs[i];
     if (!isObject(kv)) throw new SpanReject('bad_field', `${what}[${i}] is not a KeyValue`);
     const key = kv.key;
+    // No key (OTLP requires one; proto3 JSON: absent, null or ""): the attribute is left out, not the span.
+    if (key === undefined || key === null || key === '') continue;
     if (typeof key !== 'string') throw new SpanReject('bad_field', `${what}[${i}].key is not a string`);
     const full = prefix === '' ? key : prefix + key;
     if (full === '__proto__') continue;

@@ -374,14 +374,14 @@ class SpanDecoder {
         } else (moreValues ??= []).push(at, r.pos);
       } else r.skipField(tag & 7, tag >>> 3, end, nesting);
     }
-    if (key === undefined) throw new SpanReject('bad_field', `${what}[${index}].key is not a string`);
-    const full = prefix + key;
     if (valueAt < 0) return;
-    if (full === '__proto__') {
+    // No key (OTLP requires one): the attribute is left out, not the span; its value must still be well formed.
+    if (key === undefined || prefix + key === '__proto__') {
       r.validateRange(ANY_VALUE, valueAt, valueEnd, nesting + 1);
       if (moreValues !== undefined) this.validateParts(ANY_VALUE, moreValues, nesting + 1);
       return;
     }
+    const full = prefix + key;
     const value = this.anyValue(valueAt, valueEnd, moreValues, depth, nesting + 1);
     if (value === EMPTY) return;
     if (value instanceof KvList) {
