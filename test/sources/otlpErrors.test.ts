@@ -39,10 +39,13 @@ function expectJsonError(r: { status: number; headers: Headers; body: Buffer }, 
   expect(r.status).toBe(status);
   expect(r.headers.get('content-type')).toMatch(/^application\/json/);
   expect(r.headers.get('x-tracewire-error')).toBe(code);
-  const body = JSON.parse(r.body.toString()) as { code: string; message: string; details: Array<{ reason: string }> };
-  expect(body.code).toBe(code);
-  expect(body.message.length).toBeGreaterThan(0);
-  expect(body.details[0]!.reason).toBe(code);
+  // The JSON form of a google.rpc.Status: its code the gRPC one (an int32), the tracewire code in ErrorInfo and the message.
+  const body = JSON.parse(r.body.toString()) as { code: number; message: string; details: Array<{ '@type': string; reason: string; domain: string }> };
+  expect(body.code).toBe(({ 400: 3, 401: 16, 413: 8, 415: 3, 503: 14 } as Record<number, number>)[status]);
+  expect(body.message.startsWith(`${code}: `)).toBe(true);
+  expect(body.details).toEqual([{ '@type': 'type.googleapis.com/google.rpc.ErrorInfo', reason: code, domain: 'tracewire' }]);
+  // Read as a google.rpc.Status by the schema's own JSON reader, as a Collector does.
+  expect(otlpTypes().rpcStatus.verify({ code: body.code, message: body.message })).toBeNull();
 }
 
 function expectProtobufError(r: { status: number; headers: Headers; body: Buffer }, status: number, code: string, grpc: number): void {
@@ -122,7 +125,7 @@ describe('OTLP receiver errors, each followed by a valid request', () => {
       req.end();
     });
     expect(chunked.status).toBe(413);
-    expect(JSON.parse(chunked.body)).toMatchObject({ code: 'TW_OTLP_TOO_LARGE' });
+    expect(JSON.parse(chunked.body)).toMatchObject({ code: 8, details: [{ reason: 'TW_OTLP_TOO_LARGE' }] });
     await validRunStillWorks();
   });
 

@@ -202,8 +202,9 @@ function sendError(reply: FastifyReply, encoding: Encoding, err: TracewireError)
     void reply.header('content-type', 'application/x-protobuf').send(Buffer.from(body.buffer, body.byteOffset, body.byteLength));
     return;
   }
+  // OTLP/JSON: the JSON form of the same google.rpc.Status (code an int32, as a Collector's exporter parses it).
   void reply.header('content-type', 'application/json; charset=utf-8').send(
-    JSON.stringify({ code: err.code, message: err.message, details: [{ '@type': ERROR_INFO_TYPE, reason: err.code, domain: ERROR_DOMAIN }] }),
+    JSON.stringify({ code: grpcCode(status), message: `${err.code}: ${err.message}`, details: [{ '@type': ERROR_INFO_TYPE, reason: err.code, domain: ERROR_DOMAIN }] }),
   );
 }
 
