@@ -218,6 +218,9 @@ export class BridgeRegistry {
         this.lateEnd(span);
         return;
       }
+      // In process the start was seen: the end of a thinking or tool span whose trace was not kept is outside
+      // every run (and was counted at its start). An agent recognised only at its end opens its run now.
+      if (ended && this.opts.parentsArriveFirst && classify(span).kind !== 'agent') return;
       if (this.traces.size >= this.opts.maxTraces) this.evictOldestTrace();
       tb = new TraceBridge(span.traceId, this);
       this.traces.set(span.traceId, tb);

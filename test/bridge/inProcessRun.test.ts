@@ -79,3 +79,20 @@ describe('a sub-agent whose GenAI attributes are set after its start (in process
     client.close();
   });
 });
+
+describe('lifecycle spans outside every run (in process)', () => {
+  it('are counted once each in tracewire_lifecycle_spans_total, and emit nothing', async () => {
+    const { metricValue } = await import('../helpers.js');
+    sc = await startTestSidecar();
+    const { tracer } = inProcessTracer(sc);
+    const client = await connectAcked(sc, 'fin');
+    for (let i = 0; i < 3; i++) tracer.startSpan('chat gpt-4o', { attributes: { 'gen_ai.operation.name': 'chat', 'user.id': 'fin' } }).end();
+    tracer.startSpan('execute_tool lone', { attributes: { 'gen_ai.operation.name': 'execute_tool' } }).end();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await metricValue(sc, 'tracewire_lifecycle_spans_total', { kind: 'thinking' })).toBe(3);
+    expect(await metricValue(sc, 'tracewire_lifecycle_spans_total', { kind: 'tool' })).toBe(1);
+    expect(sc.tw.inProcessBridges.traceCount).toBe(0);
+    expect(client.events).toEqual([]);
+    client.close();
+  });
+});
