@@ -96,6 +96,13 @@ export class BridgeRegistry {
    * trace is forgotten first (its later spans then wait as orphans).
    */
   private readonly ancestry = new BoundedMap<string, Ancestor[]>(RELEASED_MEMORY);
+  /**
+   * OTLP: what traces dropped as idle after their runs were judged leave for
+   * spans of them that arrive even later (`TraceBridge.idleMemory`): their
+   * spans outside the runs, as `ancestry` keeps them, and their done spans'
+   * ids when there are few. Bounded like `ancestry`.
+   */
+  private readonly idleMemory = new BoundedMap<string, { ancestors: Ancestor[]; doneIds: string }>(RELEASED_MEMORY);
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
   /** See handle(). */
@@ -232,6 +239,13 @@ export class BridgeRegistry {
         if (ancestors !== undefined) {
           this.ancestry.delete(span.traceId);
           tb.restore(ancestors);
+        }
+        const idle = this.idleMemory.get(span.traceId);
+        if (idle !== undefined) {
+          this.idleMemory.delete(span.traceId);
+          tb.restore(idle.ancestors);
+          tb.restoreDone(idle.doneIds);
+          tb.runCount++; // it had runs: kept for late spans again once idle
         }
       }
     } else if (this.opts.parentsArriveFirst && tb.node(span.spanId) === undefined) {
@@ -625,6 +639,11 @@ export class BridgeRegistry {
       if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) {
         this.forgetTrace(tb);
         this.evicted('trace_idle');
+        if (tb.runCount > 0) {
+          // What a span arriving even later needs: its user from a span outside the runs, or that it is late.
+          const m = tb.idleMemory(MAX_ANCESTORS);
+          if (m.ancestors.length > 0 || m.doneIds !== '') this.idleMemory.set(id, m);
+        }
       } else {
         this.idleQ.push(id);
         this.idleAt.push(now);

@@ -581,7 +581,8 @@ export class TraceBridge {
    * exporter sends children first, so the spans nearest the root come last).
    */
   ancestors(max: number): Ancestor[] {
-    const list = this.nodeList();
+    // Spans outside every run (a run's own spans pass on nothing: a span below them is late).
+    const list = this.nodeList().filter((n) => n.run === undefined && !n.inEndedRun);
     let keep: readonly SpanNode[] = list;
     if (list.length > max) {
       const picked: SpanNode[] = [];
@@ -596,6 +597,24 @@ export class TraceBridge {
   restore(ancestors: readonly Ancestor[]): void {
     for (const [spanId, user, conv] of ancestors) this.add(standIn(spanId, false, user, conv));
     this.localRootEnded = true;
+  }
+
+  /**
+   * OTLP, when the trace is dropped as idle after its runs were judged: what
+   * it leaves for spans of it that arrive even later (a run started in the
+   * background long after the request, below the request's span), as
+   * `ancestors` does, and its done spans' ids when there are few (most
+   * traces), which `restoreDone` takes back so a late span below one of them
+   * is still dropped as late instead of opening a phantom run.
+   */
+  idleMemory(max: number): { ancestors: Ancestor[]; doneIds: string } {
+    const ids = this.doneIds;
+    return { ancestors: this.ancestors(max), doneIds: typeof ids === 'string' && ids.length <= IDLE_DONE_IDS * ID_CHARS ? ids : '' };
+  }
+
+  /** On a new trace, take back the done span ids an idle trace left (see `idleMemory`). */
+  restoreDone(ids: string): void {
+    if (ids !== '' && this.doneIds === '') this.doneIds = ids;
   }
 
   /**
@@ -630,6 +649,8 @@ const SMALL_TRACE = 8;
 const ID_CHARS = 16;
 /** Done span ids kept in one string up to this many (a lookup scans it); a Set past it. */
 const DONE_AS_STRING = 64;
+/** Done span ids an idle trace leaves for spans that arrive after it was dropped, up to this many (else none). */
+const IDLE_DONE_IDS = 16;
 
 function splitIds(ids: string): string[] {
   const out: string[] = [];

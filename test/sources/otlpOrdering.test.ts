@@ -440,3 +440,39 @@ describe('a sub-agent in another service (its parent span is remote)', () => {
     });
   });
 });
+
+describe('spans arriving after their trace was dropped as idle (its runs judged)', () => {
+  it('a background run below the request span still gets the user; a late span below a judged run is still late', async () => {
+    await withOwnSidecar({ orphanHoldMillis: 200 }, async ({ s2, verdicts, tracer, postFinished, requestSpan, untilMetric }) => {
+      const user = 'ida-idle';
+      const client = await connectAcked(s2, user);
+      // The request: a quick router agent, then the answer (202); the background agent starts much later.
+      const { span: request, parent } = requestSpan({ 'user.id': user });
+      const router = tracer.startSpan('invoke_agent router', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'router' } }, parent);
+      router.end();
+      request.end();
+      await postFinished();
+      await until(() => verdicts.length === 1, 5000, 'the router run');
+      // Dropped as idle (between one and two idle times of 1 s after its last span).
+      await until(() => s2.tw.otlpBridges.traceCount === 0, 5000, 'the trace to be dropped as idle');
+      const worker = tracer.startSpan('invoke_agent worker', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'worker' } }, parent);
+      tracer.startSpan('execute_tool fetch', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'fetch' } }, trace.setSpan(context.active(), worker)).end();
+      worker.end();
+      // And a sub-agent of the judged router run that ended late.
+      tracer.startSpan('invoke_agent helper', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'helper' } }, trace.setSpan(context.active(), router)).end();
+      await postFinished();
+      await until(() => verdicts.length === 2, 5000, 'the worker run');
+      const workerRun = `${worker.spanContext().traceId}-${worker.spanContext().spanId}`;
+      expect(verdicts[1]!.runId).toBe(workerRun);
+      expect(verdicts[1]!.judgement).toMatchObject({ verdict: 'complete', expected: 4, delivered: 4 });
+      expect(client.events.filter((e) => e.run_id === workerRun).map((e) => e.type)).toEqual(['agent_started', 'tool_executing', 'tool_completed', 'agent_completed']);
+      await untilMetric('tracewire_events_dropped_total', { reason: 'late_span' }, 2);
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'late_span' })).toBe(2);
+      // No phantom "helper" run, and nothing waits for a verdict.
+      await new Promise((r) => setTimeout(r, 300));
+      expect(verdicts).toHaveLength(2);
+      expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'no_user' })).toBe(0);
+      client.close();
+    });
+  }, 15_000);
+});
