@@ -640,9 +640,11 @@ export class BridgeRegistry {
         this.forgetTrace(tb);
         this.evicted('trace_idle');
         if (tb.runCount > 0) {
-          // What a span arriving even later needs: its user from a span outside the runs, or that it is late.
+          // What a span arriving even later needs: its user from a span outside the runs (a request's span,
+          // below which a run may start in the background), or that it is late. A trace whose runs are its
+          // roots (nothing outside them) leaves nothing: that is most traces under load, and it keeps them cheap.
           const m = tb.idleMemory(MAX_ANCESTORS);
-          if (m.ancestors.length > 0 || m.doneIds !== '') this.idleMemory.set(id, m);
+          if (m.ancestors.length > 0) this.idleMemory.set(id, m);
         }
       } else {
         this.idleQ.push(id);
