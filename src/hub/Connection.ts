@@ -153,6 +153,11 @@ export class Connection {
     return this.outBytes + this.backlogLiveBytes + this.socket.writableLength;
   }
 
+  /** Would `bytes` more (a control frame written outside the queue) keep the connection within its limit? */
+  fits(bytes: number): boolean {
+    return this.bufferedBytes + bytes <= this.maxBufferedBytes;
+  }
+
   get queuedCount(): number {
     return this.out.length - this.head + this.backlog.length - this.backlogHead;
   }

@@ -81,6 +81,28 @@ function requestUrl(target: string | undefined): URL | undefined {
 
 const SHUTTING_DOWN_RESPONSE = 'HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n';
 const MAX_BAD_FRAMES = 10;
+/** Largest client frame (the `ws` library enforces it; the hub answers TW_WS_FRAME_TOO_LARGE and 1009). */
+const MAX_CLIENT_FRAME_BYTES = 64 * 1024;
+/** The `ws` library's error codes for a client frame over maxPayload (or a length no number can hold). */
+const TOO_LARGE_CODES = new Set(['WS_ERR_UNSUPPORTED_MESSAGE_LENGTH', 'WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH']);
+/** Runs one resume (frame or URL) may name; more is a bad field (name them over several frames). */
+export const MAX_RESUME_RUNS = 1000;
+/** An aggregated error names this many run ids (or resume parts), each cut to MAX_ID_IN_ERROR characters, and counts the rest. */
+const NAMED_IN_ERROR = 10;
+const MAX_ID_IN_ERROR = 128;
+/** The longest delay a Node timer takes (about 24.8 days); longer waits are re-armed. */
+const MAX_TIMER_MILLIS = 2 ** 31 - 1;
+const PONG = JSON.stringify({ type: 'pong' });
+
+/** A client-supplied id for an error message: at most MAX_ID_IN_ERROR characters. */
+function shortId(id: string): string {
+  return id.length <= MAX_ID_IN_ERROR ? id : `${id.slice(0, MAX_ID_IN_ERROR)}…`;
+}
+
+/** `a, b, c` for the first NAMED_IN_ERROR of `count` items, `, …` when there are more. */
+function firstFew(items: readonly string[], count: number): string {
+  return items.join(', ') + (count > items.length ? ', …' : '');
+}
 
 /**
  * The event hub: authenticated WebSocket connections grouped by user, each
@@ -119,6 +141,11 @@ export class EventHub implements EventSink {
   private readonly sweeper: NodeJS.Timeout;
   private closing = false;
   private closed = false;
+  /** Upgrades whose token is being verified; shutdown waits for them (they get 1001, not a 503). */
+  private pendingUpgrades = 0;
+  private upgradesSettled: (() => void) | undefined;
+  /** Sockets the hub closes with a close handshake after a `ws` error (frame too large): not terminated on that error. */
+  private readonly closingOnError = new WeakSet<WebSocket>();
   private readonly now: () => number;
   private exemplarTick = 0;
   private readonly metrics: Metrics;
@@ -140,7 +167,7 @@ export class EventHub implements EventSink {
     this.wss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,
-      maxPayload: 64 * 1024,
+      maxPayload: MAX_CLIENT_FRAME_BYTES,
       handleProtocols: (protocols) => (protocols.has(PROTOCOL) ? PROTOCOL : false),
     });
     this.replay = new ReplayStore({
@@ -203,22 +230,47 @@ export class EventHub implements EventSink {
       socket.end(SHUTTING_DOWN_RESPONSE);
       return true;
     }
+    this.pendingUpgrades++;
+    const settled = (): void => {
+      if (--this.pendingUpgrades === 0 && this.upgradesSettled !== undefined) {
+        const resolve = this.upgradesSettled;
+        this.upgradesSettled = undefined;
+        resolve();
+      }
+    };
     this.verifier.verify(tokenFrom(req, url)).then(
-      (p) => this.upgrade(req, socket, head, (ws) => this.open(ws, socket, p, url)),
-      (err: unknown) => this.upgrade(req, socket, head, (ws) => this.refuse(ws, err)),
+      (p) => {
+        try {
+          this.upgrade(req, socket, head, (ws) => this.open(ws, socket, p, url));
+        } finally {
+          settled();
+        }
+      },
+      (err: unknown) => {
+        try {
+          this.upgrade(req, socket, head, (ws) => this.refuse(ws, err));
+        } finally {
+          settled();
+        }
+      },
     );
     return true;
   }
 
+  /**
+   * Complete the WebSocket handshake, then `then`. When shutdown began while
+   * the token was being verified, the client still gets a WebSocket (shutdown
+   * waits for these upgrades): an error frame TW_WS_SHUTDOWN and close 1001,
+   * which a browser can read, where it could not read an HTTP 503.
+   */
   private upgrade(req: IncomingMessage, socket: Socket, head: Buffer, then: (ws: WebSocket) => void): void {
     if (socket.destroyed) return;
-    if (this.closing) {
-      socket.end(SHUTTING_DOWN_RESPONSE);
-      return;
-    }
+    if (this.closing) then = (ws) => this.refuse(ws, new TracewireError('TW_WS_SHUTDOWN'));
     try {
       this.wss.handleUpgrade(req, socket, head, (ws) => {
-        ws.on('error', () => ws.terminate());
+        ws.on('error', () => {
+          if (!this.closingOnError.has(ws)) ws.terminate();
+        });
         then(ws);
       });
     } catch {
@@ -234,6 +286,7 @@ export class EventHub implements EventSink {
     ws.close(e.closeCode ?? 1011, e.code);
   }
 
+  /** Write an error frame outside any budget: only for frames that precede a close (refusals, closes). */
   private sendError(ws: WebSocket, e: TracewireError): void {
     if (ws.readyState !== 1) return;
     try {
@@ -241,6 +294,31 @@ export class EventHub implements EventSink {
     } catch {
       /* closed already */
     }
+  }
+
+  /**
+   * Write a control frame (an error frame that does not close, a pong) to a
+   * connection, counted against its budget like an event: when it would take
+   * the connection over wsMaxBufferedBytes (a client that sends but does not
+   * read), the connection is closed for backpressure instead. False when the
+   * connection is closed (or was just closed).
+   */
+  private sendControl(conn: Connection, text: string): boolean {
+    if (conn.closed || conn.ws.readyState !== 1) return false;
+    if (!conn.fits(frameSize(text))) {
+      this.backpressure(conn);
+      return false;
+    }
+    try {
+      conn.ws.send(text);
+    } catch {
+      /* closed already */
+    }
+    return true;
+  }
+
+  private sendErrorTo(conn: Connection, e: TracewireError): boolean {
+    return this.sendControl(conn, JSON.stringify({ type: 'error', ...e.toJSON() }));
   }
 
   private open(ws: WebSocket, socket: Socket, p: Principal, url: URL): void {
@@ -265,13 +343,13 @@ export class EventHub implements EventSink {
     });
     ws.on('message', (data, isBinary) => this.onClientFrame(conn, data as Buffer, isBinary));
     ws.on('close', (code) => this.onClose(conn, code));
-    if (p.expiresAtMs !== undefined) {
-      const wait = p.expiresAtMs - this.now();
-      conn.expiryTimer = setTimeout(() => {
-        this.closeWith(conn, new TracewireError('TW_AUTH_EXPIRED', new Date(p.expiresAtMs!).toISOString()), 'token_expired', 'unauthorised');
-      }, Math.max(0, Math.min(wait, 2 ** 31 - 1)));
-      conn.expiryTimer.unref();
-    }
+    // A client frame over maxPayload: `ws` closes with 1009 as soon as it reads the frame's length, and reports
+    // it on its receiver first. Answer it there, while the socket is still open: the error frame, then 1009.
+    const receiver = (ws as unknown as { _receiver?: { prependListener?: (ev: 'error', f: (err: Error & { code?: string }) => void) => void } })._receiver;
+    receiver?.prependListener?.('error', (err) => {
+      if (TOO_LARGE_CODES.has(err.code ?? '')) this.frameTooLarge(conn);
+    });
+    if (p.expiresAtMs !== undefined) this.armExpiry(conn, p.expiresAtMs);
 
     ws.send(JSON.stringify({ type: 'ack', protocol: PROTOCOL, user: p.user, connection_id: conn.id, conversation_id: conversation ?? null }));
 
@@ -280,13 +358,20 @@ export class EventHub implements EventSink {
     const resumeAll = url.searchParams.get('resume_all');
     if (resume || resumeAll === '1' || resumeAll === 'true') {
       const runs: Record<string, number> = {};
+      const bad: string[] = [];
+      let badCount = 0;
       for (const part of (resume ?? '').split(',')) {
         const i = part.lastIndexOf(':');
         const seq = Number(part.slice(i + 1));
         if (i > 0 && Number.isInteger(seq) && seq >= 0) runs[part.slice(0, i)] = seq;
-        else if (part !== '') this.sendError(ws, new TracewireError('TW_WS_BAD_FIELD', 'resume', `"${part.slice(0, 200)}" is not <run_id>:<seq>`));
+        else if (part !== '' && badCount++ < NAMED_IN_ERROR) bad.push(`"${shortId(part)}"`);
       }
-      this.resume(conn, runs, resumeAll === '1' || resumeAll === 'true');
+      // One error for all the parts that are not <run_id>:<seq>.
+      if (badCount === 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'resume', `${bad[0]} is not <run_id>:<seq>`));
+      else if (badCount > 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'resume', `${badCount} parts are not <run_id>:<seq>: ${firstFew(bad, badCount)}`));
+      const named = Object.keys(runs).length;
+      if (named > MAX_RESUME_RUNS) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'resume', `names ${named} runs, at most ${MAX_RESUME_RUNS} per resume; name the rest in resume frames`));
+      else if (!conn.closed) this.resume(conn, runs, resumeAll === '1' || resumeAll === 'true');
     }
     if (!conn.closed) this.releaseHeld(conn);
     this.scheduleFlush();
@@ -450,23 +535,32 @@ export class EventHub implements EventSink {
    * of the user from its first retained event (runs that started while the
    * client was away and went to another of its connections). Counted as
    * delivered late; streamed at the client's pace.
+   *
+   * Never silent: seqs that will never come (past the window, or held and
+   * given up) get an error frame per hole, `events a..b are past the resume
+   * window`; runs unknown, expired or another user's get one error frame for
+   * the whole resume. Error frames count against the connection's budget.
    */
   private resume(conn: Connection, runs: Record<string, number>, all = false): void {
     let n = 0;
     const wanted: Array<[string, number, boolean]> = Object.entries(runs).map(([id, seq]) => [id, seq, true]);
     if (all) for (const id of this.replay.runIdsOf(conn.user)) if (!Object.hasOwn(runs, id)) wanted.push([id, 0, false]);
+    const unknown: string[] = [];
+    let unknownCount = 0;
+    // Seqs of the user's events still held, per run (they follow a URL resume): read once, and only if needed.
+    let held: Map<string, number[]> | undefined;
     for (const [runId, lastSeq, named] of wanted) {
       if (conn.closed) break;
       const evs = this.replay.since(runId, conn.user, lastSeq);
-      if (evs === undefined) {
+      held ??= this.heldSeqsOf(conn.user);
+      const heldSeqs = held.get(runId);
+      if (evs === undefined && heldSeqs === undefined) {
         // Unknown, expired, or another user's run: the same answer, so run ids leak nothing.
-        this.sendError(conn.ws, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, 'run unknown or outside the resume window'));
+        if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
         continue;
       }
-      const first = this.replay.firstSeq(runId);
-      if (named && first !== undefined && first > lastSeq + 1) {
-        this.sendError(conn.ws, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${lastSeq + 1}..${first - 1} are past the resume window`));
-      }
+      if (!this.reportHoles(conn, runId, named ? lastSeq : undefined, evs ?? [], heldSeqs)) break;
+      if (evs === undefined) continue;
       for (const ev of evs) {
         if (conn.has(runId, ev.seq) || !conn.wants(ev)) continue;
         ev.record.attempts++;
@@ -478,8 +572,50 @@ export class EventHub implements EventSink {
         }
       }
     }
+    if (unknownCount === 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${unknown[0]}`, 'run unknown or outside the resume window'));
+    else if (unknownCount > 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', `${unknownCount} runs unknown or outside the resume window: ${firstFew(unknown, unknownCount)}`));
     if (n > 0) this.metrics.replayedEvents.inc(n);
     if (conn.dirty) this.dirty.add(conn);
+  }
+
+  /** The seqs of the events held for `user`, per run, ascending (events of a run are held in seq order). */
+  private heldSeqsOf(user: string): Map<string, number[]> {
+    const bySeq = new Map<string, number[]>();
+    const list = this.heldByUser.get(user);
+    if (list === undefined) return bySeq;
+    for (const rec of list) {
+      if (!rec.inHold) continue;
+      const seqs = bySeq.get(rec.run.runId);
+      if (seqs === undefined) bySeq.set(rec.run.runId, [rec.seq]);
+      else seqs.push(rec.seq);
+    }
+    return bySeq;
+  }
+
+  /**
+   * Tell the client about every hole in what it will get of a run: the seqs
+   * after `lastSeq` (undefined: from the first one available) that are neither
+   * in the window (`evs`, ascending, all after lastSeq) nor held (`heldSeqs`).
+   * One error frame per hole. False if the connection was closed meanwhile.
+   */
+  private reportHoles(conn: Connection, runId: string, lastSeq: number | undefined, evs: readonly OutboundEvent[], heldSeqs: readonly number[] | undefined): boolean {
+    const after = lastSeq ?? 0;
+    let next = lastSeq === undefined ? undefined : lastSeq + 1;
+    let i = 0;
+    let j = 0;
+    const hs = heldSeqs ?? [];
+    while (j < hs.length && hs[j]! <= after) j++;
+    for (;;) {
+      // The next seq available, from the window or the hold.
+      let seq: number;
+      if (i < evs.length && (j >= hs.length || evs[i]!.seq <= hs[j]!)) seq = evs[i++]!.seq;
+      else if (j < hs.length) seq = hs[j++]!;
+      else return true;
+      if (next !== undefined && seq > next) {
+        if (!this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${next}..${seq - 1} are past the resume window`))) return false;
+      }
+      if (next === undefined || seq >= next) next = seq + 1;
+    }
   }
 
   // ---- delivery outcomes ------------------------------------------------------
@@ -592,6 +728,11 @@ export class EventHub implements EventSink {
           this.badFrame(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', 'expected an object of run_id -> last seq (integer >= 0)'));
           return;
         }
+        const named = Object.keys(runs).length;
+        if (named > MAX_RESUME_RUNS) {
+          this.badFrame(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', `names ${named} runs, at most ${MAX_RESUME_RUNS} per resume frame; send several frames`));
+          return;
+        }
         if (m.all !== undefined && typeof m.all !== 'boolean') {
           this.badFrame(conn, new TracewireError('TW_WS_BAD_FIELD', 'all', 'expected a boolean'));
           return;
@@ -609,7 +750,7 @@ export class EventHub implements EventSink {
         return;
       }
       case 'ping':
-        conn.ws.send(JSON.stringify({ type: 'pong' }));
+        this.sendControl(conn, PONG);
         return;
       default:
         this.badFrame(conn, new TracewireError('TW_WS_UNKNOWN_TYPE', String(m.type)));
@@ -637,7 +778,20 @@ export class EventHub implements EventSink {
       this.closeWith(conn, new TracewireError('TW_WS_TOO_MANY_BAD_FRAMES', conn.badFrames), 'bad_frames', 'send_failed');
       return;
     }
-    this.sendError(conn.ws, e);
+    this.sendErrorTo(conn, e);
+  }
+
+  /**
+   * A client frame over MAX_CLIENT_FRAME_BYTES (called by `ws`'s receiver as
+   * it reads the frame's length, before `ws` closes with 1009): counted as a
+   * client error, answered with the error frame and a close 1009 handshake.
+   */
+  private frameTooLarge(conn: Connection): void {
+    if (conn.closed) return;
+    this.metrics.clientFrameErrors.inc({ code: 'TW_WS_FRAME_TOO_LARGE' });
+    // `ws` reports the error next: the close handshake (and the grace timer) end the socket, not a terminate.
+    this.closingOnError.add(conn.ws);
+    this.closeWith(conn, new TracewireError('TW_WS_FRAME_TOO_LARGE', MAX_CLIENT_FRAME_BYTES), 'bad_frames', 'send_failed');
   }
 
   // ---- liveness and expiry -------------------------------------------------------
@@ -645,8 +799,9 @@ export class EventHub implements EventSink {
   private beat(): void {
     for (const c of [...this.all]) {
       if (!c.alive) {
-        // No pong since the last ping: the peer is gone or not reading. Best-effort close frame, then terminate.
+        // No pong since the last ping: the peer is gone or not reading. Best-effort error and close frames, then terminate.
         this.forget(c, 'heartbeat_timeout', 'send_failed');
+        this.sendError(c.ws, new TracewireError('TW_WS_HEARTBEAT_TIMEOUT', this.opts.wsHeartbeatMillis));
         try {
           c.ws.close(4409, 'TW_WS_HEARTBEAT_TIMEOUT');
         } catch {
@@ -662,6 +817,22 @@ export class EventHub implements EventSink {
         /* socket gone; close will follow */
       }
     }
+  }
+
+  /**
+   * Close the connection with TW_AUTH_EXPIRED when its token expires. A Node
+   * timer waits at most MAX_TIMER_MILLIS (~24.8 days): a token valid for
+   * longer is re-armed until its expiry has really come.
+   */
+  private armExpiry(conn: Connection, expiresAtMs: number): void {
+    conn.expiryTimer = setTimeout(
+      () => {
+        if (this.now() < expiresAtMs) this.armExpiry(conn, expiresAtMs);
+        else this.closeWith(conn, new TracewireError('TW_AUTH_EXPIRED', new Date(expiresAtMs).toISOString()), 'token_expired', 'unauthorised');
+      },
+      Math.max(0, Math.min(expiresAtMs - this.now(), MAX_TIMER_MILLIS)),
+    );
+    conn.expiryTimer.unref();
   }
 
   private sweep(): void {
@@ -713,6 +884,8 @@ export class EventHub implements EventSink {
         /* closing already */
       }
     }
+    // Upgrades whose token is still being verified are refused with 1001 as they finish (before the server below closes).
+    if (this.pendingUpgrades > 0) closed.push(new Promise<void>((resolve) => (this.upgradesSettled = resolve)));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       Promise.all(closed),

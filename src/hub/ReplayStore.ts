@@ -181,12 +181,6 @@ export class ReplayStore {
     return set === undefined ? [] : [...set].map((e) => e.runId);
   }
 
-  /** The lowest seq still retained for a run (a resume below it has a gap). */
-  firstSeq(runId: string): number | undefined {
-    const e = this.runs.get(runId);
-    return e === undefined ? undefined : e.events[e.head]?.seq;
-  }
-
   /**
    * Drop what expired. Ended runs expire in the order they ended (a queue:
    * the cost is what expires, not what is retained); runs that never ended

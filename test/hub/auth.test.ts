@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
 import { ERRORS } from '../../src/errors/errors.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
-import { connect, connectAcked, inProcessTracer, metricValue, startTestSidecar, TEST_SECRET, type TestClient } from '../helpers.js';
+import { connect, connectAcked, inProcessTracer, metricValue, startTestSidecar, TEST_SECRET, until, type TestClient } from '../helpers.js';
 
 let sc: Sidecar | undefined;
 afterEach(async () => {
@@ -105,6 +105,40 @@ describe('WebSocket authentication', () => {
     await expectRefused(c, 'TW_AUTH_INVALID', /"exp" claim/);
   });
 
+  it('a token valid for longer than a Node timer can wait (24.8 days) keeps its connection until it really expires, then 4402', async () => {
+    let offset = 0;
+    sc = await startTestSidecar({ now: () => Date.now() + offset });
+    // Nobody waits 24.8 days in a test: a timer armed for the longest delay Node takes fires after 20 ms instead.
+    const realSetTimeout = globalThis.setTimeout;
+    let longTimers = 0;
+    globalThis.setTimeout = ((fn: (...a: unknown[]) => void, ms?: number, ...args: unknown[]) => {
+      if (typeof ms === 'number' && ms >= 2 ** 31 - 1) {
+        longTimers++;
+        ms = 20;
+      }
+      return realSetTimeout(fn, ms, ...args);
+    }) as typeof setTimeout;
+    try {
+      const c = await connect(sc, { token: await sc.tw.token('ivan', 30 * 86400) });
+      await c.until((x) => x.frames.some((f) => f.type === 'ack'), 5000, 'ack');
+      // The longest timer ran out twice: the token still has ~5 days left, so the connection stays and gets events.
+      await until(() => longTimers >= 3, 5000, 'the expiry timer re-armed');
+      expect(c.closeCode).toBeUndefined();
+      const { tracer } = inProcessTracer(sc);
+      await runDemoAgent(tracer, { user: 'ivan' });
+      await c.until((x) => x.events.length >= DEMO_EXPECTED.length, 5000, 'events');
+      expect(c.closeCode).toBeUndefined();
+      // 31 days later (the hub's clock): the next time the timer runs out, the connection is closed as expired.
+      offset = 31 * 86_400_000;
+      await c.until((x) => x.closeCode !== undefined, 5000, 'expiry close');
+      expect(c.closeCode).toBe(4402);
+      expect(c.frames.at(-1)).toMatchObject({ type: 'error', code: 'TW_AUTH_EXPIRED' });
+      expect(c.events).toHaveLength(DEMO_EXPECTED.length);
+    } finally {
+      globalThis.setTimeout = realSetTimeout;
+    }
+  });
+
   it('a token that expires while connected closes the connection with 4402', async () => {
     sc = await startTestSidecar();
     const c = await connect(sc, { token: await sc.tw.token('henry', 1) });
@@ -112,6 +146,27 @@ describe('WebSocket authentication', () => {
     await c.until((x) => x.closeCode !== undefined, 3000, 'expiry close');
     expect(c.frames.map((f) => [f.type, f.code])).toEqual([['ack', undefined], ['error', 'TW_AUTH_EXPIRED']]);
     expect(c.closeCode).toBe(4402);
+  });
+});
+
+describe('shutdown while a token is being verified', () => {
+  it('the client gets a WebSocket with the error frame TW_WS_SHUTDOWN and close 1001 (which a browser can read), not an HTTP 503', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const token = await s.tw.token('alice');
+    let closing: Promise<void> | undefined;
+    // Runs right after the hub's own upgrade listener has started verifying the token.
+    s.publicApp.server.on('upgrade', () => {
+      closing ??= s.tw.hub.close(5000);
+    });
+    const c = await connect(s, { token });
+    await c.until((x) => x.closeCode !== undefined, 5000, 'close');
+    expect(c.frames).toEqual([{ type: 'error', code: 'TW_WS_SHUTDOWN', message: 'server is shutting down; reconnect and resume' }]);
+    expect(c.closeCode).toBe(1001);
+    expect(c.closeReason).toBe('TW_WS_SHUTDOWN');
+    await closing;
+    expect(await metricValue(s, 'tracewire_ws_connections_total', { result: 'TW_WS_SHUTDOWN' })).toBe(1);
+    expect(s.tw.hub.connectionCount).toBe(0);
   });
 });
 

@@ -99,6 +99,16 @@ describe('heartbeat', () => {
     expect(await timeouts(sc)).toBe(1);
   });
 
+  it('a client that reads but does not answer pings gets the error frame TW_WS_HEARTBEAT_TIMEOUT, then close 4409', async () => {
+    sc = await startTestSidecar({ wsHeartbeatMillis: HEARTBEAT });
+    const silent = await silentClient(sc, 'dora');
+    await silent.until((c) => c.closeCode !== undefined, 3000, 'silent client closed');
+    expect(silent.frames.slice(1)).toEqual([{ type: 'error', code: 'TW_WS_HEARTBEAT_TIMEOUT', message: `no pong within ${HEARTBEAT} ms` }]);
+    expect(silent.closeCode).toBe(4409);
+    expect(silent.closeReason).toBe('TW_WS_HEARTBEAT_TIMEOUT');
+    expect(await timeouts(sc)).toBe(1);
+  });
+
   it('terminates a frozen peer (handshake done, then silence) and frees its slot', async () => {
     sc = await startTestSidecar({ wsHeartbeatMillis: HEARTBEAT });
     const peer = await frozenPeer(sc, 'bob');

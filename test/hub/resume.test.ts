@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { context, trace } from '@opentelemetry/api';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { SpanInput } from '../../src/conventions/SpanInput.js';
 import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
@@ -206,14 +207,55 @@ describe('resume window and protocol details', () => {
     await runDemoAgent(tracer, { user: 'erin' });
     await owner.until((c) => c.events.length >= N, 5000, 'run');
     const runId = owner.events[0]!.run_id as string;
+    // One error frame for the whole resume, naming both runs alike.
     const other = track(await connectAcked(sc, 'mallory', `resume=${runId}:0,nope:3`));
-    await other.until((c) => errorsOf(c).length >= 2, 5000, 'errors');
+    await other.until((c) => errorsOf(c).length >= 1, 5000, 'errors');
     await new Promise((r) => setTimeout(r, 50));
     expect(other.events).toEqual([]);
-    expect(errorsOf(other).map((e) => e.message)).toEqual([
-      `bad field runs.${runId}: run unknown or outside the resume window`,
-      'bad field runs.nope: run unknown or outside the resume window',
-    ]);
+    expect(errorsOf(other).map((e) => e.message)).toEqual([`bad field runs: 2 runs unknown or outside the resume window: ${runId}, nope`]);
+    // One run alone: the message names it as before.
+    const single = track(await connectAcked(sc, 'mallory', `resume=${runId}:0`));
+    await single.until((c) => errorsOf(c).length >= 1, 5000, 'error');
+    expect(errorsOf(single).map((e) => e.message)).toEqual([`bad field runs.${runId}: run unknown or outside the resume window`]);
+  });
+
+  it('names the seqs lost in the middle of a run (held while the user was away, then given up), to a URL resume and to a resume frame', async () => {
+    sc = await startTestSidecar({ replayRetentionMillis: 400 });
+    const { tracer } = inProcessTracer(sc);
+    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'nina' } });
+    const ctx = trace.setSpan(context.active(), top);
+    const tool = (): void => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    const a = track(await connectAcked(sc, 'nina'));
+    tool(); // seq 1..3
+    await a.until((c) => c.events.length >= 3, 5000, 'seq 1..3');
+    a.close();
+    await closed(a);
+    await until(() => sc!.tw.hub.connectionCount === 0, 5000, 'no connection');
+    tool(); // seq 4, 5: held, then given up (no_subscriber) after the hold window
+    await until(() => sc!.tw.hub.stats().held === 2, 5000, 'two held events');
+    await until(() => sc!.tw.hub.stats().held === 0, 5000, 'hold expiry');
+    expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'no_subscriber' })).toBe(2);
+    tool(); // seq 6, 7: held
+    await until(() => sc!.tw.hub.stats().held === 2, 5000, 'two more held events');
+    const hole = { type: 'error', code: 'TW_WS_BAD_FIELD', message: `bad field runs.${runId}: events 4..5 are past the resume window` };
+
+    // URL form: 1..3 are in the window, 6..7 in the hold; 4..5 are gone, and the client is told before 6.
+    const b = track(await connectAcked(sc, 'nina', `resume=${runId}:3`));
+    await b.until((c) => c.events.length >= 2, 5000, 'seq 6, 7');
+    expect(b.frames.slice(1).map((f) => (f.type === 'error' ? f : f.seq))).toEqual([hole, 6, 7]);
+
+    // Frame form (the window now holds 1..3 and 6..7): the same error, then 6, 7.
+    const c = track(await connectAcked(sc, 'nina'));
+    c.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: 3 } }));
+    await c.until((x) => x.events.length >= 2, 5000, 'seq 6, 7');
+    expect(c.frames.slice(1).map((f) => (f.type === 'error' ? f : f.seq))).toEqual([hole, 6, 7]);
+    // Resuming from past the hole: nothing to report, nothing to send.
+    c.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: 5 } }));
+    c.ws.send(JSON.stringify({ type: 'ping' }));
+    await c.until((x) => x.frames.some((f) => f.type === 'pong'), 5000, 'pong');
+    expect(errorsOf(c)).toEqual([hole]);
+    top.end();
   });
 
   it('records client acks (cumulative) in the runs API detail', async () => {
