@@ -232,18 +232,155 @@ export function describeConfig(cfg: TracewireConfig): string {
   return lines.join('\n');
 }
 
-/** Parse `--flag value` and `--flag=value` pairs; positional arguments are returned apart. */
-export function parseArgs(argv: readonly string[]): { flags: Record<string, string>; positionals: string[] } {
+export interface ParsedArgs {
+  /** Flags by full name (`--listen`); a flag given without a value is `'true'`. */
+  readonly flags: Record<string, string>;
+  readonly positionals: string[];
+  /** Flags given without a value (`--api-token` last, or followed by another flag). */
+  readonly bare: Set<string>;
+}
+
+/**
+ * Parse `--flag value` and `--flag=value` pairs; positional arguments are
+ * returned apart. A flag in `booleans` never takes the next argument as its
+ * value (`--quiet RUN_ID` leaves `RUN_ID` positional).
+ */
+export function parseArgs(argv: readonly string[], booleans: ReadonlySet<string> = new Set()): ParsedArgs {
   const flags: Record<string, string> = {};
   const positionals: string[] = [];
+  const bare = new Set<string>();
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a.startsWith('--')) {
       const eq = a.indexOf('=');
-      if (eq > 0) flags[a.slice(0, eq)] = a.slice(eq + 1);
-      else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) flags[a] = argv[++i]!;
-      else flags[a] = 'true';
+      if (eq > 0) {
+        flags[a.slice(0, eq)] = a.slice(eq + 1);
+        bare.delete(a.slice(0, eq));
+      } else if (!booleans.has(a) && i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) {
+        flags[a] = argv[++i]!;
+        bare.delete(a);
+      } else {
+        flags[a] = 'true';
+        bare.add(a);
+      }
     } else positionals.push(a);
   }
-  return { flags, positionals };
+  return { flags, positionals, bare };
+}
+
+/** What a command takes besides the OPTIONS flags. */
+export interface CommandArgs {
+  /** Its own flags that take a value. */
+  readonly valued?: readonly string[];
+  /** Its own flags that take none. */
+  readonly booleans?: readonly string[];
+  /** Positional arguments after the command name (`inspect RUN_ID`: 1). */
+  readonly positionals?: number;
+}
+
+/**
+ * Refuse, with TW_CONFIG_INVALID, what a command would otherwise silently
+ * ignore: a flag that is neither one of OPTIONS nor one of the command's own
+ * (naming the closest known flag when there is a near one), a flag that needs
+ * a value given without one, and positional arguments the command does not
+ * take. `parsed.positionals[0]` is the command.
+ */
+export function checkArgs(parsed: ParsedArgs, own: CommandArgs): void {
+  const cmd = parsed.positionals[0] ?? '';
+  const valued = new Set([...OPTIONS.map((o) => o.flag), ...(own.valued ?? [])]);
+  const booleans = new Set(own.booleans ?? []);
+  const known = [...valued, ...booleans];
+  for (const flag of Object.keys(parsed.flags)) {
+    if (!valued.has(flag) && !booleans.has(flag)) throw unknownOption(flag, cmd, known);
+    if (valued.has(flag) && parsed.bare.has(flag)) throw new TracewireError('TW_CONFIG_INVALID', `${flag} needs a value (${flag} VALUE or ${flag}=VALUE)`);
+  }
+  const extra = parsed.positionals.slice(1 + (own.positionals ?? 0));
+  for (const a of extra) {
+    if (/^-[^\d]/.test(a)) throw unknownOption(a, cmd, known);
+  }
+  if (extra.length > 0) {
+    throw new TracewireError('TW_CONFIG_INVALID', `unexpected argument${extra.length > 1 ? 's' : ''} ${extra.map((a) => JSON.stringify(a)).join(' ')} for tracewire ${cmd} (see tracewire help)`);
+  }
+}
+
+function unknownOption(flag: string, cmd: string, known: readonly string[]): TracewireError {
+  const near = closest(flag.replace(/^-+/, ''), known.map((k) => k.slice(2)));
+  return new TracewireError('TW_CONFIG_INVALID', `unknown option ${flag} for tracewire ${cmd}${near !== undefined ? ` (did you mean --${near}?)` : ''}; see tracewire help`);
+}
+
+/**
+ * `TRACEWIRE_*` variables that are not settings are read by other tools of the
+ * project (bench/ and docker-compose.yml), so no warning for them.
+ */
+const OTHER_ENV = new Set(['TRACEWIRE_DIST', 'TRACEWIRE_NODE_OPTIONS']);
+
+/**
+ * One warning per `TRACEWIRE_*` environment variable that is not a setting
+ * (most likely a misspelt one), naming the closest setting when there is a
+ * near one. Warnings, not errors: environments carry variables meant for
+ * other versions and tools.
+ */
+export function unknownEnvWarnings(env: Readonly<Record<string, string | undefined>>): string[] {
+  const known = OPTIONS.map((o) => o.env);
+  const out: string[] = [];
+  for (const name of Object.keys(env).sort()) {
+    if (!name.toUpperCase().startsWith('TRACEWIRE_') || known.includes(name) || OTHER_ENV.has(name)) continue;
+    const near = closest(name.slice('TRACEWIRE_'.length), known.map((k) => k.slice('TRACEWIRE_'.length)));
+    out.push(`${name} is not a tracewire setting and is ignored${near !== undefined ? ` (did you mean TRACEWIRE_${near}?)` : ''}`);
+  }
+  return out;
+}
+
+/**
+ * The known name nearest to `given` (case, `-` and `_` ignored), when it is
+ * near enough to be a typo: at most 1 edit for short names, 2 from 8
+ * characters, 3 from 12 (an edit is an insertion, deletion, substitution or
+ * swap of adjacent characters), or the only known name that starts with it.
+ */
+export function closest(given: string, known: readonly string[]): string | undefined {
+  const norm = (s: string): string => s.toLowerCase().replace(/_/g, '-');
+  const g = norm(given);
+  if (g === '') return undefined;
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const k of known) {
+    const d = editDistance(g, norm(k));
+    if (d < bestD) {
+      bestD = d;
+      best = k;
+    }
+  }
+  const allowed = g.length >= 12 ? 3 : g.length >= 8 ? 2 : 1;
+  if (best !== undefined && bestD <= allowed) return best;
+  const prefixed = known.filter((k) => norm(k).startsWith(g));
+  return g.length >= 3 && prefixed.length === 1 ? prefixed[0] : undefined;
+}
+
+/** Optimal string alignment distance (Levenshtein plus adjacent swaps). */
+function editDistance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) d[0]![j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost);
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
+      d[i]![j] = v;
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+/**
+ * A command's own whole-number flag (`demo --users`, `probe --timeout-ms`),
+ * checked as an OPTIONS int is: digits only, at or over `min`; `fallback`
+ * when the flag is absent.
+ */
+export function intFlag(name: string, raw: string | undefined, fallback: number, min = 0): number {
+  if (raw === undefined) return fallback;
+  if (!/^\d+$/.test(raw.trim())) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" is not a whole number`);
+  const v = Number(raw);
+  if (!Number.isSafeInteger(v)) throw new TracewireError('TW_CONFIG_INVALID', `${name}=${raw} is not a whole number`);
+  if (v < min) throw new TracewireError('TW_CONFIG_INVALID', `${name}=${v} is under its minimum ${min}`);
+  return v;
 }

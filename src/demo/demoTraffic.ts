@@ -3,6 +3,7 @@ import WebSocket from 'ws';
 import { startSidecar, type Sidecar } from '../surfaces/server.js';
 import { Tracewire } from '../Tracewire.js';
 import type { TracewireConfig } from '../config/Config.js';
+import { TracewireError } from '../errors/errors.js';
 import { runDemoAgent } from './demoAgent.js';
 
 export interface DemoOptions {
@@ -37,37 +38,56 @@ export interface DemoHandle {
  * through the in-process processor.
  */
 export async function startDemo(o: DemoOptions): Promise<DemoHandle> {
+  // Checked before anything starts: no users would mean runs with no user at all.
+  for (const [name, v, min] of [['users', o.users, 1], ['runs', o.runs, 0], ['intervalMillis', o.intervalMillis, 0], ['stepMillis', o.stepMillis, 0]] as const) {
+    if (!Number.isSafeInteger(v) || v < min) throw new TracewireError('TW_CONFIG_INVALID', `demo ${name}=${String(v)} is not a whole number from ${min}`);
+  }
   const failUser = o.failUser;
   const tw = new Tracewire({ ...o.config, failWritesFor: failUser ? (u) => u === failUser : undefined });
-  const sidecar = await startSidecar(tw, o.config.listen, o.config.otlpListen);
+  let sidecar: Sidecar;
+  try {
+    sidecar = await startSidecar(tw, o.config.listen, o.config.otlpListen);
+  } catch (e) {
+    await tw.close();
+    throw e;
+  }
   const inProc = new BasicTracerProvider({ spanProcessors: [tw.spanProcessor()] });
   let otlpProvider: BasicTracerProvider | undefined;
-  if (sidecar.otlpUrl !== undefined) {
-    const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-proto');
-    const exporter = new OTLPTraceExporter({ url: `${sidecar.otlpUrl}/v1/traces` });
-    const bsp: SpanProcessor = new BatchSpanProcessor(exporter, { scheduledDelayMillis: 50 });
-    otlpProvider = new BasicTracerProvider({ spanProcessors: [bsp] });
-  }
-  const healthy = Array.from({ length: o.users }, (_, i) => `u-${i + 1}`);
-  const connected = failUser ? [...healthy, failUser] : healthy;
   const clients: WebSocket[] = [];
-  const wsBase = `${sidecar.publicUrl.replace(/^http/, 'ws')}/v1/events`;
-  for (const user of connected) {
-    const token = await tw.token(user, 24 * 3600);
-    const ws = new WebSocket(wsBase, { headers: { authorization: `Bearer ${token}` } });
-    ws.on('error', () => undefined);
-    await new Promise<void>((resolve, reject) => {
-      ws.once('message', () => resolve()); // the ack
-      ws.once('error', reject);
-    });
-    if (user === healthy[0] && !o.quiet) {
-      ws.on('message', (data) => {
-        const f = JSON.parse(data.toString()) as { type: string; seq: number; agent: string; data: Record<string, unknown>; code?: string; message?: string };
-        if (f.type === 'error') return o.print(`(${f.code}: ${f.message})`);
-        o.print(`${o.runs === 1 ? '' : `[${user}] `}#${String(f.seq).padStart(2)} ${f.type.padEnd(16)} ${String(f.agent).padEnd(11)} ${JSON.stringify(f.data)}`);
-      });
+  const healthy = Array.from({ length: o.users }, (_, i) => `u-${i + 1}`);
+  try {
+    if (sidecar.otlpUrl !== undefined) {
+      const { OTLPTraceExporter } = await import('@opentelemetry/exporter-trace-otlp-proto');
+      const exporter = new OTLPTraceExporter({ url: `${sidecar.otlpUrl}/v1/traces` });
+      const bsp: SpanProcessor = new BatchSpanProcessor(exporter, { scheduledDelayMillis: 50 });
+      otlpProvider = new BasicTracerProvider({ spanProcessors: [bsp] });
     }
-    clients.push(ws);
+    const connected = failUser ? [...healthy, failUser] : healthy;
+    const wsBase = `${sidecar.publicUrl.replace(/^http/, 'ws')}/v1/events`;
+    for (const user of connected) {
+      const token = await tw.token(user, 24 * 3600);
+      const ws = new WebSocket(wsBase, { headers: { authorization: `Bearer ${token}` } });
+      ws.on('error', () => undefined);
+      clients.push(ws);
+      await new Promise<void>((resolve, reject) => {
+        ws.once('message', () => resolve()); // the ack
+        ws.once('error', reject);
+        ws.once('close', () => reject(new Error(`the demo client of ${user} was closed before its ack`)));
+      });
+      if (user === healthy[0] && !o.quiet) {
+        ws.on('message', (data) => {
+          const f = JSON.parse(data.toString()) as { type: string; seq: number; agent: string; data: Record<string, unknown>; code?: string; message?: string };
+          if (f.type === 'error') return o.print(`(${f.code}: ${f.message})`);
+          o.print(`${o.runs === 1 ? '' : `[${user}] `}#${String(f.seq).padStart(2)} ${f.type.padEnd(16)} ${String(f.agent).padEnd(11)} ${JSON.stringify(f.data)}`);
+        });
+      }
+    }
+  } catch (e) {
+    // Nothing may keep the process alive after a failed start.
+    for (const ws of clients) ws.terminate();
+    await otlpProvider?.shutdown();
+    await sidecar.close();
+    throw e;
   }
   const targets = [...healthy, ...(failUser ? [failUser] : []), ...(o.offlineUser ? [o.offlineUser] : [])];
   let stopped = false;
@@ -90,15 +110,19 @@ export async function startDemo(o: DemoOptions): Promise<DemoHandle> {
     // Verdicts come after the grace period.
     await new Promise((r) => setTimeout(r, o.config.graceMillis + 200));
   })();
+  let stopping: Promise<void> | undefined;
   return {
     sidecar,
     finished,
-    async stop() {
-      stopped = true;
-      await finished.catch(() => undefined);
-      for (const ws of clients) ws.close();
-      await otlpProvider?.shutdown();
-      await sidecar.close();
+    /** Stops the traffic, the clients and the sidecar; later calls wait for the first. */
+    stop() {
+      return (stopping ??= (async () => {
+        stopped = true;
+        await finished.catch(() => undefined);
+        for (const ws of clients) ws.close();
+        await otlpProvider?.shutdown();
+        await sidecar.close();
+      })());
     },
   };
 }

@@ -1,9 +1,10 @@
-import { describeConfig, OPTIONS, parseArgs, resolveConfig, type TracewireConfig } from '../config/Config.js';
+import { checkArgs, type CommandArgs, describeConfig, intFlag, OPTIONS, parseArgs, resolveConfig, type TracewireConfig, unknownEnvWarnings } from '../config/Config.js';
+import { Diag, type LogLevel } from '../errors/Diag.js';
 import { TracewireError } from '../errors/errors.js';
 import { JwtVerifier } from '../hub/auth.js';
 import { Tracewire, VERSION } from '../Tracewire.js';
 import { probe } from './probe.js';
-import { startSidecar } from './server.js';
+import { startSidecar, type Sidecar } from './server.js';
 
 const USAGE = `tracewire ${VERSION}: OpenTelemetry spans in, per-user agent events out, silence flagged.
 
@@ -26,27 +27,39 @@ function config(flags: Record<string, string>): TracewireConfig {
   return resolveConfig({ flags, env: process.env });
 }
 
+/** Each command's own flags and positional arguments; every command also takes the OPTIONS flags. */
+const COMMANDS: Readonly<Record<string, CommandArgs>> = {
+  serve: {},
+  token: { valued: ['--user', '--ttl-seconds'] },
+  probe: { valued: ['--url', '--otlp-url', '--timeout-ms'] },
+  inspect: { valued: ['--url', '--verdict', '--agent', '--user', '--limit', '--since'], positionals: 1 },
+  demo: { valued: ['--runs', '--interval-ms', '--users', '--fail-user', '--offline-user', '--step-ms'], booleans: ['--quiet'] },
+};
+
 /** Run the CLI; resolves with the exit code. */
 export async function main(argv: readonly string[], out: Out = (l) => console.log(l), err: Out = (l) => console.error(l)): Promise<number> {
-  const { flags, positionals } = parseArgs(argv);
+  const parsed = parseArgs(argv, new Set(['--help', '--quiet']));
+  const { flags, positionals } = parsed;
   const cmd = positionals[0];
+  if (cmd === 'help' || flags['--help'] !== undefined || positionals.includes('-h')) {
+    out(USAGE);
+    return 0;
+  }
   try {
+    if (cmd !== undefined && COMMANDS[cmd] !== undefined) {
+      checkArgs(parsed, COMMANDS[cmd]);
+      warnUnknownEnv(flags, err);
+    }
     switch (cmd) {
       case 'serve':
         return await serve(flags, out, err);
       case 'token': {
-        const user = flags['--user'];
-        if (!user || user === 'true') {
+        const user = take(flags, '--user');
+        if (!user) {
           err('tracewire token: --user ID is required');
           return 2;
         }
-        const ttl = Number(flags['--ttl-seconds'] ?? 3600);
-        if (!Number.isInteger(ttl) || ttl <= 0) {
-          err('tracewire token: --ttl-seconds must be a positive whole number');
-          return 2;
-        }
-        delete flags['--user'];
-        delete flags['--ttl-seconds'];
+        const ttl = intFlag('--ttl-seconds', take(flags, '--ttl-seconds'), 3600, 1);
         const cfg = config(flags);
         out(await new JwtVerifier(cfg.jwtSecret).sign(user, ttl));
         return 0;
@@ -58,10 +71,8 @@ export async function main(argv: readonly string[], out: Out = (l) => console.lo
       case 'demo':
         return await demo(flags, out, err);
       case undefined:
-      case 'help':
-      case '--help':
         out(USAGE);
-        return cmd === undefined ? 2 : 0;
+        return 2;
       default:
         err(`tracewire: unknown command "${cmd}"\n\n${USAGE}`);
         return 2;
@@ -73,6 +84,19 @@ export async function main(argv: readonly string[], out: Out = (l) => console.lo
     }
     throw e;
   }
+}
+
+/**
+ * Warn about `TRACEWIRE_*` environment variables that are no setting (a typo
+ * there is otherwise silent), as `WARN config:` lines on stderr unless the
+ * log level is error or silent.
+ */
+function warnUnknownEnv(flags: Record<string, string>, err: Out): void {
+  const warnings = unknownEnvWarnings(process.env);
+  if (warnings.length === 0) return;
+  const level = flags['--log-level'] ?? process.env.TRACEWIRE_LOG_LEVEL ?? 'info';
+  const diag = new Diag((['debug', 'info', 'warn', 'error', 'silent'].includes(level) ? level : 'info') as LogLevel, err);
+  for (const w of warnings) diag.log('warn', 'config', w);
 }
 
 function take(flags: Record<string, string>, name: string): string | undefined {
@@ -93,7 +117,13 @@ async function serve(flags: Record<string, string>, out: Out, err: Out): Promise
       if (stopping && r.judgement) atShutdown.set(r.judgement.verdict, (atShutdown.get(r.judgement.verdict) ?? 0) + 1);
     },
   });
-  const sc = await startSidecar(tw, listen, otlpListen);
+  let sc: Sidecar;
+  try {
+    sc = await startSidecar(tw, listen, otlpListen);
+  } catch (e) {
+    await tw.close();
+    throw e;
+  }
   if (cfg.logLevel !== 'silent') {
     out(`tracewire ${VERSION} serve (${cfg.mode} mode)\n${describeConfig(cfg)}`);
     out(`tracewire listening on ${sc.publicUrl} (WebSocket ${sc.publicUrl.replace(/^http/, 'ws')}/v1/events, /metrics, /api/runs, /inspector)`);
@@ -146,7 +176,7 @@ function untilSignal(stop: (signal: string) => Promise<void>, boundMillis: numbe
 async function runProbe(flags: Record<string, string>, out: Out, err: Out): Promise<number> {
   const url = take(flags, '--url') ?? 'http://127.0.0.1:8080';
   const otlpUrl = take(flags, '--otlp-url') ?? 'http://127.0.0.1:4318';
-  const timeout = Number(take(flags, '--timeout-ms') ?? 10_000);
+  const timeout = intFlag('--timeout-ms', take(flags, '--timeout-ms'), 10_000, 1);
   const cfg = config(flags);
   const r = await probe({ url, otlpUrl, jwtSecret: cfg.jwtSecret, otlpToken: cfg.otlpToken || undefined, timeoutMillis: timeout });
   const seen = r.received.map((e) => `${e.seq}:${e.type}`).join(' ');
@@ -213,38 +243,42 @@ async function inspect(runId: string | undefined, flags: Record<string, string>,
 }
 
 async function demo(flags: Record<string, string>, out: Out, err: Out): Promise<number> {
-  const runs = Number(take(flags, '--runs') ?? 1);
-  const interval = Number(take(flags, '--interval-ms') ?? 250);
+  const runs = intFlag('--runs', take(flags, '--runs'), 1);
+  const interval = intFlag('--interval-ms', take(flags, '--interval-ms'), 250);
   const failUser = take(flags, '--fail-user');
   let offlineUser = take(flags, '--offline-user');
-  const quiet = take(flags, '--quiet') !== undefined;
-  const usersFlag = take(flags, '--users');
-  const stepMillis = Number(take(flags, '--step-ms') ?? 20);
-  for (const [name, v] of [['--runs', runs], ['--interval-ms', interval], ['--step-ms', stepMillis]] as const) {
-    if (!Number.isInteger(v) || v < 0) {
-      err(`tracewire demo: ${name} must be a whole number`);
-      return 2;
-    }
-  }
+  const quietFlag = take(flags, '--quiet');
+  const quiet = quietFlag !== undefined && quietFlag !== 'false';
+  const users = intFlag('--users', take(flags, '--users'), runs === 0 ? 3 : 1, 1);
+  const stepMillis = intFlag('--step-ms', take(flags, '--step-ms'), 20);
   if (runs === 0 && offlineUser === undefined) offlineUser = 'u-offline';
-  const users = Number(usersFlag ?? (runs === 0 ? 3 : 1));
   flags['--grace-ms'] ??= process.env.TRACEWIRE_GRACE_MS ?? '300';
   const cfg = config(flags);
   const { startDemo } = await import('../demo/demoTraffic.js');
   const d = await startDemo({ config: cfg, runs, intervalMillis: interval, users, failUser, offlineUser, stepMillis, print: out, quiet });
-  out(`tracewire demo listening on ${d.sidecar.publicUrl}`);
-  if (!quiet) out(`a client of u-1 is connected; it receives:`);
-  if (runs === 0) {
-    await untilSignal(() => d.stop(), cfg.shutdownTimeoutMillis, err);
+  // Whatever happens below, the sidecar stops and the process can exit.
+  try {
+    out(`tracewire demo listening on ${d.sidecar.publicUrl}`);
+    if (!quiet) out(`a client of u-1 is connected; it receives:`);
+    if (runs === 0) {
+      await untilSignal(() => d.stop(), cfg.shutdownTimeoutMillis, err);
+      return 0;
+    }
+    await d.finished;
+    // The demo's own sidecar takes the configured --api-token / TRACEWIRE_API_TOKEN.
+    const headers: Record<string, string> = cfg.apiToken !== '' ? { authorization: `Bearer ${cfg.apiToken}` } : {};
+    const res = await fetch(`${d.sidecar.publicUrl}/api/runs?limit=500`, { headers });
+    const body = (await res.json()) as { runs?: Array<{ run_id: string; user: string | null; verdict: string | null; explanation: string }>; code?: string; message?: string };
+    if (!res.ok || !Array.isArray(body.runs)) {
+      err(`tracewire demo: the runs API answered ${res.status} ${body.code}: ${body.message}`);
+      return 1;
+    }
+    out('');
+    out('verdicts:');
+    for (const r of [...body.runs].reverse()) out(`  ${String(r.user ?? '(no user)').padEnd(10)} ${String(r.verdict).padEnd(15)} ${r.explanation}`);
+    out(`inspect them at ${d.sidecar.publicUrl}/inspector`);
     return 0;
+  } finally {
+    await d.stop();
   }
-  await d.finished;
-  const res = await fetch(`${d.sidecar.publicUrl}/api/runs?limit=500`);
-  const body = (await res.json()) as { runs: Array<{ run_id: string; user: string; verdict: string; explanation: string }> };
-  out('');
-  out('verdicts:');
-  for (const r of body.runs.reverse()) out(`  ${r.user.padEnd(10)} ${String(r.verdict).padEnd(15)} ${r.explanation}`);
-  out(`inspect them at ${d.sidecar.publicUrl}/inspector`);
-  await d.stop();
-  return 0;
 }

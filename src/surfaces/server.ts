@@ -1,4 +1,4 @@
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { runsApi } from '../audit/runsApi.js';
 import { TracewireError } from '../errors/errors.js';
 import { bearerOf, safeEqual } from '../util/bearer.js';
@@ -6,32 +6,77 @@ import { otlpReceiver } from '../sources/otlp/otlpReceiver.js';
 import type { Tracewire } from '../Tracewire.js';
 import { INSPECTOR_HTML } from './inspector/page.js';
 
-/** Errors become `{code, message}` with their status; unknown errors are 500 TW_INTERNAL and the app keeps serving. */
+/**
+ * Every error answer is `{code, message}` with a catalogue code and that
+ * code's HTTP status; unknown errors are 500 TW_INTERNAL and the app keeps
+ * serving. What fastify itself rejects is mapped too: a request on no route
+ * (whatever its body) is 404 TW_NOT_FOUND, any other client error 400
+ * TW_BAD_QUERY.
+ */
 export function installErrorHandling(app: FastifyInstance): void {
-  app.setErrorHandler((err: unknown, _req: FastifyRequest, reply: FastifyReply) => {
-    if (err instanceof TracewireError) {
-      void reply.status(err.status).send(err.toJSON());
-      return;
-    }
-    const e = err as { statusCode?: number; message?: string; code?: string };
-    if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
-      void reply.status(e.statusCode).send({ code: 'TW_BAD_QUERY', message: e.message ?? 'bad request' });
-      return;
-    }
-    app.log.error(err);
-    void reply.status(500).send(new TracewireError('TW_INTERNAL', e.message ?? String(err)).toJSON());
+  app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    const tErr = toTracewireError(err, req);
+    if (tErr.code === 'TW_INTERNAL') app.log.error(err);
+    void reply.status(tErr.status).send(tErr.toJSON());
   });
   app.setNotFoundHandler((req, reply) => {
-    void reply.status(404).send(new TracewireError('TW_NOT_FOUND', `${req.method} ${req.url.split('?')[0]}`).toJSON());
+    const e = new TracewireError('TW_NOT_FOUND', `${req.method} ${shortPath(req.url)}`);
+    void reply.status(e.status).send(e.toJSON());
   });
 }
+
+function toTracewireError(err: unknown, req: FastifyRequest): TracewireError {
+  if (err instanceof TracewireError) return err;
+  const e = err as { statusCode?: number; message?: string; code?: string };
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    // A body fastify could not read (bad JSON, too large, bad media type) sent to a path with no route.
+    if (req.is404) return new TracewireError('TW_NOT_FOUND', `${req.method} ${shortPath(req.url)}`);
+    return new TracewireError('TW_BAD_QUERY', 'request', e.message ?? 'bad request');
+  }
+  return new TracewireError('TW_INTERNAL', e.message ?? String(err));
+}
+
+/** A request path for a message: no query string, at most 200 characters. */
+function shortPath(url: string): string {
+  const path = url.split('?')[0]!;
+  return path.length > 200 ? `${path.slice(0, 200)}…` : path;
+}
+
+/**
+ * Errors fastify's router raises before any route or hook runs (they would
+ * otherwise be answered with fastify's own codes): a path that is not valid
+ * percent-encoding is 400 TW_BAD_QUERY; a path segment over the router's
+ * parameter length cannot be a run id (a run id is 49 characters) so it is
+ * 404 TW_RUN_NOT_FOUND under /api/runs/ and TW_NOT_FOUND elsewhere.
+ */
+export function frameworkErrors(err: FastifyError, req: FastifyRequest, reply: FastifyReply): void {
+  const url = req.raw.url ?? '';
+  let tErr: TracewireError;
+  if (err.code === 'FST_ERR_BAD_URL') {
+    tErr = new TracewireError('TW_BAD_QUERY', 'path', `${JSON.stringify(shortPath(url))} is not a valid URL (bad percent-encoding)`);
+  } else if (err.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    const path = url.split('?')[0]!;
+    tErr = path.startsWith('/api/runs/') ? new TracewireError('TW_RUN_NOT_FOUND', shortPath(path.slice('/api/runs/'.length))) : new TracewireError('TW_NOT_FOUND', `${req.raw.method} ${shortPath(url)}`);
+  } else {
+    tErr = toTracewireError(err, req);
+  }
+  void reply.status(tErr.status).send(tErr.toJSON());
+}
+
+/**
+ * Longest path parameter the router hands to a route (fastify's default is
+ * 100, answered 414 before the route's hooks). Over any URL Node accepts
+ * (16 KiB of request head by default), so a long run id gets the runs API's
+ * own answer, after the API token check.
+ */
+const MAX_PARAM_LENGTH = 65_536;
 
 /**
  * The public app: WebSocket endpoint `/v1/events`, `/metrics`, `/healthz`,
  * the runs API and the inspector page.
  */
 export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false });
+  const app = Fastify({ logger: false, frameworkErrors, routerOptions: { maxParamLength: MAX_PARAM_LENGTH } });
   installErrorHandling(app);
   await app.register(tw.fastifyPlugin);
 
@@ -74,7 +119,7 @@ export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
 /** The OTLP/HTTP app: `POST /v1/traces` feeding the OTLP bridges. */
 export async function buildOtlpApp(tw: Tracewire): Promise<FastifyInstance> {
   // Slow uploads must not hold a request slot for Node's default 300 s.
-  const app = Fastify({ logger: false, bodyLimit: tw.config.otlpMaxBodyBytes, requestTimeout: 30_000, connectionTimeout: 60_000 });
+  const app = Fastify({ logger: false, bodyLimit: tw.config.otlpMaxBodyBytes, requestTimeout: 30_000, connectionTimeout: 60_000, frameworkErrors });
   installErrorHandling(app);
   await app.register(otlpReceiver, { tw });
   return app;
@@ -93,14 +138,26 @@ export interface Sidecar {
 /** Start the sidecar's listeners (port 0 picks a free port; OTLP port 0 in `otlpListen` still listens). */
 export async function startSidecar(tw: Tracewire, listen: { host: string; port: number }, otlpListen: { host: string; port: number } | undefined): Promise<Sidecar> {
   const publicApp = await buildPublicApp(tw);
-  await publicApp.listen({ host: listen.host, port: listen.port });
+  try {
+    await listenOn(publicApp, listen, '--listen');
+  } catch (e) {
+    await publicApp.close();
+    throw e;
+  }
   const addr = publicApp.server.address();
   const port = typeof addr === 'object' && addr ? addr.port : listen.port;
   let otlpApp: FastifyInstance | undefined;
   let otlpUrl: string | undefined;
   if (otlpListen !== undefined) {
-    otlpApp = await buildOtlpApp(tw);
-    await otlpApp.listen({ host: otlpListen.host, port: otlpListen.port });
+    try {
+      otlpApp = await buildOtlpApp(tw);
+      await listenOn(otlpApp, otlpListen, '--otlp-listen');
+    } catch (e) {
+      // A half-started sidecar would keep the process alive.
+      await otlpApp?.close();
+      await publicApp.close();
+      throw e;
+    }
     const a = otlpApp.server.address();
     otlpUrl = `http://${hostForUrl(otlpListen.host)}:${typeof a === 'object' && a ? a.port : otlpListen.port}`;
   }
@@ -120,6 +177,18 @@ export async function startSidecar(tw: Tracewire, listen: { host: string; port: 
       })());
     },
   };
+}
+
+/** Listen, turning the usual reasons a listener cannot start into TW_CONFIG_INVALID naming its option. */
+async function listenOn(app: FastifyInstance, at: { host: string; port: number }, option: string): Promise<void> {
+  try {
+    await app.listen({ host: at.host, port: at.port });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    const why: Record<string, string> = { EADDRINUSE: 'the address is already in use', EACCES: 'permission denied', EADDRNOTAVAIL: 'the address is not on this machine', ENOTFOUND: 'the host name does not resolve' };
+    if (code !== undefined && why[code] !== undefined) throw new TracewireError('TW_CONFIG_INVALID', `${option} ${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}: cannot listen, ${why[code]} (${code})`);
+    throw e;
+  }
 }
 
 function hostForUrl(host: string): string {

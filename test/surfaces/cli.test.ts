@@ -1,12 +1,38 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { jwtVerify } from 'jose';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
 import { main } from '../../src/surfaces/cli.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
 import { inProcessTracer, judgedToolRun, startTestSidecar, TEST_SECRET, until } from '../helpers.js';
+
+/** Child processes run bin/tracewire.js, the built CLI (`npm test` builds before the suite). */
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+});
+
+/** `tracewire ...args` as a child process (killed after the test if still running). */
+function tracewire(args: string[], opts: { env?: NodeJS.ProcessEnv } = {}) {
+  const child = spawn(process.execPath, ['bin/tracewire.js', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: opts.env ?? process.env,
+  });
+  children.push(child);
+  return child;
+}
+
+/** Run `tracewire ...args` to its exit; what it printed, stdout and stderr interleaved. */
+async function runToExit(args: string[], env?: NodeJS.ProcessEnv): Promise<{ code: number | null; out: string }> {
+  const child = tracewire(args, { env });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  return { code, out };
+}
 
 async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string[]; err: string[] }> {
   const out: string[] = [];
@@ -102,10 +128,10 @@ describe('tracewire inspect', () => {
 
 describe('tracewire serve', () => {
   it('prints its configuration with secrets hidden, serves, and exits 0 on SIGTERM', async () => {
-    const child = spawn(process.execPath, ['bin/tracewire.js', 'serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--jwt-secret', 'cli-test-secret-value-1234'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = tracewire(['serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--jwt-secret', 'cli-test-secret-value-1234']);
     let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (out += d));
     await until(() => /listening on (http:\/\/127\.0\.0\.1:\d+)/.test(out), 10_000, 'listening line');
     const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out)![1]!;
     expect(out).toMatch(/--jwt-secret\s+\*\*\*/);
@@ -124,13 +150,10 @@ describe('tracewire serve', () => {
   it('warns at start-up when its bounds can hold more than the heap limit, and not once they fit', async () => {
     /** Start `serve` with a 256 MiB heap and `flags`; resolve with what it printed by the time it listened. */
     const startWith = async (flags: string[]): Promise<string> => {
-      const child = spawn(process.execPath, ['bin/tracewire.js', 'serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', ...flags], {
-        stdio: ['ignore', 'pipe', 'pipe'],
-        env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=256' },
-      });
+      const child = tracewire(['serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', ...flags], { env: { ...process.env, NODE_OPTIONS: '--max-old-space-size=256' } });
       let out = '';
-      child.stdout.on('data', (d) => (out += d));
-      child.stderr.on('data', (d) => (out += d));
+      child.stdout!.on('data', (d) => (out += d));
+      child.stderr!.on('data', (d) => (out += d));
       try {
         await until(() => /listening on http/.test(out), 10_000, 'listening line');
       } finally {
@@ -150,9 +173,9 @@ describe('tracewire serve', () => {
   });
 
   it('refuses to start on bad configuration with exit code 2', async () => {
-    const child = spawn(process.execPath, ['bin/tracewire.js', 'serve', '--listen', '0.0.0.0:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = tracewire(['serve', '--listen', '0.0.0.0:0']);
     let err = '';
-    child.stderr.on('data', (d) => (err += d));
+    child.stderr!.on('data', (d) => (err += d));
     const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
     expect(code).toBe(2);
     expect(err).toMatch(/TW_CONFIG_INVALID/);
@@ -200,11 +223,7 @@ describe('tracewire probe', () => {
 
 describe('tracewire demo', () => {
   it('prints what a connected client receives and the run\'s verdict, then exits', async () => {
-    const child = spawn(process.execPath, ['bin/tracewire.js', 'demo', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--step-ms', '1', '--grace-ms', '50'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (d) => (out += d));
-    child.stderr.on('data', (d) => (out += d));
-    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    const { code, out } = await runToExit(['demo', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--step-ms', '1', '--grace-ms', '50']);
     expect(code, out).toBe(0);
     const events = out.split('\n').filter((l) => /^#\s*\d+ /.test(l)).map((l) => l.replace(/^#\s*(\d+) (\S+)\s+(\S+).*$/, '$1 $2 $3'));
     expect(events).toEqual([
@@ -213,5 +232,112 @@ describe('tracewire demo', () => {
       '9 agent_completed researcher', '10 agent_thinking supervisor', '11 agent_completed supervisor',
     ]);
     expect(out).toMatch(/u-1\s+complete\s+All 11 expected events were delivered to user u-1\./);
+  });
+});
+
+describe('tracewire refuses what it would otherwise ignore', () => {
+  it('serve with a mistyped option exits 2 naming it and the option meant, and never listens', async () => {
+    // The operator meant to protect the runs API: `--api-tokn` must not start an unprotected sidecar.
+    const child = tracewire(['serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--api-tokn', 's3cret']);
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (out += d));
+    const listening = new Promise<'listening'>((r) => child.stdout!.on('data', () => /listening on http/.test(out) && r('listening')));
+    const exit = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    expect(await Promise.race([exit, listening]), out).toBe(2);
+    expect(out).toMatch(/^tracewire: TW_CONFIG_INVALID: invalid configuration: unknown option --api-tokn for tracewire serve \(did you mean --api-token\?\); see tracewire help$/m);
+    expect(out).not.toMatch(/listening on/);
+  });
+
+  it('every command refuses flags that are not its own nor an option, suggesting the nearest', async () => {
+    const closed = 'http://127.0.0.1:9';
+    const cases: Array<[string[], string]> = [
+      [['token', '--user', 'u-1', '--ttl-secnds', '60'], 'unknown option --ttl-secnds for tracewire token (did you mean --ttl-seconds?)'],
+      [['probe', '--url', closed, '--otlp-ur', closed], 'unknown option --otlp-ur for tracewire probe (did you mean --otlp-url?)'],
+      [['inspect', '--url', closed, '--verdit', 'missing_events'], 'unknown option --verdit for tracewire inspect (did you mean --verdict?)'],
+      [['demo', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--step-ms', '1', '--grace-ms', '20', '--quiet', '--user', '2'], 'unknown option --user for tracewire demo (did you mean --users?)'],
+      // Options in any spelling a shell or an environment habit produces; no suggestion when nothing is near.
+      [['token', '--user', 'u-1', '--JWT_SECRET', 'x'.repeat(20)], 'unknown option --JWT_SECRET for tracewire token (did you mean --jwt-secret?)'],
+      [['token', '--user', 'u-1', '-jwt-secret', 'x'.repeat(20)], 'unknown option -jwt-secret for tracewire token (did you mean --jwt-secret?)'],
+      [['token', '--user', 'u-1', '--frobnicate', '1'], 'unknown option --frobnicate for tracewire token; see tracewire help'],
+      // A flag that needs a value and has none, and arguments no command takes.
+      [['token', '--user', 'u-1', '--jwt-secret'], '--jwt-secret needs a value (--jwt-secret VALUE or --jwt-secret=VALUE)'],
+      [['token', '--user', 'u-1', 'extra'], 'unexpected argument "extra" for tracewire token'],
+      [['inspect', 'run-1', 'run-2', '--url', closed], 'unexpected argument "run-2" for tracewire inspect'],
+    ];
+    for (const [args, message] of cases) {
+      const r = await cli(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.out, args.join(' ')).toEqual([]);
+      expect(r.err.join('\n'), args.join(' ')).toContain(`tracewire: TW_CONFIG_INVALID: invalid configuration: ${message}`);
+    }
+  });
+
+  it('still takes every option, its own flags, --flag=value and --help', async () => {
+    const r = await cli(['token', '--user=u-7', '--ttl-seconds', '60', '--jwt-secret', TEST_SECRET, '--log-level=warn', '--grace-ms', '5']);
+    expect(r.err).toEqual([]);
+    expect(r.code).toBe(0);
+    expect((await jwtVerify(r.out[0]!, new TextEncoder().encode(TEST_SECRET))).payload.sub).toBe('u-7');
+    const help = await cli(['serve', '--help']);
+    expect(help.code).toBe(0);
+    expect(help.out.join('\n')).toMatch(/^usage:$/m);
+  });
+
+  it('warns about TRACEWIRE_* environment variables that are no setting, and still runs', async () => {
+    const r = await cli(['token', '--user', 'u-1'], { TRACEWIRE_API_TOKN: 's3cret', TRACEWIRE_FROBNICATE: '1' });
+    expect(r.code).toBe(0);
+    expect(r.out).toHaveLength(1);
+    const warned = (name: string): string[] => r.err.filter((l) => l.includes(` WARN config: ${name} `));
+    expect(warned('TRACEWIRE_API_TOKN')).toEqual([expect.stringMatching(/ WARN config: TRACEWIRE_API_TOKN is not a tracewire setting and is ignored \(did you mean TRACEWIRE_API_TOKEN\?\)$/)]);
+    expect(warned('TRACEWIRE_FROBNICATE')).toEqual([expect.stringMatching(/ WARN config: TRACEWIRE_FROBNICATE is not a tracewire setting and is ignored$/)]);
+    // Quiet at --log-level error, like every other warning.
+    const quiet = await cli(['token', '--user', 'u-1', '--log-level', 'error'], { TRACEWIRE_API_TOKN: 's3cret' });
+    expect(quiet.code).toBe(0);
+    expect(quiet.err).toEqual([]);
+  });
+
+  it('probe refuses a --timeout-ms that is not a whole number instead of timing out at once', async () => {
+    const sc = await startTestSidecar({}, true);
+    try {
+      for (const [v, message] of [['abc', '--timeout-ms="abc" is not a whole number'], ['0', '--timeout-ms=0 is under its minimum 1']]) {
+        const r = await cli(['probe', '--url', sc.publicUrl, '--otlp-url', sc.otlpUrl!, '--jwt-secret', TEST_SECRET, '--timeout-ms', v]);
+        expect(r.code).toBe(2);
+        expect(r.err.join('\n')).toContain(`TW_CONFIG_INVALID: invalid configuration: ${message}`);
+      }
+    } finally {
+      await sc.close();
+    }
+  });
+});
+
+describe('tracewire demo, stopping', () => {
+  it('reads its verdicts with the API token when one is configured, then exits 0', async () => {
+    const { code, out } = await runToExit(['demo', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--step-ms', '1', '--grace-ms', '50', '--quiet'], { ...process.env, TRACEWIRE_API_TOKEN: 's3cret-api-token' });
+    expect(code, out).toBe(0);
+    expect(out).toMatch(/^ {2}u-1\s+complete\s+All 11 expected events were delivered to user u-1\.$/m);
+  });
+
+  it('refuses --users that is not a whole number from 1 before starting, and exits', async () => {
+    for (const [v, message] of [['abc', '--users="abc" is not a whole number'], ['0', '--users=0 is under its minimum 1']]) {
+      const { code, out } = await runToExit(['demo', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--quiet', '--users', v]);
+      expect(code, out).toBe(2);
+      expect(out).toContain(`tracewire: TW_CONFIG_INVALID: invalid configuration: ${message}`);
+      expect(out).not.toMatch(/listening on/);
+    }
+  });
+});
+
+describe('tracewire serve, start-up failures', () => {
+  it('exits 2 naming the listener when its port is taken, instead of hanging with the other listener open', async () => {
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', r));
+    const port = (busy.address() as AddressInfo).port;
+    try {
+      const { code, out } = await runToExit(['serve', '--listen', '127.0.0.1:0', '--otlp-listen', `127.0.0.1:${port}`]);
+      expect(code, out).toBe(2);
+      expect(out).toContain(`tracewire: TW_CONFIG_INVALID: invalid configuration: --otlp-listen 127.0.0.1:${port}: cannot listen, the address is already in use (EADDRINUSE)`);
+    } finally {
+      await new Promise((r) => busy.close(r));
+    }
   });
 });
