@@ -119,7 +119,7 @@ async function server() {
         replayed: await metric('tracewire_events_replayed_total'),
         disconnects: await metric('tracewire_ws_disconnects_total', 'reason'),
         verdicts: await metric('tracewire_runs_total', 'verdict'),
-        accepted: await metric('tracewire_ws_connections_total', 'result'),
+        accepted: await metric('tracewire_ws_connection_attempts_total', 'result'),
       });
     } else if (msg.type === 'exit') {
       clearInterval(sampler);

@@ -229,7 +229,7 @@ function overview() {
       x: 0, y, w: 8,
       targets: [
         target('A', `sum(tracewire_ws_connections{${SEL}})`, 'open'),
-        target('B', `sum by (result) (rate(tracewire_ws_connections_total{${SEL}}[${RI}]))`, 'attempts/s: {{result}}'),
+        target('B', `sum by (result) (rate(tracewire_ws_connection_attempts_total{${SEL}}[${RI}]))`, 'attempts/s: {{result}}'),
         target('C', `sum by (reason) (rate(tracewire_ws_disconnects_total{${SEL}}[${RI}]))`, 'disconnects/s: {{reason}}'),
       ],
     }),

@@ -245,7 +245,7 @@ export class Metrics {
     this.regs,
   );
   readonly connections = new LiveGauge({ name: 'tracewire_ws_connections', help: 'Open, authenticated WebSocket connections.', registers: this.regs });
-  readonly connectionAttempts = new Counter({ name: 'tracewire_ws_connections_total', help: 'WebSocket connection attempts by result.', labelNames: ['result'] as const, registers: this.regs });
+  readonly connectionAttempts = new Counter({ name: 'tracewire_ws_connection_attempts_total', help: 'WebSocket connection attempts by result.', labelNames: ['result'] as const, registers: this.regs });
   readonly disconnects = new Counter({ name: 'tracewire_ws_disconnects_total', help: 'Closed WebSocket connections by reason.', labelNames: ['reason'] as const, registers: this.regs });
   readonly clientFrameErrors = new Counter({ name: 'tracewire_ws_client_errors_total', help: 'Bad client frames by error code.', labelNames: ['code'] as const, registers: this.regs });
   readonly runsInFlight = new LiveGauge({ name: 'tracewire_runs_in_flight', help: 'Runs whose top-level agent span has started and not been judged yet.', registers: this.regs });

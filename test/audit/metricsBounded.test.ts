@@ -107,3 +107,17 @@ describe('metrics stay bounded', () => {
     expect(plain.text).not.toContain('alice');
   });
 });
+
+describe('the OpenMetrics exposition Prometheus asks for', () => {
+  it('names each metric family once (a gauge X and a counter X_total would both be family X)', async () => {
+    sc = await startTestSidecar();
+    const res = await fetch(`${sc.publicUrl}/metrics`, { headers: { accept: 'application/openmetrics-text; version=1.0.0' } });
+    expect(res.headers.get('content-type')).toMatch(/^application\/openmetrics-text/);
+    const families = (await res.text())
+      .split('\n')
+      .filter((l) => l.startsWith('# TYPE '))
+      .map((l) => l.split(' ')[2]!);
+    expect(families.length).toBeGreaterThan(20);
+    expect(families.filter((f, i) => families.indexOf(f) !== i)).toEqual([]);
+  });
+});

@@ -52,7 +52,7 @@ describe('WebSocket authentication', () => {
     await expectRefused(basic, 'TW_AUTH_MISSING');
     await runWatched('alice');
     for (const x of [c, empty, basic]) expect(x.events).toEqual([]);
-    expect(await metricValue(sc, 'tracewire_ws_connections_total', { result: 'TW_AUTH_MISSING' })).toBe(3);
+    expect(await metricValue(sc, 'tracewire_ws_connection_attempts_total', { result: 'TW_AUTH_MISSING' })).toBe(3);
   });
 
   it('a token signed with another secret: TW_AUTH_INVALID, close 4403, never any event', async () => {
@@ -165,7 +165,7 @@ describe('shutdown while a token is being verified', () => {
     expect(c.closeCode).toBe(1001);
     expect(c.closeReason).toBe('TW_WS_SHUTDOWN');
     await closing;
-    expect(await metricValue(s, 'tracewire_ws_connections_total', { result: 'TW_WS_SHUTDOWN' })).toBe(1);
+    expect(await metricValue(s, 'tracewire_ws_connection_attempts_total', { result: 'TW_WS_SHUTDOWN' })).toBe(1);
     expect(s.tw.hub.connectionCount).toBe(0);
   });
 });
