@@ -45,6 +45,9 @@ export const ERRORS = {
   TW_NOT_FOUND: { status: 404, message: 'no route %s' },
   TW_RUN_NOT_FOUND: { status: 404, message: 'no run "%s" (runs are kept for a bounded count and age)' },
   TW_BAD_QUERY: { status: 400, message: 'bad query parameter %s: %s' },
+  TW_BAD_REQUEST: { status: 400, message: 'malformed HTTP request: %s' },
+  TW_HEADERS_TOO_LARGE: { status: 431, message: 'request head over %s bytes' },
+  TW_REQUEST_TIMEOUT: { status: 408, message: 'request not received within %s ms' },
   TW_API_UNAUTHORISED: { status: 401, message: 'api token missing or wrong' },
   TW_INTERNAL: { status: 500, closeCode: 1011, message: 'internal error: %s' },
 } as const satisfies Record<string, ErrorSpec>;

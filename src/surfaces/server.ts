@@ -1,3 +1,5 @@
+import { maxHeaderSize, STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { runsApi } from '../audit/runsApi.js';
 import { TracewireError } from '../errors/errors.js';
@@ -45,7 +47,7 @@ function shortPath(url: string): string {
 /**
  * Errors fastify's router raises before any route or hook runs (they would
  * otherwise be answered with fastify's own codes): a path that is not valid
- * percent-encoding is 400 TW_BAD_QUERY; a path segment over the router's
+ * percent-encoding is 400 TW_BAD_REQUEST; a path segment over the router's
  * parameter length cannot be a run id (a run id is 49 characters) so it is
  * 404 TW_RUN_NOT_FOUND under /api/runs/ and TW_NOT_FOUND elsewhere.
  */
@@ -53,7 +55,7 @@ export function frameworkErrors(err: FastifyError, req: FastifyRequest, reply: F
   const url = req.raw.url ?? '';
   let tErr: TracewireError;
   if (err.code === 'FST_ERR_BAD_URL') {
-    tErr = new TracewireError('TW_BAD_QUERY', 'path', `${JSON.stringify(shortPath(url))} is not a valid URL (bad percent-encoding)`);
+    tErr = new TracewireError('TW_BAD_REQUEST', `${JSON.stringify(shortPath(url))} is not a valid URL (bad percent-encoding)`);
   } else if (err.code === 'FST_ERR_MAX_PARAM_LENGTH') {
     const path = url.split('?')[0]!;
     tErr = path.startsWith('/api/runs/') ? new TracewireError('TW_RUN_NOT_FOUND', shortPath(path.slice('/api/runs/'.length))) : new TracewireError('TW_NOT_FOUND', `${req.raw.method} ${shortPath(url)}`);
@@ -61,6 +63,30 @@ export function frameworkErrors(err: FastifyError, req: FastifyRequest, reply: F
     tErr = toTracewireError(err, req);
   }
   void reply.status(tErr.status).send(tErr.toJSON());
+}
+
+/**
+ * What Node's HTTP parser refuses before a request exists (fastify would
+ * answer with its own body): a request that is not HTTP is 400
+ * TW_BAD_REQUEST, a request head over Node's limit 431
+ * TW_HEADERS_TOO_LARGE, a request not received within the server's
+ * `requestTimeout` 408 TW_REQUEST_TIMEOUT; each as `{code, message}` with
+ * the `x-tracewire-error` header, then the connection is closed.
+ */
+export function clientErrorHandler(err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const server = (socket as Socket & { server?: { requestTimeout?: number } }).server;
+  const e =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? new TracewireError('TW_HEADERS_TOO_LARGE', maxHeaderSize)
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? new TracewireError('TW_REQUEST_TIMEOUT', server?.requestTimeout ?? 'the server\'s')
+        : new TracewireError('TW_BAD_REQUEST', err.code ?? 'unreadable');
+  const body = JSON.stringify(e.toJSON());
+  socket.end(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\nContent-Type: application/json; charset=utf-8\r\nx-tracewire-error: ${e.code}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
 }
 
 /**
@@ -76,7 +102,7 @@ const MAX_PARAM_LENGTH = 65_536;
  * the runs API and the inspector page.
  */
 export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
-  const app = Fastify({ logger: false, frameworkErrors, routerOptions: { maxParamLength: MAX_PARAM_LENGTH } });
+  const app = Fastify({ logger: false, frameworkErrors, clientErrorHandler, routerOptions: { maxParamLength: MAX_PARAM_LENGTH } });
   installErrorHandling(app);
   await app.register(tw.fastifyPlugin);
 
@@ -119,7 +145,7 @@ export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
 /** The OTLP/HTTP app: `POST /v1/traces` feeding the OTLP bridges. */
 export async function buildOtlpApp(tw: Tracewire): Promise<FastifyInstance> {
   // Slow uploads must not hold a request slot for Node's default 300 s.
-  const app = Fastify({ logger: false, bodyLimit: tw.config.otlpMaxBodyBytes, requestTimeout: 30_000, connectionTimeout: 60_000, frameworkErrors });
+  const app = Fastify({ logger: false, bodyLimit: tw.config.otlpMaxBodyBytes, requestTimeout: 30_000, connectionTimeout: 60_000, frameworkErrors, clientErrorHandler });
   installErrorHandling(app);
   await app.register(otlpReceiver, { tw });
   return app;

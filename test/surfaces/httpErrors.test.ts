@@ -1,7 +1,8 @@
 import http from 'node:http';
+import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ERRORS, type ErrorCode, type ErrorSpec } from '../../src/errors/errors.js';
-import { buildPublicApp, type Sidecar } from '../../src/surfaces/server.js';
+import { buildPublicApp, clientErrorHandler, type Sidecar } from '../../src/surfaces/server.js';
 import { Tracewire } from '../../src/Tracewire.js';
 import { startTestSidecar, TEST_SECRET } from '../helpers.js';
 
@@ -64,10 +65,10 @@ async function stillServing(s: Sidecar): Promise<void> {
 }
 
 describe('HTTP errors fastify raises before any route', () => {
-  it('a path that is not valid percent-encoding is 400 TW_BAD_QUERY on both listeners', async () => {
+  it('a path that is not valid percent-encoding is 400 TW_BAD_REQUEST on both listeners', async () => {
     for (const [base, path] of [[sc.publicUrl, '/api/runs/%zz'], [sc.publicUrl, '/%zz'], [sc.publicUrl, '/inspector/%E0%A4%A'], [sc.otlpUrl!, '/v1/traces/%zz']] as const) {
       const a = await request(base, 'GET', path);
-      expectCatalogued(a, 'TW_BAD_QUERY', path);
+      expectCatalogued(a, 'TW_BAD_REQUEST', path);
       expect(a.body.message).toContain(`"${path}" is not a valid URL (bad percent-encoding)`);
     }
     await stillServing(sc);
@@ -118,6 +119,61 @@ describe('HTTP errors fastify raises before any route', () => {
     } finally {
       await app.close();
       await tw.close();
+    }
+  });
+});
+
+/** Raw bytes on a fresh connection; resolves with the status, the x-tracewire-error header and the JSON body of the answer. */
+function raw(base: string, bytes: string, endAfterWrite = true): Promise<{ status: number; header: string | undefined; body: { code?: string; message?: string } }> {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    let text = '';
+    const s = net.connect(Number(u.port), u.hostname, () => {
+      s.write(bytes);
+      if (endAfterWrite) s.end();
+    });
+    s.on('data', (d) => (text += d.toString('utf8')));
+    s.on('error', reject);
+    s.on('close', () => {
+      const [head, body = ''] = text.split('\r\n\r\n');
+      const status = Number(/^HTTP\/1\.1 (\d+)/.exec(head ?? '')?.[1]);
+      const header = /x-tracewire-error: (\S+)/i.exec(head ?? '')?.[1];
+      try {
+        resolve({ status, header, body: JSON.parse(body) as { code?: string; message?: string } });
+      } catch {
+        reject(new Error(`not a JSON answer: ${text.slice(0, 300)}`));
+      }
+    });
+  });
+}
+
+describe('HTTP errors Node refuses before a request exists', () => {
+  it('bytes that are not HTTP are 400 TW_BAD_REQUEST, a request head over Node\'s limit 431 TW_HEADERS_TOO_LARGE, on both listeners', async () => {
+    for (const base of [sc.publicUrl, sc.otlpUrl!]) {
+      const bad = await raw(base, 'GARBAGE \x00\x01\r\n\r\n');
+      expectCatalogued({ status: bad.status, body: bad.body }, 'TW_BAD_REQUEST', `${base} garbage`);
+      expect(bad.header).toBe('TW_BAD_REQUEST');
+      const big = await raw(base, `GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`);
+      expectCatalogued({ status: big.status, body: big.body }, 'TW_HEADERS_TOO_LARGE', `${base} big head`);
+      expect(big.body.message).toBe(`request head over ${http.maxHeaderSize} bytes`);
+    }
+    await stillServing(sc);
+  });
+
+  it('a request not received within the server\'s requestTimeout is 408 TW_REQUEST_TIMEOUT', async () => {
+    // The handler both listeners install, on a server whose timeout a test can wait for (the OTLP listener's is 30 s).
+    const server = http.createServer({ requestTimeout: 200, connectionsCheckingInterval: 50 }, (_req, res) => res.end('ok'));
+    server.on('clientError', clientErrorHandler);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const base = `http://127.0.0.1:${(server.address() as net.AddressInfo).port}`;
+      // A head that never ends.
+      const slow = await raw(base, 'POST /v1/traces HTTP/1.1\r\nHost: a\r\n', false);
+      expectCatalogued({ status: slow.status, body: slow.body }, 'TW_REQUEST_TIMEOUT', 'slow head');
+      expect(slow.body.message).toBe('request not received within 200 ms');
+    } finally {
+      server.closeAllConnections();
+      await new Promise((r) => server.close(r));
     }
   });
 });
