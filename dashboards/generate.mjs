@@ -107,6 +107,13 @@ const delivered = `sum by (type) (rate(tracewire_events_delivered_total{${SEL}}[
 const connectedDrops = `sum by (type) (rate(tracewire_events_dropped_total{${SEL}, reason!="no_subscriber"}[${RI}]))`;
 export const DELIVERY_RATIO_EXPR = `${delivered}\n/\n(\n  ${delivered}\n  + (${connectedDrops} or 0 * ${delivered})\n)`;
 
+// Missing-event runs with a client connected over the dashboard range: increase() for the label sets
+// that existed at its start, and the whole value of those that appeared within it (whose first run
+// increase() cannot see).
+const MISSING = `tracewire_runs_total{${SEL}, ${AGENT}, verdict="missing_events", reason!="no_subscriber"}`;
+const NEW_MISSING = `(${MISSING} unless ${MISSING} offset $__range)`;
+export const MISSING_WHILE_CONNECTED_EXPR = `(sum(increase(${MISSING}[$__range]) unless ${NEW_MISSING}) or vector(0))\n+\n(sum(${NEW_MISSING}) or vector(0))`;
+
 function overview() {
   nextId = 1;
   const panels = [];
@@ -117,8 +124,8 @@ function overview() {
   panels.push(
     stat({
       title: 'Missing events, client connected',
-      description: 'Runs judged missing_events whose main reason is not no_subscriber, over the dashboard range: agents ran, the user was connected, and nothing was delivered. Should be 0.',
-      x: 0, y, targets: [target('A', `sum(increase(tracewire_runs_total{${SEL}, ${AGENT}, verdict="missing_events", reason!="no_subscriber"}[$__range]))`, 'runs')],
+      description: 'Runs judged missing_events whose main reason is not no_subscriber, over the dashboard range: agents ran, the user was connected, and nothing was delivered. Should be 0. (A label set that first appeared within the range counts with its whole value: increase() cannot see its first run, as the alert TracewireMissingEventsWhileConnected does not miss it.)',
+      x: 0, y, targets: [target('A', MISSING_WHILE_CONNECTED_EXPR, 'runs')],
       thresholds: [green(), red(1)], noValue: '0', decimals: 0,
       links: [{ title: 'Inspector: missing_events runs', url: tw('/inspector?verdict=missing_events'), targetBlank: true }],
     }),

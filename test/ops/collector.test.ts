@@ -109,6 +109,14 @@ describe('otel-collector.yaml', () => {
     expect((pipeline.processors ?? []).some((id) => typeOf(id) === 'batch')).toBe(false);
   });
 
+  it('keeps a trace\'s requests in order (one queue consumer) and sends the ingest token compose gives tracewire', () => {
+    const exp = main().exporters!['otlphttp/tracewire'];
+    expect(exp.sending_queue.num_consumers).toBe(1);
+    expect(exp.headers).toEqual({ authorization: 'Bearer ${env:TRACEWIRE_OTLP_TOKEN}' });
+    const compose = readYaml<Section>('docker-compose.yml');
+    for (const svc of ['tracewire', 'otel-collector']) expect(compose.services[svc].environment.TRACEWIRE_OTLP_TOKEN, svc).toBe('${TRACEWIRE_OTLP_TOKEN:-}');
+  });
+
   it('exports to Tempo over OTLP/gRPC on the port Tempo listens on', () => {
     const cfg = main();
     const exp = cfg.exporters!['otlp/tempo'];
@@ -147,6 +155,8 @@ describe('otel-collector.yaml, commented load-balancing variant', () => {
     expect(Object.keys(lb.resolver)).toEqual(['dns']);
     expect(lb.resolver.dns.hostname).toMatch(/^[a-z0-9.-]+$/);
     expect(lb.resolver.dns.port).toBe(4317);
+    // Parallel consumers (the exporter's default is 10) would reorder a trace's requests.
+    expect(lb.protocol.otlp.sending_queue.num_consumers).toBe(1);
   });
 
   it('is a consistent config once uncommented into the main file', () => {
@@ -169,5 +179,7 @@ describe('otel-collector.yaml, commented load-balancing variant', () => {
     const gw = commentedBlock('loadbalancing-gateway');
     expect(hostPort(relay.receivers!.otlp.protocols.grpc.endpoint).port).toBe(gw.exporters['loadbalancing/tracewire'].resolver.dns.port);
     expect(httpUrl(relay.exporters!['otlphttp/tracewire'].endpoint).href).toBe('http://127.0.0.1:4318/');
+    expect(relay.exporters!['otlphttp/tracewire'].sending_queue.num_consumers).toBe(1);
+    expect(relay.exporters!['otlphttp/tracewire'].headers).toEqual({ authorization: 'Bearer ${env:TRACEWIRE_OTLP_TOKEN}' });
   });
 });

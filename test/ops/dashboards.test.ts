@@ -169,4 +169,38 @@ describe.skipIf(promtool.skip)('dashboard PromQL', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('counts the first missing-events run of a new label set in the "Missing events, client connected" stat, as the alert does', () => {
+    const [, d] = dashboards().find(([f]) => f.endsWith('tracewire-overview.json'))!;
+    const panel = allPanels(d).find((p) => p.title === 'Missing events, client connected')!;
+    const over = (range: string): string => substituteVariables(panel.targets![0]!.expr!.replaceAll('$__range', range), variableValues(d));
+    const dir = mkdtempSync(join(tmpdir(), 'tw-dash-'));
+    try {
+      const series = (reason: string, values: string) => ({ series: `tracewire_runs_total{job="tracewire",instance="tw-1:8080",verdict="missing_events",reason="${reason}",agent="planner"}`, values });
+      writeFileSync(join(dir, 'stat.test.yml'), dump({
+        rule_files: [],
+        evaluation_interval: '1m',
+        tests: [{
+          interval: '1m',
+          input_series: [
+            // Existed before the range, 2 more runs within it.
+            series('send_failed', '4x40 6x40'),
+            // First appears within the range at 1 (one run), which increase() cannot see.
+            series('unauthorised', '_x50 1x30'),
+            // Nobody listening: not counted.
+            series('no_subscriber', '_x50 9x30'),
+          ],
+          promql_expr_test: [
+            { expr: `round(${over('30m')})`, eval_time: '70m', exp_samples: [{ labels: '{}', value: 3 }] },
+            // Nothing in the range: 0, not "no data".
+            { expr: `round(${over('5m')})`, eval_time: '79m', exp_samples: [{ labels: '{}', value: 0 }] },
+          ],
+        }],
+      }));
+      const res = run('promtool', ['test', 'rules', 'stat.test.yml'], { cwd: dir });
+      expect(res.status, res.stdout + res.stderr).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

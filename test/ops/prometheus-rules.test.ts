@@ -31,6 +31,7 @@ describe('prometheus/alerts.yml content', () => {
       'TracewireLifecycleSpansAbsent',
       'TracewireMetricsAbsent',
       'TracewireMissingEventsWhileConnected',
+      'TracewireOtlpRequestsRejected',
       'TracewireOtlpSpansRejected',
       'TracewireRunsAbandoned',
     ]);
