@@ -70,10 +70,10 @@ function measure(ev: OutboundEvent): void {
 /** The answer to an upgrade while the hub shuts down (before a WebSocket exists to carry 1001). */
 const BAD_REQUEST_RESPONSE = 'HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n';
 
-/** The URL of an upgrade request's target (origin form; `//x` is a path, not a host), or undefined if it is not one. */
+/** The URL of an upgrade request's target: origin form (`//x` is a path, not a host) or absolute form; undefined if it is neither. */
 function requestUrl(target: string | undefined): URL | undefined {
   try {
-    return new URL(`http://localhost${target?.startsWith('/') ? target : `/${target ?? ''}`}`);
+    return target === undefined || target.startsWith('/') ? new URL(`http://localhost${target ?? '/'}`) : new URL(target);
   } catch {
     return undefined;
   }

@@ -13,7 +13,7 @@ import { INSPECTOR_HTML } from './inspector/page.js';
  * code's HTTP status; unknown errors are 500 TW_INTERNAL and the app keeps
  * serving. What fastify itself rejects is mapped too: a request on no route
  * (whatever its body) is 404 TW_NOT_FOUND, any other client error 400
- * TW_BAD_QUERY.
+ * TW_BAD_REQUEST.
  */
 export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
@@ -33,7 +33,7 @@ function toTracewireError(err: unknown, req: FastifyRequest): TracewireError {
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     // A body fastify could not read (bad JSON, too large, bad media type) sent to a path with no route.
     if (req.is404) return new TracewireError('TW_NOT_FOUND', `${req.method} ${shortPath(req.url)}`);
-    return new TracewireError('TW_BAD_QUERY', 'request', e.message ?? 'bad request');
+    return new TracewireError('TW_BAD_REQUEST', e.message ?? 'bad request');
   }
   return new TracewireError('TW_INTERNAL', e.message ?? String(err));
 }

@@ -19,7 +19,11 @@ function rawUpgrade(port: number, target: string): Promise<string> {
   return new Promise((resolve) => {
     let got = '';
     const s = net.connect(port, '127.0.0.1', () => s.write(`GET ${target} HTTP/1.1\r\n${UPGRADE_HEADERS}`));
-    s.on('data', (d) => (got += d.toString('latin1')));
+    s.on('data', (d) => {
+      got += d.toString('latin1');
+      // An accepted upgrade stays open: its status line is enough.
+      if (got.startsWith('HTTP/1.1 101')) s.destroy();
+    });
     s.on('error', () => undefined);
     s.on('close', () => resolve(got.split('\r\n')[0] ?? ''));
   });
@@ -32,6 +36,10 @@ describe('upgrade requests the hub does not take', () => {
     // `//x:99999/…` reads as a host with a bad port when parsed against a base URL.
     expect(await rawUpgrade(port, '//x:99999/v1/events')).toBe('HTTP/1.1 404 Not Found');
     expect(await rawUpgrade(port, '/other')).toBe('HTTP/1.1 404 Not Found');
+    // Not a URL at all: refused as a bad request.
+    expect(await rawUpgrade(port, 'http://[::1/v1/events')).toBe('HTTP/1.1 400 Bad Request');
+    // The absolute form (RFC 9112) of the hub's path is the hub's.
+    expect(await rawUpgrade(port, `http://127.0.0.1:${port}/v1/events?access_token=${await sc.tw.token('abe')}`)).toBe('HTTP/1.1 101 Switching Protocols');
     const c = await connectAcked(sc, 'alice');
     expect(c.frames[0]).toMatchObject({ type: 'ack', user: 'alice' });
     c.close();
