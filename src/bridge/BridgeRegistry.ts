@@ -86,7 +86,7 @@ export class BridgeRegistry {
    * With each, its lifecycle spans in a run that had not ended (usually
    * none): their late ends count in their runs' verdicts (`openRunMembers`).
    */
-  private readonly released = new BoundedMap<string, true | Map<string, SpanNode>>(RELEASED_MEMORY);
+  private readonly released = new BoundedMap<string, true | Map<string, string>>(RELEASED_MEMORY);
   /**
    * OTLP: what traces released with no run left (a request span that ended
    * and was exported before the agent run it started in the background): its
@@ -369,15 +369,19 @@ export class BridgeRegistry {
   /** A lifecycle span of a released trace ended: its completion cannot be emitted after the run's end. */
   private lateEnd(span: SpanInput): void {
     const open = this.released.get(span.traceId);
-    const node = open instanceof Map ? open.get(span.spanId) : undefined;
-    if (node !== undefined) {
-      // A span of a run that had not ended when the trace was released: late in that run.
-      (open as Map<string, SpanNode>).delete(span.spanId);
-      node.seenEnd = true;
-      node.endMs = span.endMs;
-      const type = node.kind === undefined ? undefined : END_TYPE[node.kind];
-      if (type !== undefined && node.run !== undefined) this.lateRunEvent(node.run, node, type);
-      return;
+    const runId = open instanceof Map ? open.get(span.spanId) : undefined;
+    if (runId !== undefined) {
+      // A span of a run that had not ended when the trace was released: late in that run, if the ledger still has it.
+      (open as Map<string, string>).delete(span.spanId);
+      const run = this.ledger.get(runId);
+      const node = run instanceof RunState ? (run.spans.find((x) => x.spanId === span.spanId) as SpanNode | undefined) : undefined;
+      const type = node?.kind === undefined ? undefined : END_TYPE[node.kind];
+      if (node !== undefined && type !== undefined) {
+        node.seenEnd = true;
+        node.endMs = span.endMs;
+        this.lateRunEvent(run as RunState, node, type);
+        return;
+      }
     }
     const kind = classify(span).kind;
     const late = kind === undefined ? undefined : END_TYPE[kind];

@@ -620,14 +620,16 @@ export class TraceBridge {
   /**
    * In-process, when the trace is released with its runs over: its lifecycle
    * spans inside a run that have not ended yet and will emit a completion
-   * (a tool left running when its agent returned), by span id; undefined if
-   * none. Their ends then count as late in their runs' verdicts.
+   * (a tool left running when its agent returned), each with its run's id;
+   * undefined if none. Their ends then count as late in their runs'
+   * verdicts. (Ids, not the nodes: a span that never ends must not keep its
+   * run past the ledger's bounds; the run is looked up when it ends.)
    */
-  openRunMembers(): Map<string, SpanNode> | undefined {
-    let open: Map<string, SpanNode> | undefined;
+  openRunMembers(): Map<string, string> | undefined {
+    let open: Map<string, string> | undefined;
     for (const node of this.nodeList()) {
       if (node.run === undefined || node.seenEnd || node.kind === undefined || END_TYPE[node.kind] === undefined) continue;
-      (open ??= new Map()).set(node.spanId, node);
+      (open ??= new Map()).set(node.spanId, node.run.runId);
     }
     return open;
   }
