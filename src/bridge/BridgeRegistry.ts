@@ -197,12 +197,33 @@ export class BridgeRegistry {
     }
   }
 
-  /** Spans held during a batch and still waiting at its end enter the hold index (in hold order). */
+  /**
+   * Spans held during a batch and still waiting at its end enter the hold
+   * index (in hold order); those waiting for a remote parent that did not
+   * come in the request are anchored below nothing now, as they would have
+   * been at once outside a request (a remote parent is not waited for).
+   */
   private indexBatchHeld(): void {
     const b = this.batchHeld;
     if (b.length === 0) return;
-    for (const { tb, node } of b) if (node.held && !node.anchored && this.traces.get(tb.traceId) === tb) this.held(tb, node);
+    let remote: Array<{ tb: TraceBridge; node: SpanNode }> | undefined;
+    for (const e of b) {
+      if (!e.node.held || e.node.anchored || this.traces.get(e.tb.traceId) !== e.tb) continue;
+      // Its remote parent absent (a parent that is here but waits itself is waited for, as for any span).
+      if (e.node.parentRemote && e.tb.node(e.node.parentSpanId!) === undefined) (remote ??= []).push(e);
+      else this.held(e.tb, e.node);
+    }
     b.length = 0;
+    if (remote === undefined) return;
+    for (const { tb, node } of remote) {
+      tb.forceAnchor(node);
+      this.maybeRelease(tb);
+    }
+  }
+
+  /** A span whose remote parent is not here waits for the end of the request it came in (OTLP, emit mode) if it has no user of its own. */
+  waitsInRequest(node: SpanNode): boolean {
+    return this.batchAtMs !== undefined && this.opts.mode === 'emit' && !this.opts.parentsArriveFirst && !node.ownUser;
   }
 
   /** A span started (or was exported before it ended). */

@@ -325,8 +325,10 @@ export class TraceBridge {
     if (node.parentSpanId === undefined) return true;
     const parent = this.node(node.parentSpanId);
     if (parent !== undefined) return parent.anchored;
-    // A remote parent (another service's span) is not waited for; it is used when it is here already.
-    return node.parentRemote || this.reg.opts.parentsArriveFirst;
+    // A remote parent (another service's span) is not waited for across requests; it is used when it is
+    // here. Within one request (a Collector or an exporter grouping several services' spans, children
+    // first) a span with no user of its own waits for the request's end (its run would have no user).
+    return node.parentRemote ? !this.reg.waitsInRequest(node) : this.reg.opts.parentsArriveFirst;
   }
 
   private hold(node: SpanNode): void {
@@ -388,6 +390,8 @@ export class TraceBridge {
     // A remote parent too, when it arrived (both services send to the sidecar): a sub-agent called over HTTP stays in its caller's run.
     const parent = node.parentSpanId !== undefined ? this.node(node.parentSpanId) : undefined;
     if (parent !== undefined) {
+      // Below its parent now, also a remote one (walks up to the parent agent go on through it).
+      if (node.parentRemote) node.parentRemote = false;
       // The same id as the parent's own string: the decoder's copy is let go while it is young.
       node.parentSpanId = parent.spanId;
       // Own attributes first, then the parent's, then the hint from the parent context.

@@ -476,3 +476,57 @@ describe('spans arriving after their trace was dropped as idle (its runs judged)
     });
   }, 15_000);
 });
+
+describe('two services\' spans in one request (a Collector grouping them), the callee\'s first', () => {
+  it('the callee\'s sub-agent waits for the request\'s end and joins its caller\'s run, with parent_agent across the services', async () => {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer }) => {
+      const user = 'ivy-remote';
+      const client = await connectAcked(s2, user);
+      const mem = new InMemorySpanExporter();
+      const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(mem)] });
+      const b = provider.getTracer('service-b');
+      // Service A (tracer): the supervisor and its HTTP client span.
+      const supervisor = tracer.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': user } });
+      const call = tracer.startSpan('POST /research', { kind: 2 }, trace.setSpan(context.active(), supervisor));
+      // Service B: its server span below A's call (remote), the researcher below it, a tool.
+      const server = b.startSpan('POST /research', { kind: 1 }, trace.setSpanContext(context.active(), { ...call.spanContext(), isRemote: true }));
+      const researcher = b.startSpan('invoke_agent researcher', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'researcher' } }, trace.setSpan(context.active(), server));
+      b.startSpan('execute_tool fetch', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'fetch' } }, trace.setSpan(context.active(), researcher)).end();
+      researcher.end();
+      server.end();
+      call.end();
+      supervisor.end();
+      const aSpans = [call, supervisor] as unknown as ReadableSpan[];
+      // One request, service B's spans first (grouped by resource), each service's in end order.
+      await postJson(s2.otlpUrl!, jsonRequest([...mem.getFinishedSpans(), ...aSpans].map((x) => jsonSpan(x))));
+      await until(() => verdicts.length === 1, 5000, 'the verdict');
+      expect(client.events.map((e) => [e.seq, e.type, e.agent])).toEqual([
+        [1, 'agent_started', 'supervisor'],
+        [2, 'agent_started', 'researcher'],
+        [3, 'tool_executing', 'researcher'],
+        [4, 'tool_completed', 'researcher'],
+        [5, 'agent_completed', 'researcher'],
+        [6, 'agent_completed', 'supervisor'],
+      ]);
+      expect(client.events[1]!.data).toMatchObject({ agent: 'researcher', parent_agent: 'supervisor' });
+      expect(verdicts[0]!.judgement).toMatchObject({ verdict: 'complete', expected: 6, delivered: 6 });
+      await provider.shutdown();
+      client.close();
+    });
+  });
+
+  it('a callee span that has its own user does not wait: its run starts at once when the caller is not in the request', async () => {
+    await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
+      const user = 'ivy-own';
+      const client = await connectAcked(s2, user);
+      const remote = trace.setSpanContext(context.active(), { traceId: '5bf92f3577b34da6a3ce929d0e0e4736', spanId: '10f067aa0ba902b7', traceFlags: 1, isRemote: true });
+      const agent = tracer.startSpan('invoke_agent helper', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'helper', 'user.id': user } }, remote);
+      agent.end();
+      await postFinished();
+      await until(() => verdicts.length === 1, 5000, 'the verdict');
+      expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'agent_completed']);
+      expect(verdicts[0]!.judgement).toMatchObject({ verdict: 'complete' });
+      client.close();
+    });
+  });
+});
