@@ -65,9 +65,15 @@ export async function probe(opts: ProbeOptions): Promise<ProbeResult> {
 
   const ws = new WebSocket(wsUrl, { headers: { authorization: `Bearer ${token}` } });
   ws.on('error', () => undefined);
+  // The OTLP request is aborted when the probe ends: a receiver that never answers must not keep the process alive.
+  const otlp = new AbortController();
+  let otlpPending = false;
   try {
     return await new Promise<ProbeResult>((resolve) => {
-      const timer = setTimeout(() => resolve(done(false, `timed out after ${timeout} ms with ${received.length} of 5 events`)), timeout);
+      const timer = setTimeout(() => {
+        const why = otlpPending ? `; the OTLP request to ${opts.otlpUrl} got no answer` : '';
+        resolve(done(false, `timed out after ${timeout} ms with ${received.length} of 5 events${why}`));
+      }, timeout);
       const finish = (r: ProbeResult): void => {
         clearTimeout(timer);
         resolve(r);
@@ -85,11 +91,16 @@ export async function probe(opts: ProbeOptions): Promise<ProbeResult> {
         if (f.type === 'ack') {
           const headers: Record<string, string> = { 'content-type': 'application/json' };
           if (opts.otlpToken) headers.authorization = `Bearer ${opts.otlpToken}`;
-          fetch(`${opts.otlpUrl.replace(/\/$/, '')}/v1/traces`, { method: 'POST', headers, body: JSON.stringify(probeRunRequest(user, traceId, agentId)) }).then(
+          otlpPending = true;
+          fetch(`${opts.otlpUrl.replace(/\/$/, '')}/v1/traces`, { method: 'POST', headers, body: JSON.stringify(probeRunRequest(user, traceId, agentId)), signal: otlp.signal }).then(
             async (res) => {
+              otlpPending = false;
               if (res.status !== 200) finish(done(false, `OTLP receiver answered ${res.status}: ${await res.text()}`));
             },
-            (err: Error) => finish(done(false, `cannot reach the OTLP receiver: ${err.message}`)),
+            (err: Error) => {
+              otlpPending = false;
+              if (!otlp.signal.aborted) finish(done(false, `cannot reach the OTLP receiver: ${err.message}`));
+            },
           );
           return;
         }
@@ -103,6 +114,7 @@ export async function probe(opts: ProbeOptions): Promise<ProbeResult> {
       });
     });
   } finally {
+    otlp.abort();
     ws.terminate();
   }
 }

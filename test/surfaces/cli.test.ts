@@ -209,6 +209,25 @@ describe('tracewire probe', () => {
     }
   });
 
+  it('against an OTLP receiver that never answers: exits 1 at its timeout, saying so (the pending request does not keep it alive)', async () => {
+    const sc = await startTestSidecar({ graceMillis: 20 }, true);
+    // Accepts connections and reads, never answers.
+    const silent = net.createServer((sock) => sock.on('data', () => undefined));
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    try {
+      const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+      const t0 = Date.now();
+      const r = await runToExit(['probe', '--url', sc.publicUrl, '--otlp-url', url, '--jwt-secret', TEST_SECRET, '--timeout-ms', '800']);
+      expect(r.code, r.out).toBe(1);
+      expect(r.out).toContain(`probe FAILED: timed out after 800 ms with 0 of 5 events; the OTLP request to ${url} got no answer`);
+      // The process itself ends right after (not at undici's 300-s headers timeout).
+      expect(Date.now() - t0).toBeLessThan(15_000);
+    } finally {
+      silent.close();
+      await sc.close();
+    }
+  });
+
   it('fails when the token is signed with the wrong secret, naming the server error', async () => {
     const sc = await startTestSidecar({}, true);
     try {
