@@ -97,11 +97,19 @@ export class LiveSpanExporter implements SpanProcessor {
     }
   }
 
-  /** Export everything queued so far. */
+  /** Export everything queued so far (also what was queued while an export loop was ending). */
   async forceFlush(): Promise<void> {
     this.clearTimer();
-    await this.pump();
+    await this.drain();
     await this.exporter.forceFlush?.().catch(() => undefined);
+  }
+
+  /** Until nothing is queued and no export loop runs. */
+  private async drain(): Promise<void> {
+    while (this.queue.length > 0 || this.exporting !== undefined) {
+      this.clearTimer();
+      await this.pump();
+    }
   }
 
   /** Export what is queued, then shut the exporter down. Runs once. */
@@ -109,7 +117,7 @@ export class LiveSpanExporter implements SpanProcessor {
     return (this.shutdownOnce ??= (async () => {
       this.stopped = true;
       this.clearTimer();
-      await this.pump();
+      await this.drain();
       await this.exporter.shutdown().catch(() => undefined);
     })());
   }
@@ -178,8 +186,10 @@ export class LiveSpanExporter implements SpanProcessor {
         clearTimeout(guard);
         resolve(ok);
       };
-      // The exporter has its own timeout; this only guards against a callback that never comes.
-      const guard = setTimeout(() => done(false), this.timeout + 1000);
+      // The exporter has its own timeout, but it is an idle timeout and its retries can run past it: the
+      // next batch must not leave while this one may still be in flight (a span's end would overtake its
+      // start), so this only guards against a callback that never comes, well past the exporter's bound.
+      const guard = setTimeout(() => done(false), GUARD_TIMEOUTS * this.timeout + 1000);
       guard.unref();
       try {
         // No spans for the exporter's own HTTP calls.
@@ -192,6 +202,9 @@ export class LiveSpanExporter implements SpanProcessor {
     });
   }
 }
+
+/** How many export timeouts (plus a second) a batch's callback may take before the next batch goes anyway. */
+const GUARD_TIMEOUTS = 5;
 
 function sampled(span: ReadableSpan | Span): boolean {
   return (span.spanContext().traceFlags & TraceFlags.SAMPLED) !== 0;

@@ -66,6 +66,64 @@ describe('LiveSpanExporter', () => {
     client.close();
   });
 
+  it('sends one request at a time even when a response takes longer than its export timeout (a span\'s end never overtakes its start)', async () => {
+    const http = await import('node:http');
+    // In front of the sidecar: the first response trickles for 1.6 s (the exporter's 200-ms timeout is an idle timeout).
+    const arrivals: Array<{ n: number; at: number; inFlight: number }> = [];
+    let inFlight = 0;
+    let n = 0;
+    const t0 = Date.now();
+    const front = http.createServer((req, res) => {
+      const i = ++n;
+      inFlight++;
+      arrivals.push({ n: i, at: Date.now() - t0, inFlight });
+      const body: Buffer[] = [];
+      req.on('data', (d: Buffer) => body.push(d));
+      req.on('end', () => {
+        const forward = (): void => {
+          const up = http.request(`${sc.otlpUrl}/v1/traces`, { method: 'POST', headers: { 'content-type': req.headers['content-type']! } }, (r) => {
+            r.resume();
+            r.on('end', () => {
+              inFlight--;
+              res.end();
+            });
+          });
+          up.end(Buffer.concat(body));
+        };
+        if (i > 1) return forward();
+        res.writeHead(200, { 'content-type': 'application/x-protobuf' });
+        // Bytes every 50 ms (an unknown protobuf field, 15 = 0, which an ExportTraceServiceResponse skips).
+        const tick = setInterval(() => res.write(Buffer.from([0x78, 0x00])), 50);
+        setTimeout(() => {
+          clearInterval(tick);
+          forward();
+        }, 1600);
+      });
+    });
+    await new Promise<void>((r) => front.listen(0, '127.0.0.1', () => r()));
+    const user = 'lev-slow';
+    const client = await connectAcked(sc, user);
+    const live = new LiveSpanExporter({ url: `http://127.0.0.1:${(front.address() as { port: number }).port}/v1/traces`, scheduledDelayMillis: 10, exportTimeoutMillis: 200 });
+    const provider = new BasicTracerProvider({ spanProcessors: [live] });
+    try {
+      const tracer = provider.getTracer('slow');
+      const agent = tracer.startSpan('invoke_agent slowpoke', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'slowpoke', 'user.id': user } });
+      await new Promise((r) => setTimeout(r, 100)); // its start is in flight
+      agent.end();
+      await live.forceFlush();
+      await client.until((c) => c.events.length === 2, 5000, 'both events');
+      expect(client.events.map((e) => e.type)).toEqual(['agent_started', 'agent_completed']);
+      expect(arrivals.map((a) => a.inFlight)).toEqual([1, 1]);
+      expect(arrivals[1]!.at).toBeGreaterThanOrEqual(1600);
+      expect(live.exportedRecords).toBe(2);
+      expect(live.failedRecords).toBe(0);
+    } finally {
+      await provider.shutdown();
+      front.close();
+      client.close();
+    }
+  });
+
   it('never throws from its hooks and counts drops past its queue bound', async () => {
     const live = new LiveSpanExporter({ url: 'http://127.0.0.1:9/v1/traces', maxQueueSize: 3, scheduledDelayMillis: 10_000, exportTimeoutMillis: 200 });
     const provider = new BasicTracerProvider({ spanProcessors: [live] });
