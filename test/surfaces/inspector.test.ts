@@ -189,6 +189,40 @@ describe.skipIf(!hasChromium)('run inspector (headless Chromium)', () => {
     await page.close();
   });
 
+  it('with auto-refresh on, a live redraw while "Show more events" is loading does not lose the page', async () => {
+    const big = await startTestSidecar();
+    try {
+      await connectAcked(big, 'cy');
+      const id = await judgedToolRun(big, 'cy', 600);
+      const page = await browser.newPage({ viewport: { width: 1500, height: 1000 } });
+      // The page's clock is driven by the test: the 5-s live refresh fires when the test says.
+      await page.clock.install();
+      // The second page is held back until the live refresh has had its turn.
+      let release: () => void = () => undefined;
+      const held = new Promise<void>((r) => (release = r));
+      await page.route(/cursor=/, async (route) => {
+        await held;
+        await route.continue();
+      });
+      await page.goto(`${big.publicUrl}/inspector?run=${id}&live=1`);
+      const events = page.locator('#timeline tr[data-what="event"]');
+      await expect.poll(() => events.count()).toBe(1000);
+      await page.click('#timeline-more');
+      const detailReads = (): Promise<number> => page.evaluate(() => performance.getEntriesByType('resource').filter((e) => /api\/runs\/[^?]+$/.test(e.name)).length);
+      const before = await detailReads();
+      await page.clock.runFor(6000);
+      await new Promise((r) => setTimeout(r, 300));
+      // The live tick left the run alone while its next page was loading.
+      expect(await detailReads()).toBe(before);
+      release();
+      await expect.poll(() => events.count()).toBe(1202);
+      expect(await page.locator('#timeline-more').isHidden()).toBe(true);
+      await page.close();
+    } finally {
+      await big.close();
+    }
+  });
+
   it('shows a large run a page of events at a time: "Show more events" appends the rest in order', async () => {
     const big = await startTestSidecar();
     try {

@@ -110,6 +110,10 @@ let selected = null;
 let liveTimer = null;
 /** Pages of the selected run's timeline shown (live refresh re-reads only a run shown on one page). */
 let detailPages = 0;
+/** Counts the detail renders: a "Show more" page that arrives after another render is dropped. */
+let detailGen = 0;
+/** A "Show more" page is being fetched: live refresh leaves the detail alone meanwhile. */
+let loadingMore = false;
 
 function el(tag, props, ...kids) {
   const e = document.createElement(tag);
@@ -307,6 +311,7 @@ function timelineRow(t) {
 
 async function showRun(id) {
   const d = $('#detail');
+  const gen = ++detailGen;
   detailPages = 0;
   if (!id) {
     d.textContent = '';
@@ -354,9 +359,10 @@ async function showRun(id) {
   more.hidden = !cursor;
   more.addEventListener('click', async () => {
     more.disabled = true;
+    loadingMore = true;
     try {
       const page = await api('api/runs/' + encodeURIComponent(id) + '?cursor=' + encodeURIComponent(cursor));
-      if (selected !== id) return;
+      if (selected !== id || gen !== detailGen) return;
       for (const t of page.timeline) tb.append(timelineRow(t));
       detailPages++;
       cursor = page.next_cursor;
@@ -367,6 +373,7 @@ async function showRun(id) {
       more.textContent = 'Could not load more: ' + (e.code ? e.code + ': ' : '') + e.message;
     } finally {
       more.disabled = false;
+      loadingMore = false;
     }
   });
   d.append(more);
@@ -380,7 +387,7 @@ async function refresh() {
 
 function applyLive() {
   if (liveTimer) { clearInterval(liveTimer); liveTimer = null; }
-  if ($('#f-live').checked) liveTimer = setInterval(() => { if (!nextCursor || $('#runs tbody').children.length <= 50) refresh(); if (selected && detailPages <= 1) showRun(selected); }, 5000);
+  if ($('#f-live').checked) liveTimer = setInterval(() => { if (!nextCursor || $('#runs tbody').children.length <= 50) refresh(); if (selected && detailPages <= 1 && !loadingMore) showRun(selected); }, 5000);
 }
 
 $('#filters').addEventListener('submit', (e) => {
