@@ -261,6 +261,7 @@ async function demo(flags: Record<string, string>, out: Out, err: Out): Promise<
     out(`tracewire demo listening on ${d.sidecar.publicUrl}`);
     if (!quiet) out(`a client of u-1 is connected; it receives:`);
     if (runs === 0) {
+      out(`runs, verdicts and each event's fate: ${d.sidecar.publicUrl}/inspector (Ctrl-C stops)`);
       await untilSignal(() => d.stop(), cfg.shutdownTimeoutMillis, err);
       return 0;
     }
@@ -276,7 +277,8 @@ async function demo(flags: Record<string, string>, out: Out, err: Out): Promise<
     out('');
     out('verdicts:');
     for (const r of [...body.runs].reverse()) out(`  ${String(r.user ?? '(no user)').padEnd(10)} ${String(r.verdict).padEnd(15)} ${r.explanation}`);
-    out(`inspect them at ${d.sidecar.publicUrl}/inspector`);
+    // This sidecar stops now: its inspector would be gone before anyone opened it.
+    out('(tracewire demo --runs 0 keeps a sidecar with demo traffic running, to open its /inspector)');
     return 0;
   } finally {
     await d.stop();

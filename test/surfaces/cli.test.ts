@@ -251,6 +251,21 @@ describe('tracewire demo', () => {
       '9 agent_completed researcher', '10 agent_thinking supervisor', '11 agent_completed supervisor',
     ]);
     expect(out).toMatch(/u-1\s+complete\s+All 11 expected events were delivered to user u-1\./);
+    // Its sidecar is gone once it exits: no inspector link that leads nowhere.
+    expect(out).not.toMatch(/http:\/\/\S+\/inspector/);
+    expect(out).toContain('(tracewire demo --runs 0 keeps a sidecar with demo traffic running, to open its /inspector)');
+  });
+
+  it('with --runs 0 keeps serving and names its inspector, which answers, until SIGTERM', async () => {
+    const child = tracewire(['demo', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--runs', '0', '--interval-ms', '200', '--quiet']);
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (out += d));
+    await until(() => /\/inspector \(Ctrl-C stops\)/.test(out), 15_000, 'the inspector line');
+    const url = /(http:\/\/\S+\/inspector)/.exec(out)![1]!;
+    expect((await fetch(url)).status).toBe(200);
+    child.kill('SIGTERM');
+    expect(await new Promise((r) => child.once('exit', (c) => r(c)))).toBe(0);
   });
 });
 
