@@ -64,6 +64,7 @@ export class Tracewire {
     });
     this.hub = new EventHub({
       jwtSecret: c.jwtSecret,
+      onDevSecretRefused: (e) => this.diag.repeated('dev_secret', 'hub', (n) => `refused ${n} WebSocket connection(s) off loopback: ${e.message}`),
       wsMaxBufferedBytes: c.wsMaxBufferedBytes,
       wsHeartbeatMillis: c.wsHeartbeatMillis,
       wsMaxConnections: c.wsMaxConnections,

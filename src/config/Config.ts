@@ -112,8 +112,14 @@ function parseHostPort(raw: string, name: string): HostPort {
   return { host: host === '' ? '0.0.0.0' : host, port };
 }
 
+/** A listen host that only loopback can reach: `localhost`, `::1` or a 127.x.x.x address (not a name that merely starts with `127.`). */
 export function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+  return host === 'localhost' || isLoopbackAddress(host);
+}
+
+/** A socket address on the loopback interface (127.0.0.0/8, ::1, or 127.x.x.x mapped into IPv6). */
+export function isLoopbackAddress(addr: string): boolean {
+  return addr === '::1' || /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/i.test(addr);
 }
 
 export interface ResolveInput {

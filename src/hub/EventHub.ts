@@ -7,6 +7,7 @@ import type { RunLedger } from '../audit/RunLedger.js';
 import type { EventRecord } from '../audit/RunRecord.js';
 import { OutboundEvent, type EventSink } from '../bridge/EventSink.js';
 import { TracewireError, type ErrorCode } from '../errors/errors.js';
+import { DEV_JWT_SECRET, isLoopbackAddress } from '../config/Config.js';
 import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
 import { Connection, type Delivery } from './Connection.js';
 import { Fifo, NumberFifo } from '../util/Fifo.js';
@@ -15,6 +16,8 @@ import { ReplayStore } from './ReplayStore.js';
 
 export interface EventHubOptions {
   readonly jwtSecret: string;
+  /** Told of a connection refused because it came in off loopback while the built-in dev secret is in use. */
+  readonly onDevSecretRefused?: (e: TracewireError) => void;
   /** WebSocket endpoint path. Default `/v1/events`. */
   readonly path?: string;
   /**
@@ -116,6 +119,8 @@ export class EventHub implements EventSink {
   readonly path: string;
   private readonly wss: WebSocketServer;
   private readonly verifier: JwtVerifier;
+  /** The built-in dev secret is in use (only loopback connections are taken). */
+  private readonly devSecret: boolean;
   private readonly byUser = new Map<string, Set<Connection>>();
   private readonly all = new Set<Connection>();
   private readonly dirty = new Set<Connection>();
@@ -164,6 +169,7 @@ export class EventHub implements EventSink {
     this.maxHeldBytes = opts.maxHeldBytes ?? 64 * 1024 * 1024;
     this.closeGraceMillis = opts.wsCloseGraceMillis ?? 1000;
     this.verifier = new JwtVerifier(opts.jwtSecret);
+    this.devSecret = opts.jwtSecret === DEV_JWT_SECRET;
     this.wss = new WebSocketServer({
       noServer: true,
       perMessageDeflate: false,
@@ -226,6 +232,16 @@ export class EventHub implements EventSink {
     }
     if (url.pathname !== this.path) return false;
     if (socket.listenerCount('error') === 0) socket.on('error', () => socket.destroy());
+    // The built-in dev secret is public: anyone could sign a token for any user. Whatever server the hub is
+    // attached to (a library app, startSidecar), a connection that came in off loopback is refused with it.
+    if (this.devSecret && socket.localAddress !== undefined && !isLoopbackAddress(socket.localAddress)) {
+      this.metrics.connectionAttempts.inc({ result: 'TW_CONFIG_INVALID' });
+      const e = new TracewireError('TW_CONFIG_INVALID', `a connection on ${socket.localAddress}: set jwtSecret / TRACEWIRE_JWT_SECRET (the built-in dev secret is only for loopback)`);
+      const body = JSON.stringify(e.toJSON());
+      socket.end(`HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nx-tracewire-error: ${e.code}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+      this.opts.onDevSecretRefused?.(e);
+      return true;
+    }
     if (this.closing) {
       socket.end(SHUTTING_DOWN_RESPONSE);
       return true;

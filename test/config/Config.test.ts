@@ -68,6 +68,9 @@ describe('config resolver', () => {
   it('refuses the built-in dev secret off loopback', () => {
     expect(() => resolveConfig({ flags: { '--listen': '0.0.0.0:8080' } })).toThrow(/must be set when listening on 0.0.0.0/);
     expect(resolveConfig({ flags: { '--listen': '0.0.0.0:8080', '--jwt-secret': 'a-real-secret-of-some-length' } }).listen.host).toBe('0.0.0.0');
+    // A host name that only starts like a loopback address is not one.
+    expect(() => resolveConfig({ flags: { '--listen': '127.evil.example:8080' } })).toThrow(/must be set when listening on 127.evil.example/);
+    for (const host of ['127.0.0.1', '127.0.0.2', 'localhost', '::1']) expect(resolveConfig({ flags: { '--listen': `${host.includes(':') ? `[${host}]` : host}:8080` } }).listen.host).toBe(host);
   });
 
   it('prints every option with secrets hidden', () => {

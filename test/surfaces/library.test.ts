@@ -46,3 +46,39 @@ describe('library use in a Node agent app', () => {
     ws.close();
   });
 });
+
+/** A non-loopback IPv4 address of this machine, if it has one. */
+const external = Object.values((await import('node:os')).networkInterfaces())
+  .flat()
+  .find((a) => a !== undefined && a.family === 'IPv4' && !a.internal)?.address;
+
+describe('library use with no jwtSecret (the built-in dev secret)', () => {
+  it.skipIf(external === undefined)('takes WebSocket connections on loopback only, whatever interface the app listens on', async () => {
+    const tw = new Tracewire({ wsHeartbeatMillis: 0, logLevel: 'silent' });
+    const app = Fastify();
+    try {
+      await app.register(tw.fastifyPlugin);
+      await app.listen({ host: '0.0.0.0', port: 0 });
+      const port = (app.server.address() as { port: number }).port;
+      const token = await tw.token('mallory-target');
+      // Anyone can sign this token: the dev secret is in the source.
+      const open = (host: string): Promise<{ ack?: string; status?: number }> =>
+        new Promise((resolve) => {
+          const ws = new WebSocket(`ws://${host}:${port}/v1/events?access_token=${token}`);
+          ws.once('message', (d) => {
+            resolve({ ack: (JSON.parse(d.toString()) as { type: string }).type });
+            ws.close();
+          });
+          ws.once('unexpected-response', (_req, res) => resolve({ status: res.statusCode }));
+          ws.once('error', () => undefined);
+        });
+      expect(await open('127.0.0.1')).toEqual({ ack: 'ack' });
+      expect(await open(external!)).toEqual({ status: 500 });
+      const attempts = await tw.metrics.registry.getSingleMetric('tracewire_ws_connection_attempts_total')!.get();
+      expect(attempts.values.find((v) => v.labels.result === 'TW_CONFIG_INVALID')?.value).toBe(1);
+    } finally {
+      await tw.close();
+      await app.close();
+    }
+  });
+});
