@@ -135,6 +135,10 @@ export class Tracewire {
    */
   readonly fastifyPlugin = async (app: FastifyInstance): Promise<void> => {
     this.hub.attach(app.server);
+    // The app's close is tracewire's too: its WebSocket connections would keep the server from closing.
+    app.addHook('preClose', async () => {
+      await this.close();
+    });
   };
 
   /** True once `close()` was called (health checks report `shutting_down`). */

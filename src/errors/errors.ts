@@ -40,6 +40,7 @@ export const ERRORS = {
   TW_OTLP_TOO_MANY_SPANS: { status: 400, message: 'request holds %s spans, limit %s' },
   TW_OTLP_UNAUTHORISED: { status: 401, message: 'ingest token missing or wrong' },
   TW_OTLP_OVERLOADED: { status: 503, message: 'ingest queue full; retry after %s s' },
+  TW_OTLP_SHUTDOWN: { status: 503, message: 'the sidecar is shutting down; retry after %s s' },
   TW_OTLP_RATE_LIMITED: { status: 429, message: 'too many requests; retry after %s s' },
   // HTTP API
   TW_NOT_FOUND: { status: 404, message: 'no route %s' },

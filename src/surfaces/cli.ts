@@ -117,33 +117,43 @@ async function serve(flags: Record<string, string>, out: Out, err: Out): Promise
       if (stopping && r.judgement) atShutdown.set(r.judgement.verdict, (atShutdown.get(r.judgement.verdict) ?? 0) + 1);
     },
   });
-  let sc: Sidecar;
-  try {
-    sc = await startSidecar(tw, listen, otlpListen);
-  } catch (e) {
-    await tw.close();
-    throw e;
-  }
-  if (cfg.logLevel !== 'silent') {
-    out(`tracewire ${VERSION} serve (${cfg.mode} mode)\n${describeConfig(cfg)}`);
-    out(`tracewire listening on ${sc.publicUrl} (WebSocket ${sc.publicUrl.replace(/^http/, 'ws')}/v1/events, /metrics, /api/runs, /inspector)`);
-    out(`tracewire OTLP/HTTP receiver on ${sc.otlpUrl}/v1/traces`);
-  }
-  await untilSignal(async (signal) => {
+  // The signal handlers are there before the listeners open: a SIGTERM while start-up finishes waits for it, then shuts down.
+  const starting = startSidecar(tw, listen, otlpListen);
+  const stopped = untilSignal(async (signal) => {
     if (cfg.logLevel !== 'silent') out(`tracewire: ${signal}, shutting down (bound ${cfg.shutdownTimeoutMillis} ms)`);
     stopping = true;
-    await sc.close();
+    const started = await starting.catch(() => undefined);
+    if (started !== undefined) await started.close();
+    else await tw.close();
     if (cfg.logLevel !== 'silent') {
       const judged = [...atShutdown].map(([v, n]) => `${n} ${v}`).join(', ') || 'none';
       out(`tracewire: stopped; runs judged at shutdown: ${judged}`);
     }
   }, cfg.shutdownTimeoutMillis, err);
+  let sc: Sidecar;
+  try {
+    sc = await starting;
+  } catch (e) {
+    stopped.cancel();
+    await tw.close();
+    throw e;
+  }
+  if (cfg.logLevel !== 'silent' && !stopping) {
+    out(`tracewire ${VERSION} serve (${cfg.mode} mode)\n${describeConfig(cfg)}`);
+    out(`tracewire listening on ${sc.publicUrl} (WebSocket ${sc.publicUrl.replace(/^http/, 'ws')}/v1/events, /metrics, /api/runs, /inspector)`);
+    out(`tracewire OTLP/HTTP receiver on ${sc.otlpUrl}/v1/traces`);
+  }
+  await stopped;
   return 0;
 }
 
-/** Wait for SIGTERM/SIGINT, run `stop` within `boundMillis` (+1 s), then resolve. A second signal exits at once. */
-function untilSignal(stop: (signal: string) => Promise<void>, boundMillis: number, err: Out): Promise<void> {
-  return new Promise((resolve) => {
+/**
+ * Wait for SIGTERM/SIGINT, run `stop` within `boundMillis` (+1 s), then resolve. A second signal exits at once.
+ * `cancel()` takes the handlers off (start-up failed: the process exits by itself).
+ */
+function untilSignal(stop: (signal: string) => Promise<void>, boundMillis: number, err: Out): Promise<void> & { cancel(): void } {
+  let cancel = (): void => undefined;
+  const p = new Promise<void>((resolve) => {
     let stopping = false;
     const on = (signal: NodeJS.Signals): void => {
       if (stopping) {
@@ -170,7 +180,12 @@ function untilSignal(stop: (signal: string) => Promise<void>, boundMillis: numbe
     };
     process.on('SIGTERM', on);
     process.on('SIGINT', on);
+    cancel = () => {
+      process.off('SIGTERM', on);
+      process.off('SIGINT', on);
+    };
   });
+  return Object.assign(p, { cancel: () => cancel() });
 }
 
 async function runProbe(flags: Record<string, string>, out: Out, err: Out): Promise<number> {

@@ -145,7 +145,8 @@ export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
 /** The OTLP/HTTP app: `POST /v1/traces` feeding the OTLP bridges. */
 export async function buildOtlpApp(tw: Tracewire): Promise<FastifyInstance> {
   // Slow uploads must not hold a request slot for Node's default 300 s.
-  const app = Fastify({ logger: false, bodyLimit: tw.config.otlpMaxBodyBytes, requestTimeout: 30_000, connectionTimeout: 60_000, frameworkErrors, clientErrorHandler });
+  // return503OnClosing off: a request arriving during shutdown gets the receiver's own TW_OTLP_SHUTDOWN (with Retry-After).
+  const app = Fastify({ logger: false, bodyLimit: tw.config.otlpMaxBodyBytes, requestTimeout: 30_000, connectionTimeout: 60_000, frameworkErrors, clientErrorHandler, return503OnClosing: false });
   installErrorHandling(app);
   await app.register(otlpReceiver, { tw });
   return app;
@@ -196,14 +197,28 @@ export async function startSidecar(tw: Tracewire, listen: { host: string; port: 
     otlpUrl,
     close() {
       return (closing ??= (async () => {
-        // Stop taking spans first, then let the hub flush and close connections.
-        await otlpApp?.close();
+        // Stop taking spans first: no new OTLP connection; a request already being read gets a short while to
+        // finish (a body that never ends, or a connection that never sends one, must not hold the shutdown).
+        const drain = Math.min(OTLP_DRAIN_MILLIS, tw.config.shutdownTimeoutMillis / 4);
+        const otlpClosed = otlpApp?.close();
+        if (otlpApp !== undefined) {
+          await Promise.race([otlpClosed, new Promise((r) => setTimeout(r, drain).unref())]);
+          otlpApp.server.closeAllConnections();
+          await otlpClosed;
+        }
+        // Then the hub flushes and closes its connections (1001), and the runs in flight are judged.
         await tw.close();
-        await publicApp.close();
+        // Whatever is left on the public listener (a request never finished, a connection that sent nothing) is cut.
+        const publicClosed = publicApp.close();
+        publicApp.server.closeAllConnections();
+        await publicClosed;
       })());
     },
   };
 }
+
+/** How long an OTLP request already being read at shutdown may take to finish (at most a quarter of the shutdown bound). */
+const OTLP_DRAIN_MILLIS = 1000;
 
 /** Listen, turning the usual reasons a listener cannot start into TW_CONFIG_INVALID naming its option. */
 async function listenOn(app: FastifyInstance, at: { host: string; port: number }, option: string): Promise<void> {

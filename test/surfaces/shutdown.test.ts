@@ -3,10 +3,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import net from 'node:net';
+import Fastify from 'fastify';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { JwtVerifier } from '../../src/hub/auth.js';
-import { TestClient, until } from '../helpers.js';
+import { Tracewire } from '../../src/Tracewire.js';
+import { startTestSidecar, TestClient, until } from '../helpers.js';
 import { writeTsLoader } from '../support/tsLoader.js';
 
 /**
@@ -185,6 +188,124 @@ describe('graceful shutdown', () => {
     expect(cs.every((c) => c.frames.at(-1)?.code === 'TW_WS_SHUTDOWN')).toBe(true);
     expect(out).toMatch(/SIGTERM, shutting down \(bound 3000 ms\)/);
     expect(err).toBe('');
+  });
+
+  /** `tracewire serve` from source on free ports; resolves once it prints its listeners. */
+  async function serve(extra: string[] = []): Promise<{ child: ChildProcess; publicUrl: string; otlpUrl: string; output: () => { out: string; err: string } }> {
+    const child = spawn(
+      process.execPath,
+      ['--import', join(dir, 'register.mjs'), join(dir, 'tracewire.mjs'), 'serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--jwt-secret', SECRET, '--ws-heartbeat-ms', '0', ...extra],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    children.push(child);
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+    await until(() => /tracewire OTLP\/HTTP receiver on http:\/\/127\.0\.0\.1:\d+\/v1\/traces/.test(out) || child.exitCode !== null, 15_000, `serve to start; stdout: ${out} stderr: ${err}`);
+    return {
+      child,
+      publicUrl: /tracewire listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out)![1]!,
+      otlpUrl: /tracewire OTLP\/HTTP receiver on (http:\/\/127\.0\.0\.1:\d+)\/v1\/traces/.exec(out)![1]!,
+      output: () => ({ out, err }),
+    };
+  }
+
+  const rawConnect = (url: string, bytes?: string): Promise<net.Socket> =>
+    new Promise((resolve) => {
+      const u = new URL(url);
+      const s = net.connect(Number(u.port), u.hostname, () => {
+        if (bytes !== undefined) s.write(bytes);
+        resolve(s);
+      });
+      s.on('error', () => undefined);
+    });
+
+  it('connections that never finish a request (OTLP or public) do not hold the shutdown: clients still get 1001, exit 0 at once', async () => {
+    const { child, publicUrl, otlpUrl, output } = await serve(['--shutdown-timeout-ms', String(SHUTDOWN_MS)]);
+    const c = await client(publicUrl, 'u-1');
+    // A connection that sends nothing (a load balancer's TCP check), a body that never ends, a head that never ends.
+    const idle = await rawConnect(otlpUrl);
+    const body = await rawConnect(otlpUrl, 'POST /v1/traces HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"resourceSp');
+    const head = await rawConnect(publicUrl, 'GET /healthz HTTP/1.1\r\nHost: a\r\n');
+    await new Promise((r) => setTimeout(r, 100));
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    const { code, signal } = await exited(child);
+    expect({ code, signal }, JSON.stringify(output())).toEqual({ code: 0, signal: null });
+    expect(Date.now() - t0).toBeLessThan(SHUTDOWN_MS);
+    await c.until((x) => x.closeCode !== undefined, 2000, 'close');
+    expect(c.closeCode).toBe(1001);
+    expect(c.frames.at(-1)?.code).toBe('TW_WS_SHUTDOWN');
+    expect(output().out).toMatch(/tracewire: stopped; runs judged at shutdown/);
+    expect(output().err).toBe('');
+    for (const s of [idle, body, head]) s.destroy();
+  });
+
+  it('SIGTERM as soon as the listeners accept, before start-up finished printing, still shuts down cleanly (exit 0)', async () => {
+    // A free port known before the start: SIGTERM the moment it accepts a connection.
+    const port = await new Promise<number>((resolve) => {
+      const srv = net.createServer();
+      srv.listen(0, '127.0.0.1', () => {
+        const p = (srv.address() as net.AddressInfo).port;
+        srv.close(() => resolve(p));
+      });
+    });
+    const child = spawn(
+      process.execPath,
+      ['--import', join(dir, 'register.mjs'), join(dir, 'tracewire.mjs'), 'serve', '--listen', `127.0.0.1:${port}`, '--otlp-listen', '127.0.0.1:0', '--jwt-secret', SECRET, '--ws-heartbeat-ms', '0'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    children.push(child);
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+    const deadline = Date.now() + 15_000;
+    for (;;) {
+      const ok = await new Promise<boolean>((resolve) => {
+        const s = net.connect(port, '127.0.0.1', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.on('error', () => resolve(false));
+      });
+      if (ok) break;
+      if (Date.now() > deadline || child.exitCode !== null) throw new Error(`serve never listened: ${out}`);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    child.kill('SIGTERM');
+    expect(await exited(child), out).toEqual({ code: 0, signal: null });
+    expect(out).toMatch(/SIGTERM, shutting down/);
+  });
+
+  it('an OTLP request that arrives while tracewire is closing gets 503 TW_OTLP_SHUTDOWN with Retry-After, not a silent loss', async () => {
+    const sc = await startTestSidecar({}, true);
+    try {
+      const closing = sc.tw.close();
+      const res = await fetch(`${sc.otlpUrl}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: liveAgentSpans(1) });
+      expect(res.status).toBe(503);
+      expect(res.headers.get('retry-after')).toBe('1');
+      expect(res.headers.get('x-tracewire-error')).toBe('TW_OTLP_SHUTDOWN');
+      expect(((await res.json()) as { details: Array<{ reason: string }> }).details[0]!.reason).toBe('TW_OTLP_SHUTDOWN');
+      await closing;
+    } finally {
+      await sc.close();
+    }
+  });
+
+  it('library: closing the fastify app closes tracewire too (clients get 1001), instead of waiting on their connections', async () => {
+    const tw = new Tracewire({ jwtSecret: SECRET, wsHeartbeatMillis: 0, logLevel: 'silent' });
+    const app = Fastify();
+    await app.register(tw.fastifyPlugin);
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const c = await client(`http://127.0.0.1:${(app.server.address() as net.AddressInfo).port}`, 'u-2');
+    const t0 = Date.now();
+    await app.close();
+    expect(Date.now() - t0).toBeLessThan(SHUTDOWN_MS);
+    expect(tw.closing).toBe(true);
+    await c.until((x) => x.closeCode !== undefined, 2000, 'close');
+    expect(c.closeCode).toBe(1001);
+    await tw.close();
   });
 
   it('an embedded sidecar: queued events go out before 1001, and the 100 in-flight runs are judged interrupted (not missing_events)', async () => {

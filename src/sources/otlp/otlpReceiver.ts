@@ -69,6 +69,8 @@ export async function otlpReceiver(app: FastifyInstance, opts: { tw: Tracewire }
     bodyLimit: limit,
     onRequest: (req, reply, done) => {
       const state = stateOf(req);
+      // A request on a connection kept alive into the shutdown: spans it carries would be lost; the exporter retries (elsewhere).
+      if (tw.closing) return done(new TracewireError('TW_OTLP_SHUTDOWN', RETRY_AFTER_SECONDS));
       if (token !== '' && !safeEqual(bearerOf(req.headers.authorization) ?? '', token)) return done(new TracewireError('TW_OTLP_UNAUTHORISED'));
       if (state.encoding === 'unsupported') return done(new TracewireError('TW_OTLP_UNSUPPORTED_MEDIA', mediaType(req.headers['content-type']) || '(none)'));
       const enc = contentEncodingOf(req.headers['content-encoding']);
