@@ -2,7 +2,7 @@ import { TracewireError } from '../errors/errors.js';
 import { Fifo, NumberFifo } from '../util/Fifo.js';
 import type { DropReason, EventType, Metrics, Verdict } from './Metrics.js';
 import { AuditMatcher } from './AuditMatcher.js';
-import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, Judgement, RunRecord, type AuditOutcome, type EventRecord, type ExplainContext, type ForcedCause } from './RunRecord.js';
+import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, Judgement, RunRecord, type AuditOutcome, type EventRecord, type ExplainContext, type ForcedCause, type SpanSummary } from './RunRecord.js';
 
 export interface RunLedgerOptions {
   readonly mode: 'emit' | 'audit';
@@ -103,6 +103,8 @@ export class RunLedger {
   private readonly judgedOrder = new Fifo<RunRecord>();
   /** Estimated bytes of the runs in `judged` (see `keptBytesOf`). */
   private keptBytes = 0;
+  /** Each judged run's `keptBytesOf`, computed once when it was judged, by run id (the runs of `judged`). */
+  private readonly judgedBytes = new Map<string, number>();
   /**
    * The `agent` label a judged run was counted under in tracewire_runs_total,
    * for the runs whose label is not their agent name (`other` past
@@ -351,7 +353,9 @@ export class RunLedger {
       if (prev === record) this.indexDead--; // it stays in the index
     }
     this.judged.set(record.runId, record);
-    this.keptBytes += keptBytesOf(record);
+    const bytes = keptBytesOf(record);
+    this.judgedBytes.set(record.runId, bytes);
+    this.keptBytes += bytes;
     this.judgedOrder.push(record);
     // Oldest first from a queue: finding a Map's first live key is O(deleted entries) in V8.
     const maxCount = this.opts.runsMaxCount;
@@ -368,7 +372,8 @@ export class RunLedger {
   /** A judged run leaves the runs API (its list index entry goes at the next compaction). */
   private forgetJudged(r: RunRecord): void {
     this.judged.delete(r.runId);
-    this.keptBytes -= keptBytesOf(r);
+    this.keptBytes -= this.judgedBytes.get(r.runId) ?? 0;
+    this.judgedBytes.delete(r.runId);
     this.indexDead++;
   }
 
@@ -431,17 +436,48 @@ export class RunLedger {
 }
 
 /**
- * What a judged run is counted as for runsMaxBytes: a fixed part and about
- * 240 bytes per expected event (measured: a judged run keeps its events'
- * records and its spans' summaries, 470–490 bytes per span and two events per
- * span for runs of 10 and 1,000 tools). Read from the verdict, which never
- * changes, so a run counts the same when it is kept and when it goes.
+ * What a judged run is counted as for runsMaxBytes: a fixed part, about 240
+ * bytes per expected event (measured: a judged run keeps its events' records
+ * and its spans' summaries, 470–490 bytes per span and two events per span
+ * for runs of 10 and 1,000 tools, with short names), and one byte per
+ * character of every string it keeps that a sender chose: its ids, agent,
+ * user (twice: the verdict's sentence names it) and conversation, and per
+ * span its name (a thinking span's model), tool call id, error, and the user and conversation
+ * ids it carried itself (an inherited one is the parent's string). Those are
+ * bounded by classify() (256 characters for names, 1,024 for ids); one byte
+ * per character is what V8 keeps for Latin-1 text (other text takes two).
+ * Computed once, when the run is judged (O(spans)), and kept with it, so a
+ * run counts the same when it is kept and when it goes (late spans may still
+ * change its span list).
  */
 function keptBytesOf(r: RunRecord): number {
-  return KEPT_RUN_BYTES + KEPT_EVENT_BYTES * (r.judgement?.expected ?? r.events.length);
+  let n = KEPT_RUN_BYTES + KEPT_EVENT_BYTES * (r.judgement?.expected ?? r.events.length);
+  n += r.runId.length + r.traceId.length + r.spanId.length + r.agent.length + 2 * len(r.user) + len(r.conversation);
+  for (const s of r.spans as readonly KeptSpan[]) {
+    n += len(s.name) + len(s.error);
+    // A thinking span's model is its name (one string); an agent keeps no model (its slot holds its parent agent's name).
+    if (s.kind === 'tool') n += len(s.callId);
+    if (s.ownUser === true) n += len(s.user);
+    if (s.ownConv === true) n += len(s.conv);
+  }
+  return n;
 }
 const KEPT_RUN_BYTES = 512;
 const KEPT_EVENT_BYTES = 240;
+
+const len = (s: string | undefined): number => (s === undefined ? 0 : s.length);
+
+/**
+ * A kept span as the bridge keeps it (its span node): besides the summary,
+ * the tool call id and the ids it carried itself. Read where present.
+ */
+interface KeptSpan extends SpanSummary {
+  readonly callId?: string;
+  readonly user?: string;
+  readonly conv?: string;
+  readonly ownUser?: boolean;
+  readonly ownConv?: boolean;
+}
 
 /** The list index's order: start time, then open order (runs opened in the same millisecond append). */
 function byKey(a: RunRecord, b: RunRecord): number {

@@ -95,7 +95,7 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'otlpToken', flag: '--otlp-token', env: 'TRACEWIRE_OTLP_TOKEN', kind: 'secret', default: '', doc: 'bearer token required on /v1/traces; empty: none' },
   { key: 'apiToken', flag: '--api-token', env: 'TRACEWIRE_API_TOKEN', kind: 'secret', default: '', doc: 'bearer token required on /api/runs and /inspector; empty: none' },
   { key: 'runsMaxCount', flag: '--runs-max-count', env: 'TRACEWIRE_RUNS_MAX_COUNT', kind: 'int', min: 1, default: '10000', doc: 'judged runs kept for the runs API' },
-  { key: 'runsMaxBytes', flag: '--runs-max-bytes', env: 'TRACEWIRE_RUNS_MAX_BYTES', kind: 'int', min: 65536, default: '268435456', doc: 'estimated bytes of judged runs kept for the runs API (about 240 per event); the earliest judged are dropped past it' },
+  { key: 'runsMaxBytes', flag: '--runs-max-bytes', env: 'TRACEWIRE_RUNS_MAX_BYTES', kind: 'int', min: 65536, default: '268435456', doc: 'estimated bytes of judged runs kept for the runs API (512 per run, 240 per event, plus the strings they keep); the earliest judged are dropped past it' },
   { key: 'runsMaxAgeMillis', flag: '--runs-max-age-ms', env: 'TRACEWIRE_RUNS_MAX_AGE_MS', kind: 'int', min: 1, default: '3600000', doc: 'how long judged runs are kept for the runs API' },
   { key: 'maxAgentLabels', flag: '--max-agent-labels', env: 'TRACEWIRE_MAX_AGENT_LABELS', kind: 'int', min: 1, default: '50', doc: 'distinct agent label values on metrics; later agents are "other"' },
   { key: 'shutdownTimeoutMillis', flag: '--shutdown-timeout-ms', env: 'TRACEWIRE_SHUTDOWN_TIMEOUT_MS', kind: 'int', min: 0, default: '10000', doc: 'bound on graceful shutdown' },

@@ -1,5 +1,40 @@
-import type { LifecycleKind } from '../audit/Metrics.js';
+import { spanValuesLimited, type LifecycleKind } from '../audit/Metrics.js';
 import { STATUS_ERROR, type Attributes, type SpanInput } from './SpanInput.js';
+
+/**
+ * Length limits on what tracewire keeps from a span (as OTel SDKs limit
+ * attribute lengths), so a judged run kept for the runs API holds bounded
+ * strings whatever a sender puts in its spans.
+ *
+ * Names, model, tool call id and error text longer than MAX_NAME_CHARS are
+ * cut to that length, the last character being "…" (U+2026). Tool and model
+ * names, call ids and error types are far shorter (tool names are at most 64
+ * characters at the major model APIs); 256 keeps every real one whole and an
+ * event frame small.
+ *
+ * User and conversation ids are never cut: two ids sharing a prefix would
+ * become one, and one user would receive another's events. An id longer than
+ * MAX_ID_CHARS is treated as absent (the run then has no user, or no
+ * conversation, unless it inherits one): user ids are UUIDs, e-mail addresses
+ * (at most 254 characters) or OIDC subjects (at most 255), so 1,024 leaves room
+ * for any real id.
+ *
+ * Both are counted in tracewire_span_values_limited_total{field}, once per span
+ * when its end is classified.
+ */
+export const MAX_NAME_CHARS = 256;
+export const MAX_ID_CHARS = 1024;
+/** The last character of a cut value. */
+export const CUT_MARK = '\u2026';
+
+// Indexes into spanValuesLimited (the order of SPAN_LIMITED_FIELDS in Metrics).
+const F_USER = 0;
+const F_CONVERSATION = 1;
+const F_AGENT = 2;
+const F_TOOL = 3;
+const F_MODEL = 4;
+const F_CALL_ID = 5;
+const F_ERROR = 6;
 
 /**
  * What the conventions say about one span. `kind` undefined means the span is
@@ -33,27 +68,58 @@ function str(v: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * `s` cut to MAX_NAME_CHARS (counted under `field` when `count`). The cut is
+ * a flat copy: a slice (or a slice plus the mark) would keep the whole
+ * original string alive.
+ */
+function capped(s: string | undefined, field: number, count: boolean): string | undefined {
+  if (s === undefined || s.length <= MAX_NAME_CHARS) return s;
+  if (count) spanValuesLimited[field]!++;
+  let end = MAX_NAME_CHARS - 1;
+  // Not between the two halves of a surrogate pair.
+  const c = s.charCodeAt(end - 1);
+  if (c >= 0xd800 && c <= 0xdbff) end--;
+  return [s.slice(0, end), CUT_MARK].join('');
+}
+
+/** An id value, or undefined when absent or longer than MAX_ID_CHARS (counted under `field` when `count`). */
+function idOf(v: unknown, field: number, count: boolean): string | undefined {
+  const s = str(v);
+  if (s === undefined || s.length <= MAX_ID_CHARS) return s;
+  if (count) spanValuesLimited[field]!++;
+  return undefined;
+}
+
 function after(name: string, prefix: string): string | undefined {
   return name.length > prefix.length && name.startsWith(prefix) ? name.slice(prefix.length) : undefined;
 }
 
-/** User id from the span's own attributes (not inherited). */
+/** User id from the span's own attributes (not inherited); one over MAX_ID_CHARS is absent. */
 export function userOf(a: Attributes): string | undefined {
-  return str(a['user.id']) ?? str(a['enduser.id']) ?? str(a['ai.telemetry.metadata.userId']);
+  return userIn(a, false);
 }
 
-/** Conversation id from the span's own attributes (not inherited). */
+/** Conversation id from the span's own attributes (not inherited); one over MAX_ID_CHARS is absent. */
 export function conversationOf(a: Attributes): string | undefined {
+  return conversationIn(a, false);
+}
+
+function userIn(a: Attributes, count: boolean): string | undefined {
+  return idOf(a['user.id'], F_USER, count) ?? idOf(a['enduser.id'], F_USER, count) ?? idOf(a['ai.telemetry.metadata.userId'], F_USER, count);
+}
+
+function conversationIn(a: Attributes, count: boolean): string | undefined {
   return (
-    str(a['gen_ai.conversation.id']) ?? str(a['session.id']) ??
-    str(a['ai.telemetry.metadata.conversationId']) ?? str(a['ai.telemetry.metadata.sessionId'])
+    idOf(a['gen_ai.conversation.id'], F_CONVERSATION, count) ?? idOf(a['session.id'], F_CONVERSATION, count) ??
+    idOf(a['ai.telemetry.metadata.conversationId'], F_CONVERSATION, count) ?? idOf(a['ai.telemetry.metadata.sessionId'], F_CONVERSATION, count)
   );
 }
 
-function errorOf(span: SpanInput): string | undefined {
+function errorOf(span: SpanInput, count: boolean): string | undefined {
   const et = str(span.attributes['error.type']);
-  if (et !== undefined) return et;
-  if (span.statusCode === STATUS_ERROR) return span.statusMessage || 'error';
+  if (et !== undefined) return capped(et, F_ERROR, count);
+  if (span.statusCode === STATUS_ERROR) return capped(span.statusMessage || 'error', F_ERROR, count);
   return undefined;
 }
 
@@ -120,27 +186,40 @@ function genaiNameSuffix(name: string): string | undefined {
   return sp > 0 && GENAI_THINKING.has(name.slice(0, sp)) ? str(name.slice(sp + 1).trim()) : undefined;
 }
 
+/**
+ * What the conventions say about `span`, its strings within the limits above
+ * (MAX_NAME_CHARS, MAX_ID_CHARS): the one place both span sources go through.
+ * Within the limits (nearly every span) this costs a length check per value.
+ */
 export function classify(span: SpanInput): Classified {
   const a = span.attributes;
   const { kind, convention } = kindOf(span);
+  // A value over a limit is counted once per span: at its end (a span that never ends is not counted).
+  const count = span.endMs !== undefined;
   let name: string | undefined;
   let callId: string | undefined;
   let model: string | undefined;
   if (kind === 'agent') {
-    name =
+    name = capped(
       str(a['gen_ai.agent.name']) ?? after(span.name, 'invoke_agent ') ?? after(span.name, 'invoke_workflow ') ??
-      str(a['ai.telemetry.functionId']) ?? str(a['agent.name']) ?? str(a['traceloop.entity.name']) ??
-      str(a['gen_ai.workflow.name']) ?? span.name;
-    model = str(a['gen_ai.request.model']);
+        str(a['ai.telemetry.functionId']) ?? str(a['agent.name']) ?? str(a['traceloop.entity.name']) ??
+        str(a['gen_ai.workflow.name']) ?? span.name,
+      F_AGENT, count,
+    );
+    model = capped(str(a['gen_ai.request.model']), F_MODEL, count);
   } else if (kind === 'tool') {
-    name =
+    name = capped(
       str(a['gen_ai.tool.name']) ?? after(span.name, 'execute_tool ') ?? str(a['ai.toolCall.name']) ??
-      str(a['tool.name']) ?? str(a['traceloop.entity.name']) ?? span.name;
-    callId = str(a['gen_ai.tool.call.id']) ?? str(a['ai.toolCall.id']) ?? str(a['tool_call.id']);
+        str(a['tool.name']) ?? str(a['traceloop.entity.name']) ?? span.name,
+      F_TOOL, count,
+    );
+    callId = capped(str(a['gen_ai.tool.call.id']) ?? str(a['ai.toolCall.id']) ?? str(a['tool_call.id']), F_CALL_ID, count);
   } else if (kind === 'thinking') {
-    model =
+    model = capped(
       str(a['gen_ai.request.model']) ?? str(a['ai.model.id']) ?? str(a['llm.model_name']) ?? str(a['llm.request.model']) ??
-      (convention === 'gen_ai' ? genaiNameSuffix(span.name) : undefined);
+        (convention === 'gen_ai' ? genaiNameSuffix(span.name) : undefined),
+      F_MODEL, count,
+    );
     name = model;
   }
   return {
@@ -148,9 +227,9 @@ export function classify(span: SpanInput): Classified {
     name,
     callId,
     model,
-    user: userOf(a) ?? span.baggageUser,
-    conversation: conversationOf(a) ?? span.baggageConversation,
-    error: kind === undefined ? undefined : errorOf(span),
+    user: userIn(a, count) ?? idOf(span.baggageUser, F_USER, count),
+    conversation: conversationIn(a, count) ?? idOf(span.baggageConversation, F_CONVERSATION, count),
+    error: kind === undefined ? undefined : errorOf(span, count),
     convention,
   };
 }

@@ -362,8 +362,10 @@ describe('runs API', () => {
     expect((await getJson(sc, `/api/runs/${ids[11]}`)).status).toBe(200);
     expect(await metricValue(sc, 'tracewire_runs_trimmed_total', { reason: 'max_count' })).toBe(7);
     expect(await metricValue(sc, 'tracewire_runs_kept')).toBe(5);
-    // A tiny run: agent_started and agent_completed, counted as 512 + 2 × 240 bytes.
-    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(5 * 992);
+    // A tiny run: agent_started and agent_completed, counted as 512 + 2 × 240 bytes, plus a byte per character of its
+    // strings: run, trace and span ids (49 + 32 + 16), agent "alpha" (the run's and its span's name), user "u9" (the
+    // run's, its verdict sentence's, and the span's own attribute).
+    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(5 * (992 + 97 + 2 * 5 + 3 * 2));
     await sleep(450);
     expect((await getJson(sc, `/api/runs/${ids[11]}`)).status).toBe(404);
     expect((await getJson(sc, '/api/runs')).body.runs).toEqual([]);
@@ -389,7 +391,9 @@ describe('runs API', () => {
       });
       return `${traceId}-${top}`;
     };
-    // 5 runs of 199 tools (400 events, 96,512 bytes each): two fit in 200,000.
+    // 5 runs of 199 tools (400 events, 96,512 bytes each, plus 1,315 bytes of strings: run, trace and span ids 97,
+    // agent "big" twice, user "nobody" three times, 199 tool names "lookup"): two fit in 200,000.
+    const strings = (tools: number): number => 97 + 2 * 3 + 3 * 6 + tools * 6;
     const ids: string[] = [];
     for (let i = 0; i < 5; i++) {
       ids.push(bigRun(199));
@@ -399,13 +403,13 @@ describe('runs API', () => {
     expect((await getJson(sc, '/api/runs')).body.runs.map((r: Summary) => r.run_id)).toEqual([ids[4], ids[3]]);
     expect((await getJson(sc, `/api/runs/${ids[2]}`)).status).toBe(404);
     expect(await metricValue(sc, 'tracewire_runs_trimmed_total', { reason: 'max_bytes' })).toBe(3);
-    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(2 * 96_512);
+    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(2 * (96_512 + strings(199)));
     // One run larger than the bound on its own is still kept (the last judged stays), alone.
     const huge = bigRun(500);
     await until(() => s.tw.ledger.get(huge)?.judgement !== undefined, 3000, 'verdict');
     expect(s.tw.ledger.judgedCount).toBe(1);
     expect((await getJson(sc, `/api/runs/${huge}`)).status).toBe(200);
-    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(512 + 240 * 1002);
+    expect(await metricValue(sc, 'tracewire_runs_kept_bytes')).toBe(512 + 240 * 1002 + strings(500));
     expect(await metricValue(sc, 'tracewire_runs_trimmed_total', { reason: 'max_bytes' })).toBe(5);
   });
 

@@ -96,3 +96,32 @@ describe('lifecycle spans outside every run (in process)', () => {
     client.close();
   });
 });
+
+describe('a user id from W3C baggage (in process)', () => {
+  it('routes the run; one over 1,024 characters is ignored as absent (never cut into another user\'s id)', async () => {
+    const { context, propagation, trace } = await import('@opentelemetry/api');
+    sc = await startTestSidecar();
+    const { tracer } = inProcessTracer(sc);
+    const short = 'b'.repeat(100);
+    const client = await connectAcked(sc, short);
+    // Someone whose id is the first 1,024 characters of the long one.
+    const prefix = await connectAcked(sc, 'b'.repeat(1024));
+    const runWithBaggage = (user: string): string => {
+      const ctx = propagation.setBaggage(context.active(), propagation.createBaggage({ 'user.id': { value: user } }));
+      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner' } }, ctx);
+      // A child inherits its user from its parent's context (the processor's inheritance, not classify's).
+      tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, trace.setSpan(ctx, top)).end();
+      top.end();
+      return `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    };
+    const ok = runWithBaggage(short);
+    const long = runWithBaggage('b'.repeat(2000));
+    await client.until((c) => c.events.length === 4, 5000, 'the short-id run');
+    await new Promise((r) => setTimeout(r, 300));
+    expect(sc.tw.ledger.get(ok)!.judgement).toMatchObject({ verdict: 'complete' });
+    expect(sc.tw.ledger.get(long)!.judgement).toMatchObject({ verdict: 'missing_events', mainReason: 'no_user' });
+    expect(prefix.events).toEqual([]);
+    client.close();
+    prefix.close();
+  });
+});

@@ -65,12 +65,14 @@ process.on('message', async (m) => {
   }
   if (m.type === 'flood') {
     const t0 = Date.now();
-    const callId = 'c'.repeat(m.callIdBytes);
+    // Large frames: tracewire keeps at most 256 characters of a call id, but a conversation id whole (up to 1,024).
+    const callId = 'c'.repeat(Math.min(m.callIdBytes, 240));
+    const conv = 'k'.repeat(Math.min(m.callIdBytes, 1000));
     const top = tracer.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': m.user } });
     const ctx = trace.setSpan(context.active(), top);
     for (let i = 0; i < m.tools; ) {
       for (let j = 0; j < m.batch && i < m.tools; j++, i++) {
-        tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup', 'gen_ai.tool.call.id': callId + i } }, ctx).end();
+        tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup', 'gen_ai.tool.call.id': callId + i, 'gen_ai.conversation.id': conv } }, ctx).end();
       }
       await sleep(m.pauseMs);
     }
@@ -246,13 +248,13 @@ describe('backpressure', () => {
     await stalled.until((c) => c.frames.some((f) => f.type === 'ack'), 5000, 'ack');
     (ws as unknown as { _socket: Socket })._socket.pause();
 
-    const callId = 'x'.repeat(2000);
+    const callId = 'x'.repeat(240);
     const top = tracer.startSpan('invoke_agent supervisor', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'supervisor', 'user.id': 'v' } });
     const ctx = trace.setSpan(context.active(), top);
     const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
     for (let i = 0; i < tools; ) {
       for (let j = 0; j < 50 && i < tools; j++, i++) {
-        tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup', 'gen_ai.tool.call.id': callId + i } }, ctx).end();
+        tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup', 'gen_ai.tool.call.id': callId + i, 'gen_ai.conversation.id': 'v'.repeat(1000) } }, ctx).end();
       }
       await new Promise((r) => setImmediate(r));
     }
