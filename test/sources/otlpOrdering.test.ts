@@ -405,6 +405,16 @@ describe('a run whose top-level agent waits for a parent that never arrives (ano
   });
 });
 
+/** The events of a supervisor run whose researcher sub-agent (in another service) calls one tool. */
+const SUB_AGENT_RUN = [
+  [1, 'agent_started', 'supervisor'],
+  [2, 'agent_started', 'researcher'],
+  [3, 'tool_executing', 'researcher'],
+  [4, 'tool_completed', 'researcher'],
+  [5, 'agent_completed', 'researcher'],
+  [6, 'agent_completed', 'supervisor'],
+];
+
 describe('a sub-agent in another service (its parent span is remote)', () => {
   it('stays in its caller\'s run when the caller\'s span has arrived already, inheriting its user', async () => {
     await withOwnSidecar({}, async ({ s2, verdicts, tracer, postFinished }) => {
@@ -425,14 +435,7 @@ describe('a sub-agent in another service (its parent span is remote)', () => {
       supervisor.end();
       await postFinished();
       await until(() => verdicts.length === 1, 5000, 'the verdict');
-      expect(client.events.map((e) => [e.seq, e.type, e.agent])).toEqual([
-        [1, 'agent_started', 'supervisor'],
-        [2, 'agent_started', 'researcher'],
-        [3, 'tool_executing', 'researcher'],
-        [4, 'tool_completed', 'researcher'],
-        [5, 'agent_completed', 'researcher'],
-        [6, 'agent_completed', 'supervisor'],
-      ]);
+      expect(client.events.map((e) => [e.seq, e.type, e.agent])).toEqual(SUB_AGENT_RUN);
       expect(client.events[1]!.data).toMatchObject({ agent: 'researcher', parent_agent: 'supervisor' });
       expect(verdicts[0]!.judgement).toMatchObject({ verdict: 'complete', expected: 6, delivered: 6 });
       expect(await metricValue(s2, 'tracewire_events_dropped_total', { reason: 'no_user' })).toBe(0);
@@ -500,14 +503,7 @@ describe('two services\' spans in one request (a Collector grouping them), the c
       // One request, service B's spans first (grouped by resource), each service's in end order.
       await postJson(s2.otlpUrl!, jsonRequest([...mem.getFinishedSpans(), ...aSpans].map((x) => jsonSpan(x))));
       await until(() => verdicts.length === 1, 5000, 'the verdict');
-      expect(client.events.map((e) => [e.seq, e.type, e.agent])).toEqual([
-        [1, 'agent_started', 'supervisor'],
-        [2, 'agent_started', 'researcher'],
-        [3, 'tool_executing', 'researcher'],
-        [4, 'tool_completed', 'researcher'],
-        [5, 'agent_completed', 'researcher'],
-        [6, 'agent_completed', 'supervisor'],
-      ]);
+      expect(client.events.map((e) => [e.seq, e.type, e.agent])).toEqual(SUB_AGENT_RUN);
       expect(client.events[1]!.data).toMatchObject({ agent: 'researcher', parent_agent: 'supervisor' });
       expect(verdicts[0]!.judgement).toMatchObject({ verdict: 'complete', expected: 6, delivered: 6 });
       await provider.shutdown();

@@ -139,57 +139,6 @@ function liveAgentSpans(n: number): string {
 }
 
 describe('graceful shutdown', () => {
-  it('tracewire serve: SIGTERM closes clients with 1001, refuses new ones, and exits 0 within the bound with 100 runs in flight', async () => {
-    const child = spawn(
-      process.execPath,
-      ['--import', join(dir, 'register.mjs'), join(dir, 'tracewire.mjs'), 'serve', '--listen', '127.0.0.1:0', '--otlp-listen', '127.0.0.1:0', '--jwt-secret', SECRET, '--shutdown-timeout-ms', String(SHUTDOWN_MS), '--ws-heartbeat-ms', '0'],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    children.push(child);
-    let out = '';
-    let err = '';
-    child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-    await until(() => /tracewire OTLP\/HTTP receiver on http:\/\/127\.0\.0\.1:\d+\/v1\/traces/.test(out) || child.exitCode !== null, 15_000, `serve to start; stdout: ${out} stderr: ${err}`);
-    const publicUrl = /tracewire listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(out)![1]!;
-    const otlpUrl = /tracewire OTLP\/HTTP receiver on (http:\/\/127\.0\.0\.1:\d+)\/v1\/traces/.exec(out)![1]!;
-
-    const users = Array.from({ length: USERS }, (_, i) => `u-${i}`);
-    const cs = await Promise.all(users.map((u) => client(publicUrl, u)));
-    const res = await fetch(`${otlpUrl}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: liveAgentSpans(RUNS) });
-    expect(res.status).toBe(200);
-    // Every run is live: its agent_started reached its user; all 100 are in flight.
-    await until(() => cs.reduce((n, c) => n + c.events.length, 0) >= RUNS, 5000, 'agent_started of every run');
-    expect(cs.flatMap((c) => c.events.map((e) => e.type))).toEqual(Array(RUNS).fill('agent_started'));
-    const health = (await (await fetch(`${publicUrl}/healthz`)).json()) as { runs_in_flight: number; connections: number };
-    expect(health).toMatchObject({ runs_in_flight: RUNS, connections: USERS });
-
-    const t0 = Date.now();
-    child.kill('SIGTERM');
-    await until(() => /SIGTERM, shutting down/.test(out), 2000, 'the shutdown to start');
-    // A connection attempted during shutdown (valid token) is refused (503, or the port is closed already), or,
-    // if it got in just before the hub stopped accepting, closed with 1001 like the others: never left open.
-    const lateToken = await new JwtVerifier(SECRET).sign('u-0', 3600);
-    const late = await new Promise<string>((resolve) => {
-      const ws = new WebSocket(`${publicUrl.replace('http', 'ws')}/v1/events`, { headers: { authorization: `Bearer ${lateToken}` } });
-      ws.on('unexpected-response', (_req, r) => resolve(`http ${r.statusCode}`));
-      ws.on('error', (e) => resolve(`error ${(e as NodeJS.ErrnoException).code ?? e.message}`));
-      ws.on('close', (code) => resolve(`close ${code}`));
-    });
-    expect(late).toMatch(/^(http 503|error ECONNREFUSED|error ECONNRESET|close 1001)$/);
-
-    const { code, signal } = await exited(child);
-    const took = Date.now() - t0;
-    expect({ code, signal }).toEqual({ code: 0, signal: null });
-    expect(took).toBeLessThan(SHUTDOWN_MS + 1000);
-    for (const c of cs) await c.until((x) => x.closeCode !== undefined, 2000, 'close');
-    expect(cs.map((c) => c.closeCode)).toEqual(Array(USERS).fill(1001));
-    expect(cs.map((c) => c.closeReason)).toEqual(Array(USERS).fill('TW_WS_SHUTDOWN'));
-    expect(cs.every((c) => c.frames.at(-1)?.code === 'TW_WS_SHUTDOWN')).toBe(true);
-    expect(out).toMatch(/SIGTERM, shutting down \(bound 3000 ms\)/);
-    expect(err).toBe('');
-  });
-
   /** `tracewire serve` from source on free ports; resolves once it prints its listeners. */
   async function serve(extra: string[] = []): Promise<{ child: ChildProcess; publicUrl: string; otlpUrl: string; output: () => { out: string; err: string } }> {
     const child = spawn(
@@ -220,6 +169,45 @@ describe('graceful shutdown', () => {
       });
       s.on('error', () => undefined);
     });
+
+  it('tracewire serve: SIGTERM closes clients with 1001, refuses new ones, and exits 0 within the bound with 100 runs in flight', async () => {
+    const { child, publicUrl, otlpUrl, output } = await serve(['--shutdown-timeout-ms', String(SHUTDOWN_MS)]);
+
+    const users = Array.from({ length: USERS }, (_, i) => `u-${i}`);
+    const cs = await Promise.all(users.map((u) => client(publicUrl, u)));
+    const res = await fetch(`${otlpUrl}/v1/traces`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: liveAgentSpans(RUNS) });
+    expect(res.status).toBe(200);
+    // Every run is live: its agent_started reached its user; all 100 are in flight.
+    await until(() => cs.reduce((n, c) => n + c.events.length, 0) >= RUNS, 5000, 'agent_started of every run');
+    expect(cs.flatMap((c) => c.events.map((e) => e.type))).toEqual(Array(RUNS).fill('agent_started'));
+    const health = (await (await fetch(`${publicUrl}/healthz`)).json()) as { runs_in_flight: number; connections: number };
+    expect(health).toMatchObject({ runs_in_flight: RUNS, connections: USERS });
+
+    const t0 = Date.now();
+    child.kill('SIGTERM');
+    await until(() => /SIGTERM, shutting down/.test(output().out), 2000, 'the shutdown to start');
+    // A connection attempted during shutdown (valid token) is refused (503, or the port is closed already), or,
+    // if it got in just before the hub stopped accepting, closed with 1001 like the others: never left open.
+    const lateToken = await new JwtVerifier(SECRET).sign('u-0', 3600);
+    const late = await new Promise<string>((resolve) => {
+      const ws = new WebSocket(`${publicUrl.replace('http', 'ws')}/v1/events`, { headers: { authorization: `Bearer ${lateToken}` } });
+      ws.on('unexpected-response', (_req, r) => resolve(`http ${r.statusCode}`));
+      ws.on('error', (e) => resolve(`error ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+      ws.on('close', (code) => resolve(`close ${code}`));
+    });
+    expect(late).toMatch(/^(http 503|error ECONNREFUSED|error ECONNRESET|close 1001)$/);
+
+    const { code, signal } = await exited(child);
+    const took = Date.now() - t0;
+    expect({ code, signal }).toEqual({ code: 0, signal: null });
+    expect(took).toBeLessThan(SHUTDOWN_MS + 1000);
+    for (const c of cs) await c.until((x) => x.closeCode !== undefined, 2000, 'close');
+    expect(cs.map((c) => c.closeCode)).toEqual(Array(USERS).fill(1001));
+    expect(cs.map((c) => c.closeReason)).toEqual(Array(USERS).fill('TW_WS_SHUTDOWN'));
+    expect(cs.every((c) => c.frames.at(-1)?.code === 'TW_WS_SHUTDOWN')).toBe(true);
+    expect(output().out).toMatch(/SIGTERM, shutting down \(bound 3000 ms\)/);
+    expect(output().err).toBe('');
+  });
 
   it('connections that never finish a request (OTLP or public) do not hold the shutdown: clients still get 1001, exit 0 at once', async () => {
     const { child, publicUrl, otlpUrl, output } = await serve(['--shutdown-timeout-ms', String(SHUTDOWN_MS)]);
