@@ -132,10 +132,14 @@ export class Tracewire {
   /**
    * Fastify plugin: mounts the WebSocket endpoint (`/v1/events`) on the app's
    * server. Register it on the root instance: `app.register(tw.fastifyPlugin)`.
+   * Closing the app closes tracewire too (its WebSocket connections would
+   * keep the server from closing), unless registered with
+   * `{ closeWithApp: false }` (one Tracewire shared by several apps, or
+   * closed by its owner: `startSidecar` does so).
    */
-  readonly fastifyPlugin = async (app: FastifyInstance): Promise<void> => {
+  readonly fastifyPlugin = async (app: FastifyInstance, opts: { closeWithApp?: boolean } = {}): Promise<void> => {
     this.hub.attach(app.server);
-    // The app's close is tracewire's too: its WebSocket connections would keep the server from closing.
+    if (opts.closeWithApp === false) return;
     app.addHook('preClose', async () => {
       await this.close();
     });

@@ -46,16 +46,10 @@ export const RUNS_TRIM_BOUNDS = ['max_count', 'max_bytes'] as const;
 /**
  * Fields of tracewire_span_values_limited_total: span values over tracewire's
  * length limits (see conventions/classify.ts). User and conversation ids over
- * the limit are ignored (treated as absent); the others are cut.
+ * the limit are not kept (a run meeting such a user id is never routed; such a
+ * conversation id is absent); the others are cut.
  */
 export const SPAN_LIMITED_FIELDS = ['user_id', 'conversation_id', 'agent_name', 'tool_name', 'model', 'call_id', 'error'] as const;
-/**
- * Counts of tracewire_span_values_limited_total by SPAN_LIMITED_FIELDS index,
- * written by classify() (a pure function with no Metrics at hand, on the rare
- * path of a value over a limit). Process-wide: each Metrics reports what was
- * counted since it was created.
- */
-export const spanValuesLimited = new Float64Array(SPAN_LIMITED_FIELDS.length);
 
 /** Reasons of tracewire_ws_disconnects_total. */
 export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', 'heartbeat_timeout', 'token_expired', 'bad_frames', 'shutdown'] as const;
@@ -278,17 +272,22 @@ export class Metrics {
   readonly runsKept = new LiveGauge({ name: 'tracewire_runs_kept', help: 'Judged runs kept for the runs API and the inspector (bounded by runsMaxCount, runsMaxBytes and runsMaxAgeMillis).', registers: this.regs });
   readonly runsKeptBytes = new LiveGauge({ name: 'tracewire_runs_kept_bytes', help: 'Estimated bytes of the judged runs kept for the runs API (bounded by runsMaxBytes).', registers: this.regs });
   readonly runsTrimmed = new HotCounter({ name: 'tracewire_runs_trimmed_total', help: 'Judged runs the runs API gave up before their age (runsMaxAgeMillis), by the bound that gave them up.', labelNames: ['reason'] as const, registers: this.regs });
-  private readonly spanValuesLimitedBase = Float64Array.from(spanValuesLimited);
+  /**
+   * Counts of tracewire_span_values_limited_total by SPAN_LIMITED_FIELDS
+   * index, written by classify() (it takes this array: a value over a limit
+   * is rare, and a plain array write costs nothing on the common path).
+   */
+  readonly spanValuesLimitedCounts = new Float64Array(SPAN_LIMITED_FIELDS.length);
   readonly spanValuesLimited = new Counter({
     name: 'tracewire_span_values_limited_total',
-    help: 'Span values over tracewire\'s length limits, by field: user and conversation ids over 1024 characters ignored (treated as absent), names, model, call id and error text over 256 characters cut.',
+    help: 'Span values over tracewire\'s length limits, by field: user ids over 1024 characters make their run unroutable, conversation ids over 1024 characters are ignored, names, model, call id and error text over 256 characters are cut.',
     labelNames: ['field'] as const,
     registers: this.regs,
-    collect: ((base: Float64Array) =>
+    collect: ((counts: Float64Array) =>
       function collect(this: Counter<'field'>): void {
         this.reset();
-        for (let i = 0; i < SPAN_LIMITED_FIELDS.length; i++) this.inc({ field: SPAN_LIMITED_FIELDS[i]! }, spanValuesLimited[i]! - base[i]!);
-      })(this.spanValuesLimitedBase),
+        for (let i = 0; i < SPAN_LIMITED_FIELDS.length; i++) this.inc({ field: SPAN_LIMITED_FIELDS[i]! }, counts[i]!);
+      })(this.spanValuesLimitedCounts),
   });
   readonly heldEvents = new LiveGauge({ name: 'tracewire_held_events', help: 'Events held for users with no connection (bounded by maxHeldEvents).', registers: this.regs });
   readonly heldEventBytes = new LiveGauge({ name: 'tracewire_held_event_bytes', help: 'Estimated bytes of the events held for users with no connection (bounded by maxHeldBytes).', registers: this.regs });

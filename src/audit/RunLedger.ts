@@ -3,6 +3,7 @@ import { Fifo, NumberFifo } from '../util/Fifo.js';
 import type { DropReason, EventType, Metrics, Verdict } from './Metrics.js';
 import { AuditMatcher } from './AuditMatcher.js';
 import { EV_DELIVERED, EV_DROPPED, EV_HELD, EV_PENDING, Judgement, RunRecord, type AuditOutcome, type EventRecord, type ExplainContext, type ForcedCause, type SpanSummary } from './RunRecord.js';
+import { UNROUTABLE_USER } from '../conventions/classify.js';
 
 export interface RunLedgerOptions {
   readonly mode: 'emit' | 'audit';
@@ -457,7 +458,8 @@ function keptBytesOf(r: RunRecord): number {
     n += len(s.name) + len(s.error);
     // A thinking span's model is its name (one string); an agent keeps no model (its slot holds its parent agent's name).
     if (s.kind === 'tool') n += len(s.callId);
-    if (s.ownUser === true) n += len(s.user);
+    // UNROUTABLE_USER stands for an over-long id that was not kept (one shared string).
+    if (s.ownUser === true && s.user !== UNROUTABLE_USER) n += len(s.user);
     if (s.ownConv === true) n += len(s.conv);
   }
   return n;

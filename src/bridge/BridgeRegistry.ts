@@ -1,7 +1,7 @@
 import { DROP_REASONS, EVENT_TYPES, type DropReason, type EventType, type EvictionReason, type Metrics } from '../audit/Metrics.js';
 import type { EventRecord, RunRecord, SpanSummary } from '../audit/RunRecord.js';
 import type { RunLedger } from '../audit/RunLedger.js';
-import { classify } from '../conventions/classify.js';
+import { classify, UNROUTABLE_USER } from '../conventions/classify.js';
 import { BoundedMap } from '../util/BoundedMap.js';
 import { Fifo, NumberFifo } from '../util/Fifo.js';
 import { EvictionOrder } from '../util/EvictionOrder.js';
@@ -248,7 +248,7 @@ export class BridgeRegistry {
       }
       // In process the start was seen: the end of a thinking or tool span whose trace was not kept is outside
       // every run (and was counted at its start). An agent recognised only at its end opens its run now.
-      if (ended && this.opts.parentsArriveFirst && classify(span).kind !== 'agent') return;
+      if (ended && this.opts.parentsArriveFirst && classify(span, this.metrics.spanValuesLimitedCounts).kind !== 'agent') return;
       if (this.traces.size >= this.opts.maxTraces) this.evictOldestTrace();
       tb = new TraceBridge(span.traceId, this);
       this.traces.set(span.traceId, tb);
@@ -331,6 +331,12 @@ export class BridgeRegistry {
   }
 
   resolveUser(run: RunState, user: string): void {
+    // A run that met a user id over the limit is never routed (no later span's user may claim it).
+    if (run.unroutable) return;
+    if (user === UNROUTABLE_USER) {
+      run.unroutable = true;
+      return;
+    }
     run.user = user;
     const pending = run.unrouted;
     if (pending === undefined) return;
@@ -404,7 +410,7 @@ export class BridgeRegistry {
         return;
       }
     }
-    const kind = classify(span).kind;
+    const kind = classify(span, this.metrics.spanValuesLimitedCounts).kind;
     const late = kind === undefined ? undefined : END_TYPE[kind];
     if (late !== undefined) this.lateEvent(late);
   }

@@ -161,6 +161,8 @@ export class SpanNode {
  */
 export class RunState extends RunRecord {
   seq = 0;
+  /** A span of it named a user id over the limit (UNROUTABLE_USER): no user is ever taken for it (its events go as no_user). */
+  unroutable = false;
   /** Events produced before the run's user was known. */
   unrouted: OutboundEvent[] | undefined = undefined;
   /** Both let go when the run is released. */
@@ -280,7 +282,7 @@ export class TraceBridge {
   }
 
   handle(span: SpanInput, ended: boolean): void {
-    const c = classify(span);
+    const c = classify(span, this.reg.metrics.spanValuesLimitedCounts);
     let node = this.node(span.spanId);
     if (node === undefined) {
       const max = this.reg.opts.maxSpansPerRun;

@@ -1,4 +1,4 @@
-import { spanValuesLimited, type LifecycleKind } from '../audit/Metrics.js';
+import type { LifecycleKind } from '../audit/Metrics.js';
 import { STATUS_ERROR, type Attributes, type SpanInput } from './SpanInput.js';
 
 /**
@@ -24,6 +24,14 @@ import { STATUS_ERROR, type Attributes, type SpanInput } from './SpanInput.js';
  */
 export const MAX_NAME_CHARS = 256;
 export const MAX_ID_CHARS = 1024;
+/**
+ * The user of a span whose user id is over MAX_ID_CHARS: not a user anyone
+ * can have (a run that meets it is never routed, its events dropped as
+ * no_user), and it stops the search: a span that names a user must not fall
+ * back to another key, a parent's user or baggage, which could be someone
+ * else's.
+ */
+export const UNROUTABLE_USER = '\u0000(user id over 1024 characters)';
 /** The last character of a cut value. */
 export const CUT_MARK = '\u2026';
 
@@ -73,9 +81,9 @@ function str(v: unknown): string | undefined {
  * a flat copy: a slice (or a slice plus the mark) would keep the whole
  * original string alive.
  */
-function capped(s: string | undefined, field: number, count: boolean): string | undefined {
+function capped(s: string | undefined, field: number, counts: Float64Array | undefined): string | undefined {
   if (s === undefined || s.length <= MAX_NAME_CHARS) return s;
-  if (count) spanValuesLimited[field]!++;
+  if (counts !== undefined) counts[field]!++;
   let end = MAX_NAME_CHARS - 1;
   // Not between the two halves of a surrogate pair.
   const c = s.charCodeAt(end - 1);
@@ -83,43 +91,46 @@ function capped(s: string | undefined, field: number, count: boolean): string | 
   return [s.slice(0, end), CUT_MARK].join('');
 }
 
-/** An id value, or undefined when absent or longer than MAX_ID_CHARS (counted under `field` when `count`). */
-function idOf(v: unknown, field: number, count: boolean): string | undefined {
+/** An id value; undefined when absent, `over` when longer than MAX_ID_CHARS (counted under `field` into `counts`). */
+function idOf(v: unknown, field: number, counts: Float64Array | undefined, over: string | undefined): string | undefined {
   const s = str(v);
   if (s === undefined || s.length <= MAX_ID_CHARS) return s;
-  if (count) spanValuesLimited[field]!++;
-  return undefined;
+  if (counts !== undefined) counts[field]!++;
+  return over;
 }
 
 function after(name: string, prefix: string): string | undefined {
   return name.length > prefix.length && name.startsWith(prefix) ? name.slice(prefix.length) : undefined;
 }
 
-/** User id from the span's own attributes (not inherited); one over MAX_ID_CHARS is absent. */
+/** User id from the span's own attributes (not inherited); UNROUTABLE_USER for one over MAX_ID_CHARS. */
 export function userOf(a: Attributes): string | undefined {
-  return userIn(a, false);
+  return userIn(a, undefined);
 }
 
 /** Conversation id from the span's own attributes (not inherited); one over MAX_ID_CHARS is absent. */
 export function conversationOf(a: Attributes): string | undefined {
-  return conversationIn(a, false);
+  return conversationIn(a, undefined);
 }
 
-function userIn(a: Attributes, count: boolean): string | undefined {
-  return idOf(a['user.id'], F_USER, count) ?? idOf(a['enduser.id'], F_USER, count) ?? idOf(a['ai.telemetry.metadata.userId'], F_USER, count);
-}
-
-function conversationIn(a: Attributes, count: boolean): string | undefined {
+function userIn(a: Attributes, counts: Float64Array | undefined): string | undefined {
   return (
-    idOf(a['gen_ai.conversation.id'], F_CONVERSATION, count) ?? idOf(a['session.id'], F_CONVERSATION, count) ??
-    idOf(a['ai.telemetry.metadata.conversationId'], F_CONVERSATION, count) ?? idOf(a['ai.telemetry.metadata.sessionId'], F_CONVERSATION, count)
+    idOf(a['user.id'], F_USER, counts, UNROUTABLE_USER) ?? idOf(a['enduser.id'], F_USER, counts, UNROUTABLE_USER) ??
+    idOf(a['ai.telemetry.metadata.userId'], F_USER, counts, UNROUTABLE_USER)
   );
 }
 
-function errorOf(span: SpanInput, count: boolean): string | undefined {
+function conversationIn(a: Attributes, counts: Float64Array | undefined): string | undefined {
+  return (
+    idOf(a['gen_ai.conversation.id'], F_CONVERSATION, counts, undefined) ?? idOf(a['session.id'], F_CONVERSATION, counts, undefined) ??
+    idOf(a['ai.telemetry.metadata.conversationId'], F_CONVERSATION, counts, undefined) ?? idOf(a['ai.telemetry.metadata.sessionId'], F_CONVERSATION, counts, undefined)
+  );
+}
+
+function errorOf(span: SpanInput, counts: Float64Array | undefined): string | undefined {
   const et = str(span.attributes['error.type']);
-  if (et !== undefined) return capped(et, F_ERROR, count);
-  if (span.statusCode === STATUS_ERROR) return capped(span.statusMessage || 'error', F_ERROR, count);
+  if (et !== undefined) return capped(et, F_ERROR, counts);
+  if (span.statusCode === STATUS_ERROR) return capped(span.statusMessage || 'error', F_ERROR, counts);
   return undefined;
 }
 
@@ -191,11 +202,11 @@ function genaiNameSuffix(name: string): string | undefined {
  * (MAX_NAME_CHARS, MAX_ID_CHARS): the one place both span sources go through.
  * Within the limits (nearly every span) this costs a length check per value.
  */
-export function classify(span: SpanInput): Classified {
+export function classify(span: SpanInput, limited?: Float64Array): Classified {
   const a = span.attributes;
   const { kind, convention } = kindOf(span);
-  // A value over a limit is counted once per span: at its end (a span that never ends is not counted).
-  const count = span.endMs !== undefined;
+  // A value over a limit is counted (into `limited`, by field) once per span: at its end (a span that never ends is not counted).
+  const count = span.endMs !== undefined ? limited : undefined;
   let name: string | undefined;
   let callId: string | undefined;
   let model: string | undefined;
@@ -227,8 +238,8 @@ export function classify(span: SpanInput): Classified {
     name,
     callId,
     model,
-    user: userIn(a, count) ?? idOf(span.baggageUser, F_USER, count),
-    conversation: conversationIn(a, count) ?? idOf(span.baggageConversation, F_CONVERSATION, count),
+    user: userIn(a, count) ?? idOf(span.baggageUser, F_USER, count, UNROUTABLE_USER),
+    conversation: conversationIn(a, count) ?? idOf(span.baggageConversation, F_CONVERSATION, count, undefined),
     error: kind === undefined ? undefined : errorOf(span, count),
     convention,
   };

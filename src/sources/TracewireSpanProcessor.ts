@@ -3,7 +3,7 @@ import type { ReadableSpan, Span, SpanProcessor } from '@opentelemetry/sdk-trace
 import { performance } from 'node:perf_hooks';
 import type { Metrics } from '../audit/Metrics.js';
 import type { BridgeRegistry } from '../bridge/BridgeRegistry.js';
-import { conversationOf, MAX_ID_CHARS, userOf } from '../conventions/classify.js';
+import { conversationOf, MAX_ID_CHARS, UNROUTABLE_USER, userOf } from '../conventions/classify.js';
 import type { SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 
@@ -154,9 +154,10 @@ interface Inherited {
   readonly conversation: string | undefined;
 }
 
-/** A span start (`ctx` given: its parent context) or end (`ctx` undefined; `withEvents`: copy its span events). */
-const boundedId = (v: string | undefined): string | undefined => (v === undefined || v.length <= MAX_ID_CHARS ? v : undefined);
+/** A baggage id within MAX_ID_CHARS, else `over` (as classify() reads ids: a user id over it is UNROUTABLE_USER, a conversation id absent). */
+const boundedId = (v: string | undefined, over: string | undefined): string | undefined => (v === undefined || v.length <= MAX_ID_CHARS ? v : over);
 
+/** A span start (`ctx` given: its parent context) or end (`ctx` undefined; `withEvents`: copy its span events). */
 function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, withEvents: boolean, inherited: WeakMap<object, Inherited>): SpanInput {
   const ended = ctx === undefined;
   const sc = span.spanContext();
@@ -168,9 +169,9 @@ function toInput(span: ReadableSpan, ctx: Context | undefined, hookAt: number, w
   if (ctx !== undefined) {
     const bag = propagation.getBaggage(ctx);
     if (bag !== undefined) {
-      // Ids over MAX_ID_CHARS are absent, as in classify() (never cut: two users would become one).
-      baggageUser = boundedId(bag.getEntry('user.id')?.value ?? bag.getEntry('enduser.id')?.value);
-      baggageConversation = boundedId(bag.getEntry('gen_ai.conversation.id')?.value ?? bag.getEntry('session.id')?.value);
+      // Ids over MAX_ID_CHARS, as classify() reads them (never cut: two users would become one).
+      baggageUser = boundedId(bag.getEntry('user.id')?.value ?? bag.getEntry('enduser.id')?.value, UNROUTABLE_USER);
+      baggageConversation = boundedId(bag.getEntry('gen_ai.conversation.id')?.value ?? bag.getEntry('session.id')?.value, undefined);
     }
     const p = trace.getSpan(ctx) as unknown as { attributes?: Record<string, unknown> } | undefined;
     const fromAncestors = p !== undefined ? inherited.get(p) : undefined;

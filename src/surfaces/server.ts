@@ -104,7 +104,8 @@ const MAX_PARAM_LENGTH = 65_536;
 export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
   const app = Fastify({ logger: false, frameworkErrors, clientErrorHandler, routerOptions: { maxParamLength: MAX_PARAM_LENGTH } });
   installErrorHandling(app);
-  await app.register(tw.fastifyPlugin);
+  // The sidecar closes tracewire itself (Sidecar.close); a listener that fails to start must not close it.
+  await app.register(tw.fastifyPlugin, { closeWithApp: false });
 
   // Browsers ask for it on every inspector load; answer without a 404 in their console.
   app.get('/favicon.ico', async (_req, reply) => reply.status(204).send());

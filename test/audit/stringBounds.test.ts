@@ -141,6 +141,28 @@ describe('span strings are bounded on the way in, and counted in tracewire_runs_
     expect(await metricValue(s, 'tracewire_span_values_limited_total', { field: 'user_id' })).toBe(1);
   });
 
+  it('a span whose user id is over the limit is never routed to another user: not by its next key, not by its parent\'s user, not by a later span', async () => {
+    sc = await startTestSidecar({ graceMillis: 0 }, true);
+    const s = sc;
+    const alice = await connectAcked(s, 'alice');
+    const long = 'b'.repeat(1025);
+    // (i) The same span names alice under another key.
+    const both = await postRun(s, { 'gen_ai.agent.name': 'planner', 'user.id': long, 'enduser.id': 'alice' }, { 'gen_ai.tool.name': 'lookup' });
+    // (ii) alice's request span above an agent span that names the long id; (iii) a tool below it names alice.
+    const traceId = hex(16);
+    const [reqId, agentId] = [hex(8), hex(8)];
+    const r = await postJson(s.otlpUrl!, traceRequest(traceId, [
+      { spanId: hex(8), parentSpanId: agentId, name: 'execute_tool', attrs: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup', 'user.id': 'alice' } },
+      { spanId: agentId, parentSpanId: reqId, name: 'invoke_agent', attrs: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': long } },
+      { spanId: reqId, name: 'POST /chat', attrs: { 'user.id': 'alice' } },
+    ]));
+    expect(r.status).toBe(200);
+    for (const id of [both, `${traceId}-${agentId}`]) {
+      expect(await judged(s, id)).toMatchObject({ user: undefined, judgement: { verdict: 'missing_events', mainReason: 'no_user' } });
+    }
+    expect(alice.events).toEqual([]);
+  });
+
   it('a user sees an over-long tool name, call id and error cut to 256 characters ending in "…"', async () => {
     sc = await startTestSidecar({ graceMillis: 0 }, true);
     const s = sc;
@@ -191,5 +213,22 @@ describe('span strings are bounded on the way in, and counted in tracewire_runs_
     expect((await getJson(s, '/api/runs')).body.runs.map((r: { run_id: string }) => r.run_id)).toEqual(ids.slice(5).reverse());
     // The ids were kept whole.
     expect((await getJson(s, `/api/runs/${ids[7]}`)).body).toMatchObject({ user, conversation_id: conv });
+  });
+});
+
+describe('tracewire_span_values_limited_total per instance', () => {
+  it('counts in the instance that saw the span, not in every instance of the process', async () => {
+    const a = await startTestSidecar();
+    const b = await startTestSidecar();
+    try {
+      const tracer = new (await import('@opentelemetry/sdk-trace-base')).BasicTracerProvider({ spanProcessors: [a.tw.spanProcessor()] }).getTracer('limits');
+      tracer.startSpan('invoke_agent', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'n'.repeat(300), 'user.id': 'u' } }).end();
+      await new Promise((r) => setTimeout(r, 50));
+      expect(await metricValue(a, 'tracewire_span_values_limited_total', { field: 'agent_name' })).toBe(1);
+      expect(await metricValue(b, 'tracewire_span_values_limited_total', { field: 'agent_name' })).toBe(0);
+    } finally {
+      await a.close();
+      await b.close();
+    }
   });
 });

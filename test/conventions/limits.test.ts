@@ -1,8 +1,8 @@
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { describe, expect, it } from 'vitest';
-import { SPAN_LIMITED_FIELDS, spanValuesLimited } from '../../src/audit/Metrics.js';
-import { classify, conversationOf, MAX_ID_CHARS, MAX_NAME_CHARS, userOf } from '../../src/conventions/classify.js';
+import { SPAN_LIMITED_FIELDS } from '../../src/audit/Metrics.js';
+import { classify, conversationOf, MAX_ID_CHARS, MAX_NAME_CHARS, UNROUTABLE_USER, userOf } from '../../src/conventions/classify.js';
 import { STATUS_ERROR, STATUS_UNSET, type SpanInput } from '../../src/conventions/SpanInput.js';
 
 function span(name: string, attributes: Record<string, unknown> = {}, extra: Partial<SpanInput> = {}): SpanInput {
@@ -10,7 +10,6 @@ function span(name: string, attributes: Record<string, unknown> = {}, extra: Par
 }
 
 const cut = (c: string): string => `${c.repeat(MAX_NAME_CHARS - 1)}\u2026`;
-const limited = (field: (typeof SPAN_LIMITED_FIELDS)[number]): number => spanValuesLimited[SPAN_LIMITED_FIELDS.indexOf(field)]!;
 
 describe('classify: names, model, call id and error are cut to 256 characters', () => {
   it('keeps 256 characters whole and cuts 257 to 255 and "…"', () => {
@@ -62,33 +61,34 @@ describe('classify: names, model, call id and error are cut to 256 characters', 
 });
 
 describe('classify: user and conversation ids over 1,024 characters are ignored, never cut', () => {
-  it('keeps an id of 1,024 characters whole; one of 1,025 is absent', () => {
+  it('keeps an id of 1,024 characters whole; a user id of 1,025 is a user nobody can be, a conversation id of 1,025 is absent', () => {
     expect(MAX_ID_CHARS).toBe(1024);
     const id = 'u'.repeat(1024);
     const c = classify(span('invoke_agent', { 'gen_ai.operation.name': 'invoke_agent', 'user.id': id, 'gen_ai.conversation.id': id }));
     expect(c).toMatchObject({ user: id, conversation: id });
     const over = classify(span('invoke_agent', { 'gen_ai.operation.name': 'invoke_agent', 'user.id': `${id}x`, 'session.id': `${id}x` }));
-    expect(over.user).toBeUndefined();
+    expect(over.user).toBe(UNROUTABLE_USER);
     expect(over.conversation).toBeUndefined();
     // Also for the span processor's reading of a parent's attributes.
-    expect(userOf({ 'enduser.id': `${id}x` })).toBeUndefined();
+    expect(userOf({ 'enduser.id': `${id}x` })).toBe(UNROUTABLE_USER);
     expect(conversationOf({ 'gen_ai.conversation.id': `${id}x` })).toBeUndefined();
   });
 
-  it('an over-long id is absent: the next attribute, or baggage, may still name the user; over-long baggage is absent too', () => {
+  it('an over-long user id stops the search: no other key and no baggage names the user (they could be someone else\'s); over-long baggage is unroutable too', () => {
     const long = 'u'.repeat(2000);
-    expect(classify(span('x', { 'user.id': long, 'enduser.id': 'alice' })).user).toBe('alice');
-    expect(classify(span('x', { 'user.id': long }, { baggageUser: 'bob', baggageConversation: long })).user).toBe('bob');
-    expect(classify(span('x', {}, { baggageUser: long, baggageConversation: long }))).toMatchObject({ user: undefined, conversation: undefined });
+    expect(classify(span('x', { 'user.id': long, 'enduser.id': 'alice' })).user).toBe(UNROUTABLE_USER);
+    expect(classify(span('x', { 'user.id': long }, { baggageUser: 'bob', baggageConversation: long })).user).toBe(UNROUTABLE_USER);
+    expect(classify(span('x', {}, { baggageUser: long, baggageConversation: long }))).toMatchObject({ user: UNROUTABLE_USER, conversation: undefined });
   });
 
-  it('counts each value over a limit once per span, at its end', () => {
-    const was = Object.fromEntries(SPAN_LIMITED_FIELDS.map((f) => [f, limited(f)]));
+  it('counts each value over a limit once per span, at its end, into the counts it is given', () => {
+    const counts = new Float64Array(SPAN_LIMITED_FIELDS.length);
     const attrs = { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 't'.repeat(300), 'gen_ai.tool.call.id': 'k'.repeat(300), 'user.id': 'u'.repeat(1025), 'gen_ai.conversation.id': 'c'.repeat(1025) };
-    classify(span('execute_tool', attrs, { endMs: undefined })); // its start: not counted
-    classify(span('execute_tool', attrs, { statusCode: STATUS_ERROR, statusMessage: 'e'.repeat(300) }));
-    classify(span('execute_tool', { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'short', 'user.id': 'u' }));
-    const now = Object.fromEntries(SPAN_LIMITED_FIELDS.map((f) => [f, limited(f) - was[f]!]));
+    classify(span('execute_tool', attrs, { endMs: undefined }), counts); // its start: not counted
+    classify(span('execute_tool', attrs, { statusCode: STATUS_ERROR, statusMessage: 'e'.repeat(300) }), counts);
+    classify(span('execute_tool', { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'short', 'user.id': 'u' }), counts);
+    classify(span('execute_tool', attrs)); // no counts given: counted nowhere
+    const now = Object.fromEntries(SPAN_LIMITED_FIELDS.map((f, i) => [f, counts[i]]));
     expect(now).toEqual({ user_id: 1, conversation_id: 1, agent_name: 0, tool_name: 1, model: 0, call_id: 1, error: 1 });
   });
 });

@@ -342,3 +342,28 @@ describe('graceful shutdown', () => {
   });
 });
 
+
+describe('a sidecar that fails to start', () => {
+  it('leaves the caller\'s Tracewire usable: a retry on a free port serves', async () => {
+    const tw = new Tracewire({ jwtSecret: SECRET, wsHeartbeatMillis: 0, logLevel: 'silent' });
+    const busy = net.createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
+    try {
+      const port = (busy.address() as net.AddressInfo).port;
+      const { startSidecar } = await import('../../src/surfaces/server.js');
+      await expect(startSidecar(tw, { host: '127.0.0.1', port }, undefined)).rejects.toThrow(/TW_CONFIG_INVALID|already in use/);
+      expect(tw.closing).toBe(false);
+      const sc = await startSidecar(tw, { host: '127.0.0.1', port: 0 }, undefined);
+      try {
+        expect(((await (await fetch(`${sc.publicUrl}/healthz`)).json()) as { status: string }).status).toBe('ok');
+        const c = await client(sc.publicUrl, 'u-3');
+        expect(c.frames[0]).toMatchObject({ type: 'ack', user: 'u-3' });
+      } finally {
+        await sc.close();
+      }
+    } finally {
+      busy.close();
+      await tw.close();
+    }
+  });
+});
