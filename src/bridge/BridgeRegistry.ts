@@ -9,7 +9,7 @@ import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import { Diag } from '../errors/Diag.js';
 import { eventData } from './eventData.js';
 import { OutboundEvent, type EventSink } from './EventSink.js';
-import { END_TYPE, RunState, TraceBridge, type Ancestor, type SpanNode } from './TraceBridge.js';
+import { END_TYPE, RunState, TraceBridge, type SpanNode, type TraceMemory } from './TraceBridge.js';
 
 export interface BridgeOptions {
   readonly mode: 'emit' | 'audit';
@@ -88,21 +88,18 @@ export class BridgeRegistry {
    */
   private readonly released = new BoundedMap<string, true | Map<string, string>>(RELEASED_MEMORY);
   /**
-   * OTLP: what traces released with no run left (a request span that ended
-   * and was exported before the agent run it started in the background): its
-   * span ids with the user and conversation each passes on. A span of such a
-   * trace arriving later finds its parent at once and inherits from it,
-   * instead of waiting `orphanHoldMillis` as an orphan. Bounded: the oldest
+   * OTLP: what traces let go leave for their later spans (`TraceBridge.memory`):
+   * a trace released with no run (a request span that ended and was exported
+   * before the agent run it started in the background), or dropped as idle
+   * after its runs were judged, if it has spans outside its runs. Their span
+   * ids with the user and conversation each passes on: a span of the trace
+   * arriving later finds its parent at once and inherits from it, instead of
+   * waiting `orphanHoldMillis` as an orphan; and the runs' span ids when there
+   * are few, so a late span below them is still late. A trace whose runs are
+   * its roots (most traces under load) leaves nothing. Bounded: the oldest
    * trace is forgotten first (its later spans then wait as orphans).
    */
-  private readonly ancestry = new BoundedMap<string, Ancestor[]>(RELEASED_MEMORY);
-  /**
-   * OTLP: what traces dropped as idle after their runs were judged leave for
-   * spans of them that arrive even later (`TraceBridge.idleMemory`): their
-   * spans outside the runs, as `ancestry` keeps them, and their done spans'
-   * ids when there are few. Bounded like `ancestry`.
-   */
-  private readonly idleMemory = new BoundedMap<string, { ancestors: Ancestor[]; doneIds: string }>(RELEASED_MEMORY);
+  private readonly memory = new BoundedMap<string, TraceMemory>(RELEASED_MEMORY);
   private readonly sweepTimer: NodeJS.Timeout;
   private closed = false;
   /** See handle(). */
@@ -256,17 +253,10 @@ export class BridgeRegistry {
       if (!this.opts.parentsArriveFirst) {
         this.idleQ.push(span.traceId);
         this.idleAt.push(this.batchAtMs ?? this.now());
-        const ancestors = this.ancestry.get(span.traceId);
-        if (ancestors !== undefined) {
-          this.ancestry.delete(span.traceId);
-          tb.restore(ancestors);
-        }
-        const idle = this.idleMemory.get(span.traceId);
-        if (idle !== undefined) {
-          this.idleMemory.delete(span.traceId);
-          tb.restore(idle.ancestors);
-          tb.restoreDone(idle.doneIds);
-          tb.runCount++; // it had runs: kept for late spans again once idle
+        const m = this.memory.get(span.traceId);
+        if (m !== undefined) {
+          this.memory.delete(span.traceId);
+          tb.restore(m);
         }
       }
     } else if (this.opts.parentsArriveFirst && tb.node(span.spanId) === undefined) {
@@ -590,10 +580,7 @@ export class BridgeRegistry {
     if (this.traces.get(tb.traceId) === tb) {
       this.forgetTrace(tb);
       if (tb.runCount > 0) this.released.set(tb.traceId, (this.opts.parentsArriveFirst ? tb.openRunMembers() : undefined) ?? true);
-      else if (!this.opts.parentsArriveFirst) {
-        const ancestors = tb.ancestors(MAX_ANCESTORS);
-        if (ancestors.length > 0) this.ancestry.set(tb.traceId, ancestors);
-      }
+      else if (!this.opts.parentsArriveFirst) this.remember(tb);
     }
   }
 
@@ -670,18 +657,18 @@ export class BridgeRegistry {
       if (tb.activeRuns === 0 && tb.heldCount === 0 && tb.lastSeenMs + idle <= now) {
         this.forgetTrace(tb);
         this.evicted('trace_idle');
-        if (tb.runCount > 0) {
-          // What a span arriving even later needs: its user from a span outside the runs (a request's span,
-          // below which a run may start in the background), or that it is late. A trace whose runs are its
-          // roots (nothing outside them) leaves nothing: that is most traces under load, and it keeps them cheap.
-          const m = tb.idleMemory(MAX_ANCESTORS);
-          if (m.ancestors.length > 0) this.idleMemory.set(id, m);
-        }
+        this.remember(tb);
       } else {
         this.idleQ.push(id);
         this.idleAt.push(now);
       }
     }
+  }
+
+  /** Keep what a trace let go leaves for its later spans, if anything (see `memory`). */
+  private remember(tb: TraceBridge): void {
+    const m = tb.memory(MAX_ANCESTORS);
+    if (m.ancestors.length > 0) this.memory.set(tb.traceId, m);
   }
 
   close(): void {
@@ -699,7 +686,7 @@ export interface DoneEntry {
 const RELEASED_MEMORY = 65_536;
 /** Traces kept as span ids only passed over per call of shedSpans (each is moved behind the others). */
 const SHED_SCAN = 4096;
-/** Span ids a trace released with no run leaves for its later spans (see `ancestry`). */
+/** Span ids outside its runs a trace let go leaves for its later spans (see `memory`). */
 const MAX_ANCESTORS = 64;
 
 /** Could this span start a run (is it a lifecycle span by name or attributes)? Cheap pre-check. */

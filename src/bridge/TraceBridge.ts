@@ -599,28 +599,26 @@ export class TraceBridge {
     return keep.map((node) => [node.spanId, node.user, node.conv] as const);
   }
 
-  /** On a new trace, take back the ancestors a released one left (see `ancestors`): anchored, ended, outside every run. */
-  restore(ancestors: readonly Ancestor[]): void {
-    for (const [spanId, user, conv] of ancestors) this.add(standIn(spanId, false, user, conv));
-    this.localRootEnded = true;
-  }
-
   /**
-   * OTLP, when the trace is dropped as idle after its runs were judged: what
-   * it leaves for spans of it that arrive even later (a run started in the
-   * background long after the request, below the request's span), as
-   * `ancestors` does, and its done spans' ids when there are few (most
-   * traces), which `restoreDone` takes back so a late span below one of them
-   * is still dropped as late instead of opening a phantom run.
+   * OTLP, when the trace is let go (released with no run, or dropped as idle
+   * after its runs were judged): what it leaves for spans of it that arrive
+   * later (a run started in the background, below the request's span): its
+   * spans outside the runs (`ancestors`), and, if it had runs, their span ids
+   * when there are few (most traces), so a late span below one of them is
+   * still dropped as late instead of opening a phantom run.
    */
-  idleMemory(max: number): { ancestors: Ancestor[]; doneIds: string } {
+  memory(max: number): TraceMemory {
     const ids = this.doneIds;
-    return { ancestors: this.ancestors(max), doneIds: typeof ids === 'string' && ids.length <= IDLE_DONE_IDS * ID_CHARS ? ids : '' };
+    return { ancestors: this.ancestors(max), doneIds: typeof ids === 'string' && ids.length <= IDLE_DONE_IDS * ID_CHARS ? ids : '', hadRuns: this.runCount > 0 };
   }
 
-  /** On a new trace, take back the done span ids an idle trace left (see `idleMemory`). */
-  restoreDone(ids: string): void {
-    if (ids !== '' && this.doneIds === '') this.doneIds = ids;
+  /** On a new trace, take back what a let-go one left (see `memory`): its ancestors anchored, ended, outside every run; its done ids. */
+  restore(m: TraceMemory): void {
+    for (const [spanId, user, conv] of m.ancestors) this.add(standIn(spanId, false, user, conv));
+    if (m.doneIds !== '' && this.doneIds === '') this.doneIds = m.doneIds;
+    // It had runs: kept for late spans again until idle.
+    if (m.hadRuns) this.runCount++;
+    this.localRootEnded = true;
   }
 
   /**
@@ -681,6 +679,14 @@ const NO_SPAN: SpanInput = { traceId: '', spanId: '', name: '', startMs: 0, attr
 
 /** A span id with the user and conversation it passes on to its children. */
 export type Ancestor = readonly [spanId: string, user: string | undefined, conversation: string | undefined];
+
+/** What a trace let go leaves for its later spans (`TraceBridge.memory`). */
+export interface TraceMemory {
+  readonly ancestors: readonly Ancestor[];
+  /** Its done span ids (16 characters each, one after the other), or ''. */
+  readonly doneIds: string;
+  readonly hadRuns: boolean;
+}
 
 /**
  * A node for a span known only by its id: a done span of an ended run (a new
