@@ -1,3 +1,4 @@
+import { STATUS_CODES } from 'node:http';
 /**
  * The one error catalogue. Every error a user can see (an HTTP response, a
  * WebSocket error frame or close code, a start-up failure) has a stable code
@@ -78,4 +79,14 @@ export class TracewireError extends Error {
   toJSON(): { code: ErrorCode; message: string } {
     return { code: this.code, message: this.message };
   }
+}
+
+/**
+ * A whole HTTP/1.1 error response for a raw socket (before any request
+ * object exists, or on an upgrade the hub refuses): the error's status,
+ * `{code, message}` and the `x-tracewire-error` header; the connection closes.
+ */
+export function httpErrorResponse(e: TracewireError): string {
+  const body = JSON.stringify(e.toJSON());
+  return `HTTP/1.1 ${e.status} ${STATUS_CODES[e.status] ?? ''}\r\nContent-Type: application/json; charset=utf-8\r\nx-tracewire-error: ${e.code}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
 }

@@ -6,7 +6,7 @@ import type { DISCONNECT_REASONS, DropReason, Metrics } from '../audit/Metrics.j
 import type { RunLedger } from '../audit/RunLedger.js';
 import type { EventRecord } from '../audit/RunRecord.js';
 import { OutboundEvent, type EventSink } from '../bridge/EventSink.js';
-import { TracewireError, type ErrorCode } from '../errors/errors.js';
+import { httpErrorResponse, TracewireError, type ErrorCode } from '../errors/errors.js';
 import { DEV_JWT_SECRET, isLoopbackAddress } from '../config/Config.js';
 import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
 import { Connection, type Delivery } from './Connection.js';
@@ -237,8 +237,7 @@ export class EventHub implements EventSink {
     if (this.devSecret && socket.localAddress !== undefined && !isLoopbackAddress(socket.localAddress)) {
       this.metrics.connectionAttempts.inc({ result: 'TW_CONFIG_INVALID' });
       const e = new TracewireError('TW_CONFIG_INVALID', `a connection on ${socket.localAddress}: set jwtSecret / TRACEWIRE_JWT_SECRET (the built-in dev secret is only for loopback)`);
-      const body = JSON.stringify(e.toJSON());
-      socket.end(`HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nx-tracewire-error: ${e.code}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+      socket.end(httpErrorResponse(e));
       this.opts.onDevSecretRefused?.(e);
       return true;
     }

@@ -1,8 +1,8 @@
-import { maxHeaderSize, STATUS_CODES } from 'node:http';
+import { maxHeaderSize } from 'node:http';
 import type { Socket } from 'node:net';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { runsApi } from '../audit/runsApi.js';
-import { TracewireError } from '../errors/errors.js';
+import { httpErrorResponse, TracewireError } from '../errors/errors.js';
 import { bearerOf, safeEqual } from '../util/bearer.js';
 import { otlpReceiver } from '../sources/otlp/otlpReceiver.js';
 import type { Tracewire } from '../Tracewire.js';
@@ -85,8 +85,7 @@ export function clientErrorHandler(err: Error & { code?: string }, socket: Socke
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
         ? new TracewireError('TW_REQUEST_TIMEOUT', server?.requestTimeout ?? 'the server\'s')
         : new TracewireError('TW_BAD_REQUEST', err.code ?? 'unreadable');
-  const body = JSON.stringify(e.toJSON());
-  socket.end(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\nContent-Type: application/json; charset=utf-8\r\nx-tracewire-error: ${e.code}\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  socket.end(httpErrorResponse(e));
 }
 
 /**
