@@ -332,8 +332,9 @@ export class EventHub implements EventSink {
     return true;
   }
 
-  private sendErrorTo(conn: Connection, e: TracewireError): boolean {
-    return this.sendControl(conn, JSON.stringify({ type: 'error', ...e.toJSON() }));
+  /** An error frame within the connection's budget; `fields` add what a client acts on (resume: run ids, seq ranges). */
+  private sendErrorTo(conn: Connection, e: TracewireError, fields?: Record<string, unknown>): boolean {
+    return this.sendControl(conn, JSON.stringify({ type: 'error', ...e.toJSON(), ...fields }));
   }
 
   private open(ws: WebSocket, socket: Socket, p: Principal, url: URL): void {
@@ -561,6 +562,7 @@ export class EventHub implements EventSink {
     const wanted: Array<[string, number, boolean]> = Object.entries(runs).map(([id, seq]) => [id, seq, true]);
     if (all) for (const id of this.replay.runIdsOf(conn.user)) if (!Object.hasOwn(runs, id)) wanted.push([id, 0, false]);
     const unknown: string[] = [];
+    const unknownIds: string[] = [];
     let unknownCount = 0;
     // Seqs of the user's events still held, per run (they follow a URL resume): read once, and only if needed.
     let held: Map<string, number[]> | undefined;
@@ -572,6 +574,8 @@ export class EventHub implements EventSink {
       if (evs === undefined && heldSeqs === undefined) {
         // Unknown, expired, or another user's run: the same answer, so run ids leak nothing.
         if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
+        // Named runs only (a resume names at most MAX_RESUME_RUNS): the client stops naming them.
+        if (named) unknownIds.push(runId);
         continue;
       }
       if (!this.reportHoles(conn, runId, named ? lastSeq : undefined, evs ?? [], heldSeqs)) break;
@@ -587,8 +591,9 @@ export class EventHub implements EventSink {
         }
       }
     }
-    if (unknownCount === 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${unknown[0]}`, 'run unknown or outside the resume window'));
-    else if (unknownCount > 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', `${unknownCount} runs unknown or outside the resume window: ${firstFew(unknown, unknownCount)}`));
+    const gone = { run_ids: unknownIds };
+    if (unknownCount === 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${unknown[0]}`, 'run unknown or outside the resume window'), gone);
+    else if (unknownCount > 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', `${unknownCount} runs unknown or outside the resume window: ${firstFew(unknown, unknownCount)}`), gone);
     if (n > 0) this.metrics.replayedEvents.inc(n);
     if (conn.dirty) this.dirty.add(conn);
   }
@@ -627,7 +632,8 @@ export class EventHub implements EventSink {
       else if (j < hs.length) seq = hs[j++]!;
       else return true;
       if (next !== undefined && seq > next) {
-        if (!this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${next}..${seq - 1} are past the resume window`))) return false;
+        const hole = { run_id: runId, from_seq: next, to_seq: seq - 1 };
+        if (!this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${next}..${seq - 1} are past the resume window`), hole)) return false;
       }
       if (next === undefined || seq >= next) next = seq + 1;
     }

@@ -197,7 +197,8 @@ describe('resume window and protocol details', () => {
     const b = track(await connectAcked(sc, 'dana', `resume=${runId}:2`));
     await b.until((c) => c.events.length >= 3, 5000, 'retained events');
     expect(seqsOf(b.events)).toEqual([9, 10, 11]);
-    expect(errorsOf(b)).toEqual([{ type: 'error', code: 'TW_WS_BAD_FIELD', message: `bad field runs.${runId}: events 3..8 are past the resume window` }]);
+    // The frame names the run and the lost range in fields a client acts on (it skips the hole instead of waiting).
+    expect(errorsOf(b)).toEqual([{ type: 'error', code: 'TW_WS_BAD_FIELD', message: `bad field runs.${runId}: events 3..8 are past the resume window`, run_id: runId, from_seq: 3, to_seq: 8 }]);
   });
 
   it("answers a resume of an unknown run, or of another user's run, the same way, and sends nothing", async () => {
@@ -213,10 +214,12 @@ describe('resume window and protocol details', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(other.events).toEqual([]);
     expect(errorsOf(other).map((e) => e.message)).toEqual([`bad field runs: 2 runs unknown or outside the resume window: ${runId}, nope`]);
+    // run_ids: every named run it cannot resume (a client stops naming them).
+    expect(errorsOf(other).map((e) => e.run_ids)).toEqual([[runId, 'nope']]);
     // One run alone: the message names it as before.
     const single = track(await connectAcked(sc, 'mallory', `resume=${runId}:0`));
     await single.until((c) => errorsOf(c).length >= 1, 5000, 'error');
-    expect(errorsOf(single).map((e) => e.message)).toEqual([`bad field runs.${runId}: run unknown or outside the resume window`]);
+    expect(errorsOf(single).map((e) => [e.message, e.run_ids])).toEqual([[`bad field runs.${runId}: run unknown or outside the resume window`, [runId]]]);
   });
 
   it('names the seqs lost in the middle of a run (held while the user was away, then given up), to a URL resume and to a resume frame', async () => {
@@ -238,7 +241,7 @@ describe('resume window and protocol details', () => {
     expect(await metricValue(sc, 'tracewire_events_dropped_total', { reason: 'no_subscriber' })).toBe(2);
     tool(); // seq 6, 7: held
     await until(() => sc!.tw.hub.stats().held === 2, 5000, 'two more held events');
-    const hole = { type: 'error', code: 'TW_WS_BAD_FIELD', message: `bad field runs.${runId}: events 4..5 are past the resume window` };
+    const hole = { type: 'error', code: 'TW_WS_BAD_FIELD', message: `bad field runs.${runId}: events 4..5 are past the resume window`, run_id: runId, from_seq: 4, to_seq: 5 };
 
     // URL form: 1..3 are in the window, 6..7 in the hold; 4..5 are gone, and the client is told before 6.
     const b = track(await connectAcked(sc, 'nina', `resume=${runId}:3`));

@@ -1,0 +1,722 @@
+/**
+ * The client of the tracewire.v1 WebSocket protocol, for browsers and Node:
+ * it connects with a token, reconnects with backoff after a drop, resumes
+ * every run it was following from the last seq it delivered, and hands the
+ * application each run's events once and in seq order. No imports: a
+ * browser loads this file as it is (`import { TracewireClient } from
+ * 'tracewire/client'` through a bundler, or the file itself as a module).
+ *
+ * What it does with the protocol (README, "WebSocket protocol"):
+ * - the token goes in the subprotocol `bearer.<jwt>` (kept out of URLs and
+ *   their logs) or in `?access_token=`; a token function is called at every
+ *   connect, so a short-lived token is renewed on each reconnect;
+ * - per run it keeps the last seq delivered to the application; a reconnect
+ *   names them in `?resume=` (as many as fit `maxResumeUrlChars`, the rest in
+ *   `resume` frames right after the ack), with `resume_all=1` by default, so
+ *   runs that went to another tab meanwhile arrive too;
+ * - duplicates (seq at or below the last delivered) are dropped; an event
+ *   ahead of the next seq waits until the seqs before it arrive, the server
+ *   says they are lost (an error frame with `run_id`, `from_seq`, `to_seq`:
+ *   a `gap`), or `gapTimeoutMillis` passes (a `gap` too);
+ * - acks: after the application's handlers ran, the highest seq per run is
+ *   acknowledged (`ack` frames, at most one per run per `ackDelayMillis`);
+ * - liveness: an attempt with no `ack` within `connectTimeoutMillis` is
+ *   dropped and retried; once open, with no frame from the server for
+ *   `pingIntervalMillis` it sends a `ping`, and with none for
+ *   `pingTimeoutMillis` more it drops the connection and reconnects (a laptop
+ *   that slept leaves a half-open socket);
+ * - close codes: a token refused (4401/4402/4403) is retried only when the
+ *   token is a function (it may return a fresh one), and a protocol error
+ *   (4400, 1009) is not retried: both end in state `closed` with the error.
+ *   Everything else (1001 shutdown, 1006, 4408 backpressure, 4409 heartbeat,
+ *   4429 too many connections, 1011) reconnects with exponential backoff and
+ *   full jitter.
+ *
+ * Bounded: at most `maxRuns` runs are followed (the least recently active is
+ * forgotten first), a run is forgotten `runTtlMillis` after its last event,
+ * and at most `maxPendingPerRun` events wait for a missing seq (past it the
+ * missing seqs are reported as a gap and skipped).
+ */
+import { formatMessage, type ErrorCode } from '../errors/codes.js';
+
+export type EventType = 'agent_started' | 'agent_thinking' | 'tool_executing' | 'tool_completed' | 'agent_completed';
+
+/** One lifecycle event, as the server sends it. */
+export interface TracewireEvent {
+  readonly type: EventType;
+  readonly run_id: string;
+  readonly trace_id: string;
+  readonly span_id: string;
+  readonly seq: number;
+  readonly ts: string;
+  readonly agent?: string;
+  readonly conversation_id?: string | null;
+  readonly data: Record<string, unknown>;
+}
+
+/** An error frame from the server, or the client's own (`TW_CLIENT_*`). */
+export interface TracewireClientError {
+  readonly code: string;
+  readonly message: string;
+  /** The connection will not be retried (token refused with a fixed token, protocol error, attempts exhausted). */
+  readonly fatal: boolean;
+  readonly run_id?: string;
+  readonly from_seq?: number;
+  readonly to_seq?: number;
+  readonly run_ids?: readonly string[];
+}
+
+/** Seqs of a run the application will not get (`server`: past the resume window; `timeout`/`overflow`: waited for in vain). */
+export interface TracewireGap {
+  readonly run_id: string;
+  readonly from_seq: number;
+  readonly to_seq: number;
+  readonly cause: 'server' | 'timeout' | 'overflow';
+}
+
+export type ClientState = 'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed';
+
+export interface ClientStatus {
+  readonly state: ClientState;
+  /** Set in `open`: the server's ack. */
+  readonly connectionId?: number;
+  readonly user?: string;
+  /** Set in `reconnecting`: the wait before the next attempt, and its number (1 for the first retry). */
+  readonly retryInMillis?: number;
+  readonly attempt?: number;
+  /** Set when the connection ended: its close code and reason. */
+  readonly closeCode?: number;
+  readonly closeReason?: string;
+}
+
+/** A handler property checked bivariantly (as methods are), so the DOM's and the `ws` package's event types both fit. */
+type Handler<E> = { bivariant(ev: E): void }['bivariant'];
+
+/** The part of the WebSocket interface the client uses (the browser's, Node 22's global, or the `ws` package's). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: Handler<never> | null;
+  onmessage: Handler<{ data: unknown }> | null;
+  onclose: Handler<{ code: number; reason: string }> | null;
+  onerror: Handler<never> | null;
+}
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface TracewireClientOptions {
+  /** `ws(s)://host:port/v1/events`. */
+  readonly url: string;
+  /** The JWT, or a function giving one (called at every connect). */
+  readonly token: string | (() => string | Promise<string>);
+  /** How the token is sent: the subprotocol `bearer.<jwt>` (default) or `?access_token=`. */
+  readonly auth?: 'subprotocol' | 'query';
+  /** Narrow the connection to one conversation. */
+  readonly conversationId?: string;
+  /** Ask for runs this client never heard of (`resume_all=1`): on reconnects (default), always, or never. */
+  readonly resumeAll?: 'reconnect' | 'always' | 'never';
+  /** The WebSocket constructor; default `globalThis.WebSocket` (in Node 20, pass the `ws` package's). */
+  readonly WebSocket?: WebSocketConstructor;
+  /** Reconnect after a drop (default true). */
+  readonly reconnect?: boolean;
+  /** First retry after about this long, doubling up to `maxRetryDelayMillis` (full jitter). Default 250. */
+  readonly minRetryDelayMillis?: number;
+  /** Default 10000. */
+  readonly maxRetryDelayMillis?: number;
+  /** Attempts in a row before giving up (state `closed`, error `TW_CLIENT_GAVE_UP`). Default: no limit. */
+  readonly maxAttempts?: number;
+  /** Acknowledge delivered seqs (default true). */
+  readonly ack?: boolean;
+  /** Acks of a run are coalesced over this long. Default 50. */
+  readonly ackDelayMillis?: number;
+  /** An attempt with no `ack` from the server within this long is dropped and retried. Default 10000. */
+  readonly connectTimeoutMillis?: number;
+  /** Send a `ping` after this long with no frame from the server; 0 disables. Default 25000. */
+  readonly pingIntervalMillis?: number;
+  /** Drop the connection when nothing arrives for this long after a ping. Default 10000. */
+  readonly pingTimeoutMillis?: number;
+  /** Events ahead of a missing seq are held this long at most, then the gap is skipped. Default 5000. */
+  readonly gapTimeoutMillis?: number;
+  /** Runs followed (for resume and duplicates). Default 1000. */
+  readonly maxRuns?: number;
+  /** A run with no event for this long is forgotten. Default 600000 (10 min; the server's window is 60 s after a run ends). */
+  readonly runTtlMillis?: number;
+  /** Events waiting for a missing seq, per run. Default 1000. */
+  readonly maxPendingPerRun?: number;
+  /** `?resume=` is kept under this many characters; the other runs go in resume frames. Default 2000. */
+  readonly maxResumeUrlChars?: number;
+}
+
+interface Handlers {
+  event: (ev: TracewireEvent) => void;
+  error: (err: TracewireClientError) => void;
+  gap: (gap: TracewireGap) => void;
+  status: (status: ClientStatus) => void;
+}
+
+/** Counters of what the client saw and did. */
+export interface ClientStats {
+  /** Event frames received (duplicates included). */
+  received: number;
+  /** Events handed to the application. */
+  delivered: number;
+  duplicates: number;
+  /** Seqs reported as gaps. */
+  missed: number;
+  /** Connection attempts, and those after the first open. */
+  connects: number;
+  reconnects: number;
+  /** Runs forgotten to `maxRuns` or `runTtlMillis`. */
+  forgottenRuns: number;
+}
+
+interface RunTrack {
+  readonly runId: string;
+  /** Last seq handed to the application (0: none yet). */
+  last: number;
+  /** Events ahead of last + 1, by seq. */
+  pending: Map<number, TracewireEvent> | undefined;
+  /** Seq ranges the server said are lost, not reached yet. */
+  holes: Array<[number, number]> | undefined;
+  /** When the oldest pending event started waiting. */
+  waitingSince: number;
+  lastEventAt: number;
+  /** The run's top-level agent_completed was delivered: nothing more will come. */
+  done: boolean;
+  /** Seq acknowledged / to acknowledge. */
+  acked: number;
+}
+
+const PROTOCOL = 'tracewire.v1';
+/** The server takes at most this many runs per resume frame. */
+const RESUME_FRAME_RUNS = 1000;
+const OPEN = 1;
+const TOKEN_CLOSE_CODES = new Set([4401, 4402, 4403]);
+const PROTOCOL_CLOSE_CODES = new Set([4400, 1009]);
+/** Close codes the client uses itself (4000–4099 are unused by the server). */
+const CLOSE_NO_PONG = 4000;
+const CLOSE_NO_ACK = 4001;
+const CLOSE_BY_APP = 1000;
+
+export class TracewireClient {
+  readonly stats: ClientStats = { received: 0, delivered: 0, duplicates: 0, missed: 0, connects: 0, reconnects: 0, forgottenRuns: 0 };
+  private readonly o: Required<Omit<TracewireClientOptions, 'conversationId' | 'WebSocket' | 'maxAttempts'>> & Pick<TracewireClientOptions, 'conversationId' | 'maxAttempts'>;
+  private readonly WS: WebSocketConstructor;
+  private readonly handlers: { [K in keyof Handlers]: Set<Handlers[K]> } = { event: new Set(), error: new Set(), gap: new Set(), status: new Set() };
+  /** Followed runs, least recently active first (Map order: re-inserted on each event). */
+  private readonly runs = new Map<string, RunTrack>();
+  private ws: WebSocketLike | undefined;
+  private state: ClientState = 'idle';
+  private attempt = 0;
+  private everOpened = false;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private ackTimer: ReturnType<typeof setTimeout> | undefined;
+  private gapTimer: ReturnType<typeof setTimeout> | undefined;
+  private watchdog: ReturnType<typeof setTimeout> | undefined;
+  private connectStartedAt = 0;
+  private lastFrameAt = 0;
+  private pingSentAt = 0;
+  /** Runs named in `resume` frames sent after the ack of this connection. */
+  private resumeFrames: Array<Record<string, number>> = [];
+  private readonly toAck = new Set<RunTrack>();
+
+  constructor(opts: TracewireClientOptions) {
+    if (typeof opts?.url !== 'string' || !/^wss?:\/\//i.test(opts.url)) throw new TypeError('TracewireClient: url must be a ws:// or wss:// URL');
+    if (typeof opts.token !== 'string' && typeof opts.token !== 'function') throw new TypeError('TracewireClient: token must be a string or a function returning one');
+    const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+    if (WS === undefined) throw new TypeError('TracewireClient: no WebSocket here; pass one (in Node 20: `WebSocket` from the ws package)');
+    this.WS = WS;
+    this.o = {
+      url: opts.url,
+      token: opts.token,
+      auth: opts.auth ?? 'subprotocol',
+      conversationId: opts.conversationId,
+      resumeAll: opts.resumeAll ?? 'reconnect',
+      reconnect: opts.reconnect ?? true,
+      minRetryDelayMillis: positive(opts.minRetryDelayMillis, 250, 'minRetryDelayMillis'),
+      maxRetryDelayMillis: positive(opts.maxRetryDelayMillis, 10_000, 'maxRetryDelayMillis'),
+      maxAttempts: opts.maxAttempts === undefined ? undefined : positive(opts.maxAttempts, 1, 'maxAttempts'),
+      ack: opts.ack ?? true,
+      ackDelayMillis: nonNegative(opts.ackDelayMillis, 50, 'ackDelayMillis'),
+      connectTimeoutMillis: positive(opts.connectTimeoutMillis, 10_000, 'connectTimeoutMillis'),
+      pingIntervalMillis: nonNegative(opts.pingIntervalMillis, 25_000, 'pingIntervalMillis'),
+      pingTimeoutMillis: positive(opts.pingTimeoutMillis, 10_000, 'pingTimeoutMillis'),
+      gapTimeoutMillis: positive(opts.gapTimeoutMillis, 5_000, 'gapTimeoutMillis'),
+      maxRuns: positive(opts.maxRuns, 1000, 'maxRuns'),
+      runTtlMillis: positive(opts.runTtlMillis, 600_000, 'runTtlMillis'),
+      maxPendingPerRun: positive(opts.maxPendingPerRun, 1000, 'maxPendingPerRun'),
+      maxResumeUrlChars: positive(opts.maxResumeUrlChars, 2000, 'maxResumeUrlChars'),
+    };
+    if (this.o.auth !== 'subprotocol' && this.o.auth !== 'query') throw new TypeError('TracewireClient: auth must be "subprotocol" or "query"');
+    if (!['reconnect', 'always', 'never'].includes(this.o.resumeAll)) throw new TypeError('TracewireClient: resumeAll must be "reconnect", "always" or "never"');
+  }
+
+  /** Listen; returns a function that stops listening. */
+  on<K extends keyof Handlers>(what: K, fn: Handlers[K]): () => void {
+    const set = this.handlers[what] as Set<Handlers[K]>;
+    set.add(fn);
+    return () => set.delete(fn);
+  }
+
+  get status(): ClientState {
+    return this.state;
+  }
+
+  /** The last seq delivered per followed run (what a reconnect resumes from). */
+  positions(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const r of this.runs.values()) out[r.runId] = r.last;
+    return out;
+  }
+
+  /**
+   * Follow a run from `lastSeq` (a page reload that kept the positions in
+   * sessionStorage, say): the next connect resumes it. Call before connect().
+   */
+  follow(runId: string, lastSeq: number): void {
+    if (typeof runId !== 'string' || runId === '' || !Number.isInteger(lastSeq) || lastSeq < 0) throw new TypeError('TracewireClient.follow: a run id and a seq >= 0');
+    const r = this.track(runId, Date.now());
+    if (lastSeq > r.last) r.last = lastSeq;
+  }
+
+  /** Connect (again, after close()); the client then stays connected until close(). */
+  connect(): void {
+    if (this.state === 'connecting' || this.state === 'open' || this.state === 'reconnecting') return;
+    this.attempt = 0;
+    void this.open();
+  }
+
+  /** Close for good (no reconnect). Pending acks are sent first. */
+  close(): void {
+    if (this.state === 'closed' || this.state === 'idle') {
+      this.state = 'closed';
+      return;
+    }
+    this.flushAcks();
+    this.stopTimers();
+    const ws = this.ws;
+    this.ws = undefined;
+    this.setState({ state: 'closed', closeCode: CLOSE_BY_APP, closeReason: 'closed by the application' });
+    if (ws !== undefined) {
+      detach(ws);
+      try {
+        ws.close(CLOSE_BY_APP);
+      } catch {
+        /* not open yet */
+      }
+    }
+  }
+
+  // ---- connection ---------------------------------------------------------------
+
+  private async open(): Promise<void> {
+    this.setState({ state: 'connecting' });
+    let token: string;
+    try {
+      token = typeof this.o.token === 'string' ? this.o.token : await this.o.token();
+      if (typeof token !== 'string' || token === '') throw new TypeError('the token function gave no token');
+    } catch (err) {
+      if (this.state !== 'connecting') return;
+      this.clientError('TW_CLIENT_TOKEN', false, messageOf(err));
+      this.retry(undefined, '');
+      return;
+    }
+    if (this.state !== 'connecting') return; // closed while the token was fetched
+    const resume = this.resumeUrl();
+    const url = new URL(this.o.url);
+    if (this.o.auth === 'query') url.searchParams.set('access_token', token);
+    if (this.o.conversationId !== undefined) url.searchParams.set('conversation_id', this.o.conversationId);
+    if (resume.inUrl !== '') url.searchParams.set('resume', resume.inUrl);
+    const all = this.o.resumeAll === 'always' || (this.o.resumeAll === 'reconnect' && this.everOpened);
+    if (all) url.searchParams.set('resume_all', '1');
+    this.resumeFrames = resume.frames;
+    let ws: WebSocketLike;
+    try {
+      ws = this.o.auth === 'subprotocol' ? new this.WS(url.href, [PROTOCOL, `bearer.${token}`]) : new this.WS(url.href, PROTOCOL);
+    } catch (err) {
+      this.clientError('TW_CLIENT_CONNECT', false, messageOf(err));
+      this.retry(undefined, '');
+      return;
+    }
+    this.ws = ws;
+    this.stats.connects++;
+    if (this.everOpened) this.stats.reconnects++;
+    ws.onmessage = (m) => this.onFrame(ws, m.data);
+    ws.onclose = (c) => this.onClose(ws, c.code, c.reason);
+    ws.onerror = () => undefined; // the close that follows says what happened
+    this.connectStartedAt = this.lastFrameAt = Date.now();
+    this.armWatchdog();
+  }
+
+  /** Runs to resume: `?resume=` up to maxResumeUrlChars, the rest in frames of at most RESUME_FRAME_RUNS runs. */
+  private resumeUrl(): { inUrl: string; frames: Array<Record<string, number>> } {
+    const now = Date.now();
+    this.expire(now);
+    let inUrl = '';
+    const frames: Array<Record<string, number>> = [];
+    let frame: Record<string, number> | undefined;
+    let inFrame = 0;
+    // Most recently active first: they are the likeliest to have missed something.
+    const list = [...this.runs.values()].filter((r) => !r.done).reverse();
+    for (const r of list) {
+      const part = `${r.runId}:${r.last}`;
+      if (inUrl.length + part.length + 1 <= this.o.maxResumeUrlChars) {
+        inUrl = inUrl === '' ? part : `${inUrl},${part}`;
+        continue;
+      }
+      if (frame === undefined || inFrame === RESUME_FRAME_RUNS) {
+        frames.push((frame = {}));
+        inFrame = 0;
+      }
+      frame[r.runId] = r.last;
+      inFrame++;
+    }
+    return { inUrl, frames };
+  }
+
+  private onClose(ws: WebSocketLike, code: number, reason: string): void {
+    if (ws !== this.ws) return;
+    this.ws = undefined;
+    this.stopTimers();
+    this.toAck.clear(); // acks of this connection are lost with it; the next one resumes from what was delivered
+    if (!this.o.reconnect) {
+      this.setState({ state: 'closed', closeCode: code, closeReason: reason });
+      return;
+    }
+    if (PROTOCOL_CLOSE_CODES.has(code) || (TOKEN_CLOSE_CODES.has(code) && typeof this.o.token === 'string')) {
+      const what = PROTOCOL_CLOSE_CODES.has(code) ? 'a protocol error' : 'the token was refused and it is fixed (pass a function to renew it)';
+      this.clientError('TW_CLIENT_STOPPED', true, `${code} ${reason}`.trim(), what);
+      this.setState({ state: 'closed', closeCode: code, closeReason: reason });
+      return;
+    }
+    this.retry(code, reason);
+  }
+
+  private retry(code: number | undefined, reason: string): void {
+    if (!this.o.reconnect) {
+      this.setState({ state: 'closed', closeCode: code, closeReason: reason });
+      return;
+    }
+    this.attempt++;
+    if (this.o.maxAttempts !== undefined && this.attempt > this.o.maxAttempts) {
+      this.clientError('TW_CLIENT_GAVE_UP', true, this.o.maxAttempts);
+      this.setState({ state: 'closed', closeCode: code, closeReason: reason });
+      return;
+    }
+    // Full jitter: a fleet of clients dropped by one restart does not come back in step.
+    const cap = Math.min(this.o.maxRetryDelayMillis, this.o.minRetryDelayMillis * 2 ** Math.min(this.attempt - 1, 30));
+    const wait = Math.round(cap / 2 + (Math.random() * cap) / 2);
+    this.setState({ state: 'reconnecting', retryInMillis: wait, attempt: this.attempt, closeCode: code, closeReason: reason });
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (this.state === 'reconnecting') void this.open();
+    }, wait);
+  }
+
+  // ---- frames ------------------------------------------------------------------
+
+  private onFrame(ws: WebSocketLike, data: unknown): void {
+    if (ws !== this.ws) return;
+    this.lastFrameAt = Date.now();
+    this.pingSentAt = 0;
+    const f = parseObject(data);
+    if (f === undefined) {
+      this.clientError('TW_CLIENT_BAD_FRAME', false);
+      return;
+    }
+    switch (f.type) {
+      case 'ack':
+        this.onAck(ws, f);
+        return;
+      case 'pong':
+        return;
+      case 'error':
+        this.onErrorFrame(f);
+        return;
+      default:
+        if (typeof f.run_id === 'string' && typeof f.seq === 'number') this.onEvent(f as unknown as TracewireEvent);
+    }
+  }
+
+  private onAck(ws: WebSocketLike, f: Record<string, unknown>): void {
+    this.attempt = 0;
+    this.everOpened = true;
+    this.setState({ state: 'open', connectionId: typeof f.connection_id === 'number' ? f.connection_id : undefined, user: typeof f.user === 'string' ? f.user : undefined });
+    for (const runs of this.resumeFrames) if (ws.readyState === OPEN) ws.send(JSON.stringify({ type: 'resume', runs }));
+    this.resumeFrames = [];
+  }
+
+  private onErrorFrame(f: Record<string, unknown>): void {
+    const err: TracewireClientError = {
+      code: String(f.code ?? 'TW_UNKNOWN'),
+      message: String(f.message ?? ''),
+      fatal: false,
+      ...(typeof f.run_id === 'string' ? { run_id: f.run_id } : {}),
+      ...(typeof f.from_seq === 'number' ? { from_seq: f.from_seq } : {}),
+      ...(typeof f.to_seq === 'number' ? { to_seq: f.to_seq } : {}),
+      ...(Array.isArray(f.run_ids) ? { run_ids: f.run_ids.filter((x): x is string => typeof x === 'string') } : {}),
+    };
+    // Runs the server cannot resume (unknown, or past the window): stop naming them.
+    if (err.run_ids !== undefined) for (const id of err.run_ids) this.runs.delete(id);
+    if (err.run_id !== undefined && err.from_seq !== undefined && err.to_seq !== undefined) {
+      const r = this.runs.get(err.run_id);
+      if (r !== undefined && err.to_seq > r.last) {
+        (r.holes ??= []).push([err.from_seq, err.to_seq]);
+        this.drain(r, 'server');
+      }
+    }
+    this.emitError(err);
+  }
+
+  private onEvent(ev: TracewireEvent): void {
+    this.stats.received++;
+    const now = Date.now();
+    let r = this.runs.get(ev.run_id);
+    if (r === undefined) {
+      r = this.track(ev.run_id, now);
+      // A run first heard of mid-way (its start went to another tab): it starts here.
+      r.last = ev.seq - 1;
+    } else {
+      // Most recently active last (what maxRuns forgets first is at the front).
+      this.runs.delete(ev.run_id);
+      this.runs.set(ev.run_id, r);
+    }
+    r.lastEventAt = now;
+    if (ev.seq <= r.last || r.pending?.has(ev.seq)) {
+      this.stats.duplicates++;
+      return;
+    }
+    if (ev.seq === r.last + 1) {
+      this.deliver(r, ev);
+      this.drain(r, 'server');
+      return;
+    }
+    if (r.pending === undefined || r.pending.size === 0) r.waitingSince = now;
+    (r.pending ??= new Map()).set(ev.seq, ev);
+    if (r.pending.size > this.o.maxPendingPerRun) this.skipToPending(r, 'overflow');
+    else this.armGapTimer();
+  }
+
+  /** Deliver what follows `last` (pending events, or across a hole the server reported). */
+  private drain(r: RunTrack, cause: TracewireGap['cause']): void {
+    for (;;) {
+      const next = r.pending?.get(r.last + 1);
+      if (next !== undefined) {
+        r.pending!.delete(next.seq);
+        this.deliver(r, next);
+        continue;
+      }
+      const h = r.holes?.findIndex(([from, to]) => from <= r.last + 1 && to > r.last);
+      if (h === undefined || h < 0) break;
+      const [, to] = r.holes!.splice(h, 1)[0]!;
+      this.gap(r, r.last + 1, to, cause);
+      r.last = to;
+    }
+    if (r.holes !== undefined) {
+      r.holes = r.holes.filter(([, to]) => to > r.last);
+      if (r.holes.length === 0) r.holes = undefined;
+    }
+    if (r.pending !== undefined && r.pending.size > 0) r.waitingSince = Date.now();
+  }
+
+  /** Give up waiting: the seqs before the first pending event are a gap. */
+  private skipToPending(r: RunTrack, cause: TracewireGap['cause']): void {
+    let first = Number.POSITIVE_INFINITY;
+    for (const s of r.pending!.keys()) if (s < first) first = s;
+    this.gap(r, r.last + 1, first - 1, cause);
+    r.last = first - 1;
+    this.drain(r, cause);
+  }
+
+  private deliver(r: RunTrack, ev: TracewireEvent): void {
+    r.last = ev.seq;
+    // The top-level agent's completion is the run's last event (run_id = trace id - its span id).
+    if (ev.type === 'agent_completed' && ev.run_id === `${ev.trace_id}-${ev.span_id}`) r.done = true;
+    this.stats.delivered++;
+    for (const fn of this.handlers.event) {
+      try {
+        fn(ev);
+      } catch (err) {
+        this.clientError('TW_CLIENT_HANDLER', false, messageOf(err));
+      }
+    }
+    if (this.o.ack) {
+      this.toAck.add(r);
+      if (this.ackTimer === undefined) this.ackTimer = setTimeout(() => this.flushAcks(), this.o.ackDelayMillis);
+    }
+  }
+
+  private gap(r: RunTrack, from: number, to: number, cause: TracewireGap['cause']): void {
+    if (to < from) return;
+    this.stats.missed += to - from + 1;
+    const g: TracewireGap = { run_id: r.runId, from_seq: from, to_seq: to, cause };
+    for (const fn of this.handlers.gap) {
+      try {
+        fn(g);
+      } catch {
+        /* a listener's fault is its own */
+      }
+    }
+  }
+
+  private flushAcks(): void {
+    if (this.ackTimer !== undefined) clearTimeout(this.ackTimer);
+    this.ackTimer = undefined;
+    const ws = this.ws;
+    for (const r of this.toAck) {
+      if (r.last <= r.acked || ws === undefined || ws.readyState !== OPEN) continue;
+      r.acked = r.last;
+      ws.send(JSON.stringify({ type: 'ack', run_id: r.runId, seq: r.last }));
+    }
+    this.toAck.clear();
+  }
+
+  // ---- bounds and timers ----------------------------------------------------------
+
+  private track(runId: string, now: number): RunTrack {
+    let r = this.runs.get(runId);
+    if (r !== undefined) return r;
+    r = { runId, last: 0, pending: undefined, holes: undefined, waitingSince: now, lastEventAt: now, done: false, acked: 0 };
+    this.runs.set(runId, r);
+    while (this.runs.size > this.o.maxRuns) this.forget(this.runs.keys().next().value as string);
+    return r;
+  }
+
+  private forget(runId: string): void {
+    const r = this.runs.get(runId);
+    if (r === undefined) return;
+    this.runs.delete(runId);
+    this.toAck.delete(r);
+    this.stats.forgottenRuns++;
+  }
+
+  private expire(now: number): void {
+    for (const r of this.runs.values()) {
+      if (r.lastEventAt + this.o.runTtlMillis > now) break; // least recently active first
+      this.forget(r.runId);
+    }
+  }
+
+  private armGapTimer(): void {
+    if (this.gapTimer !== undefined) return;
+    this.gapTimer = setTimeout(() => {
+      this.gapTimer = undefined;
+      const now = Date.now();
+      let waiting = false;
+      for (const r of this.runs.values()) {
+        if (r.pending === undefined || r.pending.size === 0) continue;
+        if (r.waitingSince + this.o.gapTimeoutMillis <= now) this.skipToPending(r, 'timeout');
+        if (r.pending !== undefined && r.pending.size > 0) waiting = true;
+      }
+      if (waiting) this.armGapTimer();
+    }, this.o.gapTimeoutMillis / 4);
+  }
+
+  /** One timer for the connect timeout and the ping: it ticks at half the shortest of them. */
+  private armWatchdog(): void {
+    if (this.watchdog !== undefined) clearTimeout(this.watchdog);
+    const ping = this.o.pingIntervalMillis === 0 ? Number.POSITIVE_INFINITY : Math.min(this.o.pingIntervalMillis, this.o.pingTimeoutMillis);
+    const tick = Math.max(5, Math.min(ping, this.o.connectTimeoutMillis) / 2);
+    this.watchdog = setTimeout(() => this.checkAlive(), tick);
+  }
+
+  private checkAlive(): void {
+    this.watchdog = undefined;
+    const ws = this.ws;
+    if (ws === undefined) return;
+    const now = Date.now();
+    if (this.state === 'connecting') {
+      if (now - this.connectStartedAt >= this.o.connectTimeoutMillis) {
+        this.clientError('TW_CLIENT_CONNECT', false, `no ack within ${this.o.connectTimeoutMillis} ms`);
+        this.drop(ws, CLOSE_NO_ACK, 'no ack');
+        return;
+      }
+    } else if (this.o.pingIntervalMillis > 0) {
+      if (this.pingSentAt !== 0 && now - this.pingSentAt >= this.o.pingTimeoutMillis) {
+        // Nothing since the ping: a half-open connection. Drop it and reconnect (its close event may never come).
+        this.clientError('TW_CLIENT_NO_PONG', false, this.o.pingTimeoutMillis);
+        this.drop(ws, CLOSE_NO_PONG, 'no pong');
+        return;
+      }
+      if (this.pingSentAt === 0 && now - this.lastFrameAt >= this.o.pingIntervalMillis && ws.readyState === OPEN) {
+        ws.send(JSON.stringify({ type: 'ping' }));
+        this.pingSentAt = now;
+      }
+    }
+    this.armWatchdog();
+  }
+
+  /** Give up a connection the client judged dead: closed on its side, handled as closed now. */
+  private drop(ws: WebSocketLike, code: number, reason: string): void {
+    detach(ws);
+    try {
+      ws.close(code, reason);
+    } catch {
+      /* closing anyway */
+    }
+    this.onClose(ws, code, reason);
+  }
+
+  private stopTimers(): void {
+    for (const t of [this.retryTimer, this.ackTimer, this.gapTimer, this.watchdog]) if (t !== undefined) clearTimeout(t);
+    this.retryTimer = this.ackTimer = this.gapTimer = this.watchdog = undefined;
+    this.pingSentAt = 0;
+  }
+
+  // ---- listeners ---------------------------------------------------------------
+
+  private setState(s: ClientStatus): void {
+    this.state = s.state;
+    for (const fn of this.handlers.status) {
+      try {
+        fn(s);
+      } catch {
+        /* a listener's fault is its own */
+      }
+    }
+  }
+
+  private clientError(code: ErrorCode & `TW_CLIENT_${string}`, fatal: boolean, ...args: unknown[]): void {
+    this.emitError({ code, message: formatMessage(code, args), fatal });
+  }
+
+  private emitError(e: TracewireClientError): void {
+    for (const fn of this.handlers.error) {
+      try {
+        fn(e);
+      } catch {
+        /* a listener's fault is its own */
+      }
+    }
+  }
+}
+
+/** A frame's JSON object, or undefined if it is not one. */
+function parseObject(data: unknown): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(typeof data === 'string' ? data : String(data));
+    return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function detach(ws: WebSocketLike): void {
+  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+}
+
+function positive(v: number | undefined, dflt: number, name: string): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) throw new TypeError(`TracewireClient: ${name} must be a number above 0`);
+  return v;
+}
+
+function nonNegative(v: number | undefined, dflt: number, name: string): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !(v >= 0) || !Number.isFinite(v)) throw new TypeError(`TracewireClient: ${name} must be a number, 0 or more`);
+  return v;
+}

@@ -1,0 +1,324 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { WebSocketServer } from 'ws';
+import { TracewireClient, type WebSocketConstructor } from '../../src/client/TracewireClient.js';
+import { ERRORS } from '../../src/errors/codes.js';
+import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
+import type { Sidecar } from '../../src/surfaces/server.js';
+import { connectAcked, inProcessTracer, startTestSidecar, until, type TestClient } from '../helpers.js';
+import { FaultProxy, RecordingClient } from './support.js';
+
+/**
+ * The WebSocket client against a real sidecar on port 0 (spans from the
+ * in-process processor), through a TCP proxy that cuts or freezes
+ * connections: what a chat page sees when the network drops.
+ */
+
+const N = DEMO_EXPECTED.length; // 11
+const ALL = Array.from({ length: N }, (_, i) => i + 1);
+
+let sc: Sidecar | undefined;
+const cleanup: Array<() => unknown> = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+  await sc?.close();
+  sc = undefined;
+});
+
+function recording(opts: ConstructorParameters<typeof RecordingClient>[0]): RecordingClient {
+  const c = new RecordingClient({ minRetryDelayMillis: 20, maxRetryDelayMillis: 100, ...opts });
+  cleanup.push(() => c.client.close());
+  return c;
+}
+
+async function proxyTo(s: Sidecar): Promise<FaultProxy> {
+  const p = await new FaultProxy(Number(new URL(s.publicUrl).port)).start();
+  cleanup.push(() => p.close());
+  return p;
+}
+
+const wsUrl = (s: Sidecar): string => `${s.publicUrl.replace('http', 'ws')}/v1/events`;
+
+async function runDetail(s: Sidecar, runId: string): Promise<{ events: Array<Record<string, unknown>>; verdict: string | null }> {
+  const res = await fetch(`${s.publicUrl}/api/runs/${encodeURIComponent(runId)}`);
+  expect(res.status).toBe(200);
+  return (await res.json()) as { events: Array<Record<string, unknown>>; verdict: string | null };
+}
+
+describe('TracewireClient against a sidecar', () => {
+  it('hands out a run once and in order, acknowledges it (runs API), and follows the run until its top-level completion', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    let tokens = 0;
+    const c = recording({ url: wsUrl(s), token: () => (tokens++, s.tw.token('ada')) });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    expect(c.statuses.find((x) => x.state === 'open')?.user).toBe('ada');
+    const { tracer } = inProcessTracer(s);
+    const ids = await runDemoAgent(tracer, { user: 'ada' });
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await c.until((x) => x.events.length >= N, 5000, 'the run');
+    expect(c.seqs()).toEqual(ALL);
+    expect(c.events.map((e) => [e.type, e.agent])).toEqual(DEMO_EXPECTED.map((e) => [e.type, e.agent]));
+    expect(c.errors).toEqual([]);
+    expect(tokens).toBe(1);
+    // Acks coalesced per run: the runs API shows every event acknowledged.
+    let detail = await runDetail(s, runId);
+    for (let i = 0; i < 100 && !detail.events.every((e) => e.acked === true); i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      detail = await runDetail(s, runId);
+    }
+    expect(detail.events.map((e) => e.acked)).toEqual(ALL.map(() => true));
+    expect(c.client.positions()).toEqual({ [runId]: N });
+    expect(c.client.stats).toMatchObject({ received: N, delivered: N, duplicates: 0, missed: 0, connects: 1, reconnects: 0 });
+  });
+
+  it('through a connection cut mid-run (another tab took the events meanwhile): reconnects with ?resume=<run>:<seq> and ends with every event exactly once, in order', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const proxy = await proxyTo(s);
+    const otherTab: TestClient = await connectAcked(s, 'bea');
+    cleanup.push(() => otherTab.ws.terminate());
+    const c = recording({ url: proxy.url, token: () => s.tw.token('bea') });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    const { tracer } = inProcessTracer(s);
+    const run = runDemoAgent(tracer, { user: 'bea', stepMillis: 40 });
+    await c.until((x) => x.events.length >= 3, 5000, '3 events');
+    proxy.freeze(); // nothing more reaches the client, then the connection drops
+    await new Promise((r) => setTimeout(r, 120));
+    proxy.thaw();
+    proxy.cut();
+    const ids = await run;
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await c.until((x) => x.events.length >= N, 8000, 'every event');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(c.seqs()).toEqual(ALL);
+    expect(c.events.every((e) => e.run_id === runId)).toBe(true);
+    expect(c.opens()).toBe(2);
+    expect(c.client.stats.reconnects).toBe(1);
+    // The second upgrade named the run and the last seq handed out, and asked for the runs it never heard of.
+    const second = proxy.requestLines[1]!;
+    const q = new URL(second.split(' ')[1]!, 'http://x').searchParams;
+    expect(q.get('resume')).toMatch(new RegExp(`^${runId}:([3-9]|10)$`));
+    expect(q.get('resume_all')).toBe('1');
+    expect(second).not.toContain('access_token'); // the token went in the subprotocol
+    const reconnecting = c.statuses.find((x) => x.state === 'reconnecting');
+    expect(reconnecting?.closeCode).toBe(1006);
+  });
+
+  it('through a cut while the user had no other connection: the held events arrive on reconnect, none twice', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const proxy = await proxyTo(s);
+    const c = recording({ url: proxy.url, token: () => s.tw.token('cy'), auth: 'query' });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    const { tracer } = inProcessTracer(s);
+    const run = runDemoAgent(tracer, { user: 'cy', stepMillis: 30 });
+    await c.until((x) => x.events.length >= 4, 5000, '4 events');
+    proxy.cut();
+    await run;
+    await c.until((x) => x.events.length >= N, 8000, 'every event');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(c.seqs()).toEqual(ALL);
+    expect(proxy.requestLines[0]).toContain('access_token=');
+  });
+
+  it('skips seqs the server reports lost (a gap, cause server) and forgets runs the server cannot resume', async () => {
+    sc = await startTestSidecar({ replayMaxEventsPerRun: 3 });
+    const s = sc;
+    const tab = await connectAcked(s, 'dee');
+    cleanup.push(() => tab.ws.terminate());
+    const { tracer } = inProcessTracer(s);
+    const ids = await runDemoAgent(tracer, { user: 'dee' });
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await tab.until((x) => x.events.length >= N, 5000, 'the run');
+    const c = recording({ url: wsUrl(s), token: () => s.tw.token('dee'), resumeAll: 'never' });
+    // As after a page reload that kept its positions: seen up to 2; another run the server no longer has.
+    c.client.follow(runId, 2);
+    c.client.follow('0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331', 4);
+    c.client.connect();
+    await c.until((x) => x.events.length >= 3, 5000, 'the retained events');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.seqs()).toEqual([9, 10, 11]);
+    expect(c.gaps).toEqual([{ run_id: runId, from_seq: 3, to_seq: 8, cause: 'server' }]);
+    expect(c.client.stats.missed).toBe(6);
+    expect(c.errors.map((e) => e.code)).toEqual(['TW_WS_BAD_FIELD', 'TW_WS_BAD_FIELD']);
+    expect(c.client.positions()).toEqual({ [runId]: N });
+  });
+
+  it('a fixed token the server refuses: one fatal error, state closed, no retry; a token function is asked again and gets in', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const fixed = recording({ url: wsUrl(s), token: 'not-a-jwt' });
+    fixed.client.connect();
+    await fixed.until((x) => x.client.status === 'closed', 5000, 'closed');
+    await new Promise((r) => setTimeout(r, 150));
+    expect(fixed.statuses.map((x) => x.state)).toEqual(['connecting', 'closed']);
+    expect(fixed.errors.map((e) => [e.code, e.fatal])).toEqual([
+      ['TW_AUTH_INVALID', false],
+      ['TW_CLIENT_STOPPED', true],
+    ]);
+    expect(fixed.statuses.at(-1)?.closeCode).toBe(4403);
+
+    let calls = 0;
+    const renewing = recording({ url: wsUrl(s), token: async () => (++calls === 1 ? 'expired-or-bad' : s.tw.token('eve')) });
+    renewing.client.connect();
+    await renewing.until((x) => x.client.status === 'open', 5000, 'open with the second token');
+    expect(calls).toBe(2);
+    expect(renewing.errors.map((e) => e.code)).toEqual(['TW_AUTH_INVALID']);
+  });
+
+  it('with no server: retries with growing, jittered waits, then gives up after maxAttempts (TW_CLIENT_GAVE_UP)', async () => {
+    const dead = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+    await new Promise((r) => dead.once('listening', r));
+    const port = (dead.address() as { port: number }).port;
+    await new Promise((r) => dead.close(r)); // a port nothing listens on
+    const c = recording({ url: `ws://127.0.0.1:${port}/v1/events`, token: 't', minRetryDelayMillis: 20, maxRetryDelayMillis: 80, maxAttempts: 4 });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'closed', 5000, 'gave up');
+    const waits = c.statuses.filter((x) => x.state === 'reconnecting').map((x) => [x.attempt, x.retryInMillis!]);
+    expect(waits.map(([a]) => a)).toEqual([1, 2, 3, 4]);
+    // Full jitter within [cap/2, cap], the cap doubling from 20 up to 80.
+    for (const [attempt, wait] of waits) {
+      const cap = Math.min(80, 20 * 2 ** (attempt! - 1));
+      expect(wait).toBeGreaterThanOrEqual(cap / 2);
+      expect(wait).toBeLessThanOrEqual(cap);
+    }
+    expect(c.errors.at(-1)).toMatchObject({ code: 'TW_CLIENT_GAVE_UP', fatal: true, message: 'gave up after 4 attempts in a row' });
+  });
+
+  it('a half-open connection (nothing comes back after a ping): TW_CLIENT_NO_PONG, reconnects, and gets what it missed', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const proxy = await proxyTo(s);
+    const c = recording({ url: proxy.url, token: () => s.tw.token('fox'), pingIntervalMillis: 150, pingTimeoutMillis: 200, connectTimeoutMillis: 500 });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    proxy.freeze();
+    const { tracer } = inProcessTracer(s);
+    const ids = await runDemoAgent(tracer, { user: 'fox' });
+    await c.until((x) => x.errors.some((e) => e.code === 'TW_CLIENT_NO_PONG'), 5000, 'no pong');
+    proxy.thaw();
+    await c.until((x) => x.events.length >= N, 8000, 'the run after reconnecting');
+    expect(c.seqs()).toEqual(ALL);
+    expect(c.events[0]!.run_id).toBe(`${ids.traceId}-${ids.spanId}`);
+    expect(c.opens()).toBe(2);
+  });
+
+  it('close() stops for good: no reconnect, and connect() starts again', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const c = recording({ url: wsUrl(s), token: () => s.tw.token('gil') });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    c.client.close();
+    expect(c.client.status).toBe('closed');
+    await until(() => s.tw.hub.connectionCount === 0, 5000, 'server side closed');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(c.statuses.filter((x) => x.state === 'connecting')).toHaveLength(1);
+    c.client.connect();
+    await c.until((x) => x.opens() === 2, 5000, 'open again');
+  });
+});
+
+describe('TracewireClient ordering, against a scripted ws server', () => {
+  /** A plain ws server that acks, then sends the given frames; records what the client sends. */
+  async function scripted(frames: unknown[]): Promise<{ url: string; received: string[] }> {
+    const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => (p.has('tracewire.v1') ? 'tracewire.v1' : false) });
+    await new Promise((r) => wss.once('listening', r));
+    cleanup.push(() => new Promise((r) => wss.close(r)));
+    cleanup.push(() => {
+      for (const ws of wss.clients) ws.terminate();
+    });
+    const received: string[] = [];
+    wss.on('connection', (ws) => {
+      ws.on('message', (d) => received.push(d.toString()));
+      ws.send(JSON.stringify({ type: 'ack', protocol: 'tracewire.v1', user: 'u', connection_id: 1, conversation_id: null }));
+      for (const f of frames) ws.send(JSON.stringify(f));
+    });
+    return { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}/v1/events`, received };
+  }
+  const ev = (seq: number, run = 'r1', type = 'agent_thinking') => ({ type, run_id: run, trace_id: 't', span_id: 's', seq, ts: '2026-01-01T00:00:00.000Z', data: {} });
+
+  it('reorders by seq, drops duplicates, waits gapTimeoutMillis for a missing seq and then reports it (cause timeout)', async () => {
+    const srv = await scripted([ev(1), ev(3), ev(2), ev(2), ev(5), ev(1, 'r2'), 'not an object', ev(6)]);
+    const c = recording({ url: srv.url, token: 't', gapTimeoutMillis: 200, ackDelayMillis: 10 });
+    c.client.connect();
+    await c.until((x) => x.seqs('r1').length >= 3 && x.seqs('r2').length === 1, 5000, '1..3 and r2');
+    expect(c.seqs('r1')).toEqual([1, 2, 3]); // 5 and 6 wait for 4
+    const waited = Date.now();
+    await c.until((x) => x.seqs('r1').length === 5, 5000, 'the timeout');
+    expect(Date.now() - waited).toBeGreaterThanOrEqual(100);
+    expect(c.seqs('r1')).toEqual([1, 2, 3, 5, 6]);
+    expect(c.gaps).toEqual([{ run_id: 'r1', from_seq: 4, to_seq: 4, cause: 'timeout' }]);
+    expect(c.client.stats.duplicates).toBe(1);
+    expect(c.errors.map((e) => e.code)).toEqual(['TW_CLIENT_BAD_FRAME']);
+    // Acks: cumulative per run, never past what was handed out.
+    await until(() => srv.received.some((m) => m.includes('"seq":6')), 5000, 'ack of 6');
+    const acks = srv.received.map((m) => JSON.parse(m) as { type: string; run_id: string; seq: number }).filter((m) => m.type === 'ack');
+    const r1 = acks.filter((a) => a.run_id === 'r1').map((a) => a.seq);
+    expect(r1).toEqual([...r1].sort((a, b) => a - b));
+    expect(acks.at(-1)).toEqual({ type: 'ack', run_id: 'r1', seq: 6 });
+  });
+
+  it('past maxPendingPerRun skips the missing seqs at once (cause overflow); past maxRuns forgets the least recently active run', async () => {
+    const srv = await scripted([ev(1), ev(3), ev(4), ev(5), ev(1, 'r2'), ev(1, 'r3')]);
+    const c = recording({ url: srv.url, token: 't', maxPendingPerRun: 2, maxRuns: 2 });
+    c.client.connect();
+    await c.until((x) => x.events.length >= 6, 5000, 'all');
+    expect(c.seqs('r1')).toEqual([1, 3, 4, 5]);
+    expect(c.gaps).toEqual([{ run_id: 'r1', from_seq: 2, to_seq: 2, cause: 'overflow' }]);
+    expect(Object.keys(c.client.positions())).toEqual(['r2', 'r3']);
+    expect(c.client.stats.forgottenRuns).toBe(1);
+  });
+
+  it('an event listener that throws does not stop delivery (TW_CLIENT_HANDLER)', async () => {
+    const srv = await scripted([ev(1), ev(2)]);
+    const c = recording({ url: srv.url, token: 't' });
+    c.client.on('event', (e) => {
+      if (e.seq === 1) throw new Error('boom');
+    });
+    c.client.connect();
+    await c.until((x) => x.events.length >= 2, 5000, 'both');
+    expect(c.errors).toEqual([{ code: 'TW_CLIENT_HANDLER', message: 'an event listener threw: boom', fatal: false }]);
+  });
+});
+
+describe('TracewireClient options', () => {
+  const WS = class {} as unknown as WebSocketConstructor;
+  it('refuses bad options with a clear TypeError', () => {
+    expect(() => new TracewireClient({ url: 'http://x', token: 't', WebSocket: WS })).toThrow('url must be a ws:// or wss:// URL');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 3 as unknown as string, WebSocket: WS })).toThrow('token must be a string or a function');
+    const g = globalThis as { WebSocket?: unknown };
+    const had = g.WebSocket;
+    delete g.WebSocket; // Node 22 has one
+    try {
+      expect(() => new TracewireClient({ url: 'ws://x', token: 't' })).toThrow('no WebSocket here');
+    } finally {
+      if (had !== undefined) g.WebSocket = had;
+    }
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, maxRuns: 0 })).toThrow('maxRuns must be a number above 0');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, ackDelayMillis: -1 })).toThrow('ackDelayMillis must be a number, 0 or more');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, auth: 'header' as 'query' })).toThrow('auth must be');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS }).follow('r', -1)).toThrow('a run id and a seq >= 0');
+  });
+
+  it('the package exports it as tracewire/client (the build `npm test` makes), with no import a browser cannot resolve', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const out = execFileSync(process.execPath, ['--input-type=module', '-e', "const { TracewireClient } = await import('tracewire/client'); console.log(typeof TracewireClient)"], { encoding: 'utf8' });
+    expect(out.trim()).toBe('function');
+    const { readFileSync } = await import('node:fs');
+    for (const f of ['dist/client/TracewireClient.js', 'dist/errors/codes.js']) {
+      const imports = [...readFileSync(f, 'utf8').matchAll(/^import .* from '([^']+)';/gm)].map((m) => m[1]);
+      expect(imports.every((i) => i!.startsWith('.'))).toBe(true);
+    }
+  });
+
+  it('every code the client reports is in the error catalogue', async () => {
+    const src = await import('node:fs').then((fs) => fs.readFileSync(new URL('../../src/client/TracewireClient.ts', import.meta.url), 'utf8'));
+    const used = new Set([...src.matchAll(/'(TW_CLIENT_[A-Z_]+)'/g)].map((m) => m[1]!));
+    expect(used.size).toBeGreaterThanOrEqual(7);
+    for (const code of used) expect(ERRORS).toHaveProperty(code);
+  });
+});
