@@ -1,7 +1,7 @@
 import type { EventType, LifecycleKind } from '../audit/Metrics.js';
 import { append } from '../util/arrays.js';
 import { RunRecord, type SpanSummary } from '../audit/RunRecord.js';
-import { classify, type Classified } from '../conventions/classify.js';
+import { classify, conversationOf, userOf, type Classified } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import type { BridgeRegistry, DoneEntry } from './BridgeRegistry.js';
 import type { OutboundEvent } from './EventSink.js';
@@ -13,7 +13,7 @@ const HELD = 8;
 const EMITTED_START = 16;
 const EMITTED_END = 32;
 const COUNTED = 64;
-/** `user` / `conv` came from the span's own attributes (they outrank the parent's). */
+/** `user` / `conv` came from the span's own attributes (they outrank the parent's; baggage does not). */
 const OWN_USER = 128;
 const OWN_CONV = 256;
 /** Inside a run that has ended and been let go (a compacted OTLP trace): its events are late. */
@@ -33,7 +33,7 @@ export class SpanNode {
   /** The tool call id (tool), the model (thinking) or the parent agent's name (agent). */
   private detail: string | undefined;
   error: string | undefined = undefined;
-  /** Before anchoring: the span's own user, else the parent-context hint; after: the resolved user. */
+  /** Before anchoring: the span's own user, else the parent-context hint, else baggage's; after: the resolved user. */
   user: string | undefined;
   conv: string | undefined;
   endMs: number | undefined = undefined;
@@ -51,9 +51,13 @@ export class SpanNode {
     this.kind = c.kind;
     this.name = c.name;
     this.detail = c.kind === 'tool' ? c.callId : c.kind === 'thinking' ? c.model : undefined;
-    this.user = c.user ?? span.parentUser;
-    this.conv = c.conversation ?? span.parentConversation;
-    this.flags = (parentRemote ? PARENT_REMOTE : 0) | (c.user !== undefined ? OWN_USER : 0) | (c.conversation !== undefined ? OWN_CONV : 0);
+    // Own attributes, then the nearest ancestor's (the parent node's at attach(), else the parent-context hint),
+    // then W3C baggage: classify() falls back to baggage (in process), which is not the span's own.
+    const ownUser = c.user !== undefined && (span.baggageUser === undefined || userOf(span.attributes) !== undefined);
+    const ownConv = c.conversation !== undefined && (span.baggageConversation === undefined || conversationOf(span.attributes) !== undefined);
+    this.user = ownUser ? c.user : (span.parentUser ?? c.user);
+    this.conv = ownConv ? c.conversation : (span.parentConversation ?? c.conversation);
+    this.flags = (parentRemote ? PARENT_REMOTE : 0) | (ownUser ? OWN_USER : 0) | (ownConv ? OWN_CONV : 0);
   }
 
   get callId(): string | undefined {
@@ -396,7 +400,7 @@ export class TraceBridge {
       if (node.parentRemote) node.parentRemote = false;
       // The same id as the parent's own string: the decoder's copy is let go while it is young.
       node.parentSpanId = parent.spanId;
-      // Own attributes first, then the parent's, then the hint from the parent context.
+      // Own attributes first, then the parent's, then the hint from the parent context, then baggage (both set at construction).
       if (!node.ownUser && parent.user !== undefined) node.user = parent.user;
       if (!node.ownConv && parent.conv !== undefined) node.conv = parent.conv;
     }

@@ -314,6 +314,46 @@ describe('in process: user and conversation inherited from outside the agent spa
     expect(other.events).toEqual([]);
   });
 
+  // README: a span's own attributes, then its nearest ancestor's user and conversation, then W3C baggage.
+  it('a parent span\'s user.id outranks W3C baggage user.id; with no ancestor user, the baggage routes the run', async () => {
+    sc = await startTestSidecar();
+    const { tracer } = inProcessTracer(sc);
+    const ann = await connectAcked(sc, 'ann');
+    const bea = await connectAcked(sc, 'bea');
+    // The request came in with baggage naming bea; the server span names the user it authenticated, ann.
+    const bagged = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ 'user.id': { value: 'bea' } }));
+    const http = tracer.startSpan('POST /chat', { attributes: { 'http.request.method': 'POST', 'user.id': 'ann' } }, bagged);
+    const ids = await runDemoAgent(tracer, { user: 'ann', conversation: 'c-ann', userOnSpan: false, parent: trace.setSpan(bagged, http) });
+    http.end();
+    await expectDemoRun(ann, ids, 'c-ann');
+    expect(bea.events).toEqual([]);
+    expect(sc.tw.ledger.get(`${ids.traceId}-${ids.spanId}`)!.user).toBe('ann');
+    // The same baggage, and no ancestor with a user: bea's run.
+    const anon = tracer.startSpan('POST /chat', { attributes: { 'http.request.method': 'POST' } }, bagged);
+    const ids2 = await runDemoAgent(tracer, { user: 'bea', conversation: 'c-bea', userOnSpan: false, parent: trace.setSpan(bagged, anon) });
+    anon.end();
+    await expectDemoRun(bea, ids2, 'c-bea');
+    expect(ann.events).toHaveLength(DEMO_EXPECTED.length);
+  });
+
+  it('a parent span\'s session.id outranks W3C baggage gen_ai.conversation.id', async () => {
+    sc = await startTestSidecar();
+    const { tracer } = inProcessTracer(sc);
+    const ann = await connectAcked(sc, 'ann');
+    const bagged = propagation.setBaggage(ROOT_CONTEXT, propagation.createBaggage({ 'gen_ai.conversation.id': { value: 'c-bag' } }));
+    const http = tracer.startSpan('POST /chat', { attributes: { 'user.id': 'ann', 'session.id': 'c-parent' } }, bagged);
+    const parent = trace.setSpan(bagged, http);
+    // The demo agent sets gen_ai.conversation.id on its top span; build a run without it.
+    const agent = tracer.startSpan('invoke_agent helper', { attributes: { 'gen_ai.operation.name': 'invoke_agent' } }, parent);
+    tracer.startSpan('execute_tool lookup', {}, trace.setSpan(parent, agent)).end();
+    agent.end();
+    http.end();
+    await ann.until((c) => c.events.length >= 4, 5000, 'events');
+    expect(ann.events.map((e) => [e.type, e.conversation_id])).toEqual([
+      ['agent_started', 'c-parent'], ['tool_executing', 'c-parent'], ['tool_completed', 'c-parent'], ['agent_completed', 'c-parent'],
+    ]);
+  });
+
   it('W3C baggage enduser.id routes the run', async () => {
     sc = await startTestSidecar();
     const { tracer } = inProcessTracer(sc);

@@ -4,7 +4,8 @@ import { TracewireError } from '../../src/errors/errors.js';
 import { decodeJson, decodeProtobuf, TooManySpansError } from '../../src/sources/otlp/decode.js';
 import { gunzipLimited } from '../../src/sources/otlp/gunzip.js';
 import { otlpTypes } from '../../src/sources/otlp/schema.js';
-import { gzip, jsonRequest, protobufRequest } from './otlpSupport.js';
+import { connectAcked, startTestSidecar } from '../helpers.js';
+import { expectDemoRun, gzip, jsonRequest, jsonSpan, postJson, protobufRequest, recordDemo } from './otlpSupport.js';
 
 const TRACE = '0af7651916cd43dd8448eb211c80319c';
 const SPAN = 'b7ad6b7169203331';
@@ -125,6 +126,74 @@ describe('OTLP/JSON decoding', () => {
     expect(Object.fromEntries(d.reasons)).toEqual({ bad_time: 3 });
   });
 
+  it('a null AnyValue member is absent, as the proto3 JSON mapping says: the span and its user.id are kept', () => {
+    const members = ['stringValue', 'string_value', 'boolValue', 'bool_value', 'intValue', 'int_value', 'doubleValue', 'double_value', 'arrayValue', 'array_value', 'kvlistValue', 'kvlist_value', 'bytesValue', 'bytes_value'];
+    const attributes = [
+      { key: 'user.id', value: { stringValue: 'ann' } },
+      // Only a null member: an empty AnyValue, left out as `{}` is.
+      ...members.map((m) => ({ key: m, value: { [m]: null } })),
+      { key: 'snake', value: { stringValue: null, string_value: 'from snake_case' } },
+      { key: 'next', value: { stringValue: null, boolValue: null, intValue: '3' } },
+      { key: 'arr', value: { arrayValue: { values: [{ doubleValue: null }, {}, { stringValue: 'x' }] } } },
+      { key: 'kv', value: { kvlistValue: { values: [{ key: 'gone', value: { bytesValue: null } }, { key: 'in', value: { bool_value: null, boolValue: false } }] } } },
+    ];
+    const d = decodeJson(json(jsonRequest([span({ attributes })])), opts);
+    expect(d.rejected).toBe(0);
+    expect(d.spans[0]!.attributes).toEqual({ 'user.id': 'ann', snake: 'from snake_case', next: 3, arr: [null, null, 'x'], 'kv.in': false });
+    // A member that is there and of the wrong type still rejects the span.
+    const bad = decodeJson(json(jsonRequest([span({ attributes: [{ key: 'user.id', value: { stringValue: 'ann' } }, { key: 'x', value: { stringValue: 5 } }] })])), opts);
+    expect(bad.firstRejection).toBe('span 0: stringValue is not a string');
+  });
+
+  it('base64 ids (the proto3 JSON mapping) with or without padding, standard or URL-safe; anything not 16 or 8 bytes is rejected as before', () => {
+    // Ids whose base64 has "+" and "/" (URL-safe: "-" and "_").
+    const trace = 'fbff3e0af7651916cd43dd8448eb21fe';
+    const spanId = 'fbff3e0af76519fe';
+    const parent = '03ef0bfffbff0001';
+    const forms = (hex: string): string[] => {
+      const b = Buffer.from(hex, 'hex');
+      return [b.toString('base64'), b.toString('base64').replace(/=+$/, ''), b.toString('base64url'), `${b.toString('base64url')}==`.slice(0, b.toString('base64').length)];
+    };
+    expect(forms(trace)).toEqual(['+/8+CvdlGRbNQ92ESOsh/g==', '+/8+CvdlGRbNQ92ESOsh/g', '-_8-CvdlGRbNQ92ESOsh_g', '-_8-CvdlGRbNQ92ESOsh_g==']);
+    const ok = forms(trace).flatMap((t, i) => [span({ traceId: t, spanId: forms(spanId)[i], parentSpanId: forms(parent)[i] }), span({ trace_id: t, traceId: undefined, span_id: forms(spanId)[(i + 1) % 4], spanId: undefined })]);
+    const d = decodeJson(json(jsonRequest(ok)), opts);
+    expect(d.rejected).toBe(0);
+    expect(d.spans.map((s) => [s.traceId, s.spanId, s.parentSpanId])).toEqual(forms(trace).flatMap(() => [[trace, spanId, parent], [trace, spanId, undefined]]));
+    const b64 = (n: number): string => Buffer.alloc(n, 0xab).toString('base64');
+    const wrong = decodeJson(
+      json(
+        jsonRequest([
+          span({ traceId: b64(15).replace(/=+$/, '') }), // 20 characters: 15 bytes
+          span({ traceId: `${b64(16).slice(0, 20)}==` }), // 22 characters, but 15 bytes
+          span({ traceId: b64(16).slice(0, 21) }), // 21 characters
+          span({ traceId: b64(17).replace(/=+$/, '') }),
+          span({ spanId: `${b64(8).slice(0, 10)}=` }), // 11 characters, but 7 bytes
+          span({ spanId: b64(8).slice(0, 10) }),
+          span({ spanId: b64(9) }),
+          span({ spanId: 'AAAAAAAAAAA' }), // 8 zero bytes
+          span({ parentSpanId: b64(7).replace(/=+$/, '') }),
+          span({ parentSpanId: b64(8).slice(0, 11).replace('q', '!') }),
+        ]),
+      ),
+      opts,
+    );
+    expect(wrong.spans).toEqual([]);
+    expect(Object.fromEntries(wrong.reasons)).toEqual({ bad_trace_id: 4, bad_span_id: 4, bad_parent_span_id: 2 });
+    expect(wrong.firstRejection).toBe('span 0: trace_id must be 16 non-zero bytes');
+  });
+
+  it('an intValue outside int64 rejects its span (bad_field); the int64 extremes are kept', () => {
+    const ints: unknown[] = [
+      '9223372036854775807', '-9223372036854775808', '0009223372036854775807', '9007199254740993', '-42', 2 ** 60, 2 ** 63, -(2 ** 63),
+      '9223372036854775808', '-9223372036854775809', '99999999999999999999999', '-99999999999999999999999', '1'.repeat(1000), 2 ** 64, 1e300, -(2 ** 64),
+    ];
+    const spans = ints.map((v, i) => span({ spanId: (i + 1).toString(16).padStart(16, '0'), attributes: [{ key: 'user.id', value: { stringValue: 'ann' } }, { key: 'n', value: { intValue: v } }] }));
+    const d = decodeJson(json(jsonRequest(spans)), opts);
+    expect(d.spans.map((s) => s.attributes.n)).toEqual([9223372036854775807n, -9223372036854775808n, 9223372036854775807n, 9007199254740993n, -42, 2 ** 60, 2 ** 63, -(2 ** 63)]);
+    expect(Object.fromEntries(d.reasons)).toEqual({ bad_field: 8 });
+    expect(d.firstRejection).toBe('span 8: intValue is not an int64');
+  });
+
   it('refuses bodies that are not an ExportTraceServiceRequest', () => {
     for (const body of ['', 'null', '[]', '"x"', '{"resourceSpans":1}', '{"resourceSpans":[{"scopeSpans":{}}]}']) {
       expect(() => decodeJson(Buffer.from(body), opts)).toThrowError(TracewireError);
@@ -136,6 +205,30 @@ describe('OTLP/JSON decoding', () => {
     const many = Array.from({ length: 5 }, () => span());
     expect(() => decodeJson(json(jsonRequest(many)), { maxSpans: 4 })).toThrowError(TooManySpansError);
     expect(decodeJson(json(jsonRequest(many)), { maxSpans: 5 }).spans).toHaveLength(5);
+  });
+});
+
+describe('OTLP/JSON written as the generic proto3 JSON mapping writes it, through the receiver', () => {
+  it('unpadded URL-safe base64 ids and null AnyValue members: the run reaches its user', async () => {
+    const sc = await startTestSidecar({}, true);
+    try {
+      const client = await connectAcked(sc, 'ann');
+      const { spans, traceId, spanId } = await recordDemo('ann');
+      const b64 = (hex: unknown): unknown => (typeof hex === 'string' ? Buffer.from(hex, 'hex').toString('base64url') : hex);
+      const objs = spans.map((s) => {
+        const o = jsonSpan(s);
+        const attributes = [...(o.attributes as unknown[]), { key: 'http.route', value: { stringValue: null } }, { key: 'retry', value: { boolValue: null, intValue: '2' } }];
+        return { ...o, traceId: b64(o.traceId), spanId: b64(o.spanId), parentSpanId: b64(o.parentSpanId), attributes };
+      });
+      expect(objs[0]!.traceId).toHaveLength(22);
+      const r = await postJson(sc.otlpUrl!, jsonRequest(objs));
+      expect(r.status).toBe(200);
+      expect(r.json).toEqual({});
+      await expectDemoRun(client, `${traceId}-${spanId}`);
+      client.close();
+    } finally {
+      await sc.close();
+    }
   });
 });
 

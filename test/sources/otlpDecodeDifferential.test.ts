@@ -436,7 +436,7 @@ describe('decoders against the reference decoders', () => {
   it('OTLP/JSON spans with random values in random places match the reference walk', () => {
     const rnd = prng(FUZZ_SEED + 1);
     const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)]!;
-    const pool: unknown[] = [null, 0, -1, 1.5, 2 ** 32, '', 'x', '12', '-3', 'AQID', '0af7651916cd43dd8448eb211c80319c', 'b7ad6b7169203331', [], [null], {}, true, 'STATUS_CODE_ERROR', { stringValue: 's' }, { intValue: '9007199254740993' }, { kvlistValue: { values: [{ key: 'k', value: { boolValue: true } }] } }, { arrayValue: { values: [{ doubleValue: 'NaN' }] } }];
+    const pool: unknown[] = [null, 0, -1, 1.5, 2 ** 32, '', 'x', '12', '-3', 'AQID', '0af7651916cd43dd8448eb211c80319c', 'b7ad6b7169203331', [], [null], {}, true, 'STATUS_CODE_ERROR', { stringValue: 's' }, { intValue: '9007199254740993' }, { kvlistValue: { values: [{ key: 'k', value: { boolValue: true } }] } }, { arrayValue: { values: [{ doubleValue: 'NaN' }] } }, 'CvdlGRbNQ92ESOshHIAxnA', 't61rcWkgMzE', { stringValue: null }, { intValue: '-9223372036854775809' }];
     const template = (): Record<string, unknown> => ({
       traceId: '0af7651916cd43dd8448eb211c80319c',
       spanId: 'b7ad6b7169203331',
@@ -480,6 +480,13 @@ describe('decoders against the reference decoders', () => {
       { ...id, traceId: 'CvdlGRbNQ92ESOshHIAxnA==' },
       { ...id, traceId: 'CvdlGRbNQ92ESOshHIAxn_==' },
       { ...id, traceId: '0AF7651916CD43DD8448EB211C80319C' },
+      { ...id, traceId: 'CvdlGRbNQ92ESOshHIAxnA', spanId: 't61rcWkgMzE', parentSpanId: 'APBnqgupArc' },
+      { ...id, traceId: '-_8-CvdlGRbNQ92ESOsh_g', spanId: '-_8-CvdlGf4', parentSpanId: 'A+8L//v/AAE' },
+      { ...id, traceId: 'CvdlGRbNQ92ESOshHIAx==' },
+      { ...id, traceId: 'CvdlGRbNQ92ESOshHIAxn' },
+      { ...id, spanId: 't61rcWkgMz=' },
+      { ...id, spanId: 'AAAAAAAAAAA' },
+      { ...id, parentSpanId: 'APBnqgupAr' },
       { ...id, spanId: 5 },
       { ...id, parentSpanId: 'zz' },
       { ...id, name: 7 },
@@ -515,6 +522,14 @@ describe('decoders against the reference decoders', () => {
           { key: 'd3', value: { doubleValue: '' } },
         ],
       },
+      { ...id, attributes: ['stringValue', 'string_value', 'boolValue', 'bool_value', 'intValue', 'int_value', 'doubleValue', 'double_value', 'arrayValue', 'array_value', 'kvlistValue', 'kvlist_value', 'bytesValue', 'bytes_value'].map((m) => ({ key: m, value: { [m]: null } })) },
+      { ...id, attributes: [{ key: 'x', value: { stringValue: null, boolValue: null, double_value: null, intValue: '7' } }, { key: 'a', value: { arrayValue: { values: [{ stringValue: null }, { kvlistValue: null }] } } }, { key: 'k', value: { kvlist_value: { values: [{ key: 'b', value: { bytes_value: null, bytesValue: 'AQID' } }] } } }] },
+      { ...id, attributes: [{ key: 'max', value: { intValue: '9223372036854775807' } }, { key: 'min', value: { int_value: '-9223372036854775808' } }, { key: 'zeros', value: { intValue: '-0009223372036854775808' } }, { key: 'n', value: { intValue: 2 ** 63 } }, { key: 'm', value: { intValue: -(2 ** 63) } }] },
+      { ...id, attributes: [{ key: 'x', value: { intValue: '9223372036854775808' } }] },
+      { ...id, attributes: [{ key: 'x', value: { int_value: '-9223372036854775809' } }] },
+      { ...id, attributes: [{ key: 'x', value: { intValue: '-00000000000000000000000000009223372036854775809' } }] },
+      { ...id, attributes: [{ key: 'x', value: { intValue: 1e300 } }] },
+      { ...id, attributes: [{ key: 'x', value: { intValue: -(2 ** 64) } }] },
       { ...id, attributes: [{ key: 'x', value: { stringValue: 5 } }] },
       { ...id, attributes: [{ key: 'x', value: { boolValue: 'yes' } }] },
       { ...id, attributes: [{ key: 'x', value: { doubleValue: 'abc' } }] },

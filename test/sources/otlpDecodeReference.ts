@@ -1,8 +1,11 @@
 /**
  * TEST-ONLY REFERENCE: the OTLP request decoder as it was before the
  * hand-written wire reader (protobufjs messages or JSON.parse output walked
- * through one codec interface), kept verbatim so otlpDecodeDifferential.test.ts
- * can check the fast decoders against it. Not used by src/.
+ * through one codec interface), kept so otlpDecodeDifferential.test.ts can
+ * check the fast decoders against it. Not used by src/. Changed since only
+ * where the OTLP/JSON walk now follows the proto3 JSON mapping more closely:
+ * a null AnyValue member is absent, base64 ids may be unpadded, and an
+ * intValue must be within int64.
  */
 import type { AttributeValue, SpanEventInput, SpanInput } from '../../src/conventions/SpanInput.js';
 import { otlpTypes } from '../../src/sources/otlp/schema.js';
@@ -325,13 +328,25 @@ const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
 const DIGITS = /^\d+$/;
 const INT = /^-?\d+$/;
 
+const INT64_MIN = -(2n ** 63n);
+const INT64_MAX = 2n ** 63n - 1n;
+
+/** An int64: a decimal string within its range, or a JSON number no further out than the doubles nearest to its bounds (±2^63). */
 function jsonInt(v: unknown, what: string): number | bigint {
-  if (typeof v === 'number' && Number.isInteger(v)) return v;
+  if (typeof v === 'number' && Number.isInteger(v) && Math.abs(v) <= 2 ** 63) return v;
   if (typeof v === 'string' && INT.test(v)) {
     const n = Number(v);
-    return Number.isSafeInteger(n) ? n : BigInt(v);
+    if (Number.isSafeInteger(n)) return n;
+    const b = BigInt(v);
+    if (b >= INT64_MIN && b <= INT64_MAX) return b;
   }
   throw new SpanReject('bad_field', `${what} is not an int64`);
+}
+
+/** A member of a JSON object, by either name; JSON null is the same as absent (the proto3 JSON mapping). */
+function member(o: Record<string, unknown>, camel: string, snake: string): unknown {
+  const v = o[camel] ?? o[snake];
+  return v === null ? undefined : v;
 }
 
 const JSON_CODEC: Codec = {
@@ -343,9 +358,9 @@ const JSON_CODEC: Codec = {
   id(v, bytes) {
     if (v === undefined || v === null || v === '') return '';
     if (typeof v !== 'string') return undefined;
-    // OTLP/JSON ids are hex; base64 (the generic protobuf JSON mapping) is accepted too.
+    // OTLP/JSON ids are hex; base64 (the generic protobuf JSON mapping: padded or not, standard or URL-safe) is accepted too.
     if (v.length === bytes * 2 && HEX.test(v)) return v.toLowerCase();
-    if (v.length === Math.ceil(bytes / 3) * 4 && BASE64.test(v)) {
+    if ((v.length === Math.ceil(bytes / 3) * 4 || v.length === Math.ceil((bytes * 4) / 3)) && BASE64.test(v)) {
       const b = Buffer.from(v, v.includes('-') || v.includes('_') ? 'base64url' : 'base64');
       return b.length === bytes ? b.toString('hex') : undefined;
     }
@@ -371,39 +386,40 @@ const JSON_CODEC: Codec = {
   anyValue(v, depth) {
     if (v === undefined || v === null) return EMPTY;
     if (!isObject(v)) throw new SpanReject('bad_field', 'attribute value is not an AnyValue object');
-    if (v.stringValue !== undefined || v.string_value !== undefined) {
-      const s = v.stringValue ?? v.string_value;
+    const s = member(v, 'stringValue', 'string_value');
+    if (s !== undefined) {
       if (typeof s !== 'string') throw new SpanReject('bad_field', 'stringValue is not a string');
       return s;
     }
-    if (v.boolValue !== undefined || v.bool_value !== undefined) {
-      const b = v.boolValue ?? v.bool_value;
+    const b = member(v, 'boolValue', 'bool_value');
+    if (b !== undefined) {
       if (typeof b !== 'boolean') throw new SpanReject('bad_field', 'boolValue is not a boolean');
       return b;
     }
-    if (v.intValue !== undefined || v.int_value !== undefined) return jsonInt(v.intValue ?? v.int_value, 'intValue');
-    if (v.doubleValue !== undefined || v.double_value !== undefined) {
-      const d = v.doubleValue ?? v.double_value;
+    const i = member(v, 'intValue', 'int_value');
+    if (i !== undefined) return jsonInt(i, 'intValue');
+    const d = member(v, 'doubleValue', 'double_value');
+    if (d !== undefined) {
       if (typeof d === 'number') return d;
       if (typeof d === 'string' && d.trim() !== '' && !Number.isNaN(Number(d))) return Number(d);
       if (d === 'NaN' || d === 'Infinity' || d === '-Infinity') return Number(d);
       throw new SpanReject('bad_field', 'doubleValue is not a number');
     }
-    const arr = v.arrayValue ?? v.array_value;
+    const arr = member(v, 'arrayValue', 'array_value');
     if (arr !== undefined) {
       if (!isObject(arr)) throw new SpanReject('bad_field', 'arrayValue is not an object');
       const values = arr.values ?? [];
       if (!Array.isArray(values)) throw new SpanReject('bad_field', 'arrayValue.values is not a list');
       return depth >= MAX_VALUE_DEPTH ? null : arrayOf(values, JSON_CODEC, depth);
     }
-    const kvl = v.kvlistValue ?? v.kvlist_value;
+    const kvl = member(v, 'kvlistValue', 'kvlist_value');
     if (kvl !== undefined) {
       if (!isObject(kvl)) throw new SpanReject('bad_field', 'kvlistValue is not an object');
       const values = kvl.values ?? [];
       if (!Array.isArray(values)) throw new SpanReject('bad_field', 'kvlistValue.values is not a list');
       return { [KVLIST]: values };
     }
-    const bytes = v.bytesValue ?? v.bytes_value;
+    const bytes = member(v, 'bytesValue', 'bytes_value');
     if (bytes !== undefined) {
       if (typeof bytes !== 'string' || !BASE64.test(bytes)) throw new SpanReject('bad_field', 'bytesValue is not base64');
       return bytes;

@@ -168,13 +168,18 @@ function eventsOf(raw: unknown): SpanEventInput[] {
   return out;
 }
 
-/** OTLP/JSON ids are hex; base64 (the generic protobuf JSON mapping) is accepted too. '' when absent; undefined when malformed. */
+/**
+ * OTLP/JSON ids are hex; base64 (the generic protobuf JSON mapping: padded or
+ * not, standard or URL-safe) is accepted too. '' when absent; undefined when
+ * malformed or not `bytes` bytes.
+ */
 function idOf(v: unknown, bytes: number): string | undefined {
   if (v === undefined || v === null || v === '') return '';
   if (typeof v !== 'string') return undefined;
   // Exporters send lowercase hex: test for it first and skip toLowerCase().
   if (v.length === bytes * 2) return LOWER_HEX.test(v) ? v : HEX.test(v) ? v.toLowerCase() : undefined;
-  if (v.length === Math.ceil(bytes / 3) * 4 && BASE64.test(v)) {
+  // Padded (24 characters for 16 bytes, 12 for 8) or not (22, 11); the decoded length is checked below.
+  if ((v.length === Math.ceil(bytes / 3) * 4 || v.length === Math.ceil((bytes * 4) / 3)) && BASE64.test(v)) {
     const b = Buffer.from(v, v.includes('-') || v.includes('_') ? 'base64url' : 'base64');
     return b.length === bytes ? b.toString('hex') : undefined;
   }
@@ -239,13 +244,34 @@ function statusCodeOf(v: unknown): number {
   throw new SpanReject('bad_field', 'status.code is not a StatusCode');
 }
 
+const TWO_63 = 2 ** 63;
+const INT64_MAX = '9223372036854775807';
+const INT64_MIN_DIGITS = '9223372036854775808';
+
+/**
+ * An int64 intValue: a decimal string within int64 (a safe integer as a
+ * number, else a BigInt) or a JSON number up to ±2^63, the doubles nearest
+ * to the int64 bounds (a JSON number cannot say which integer it meant).
+ */
 function intOf(v: unknown): number | bigint {
-  if (typeof v === 'number' && Number.isInteger(v)) return v;
+  if (typeof v === 'number' && Number.isInteger(v) && v <= TWO_63 && v >= -TWO_63) return v;
   if (typeof v === 'string' && INT.test(v)) {
     const n = Number(v);
-    return Number.isSafeInteger(n) ? n : BigInt(v);
+    if (Number.isSafeInteger(n)) return n;
+    if (isInt64Decimal(v)) return BigInt(v);
   }
   throw new SpanReject('bad_field', 'intValue is not an int64');
+}
+
+/** An optionally signed decimal (leading zeros allowed) within int64, checked on its digits before BigInt() reads it. */
+function isInt64Decimal(v: string): boolean {
+  const neg = v.charCodeAt(0) === 45;
+  let i = neg ? 1 : 0;
+  while (i < v.length - 1 && v.charCodeAt(i) === 48) i++;
+  const n = v.length - i;
+  if (n !== INT64_MAX.length) return n < INT64_MAX.length;
+  // Same length: digit strings compare as numbers.
+  return v.slice(i) <= (neg ? INT64_MIN_DIGITS : INT64_MAX);
 }
 
 /** KeyValue list to a flat attribute record (kvlist values become dotted keys). */
@@ -284,6 +310,8 @@ function addKeyValues(out: Record<string, unknown>, prefix: string, kvs: unknown
 /**
  * One AnyValue. The members are tried in the order the codec walk tried them
  * (string, bool, int, double, array, kvlist, bytes), camelCase then snake_case.
+ * A member whose value is JSON null is absent (the proto3 JSON mapping): an
+ * AnyValue with only null members is empty, like `{}`.
  */
 function anyValueOf(raw: unknown, depth: number): AttributeValue | KvList | typeof EMPTY {
   if (raw === undefined || raw === null) return EMPTY;
@@ -292,27 +320,30 @@ function anyValueOf(raw: unknown, depth: number): AttributeValue | KvList | type
   // The common case first: one string member under its camelCase name.
   const s = v.stringValue;
   if (typeof s === 'string') return s;
-  if (s !== undefined || v.string_value !== undefined) {
-    const x = s ?? v.string_value;
+  // proto3 JSON: a member that is null is absent (the snake_case name is read in its place).
+  const x = s ?? v.string_value;
+  if (x !== undefined && x !== null) {
     if (typeof x !== 'string') throw new SpanReject('bad_field', 'stringValue is not a string');
     return x;
   }
-  if (v.boolValue !== undefined || v.bool_value !== undefined) {
-    const b = v.boolValue ?? v.bool_value;
+  const b = v.boolValue ?? v.bool_value;
+  if (b !== undefined && b !== null) {
     if (typeof b !== 'boolean') throw new SpanReject('bad_field', 'boolValue is not a boolean');
     return b;
   }
-  if (v.intValue !== undefined || v.int_value !== undefined) return intOf(v.intValue ?? v.int_value);
-  if (v.doubleValue !== undefined || v.double_value !== undefined) return doubleOf(v.doubleValue ?? v.double_value);
+  const i = v.intValue ?? v.int_value;
+  if (i !== undefined && i !== null) return intOf(i);
+  const d = v.doubleValue ?? v.double_value;
+  if (d !== undefined && d !== null) return doubleOf(d);
   const arr = v.arrayValue ?? v.array_value;
-  if (arr !== undefined) {
+  if (arr !== undefined && arr !== null) {
     const values = containerValues(arr, 'arrayValue');
     return depth >= MAX_VALUE_DEPTH ? null : arrayOf(values, depth);
   }
   const kvl = v.kvlistValue ?? v.kvlist_value;
-  if (kvl !== undefined) return new KvList(containerValues(kvl, 'kvlistValue'));
+  if (kvl !== undefined && kvl !== null) return new KvList(containerValues(kvl, 'kvlistValue'));
   const bytes = v.bytesValue ?? v.bytes_value;
-  if (bytes !== undefined) {
+  if (bytes !== undefined && bytes !== null) {
     if (typeof bytes !== 'string' || !BASE64.test(bytes)) throw new SpanReject('bad_field', 'bytesValue is not base64');
     return bytes;
   }
