@@ -4,6 +4,7 @@
 //
 //   npm run soak                        (builds, then: node bench/soak.mjs)
 //   node bench/soak.mjs --duration-s 60 --clients 500 --users 250 --runs-per-s 100 --churn-per-s 10 --stalled 5
+//   node bench/soak.mjs --client raw      (hand-written ws clients instead of tracewire/client)
 //
 // Three processes: this one (orchestrator: report), a server (Tracewire + startSidecar from dist/, an
 // in-process tracer running the demo agent for random users) and a client process (every WebSocket).
@@ -13,6 +14,10 @@
 // with ?resume=<every run it knows>:<its last contiguous seq>&resume_all=1. `stalled` extra clients
 // stop reading right after their ack (the heartbeat or backpressure must close them; they are not counted).
 // At the end every logical client must hold, for every run of its user, seqs 1..11 exactly once.
+//
+// --client tracewire (default): each logical client is the shipped TracewireClient (dist/client), which
+// reconnects and resumes by itself; a drop closes or terminates its socket under it, and it must hand out
+// every run's seqs once, in order, with no gap. --client raw: a hand-written ws client that resumes in the URL.
 import { fork } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
@@ -43,7 +48,9 @@ const CFG = {
   replayRetentionMs: num('replay-retention-ms', 10_000),
   runsMaxCount: num('runs-max-count', 1000),
   heartbeatMs: num('heartbeat-ms', 2000),
+  client: A.client ?? 'tracewire',
 };
+if (CFG.client !== 'tracewire' && CFG.client !== 'raw') throw new Error(`--client must be tracewire or raw, not ${CFG.client}`);
 const HARD_LIMIT_MS = (CFG.durationS + 90) * 1000;
 
 // ---------------------------------------------------------------- server ----
@@ -212,12 +219,70 @@ async function clients() {
     }
   }
 
+  /** The shipped client: it reconnects and resumes by itself; drop() cuts its socket under it. */
+  const { TracewireClient } = await import('../dist/client/TracewireClient.js');
+  class Shipped {
+    constructor(i, user) {
+      this.i = i;
+      this.user = user;
+      this.runs = new Map(); // runId -> { seqs: Set, contiguous }
+      this.dups = 0;
+      this.outOfOrder = 0;
+      this.reconnects = 0;
+      this.errors = 0;
+      this.expired = 0;
+      this.gaps = 0;
+      this.open = false;
+      this.ws = undefined;
+    }
+    connect() {
+      if (this.client !== undefined) return Promise.resolve();
+      const self = this;
+      // The socket the client opens, kept to cut it under the client.
+      class Socket extends WebSocket {
+        constructor(address, protocols) {
+          super(address, protocols);
+          self.ws = this;
+        }
+      }
+      this.client = new TracewireClient({ url: `${url.replace('http', 'ws')}/v1/events`, token: this.token, WebSocket: Socket, minRetryDelayMillis: 50, maxRetryDelayMillis: 500, pingIntervalMillis: 0 });
+      this.client.on('event', (f) => {
+        let r = this.runs.get(f.run_id);
+        if (r === undefined) this.runs.set(f.run_id, (r = { seqs: new Set(), contiguous: 0, lastAt: 0 }));
+        if (r.seqs.has(f.seq)) this.dups++;
+        else if (f.seq !== r.contiguous + 1) this.outOfOrder++;
+        r.seqs.add(f.seq);
+        while (r.seqs.has(r.contiguous + 1)) r.contiguous++;
+      });
+      this.client.on('gap', () => this.gaps++);
+      this.client.on('error', (e) => {
+        if (/outside the resume window/.test(e.message)) this.expired++;
+        else this.errors++;
+      });
+      return new Promise((resolve) => {
+        this.client.on('status', (st) => {
+          this.open = st.state === 'open';
+          if (st.state === 'open') resolve();
+        });
+        this.client.connect();
+      });
+    }
+    async drop() {
+      if (!this.open) return;
+      this.open = false;
+      this.reconnects++;
+      // Half a clean close, half an abrupt terminate, under the client: it must come back and resume.
+      if (Math.random() < 0.5) this.ws.close();
+      else this.ws.terminate();
+    }
+  }
+
   const stalled = [];
   process.on('message', async (msg) => {
     if (msg.type === 'connect') {
       url = msg.url;
       for (let i = 0; i < msg.clients; i++) {
-        const c = new Logical(i, `u-${i % msg.users}`);
+        const c = CFG.client === 'tracewire' ? new Shipped(i, `u-${i % msg.users}`) : new Logical(i, `u-${i % msg.users}`);
         c.token = await verifier.sign(c.user, 3600);
         all.push(c);
       }
@@ -248,7 +313,7 @@ async function clients() {
       const complete = (c) => (expected[c.user] ?? []).every((id) => c.runs.get(id)?.contiguous === 11);
       const deadline = Date.now() + 20_000;
       while (Date.now() < deadline) {
-        for (const c of all) if (!c.open && c.ws.readyState >= 2) await c.connect(true);
+        if (CFG.client === 'raw') for (const c of all) if (!c.open && c.ws.readyState >= 2) await c.connect(true);
         if (all.every(complete)) break;
         await sleep(200);
       }
@@ -261,6 +326,7 @@ async function clients() {
       let errors = 0;
       let expired = 0;
       let extraRuns = 0;
+      let gaps = 0;
       const missingExamples = [];
       for (const c of all) {
         const mine = new Set(expected[c.user] ?? []);
@@ -279,10 +345,14 @@ async function clients() {
         reconnects += c.reconnects;
         errors += c.errors;
         expired += c.expired;
+        gaps += c.gaps ?? 0;
       }
-      process.send({ type: 'result', expectedEvents, received, missing, dups, outOfOrder, reconnects, errors, expired, extraRuns, missingExamples });
+      process.send({ type: 'result', expectedEvents, received, missing, dups, outOfOrder, reconnects, errors, expired, extraRuns, gaps, missingExamples });
     } else if (msg.type === 'exit') {
-      for (const c of all) c.ws.terminate();
+      for (const c of all) {
+        c.client?.close();
+        c.ws?.terminate();
+      }
       for (const w of stalled) w.terminate();
       setTimeout(() => process.exit(0), 100);
     }
@@ -319,7 +389,7 @@ async function orchestrate() {
     console.error(`soak: hard limit ${HARD_LIMIT_MS} ms reached, killing`);
     process.exit(2);
   }, HARD_LIMIT_MS);
-  console.log(`soak: ${CFG.durationS} s, ${CFG.clients} clients over ${CFG.users} users (+${CFG.stalled} stalled), ${CFG.runsPerS} runs/s, churn ${CFG.churnPerS}/s, replay retention ${CFG.replayRetentionMs} ms`);
+  console.log(`soak: ${CFG.client === 'tracewire' ? 'tracewire/client' : 'raw ws'} clients, ${CFG.durationS} s, ${CFG.clients} clients over ${CFG.users} users (+${CFG.stalled} stalled), ${CFG.runsPerS} runs/s, churn ${CFG.churnPerS}/s, replay retention ${CFG.replayRetentionMs} ms`);
   const srv = child('server');
   const cli = child('clients');
   const srvReady = srv.next('ready');
@@ -378,7 +448,7 @@ async function orchestrate() {
     ['events received (unique)', String(r.received)],
     ['events missing', String(r.missing)],
     ['duplicates received', String(r.dups)],
-    ['out-of-order arrivals', String(r.outOfOrder)],
+    [CFG.client === 'tracewire' ? 'handed out out of order / gaps reported' : 'out-of-order arrivals', CFG.client === 'tracewire' ? `${r.outOfOrder} / ${r.gaps}` : String(r.outOfOrder)],
     ['client reconnects (resume)', `${r.reconnects}, events replayed ${sum(m.replayed)}`],
     ['error frames', `${r.errors} (plus ${r.expired} "run outside the resume window" for old runs a client named)`],
     ['delivered / late / dropped (metric)', `${sum(m.delivered)} / ${sum(m.late)} / ${JSON.stringify(m.dropped)}`],
@@ -396,7 +466,8 @@ async function orchestrate() {
   console.log('\nRSS samples (MiB, every 5 s):', gcs.map((s) => mib(s.rss)).join(' '));
   console.log('heap after full GC (MiB, every 5 s):', gcs.map((s) => mib(s.heap)).join(' '));
   if (r.missing > 0) console.log('missing examples:', r.missingExamples);
-  const ok = r.missing === 0 && r.dups === 0 && r.extraRuns === 0 && r.errors === 0;
+  // The shipped client promises order and says every gap: both must be nil too.
+  const ok = r.missing === 0 && r.dups === 0 && r.extraRuns === 0 && r.errors === 0 && (CFG.client === 'raw' || (r.outOfOrder === 0 && r.gaps === 0));
   console.log(ok ? '\nsoak: OK, no event lost or duplicated' : '\nsoak: FAILED');
   await sleep(200);
   process.exit(ok ? 0 : 1);

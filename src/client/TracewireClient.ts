@@ -17,7 +17,9 @@
  * - duplicates (seq at or below the last delivered) are dropped; an event
  *   ahead of the next seq waits until the seqs before it arrive, the server
  *   says they are lost (an error frame with `run_id`, `from_seq`, `to_seq`:
- *   a `gap`), or `gapTimeoutMillis` passes (a `gap` too);
+ *   a `gap`), or `gapTimeoutMillis` passes (a `gap` too). A run first heard
+ *   of in the middle (its start went to another tab) is asked for from its
+ *   start with a `resume` frame;
  * - acks: after the application's handlers ran, the highest seq per run is
  *   acknowledged (`ack` frames, at most one per run per `ackDelayMillis`);
  * - liveness: an attempt with no `ack` within `connectTimeoutMillis` is
@@ -183,6 +185,8 @@ interface RunTrack {
   lastEventAt: number;
   /** The run's top-level agent_completed was delivered: nothing more will come. */
   done: boolean;
+  /** The server said it cannot resume the run (unknown, or past its window): not named again. */
+  gone: boolean;
   /** Seq acknowledged / to acknowledge. */
   acked: number;
 }
@@ -357,7 +361,7 @@ export class TracewireClient {
     let frame: Record<string, number> | undefined;
     let inFrame = 0;
     // Most recently active first: they are the likeliest to have missed something.
-    const list = [...this.runs.values()].filter((r) => !r.done).reverse();
+    const list = [...this.runs.values()].filter((r) => !r.done && !r.gone).reverse();
     for (const r of list) {
       const part = `${r.runId}:${r.last}`;
       if (inUrl.length + part.length + 1 <= this.o.maxResumeUrlChars) {
@@ -456,8 +460,15 @@ export class TracewireClient {
       ...(typeof f.to_seq === 'number' ? { to_seq: f.to_seq } : {}),
       ...(Array.isArray(f.run_ids) ? { run_ids: f.run_ids.filter((x): x is string => typeof x === 'string') } : {}),
     };
-    // Runs the server cannot resume (unknown, or past the window): stop naming them.
-    if (err.run_ids !== undefined) for (const id of err.run_ids) this.runs.delete(id);
+    // Runs the server cannot resume (unknown, or past the window): stop naming them; what waits in them goes now.
+    if (err.run_ids !== undefined) {
+      for (const id of err.run_ids) {
+        const r = this.runs.get(id);
+        if (r === undefined) continue;
+        r.gone = true;
+        if (r.pending !== undefined && r.pending.size > 0) this.skipToPending(r, 'server');
+      }
+    }
     if (err.run_id !== undefined && err.from_seq !== undefined && err.to_seq !== undefined) {
       const r = this.runs.get(err.run_id);
       if (r !== undefined && err.to_seq > r.last) {
@@ -474,8 +485,9 @@ export class TracewireClient {
     let r = this.runs.get(ev.run_id);
     if (r === undefined) {
       r = this.track(ev.run_id, now);
-      // A run first heard of mid-way (its start went to another tab): it starts here.
-      r.last = ev.seq - 1;
+      // A run first heard of mid-way (its start went to another tab): ask for its start. The event waits
+      // for it; the server sends what it still has and names the rest as lost (a gap).
+      if (ev.seq > 1 && this.ws !== undefined && this.ws.readyState === OPEN) this.ws.send(JSON.stringify({ type: 'resume', runs: { [ev.run_id]: 0 } }));
     } else {
       // Most recently active last (what maxRuns forgets first is at the front).
       this.runs.delete(ev.run_id);
@@ -576,7 +588,7 @@ export class TracewireClient {
   private track(runId: string, now: number): RunTrack {
     let r = this.runs.get(runId);
     if (r !== undefined) return r;
-    r = { runId, last: 0, pending: undefined, holes: undefined, waitingSince: now, lastEventAt: now, done: false, acked: 0 };
+    r = { runId, last: 0, pending: undefined, holes: undefined, waitingSince: now, lastEventAt: now, done: false, gone: false, acked: 0 };
     this.runs.set(runId, r);
     while (this.runs.size > this.o.maxRuns) this.forget(this.runs.keys().next().value as string);
     return r;

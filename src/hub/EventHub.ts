@@ -562,7 +562,7 @@ export class EventHub implements EventSink {
     const wanted: Array<[string, number, boolean]> = Object.entries(runs).map(([id, seq]) => [id, seq, true]);
     if (all) for (const id of this.replay.runIdsOf(conn.user)) if (!Object.hasOwn(runs, id)) wanted.push([id, 0, false]);
     const unknown: string[] = [];
-    const unknownIds: string[] = [];
+    let firstUnknown: { id: string; named: boolean } | undefined;
     let unknownCount = 0;
     // Seqs of the user's events still held, per run (they follow a URL resume): read once, and only if needed.
     let held: Map<string, number[]> | undefined;
@@ -574,8 +574,7 @@ export class EventHub implements EventSink {
       if (evs === undefined && heldSeqs === undefined) {
         // Unknown, expired, or another user's run: the same answer, so run ids leak nothing.
         if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
-        // Named runs only (a resume names at most MAX_RESUME_RUNS): the client stops naming them.
-        if (named) unknownIds.push(runId);
+        firstUnknown ??= { id: runId, named };
         continue;
       }
       if (!this.reportHoles(conn, runId, named ? lastSeq : undefined, evs ?? [], heldSeqs)) break;
@@ -591,9 +590,15 @@ export class EventHub implements EventSink {
         }
       }
     }
-    const gone = { run_ids: unknownIds };
-    if (unknownCount === 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${unknown[0]}`, 'run unknown or outside the resume window'), gone);
-    else if (unknownCount > 1) this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', `${unknownCount} runs unknown or outside the resume window: ${firstFew(unknown, unknownCount)}`), gone);
+    if (unknownCount === 1) {
+      // One run: named in full as run_ids too (a client stops naming it), when it is not cut (no run id is that long).
+      const one = firstUnknown!;
+      const gone = one.named && unknown[0] === one.id ? { run_ids: [one.id] } : undefined;
+      this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${unknown[0]}`, 'run unknown or outside the resume window'), gone);
+    } else if (unknownCount > 1) {
+      // Many: the count and the first few only, so the answer stays a small fraction of the question.
+      this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', `${unknownCount} runs unknown or outside the resume window: ${firstFew(unknown, unknownCount)}`));
+    }
     if (n > 0) this.metrics.replayedEvents.inc(n);
     if (conn.dirty) this.dirty.add(conn);
   }

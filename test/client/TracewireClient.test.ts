@@ -144,7 +144,25 @@ describe('TracewireClient against a sidecar', () => {
     expect(c.gaps).toEqual([{ run_id: runId, from_seq: 3, to_seq: 8, cause: 'server' }]);
     expect(c.client.stats.missed).toBe(6);
     expect(c.errors.map((e) => e.code)).toEqual(['TW_WS_BAD_FIELD', 'TW_WS_BAD_FIELD']);
-    expect(c.client.positions()).toEqual({ [runId]: N });
+    // The run the server could not resume is no longer named; the other one is followed to its end.
+    expect(c.client.positions()).toMatchObject({ [runId]: N });
+  });
+
+  it('a run first heard of in the middle (its start went to another tab) is asked for from its start', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const tab = await connectAcked(s, 'ike');
+    cleanup.push(() => tab.ws.terminate());
+    const { tracer } = inProcessTracer(s);
+    const run = runDemoAgent(tracer, { user: 'ike', stepMillis: 30 });
+    await tab.until((x) => x.events.length >= 4, 5000, '4 events in the other tab');
+    const c = recording({ url: wsUrl(s), token: () => s.tw.token('ike'), resumeAll: 'never' });
+    c.client.connect();
+    await run;
+    await c.until((x) => x.events.length >= N, 5000, 'the whole run');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.seqs()).toEqual(ALL);
+    expect(c.gaps).toEqual([]);
   });
 
   it('a fixed token the server refuses: one fatal error, state closed, no retry; a token function is asked again and gets in', async () => {
@@ -271,6 +289,17 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
     expect(c.gaps).toEqual([{ run_id: 'r1', from_seq: 2, to_seq: 2, cause: 'overflow' }]);
     expect(Object.keys(c.client.positions())).toEqual(['r2', 'r3']);
     expect(c.client.stats.forgottenRuns).toBe(1);
+  });
+
+  it('asks for the start of a run first heard of mid-way, and hands out nothing early when the server says the start is lost', async () => {
+    const srv = await scripted([ev(3, 'm1'), { type: 'error', code: 'TW_WS_BAD_FIELD', message: 'bad field runs.m1: events 1..2 are past the resume window', run_id: 'm1', from_seq: 1, to_seq: 2 }, ev(4, 'm1')]);
+    const c = recording({ url: srv.url, token: 't' });
+    c.client.connect();
+    await c.until((x) => x.events.length >= 2, 5000, '3 and 4');
+    expect(c.seqs()).toEqual([3, 4]);
+    expect(c.gaps).toEqual([{ run_id: 'm1', from_seq: 1, to_seq: 2, cause: 'server' }]);
+    await until(() => srv.received.length > 0, 5000, 'a frame from the client');
+    expect(JSON.parse(srv.received[0]!)).toEqual({ type: 'resume', runs: { m1: 0 } });
   });
 
   it('an event listener that throws does not stop delivery (TW_CLIENT_HANDLER)', async () => {
