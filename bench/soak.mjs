@@ -245,7 +245,15 @@ async function clients() {
           self.ws = this;
         }
       }
-      this.client = new TracewireClient({ url: `${url.replace('http', 'ws')}/v1/events`, token: this.token, WebSocket: Socket, minRetryDelayMillis: 50, maxRetryDelayMillis: 500, pingIntervalMillis: 0 });
+      this.client = new TracewireClient({
+        url: `${url.replace('http', 'ws')}/v1/events`,
+        token: this.token,
+        WebSocket: Socket,
+        minRetryDelayMillis: 50,
+        maxRetryDelayMillis: 500,
+        pingIntervalMillis: 0,
+        resumeWindowMillis: CFG.replayRetentionMs + 5000,
+      });
       this.client.on('event', (f) => {
         let r = this.runs.get(f.run_id);
         if (r === undefined) this.runs.set(f.run_id, (r = { seqs: new Set(), contiguous: 0, lastAt: 0 }));
@@ -327,6 +335,7 @@ async function clients() {
       let expired = 0;
       let extraRuns = 0;
       let gaps = 0;
+      let clientDups = 0;
       const missingExamples = [];
       for (const c of all) {
         const mine = new Set(expected[c.user] ?? []);
@@ -346,8 +355,9 @@ async function clients() {
         errors += c.errors;
         expired += c.expired;
         gaps += c.gaps ?? 0;
+        clientDups += c.client?.stats.duplicates ?? 0;
       }
-      process.send({ type: 'result', expectedEvents, received, missing, dups, outOfOrder, reconnects, errors, expired, extraRuns, gaps, missingExamples });
+      process.send({ type: 'result', expectedEvents, received, missing, dups, outOfOrder, reconnects, errors, expired, extraRuns, gaps, clientDups, missingExamples });
     } else if (msg.type === 'exit') {
       for (const c of all) {
         c.client?.close();
@@ -449,7 +459,7 @@ async function orchestrate() {
     ['events missing', String(r.missing)],
     ['duplicates received', String(r.dups)],
     [CFG.client === 'tracewire' ? 'handed out out of order / gaps reported' : 'out-of-order arrivals', CFG.client === 'tracewire' ? `${r.outOfOrder} / ${r.gaps}` : String(r.outOfOrder)],
-    ['client reconnects (resume)', `${r.reconnects}, events replayed ${sum(m.replayed)}`],
+    ['client reconnects (resume)', `${r.reconnects}, events replayed ${sum(m.replayed)}` + (CFG.client === 'tracewire' ? ` (${r.clientDups} of them dropped by the clients as already handed out)` : '')],
     ['error frames', `${r.errors} (plus ${r.expired} "run outside the resume window" for old runs a client named)`],
     ['delivered / late / dropped (metric)', `${sum(m.delivered)} / ${sum(m.late)} / ${JSON.stringify(m.dropped)}`],
     ['verdicts', JSON.stringify(m.verdicts)],

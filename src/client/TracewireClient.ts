@@ -145,8 +145,14 @@ export interface TracewireClientOptions {
   readonly runTtlMillis?: number;
   /** Events waiting for a missing seq, per run. Default 1000. */
   readonly maxPendingPerRun?: number;
-  /** `?resume=` is kept under this many characters; the other runs go in resume frames. Default 2000. */
+  /** `?resume=` is kept under this many characters; the other runs go in resume frames. Default 4000. */
   readonly maxResumeUrlChars?: number;
+  /**
+   * Completed runs are named in a reconnect's resume for this long after their last event (else
+   * `resume_all` sends them again, dropped here as duplicates). Set it a few seconds above the
+   * server's `--replay-retention-ms` (runs leave its window at its next sweep). Default 65000.
+   */
+  readonly resumeWindowMillis?: number;
 }
 
 interface Handlers {
@@ -249,7 +255,8 @@ export class TracewireClient {
       maxRuns: positive(opts.maxRuns, 1000, 'maxRuns'),
       runTtlMillis: positive(opts.runTtlMillis, 600_000, 'runTtlMillis'),
       maxPendingPerRun: positive(opts.maxPendingPerRun, 1000, 'maxPendingPerRun'),
-      maxResumeUrlChars: positive(opts.maxResumeUrlChars, 2000, 'maxResumeUrlChars'),
+      maxResumeUrlChars: positive(opts.maxResumeUrlChars, 4000, 'maxResumeUrlChars'),
+      resumeWindowMillis: nonNegative(opts.resumeWindowMillis, 65_000, 'resumeWindowMillis'),
     };
     if (this.o.auth !== 'subprotocol' && this.o.auth !== 'query') throw new TypeError('TracewireClient: auth must be "subprotocol" or "query"');
     if (!['reconnect', 'always', 'never'].includes(this.o.resumeAll)) throw new TypeError('TracewireClient: resumeAll must be "reconnect", "always" or "never"');
@@ -360,8 +367,11 @@ export class TracewireClient {
     const frames: Array<Record<string, number>> = [];
     let frame: Record<string, number> | undefined;
     let inFrame = 0;
-    // Most recently active first: they are the likeliest to have missed something.
-    const list = [...this.runs.values()].filter((r) => !r.done && !r.gone).reverse();
+    // Runs still going, most recently active first (the likeliest to have missed something); then runs that
+    // completed within resumeWindowMillis: named with their last seq, or resume_all would send them again.
+    const all = [...this.runs.values()].reverse();
+    const recent = now - this.o.resumeWindowMillis;
+    const list = [...all.filter((r) => !r.done && !r.gone), ...all.filter((r) => r.done && !r.gone && r.lastEventAt > recent)];
     for (const r of list) {
       const part = `${r.runId}:${r.last}`;
       if (inUrl.length + part.length + 1 <= this.o.maxResumeUrlChars) {

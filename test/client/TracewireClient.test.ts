@@ -104,6 +104,14 @@ describe('TracewireClient against a sidecar', () => {
     expect(second).not.toContain('access_token'); // the token went in the subprotocol
     const reconnecting = c.statuses.find((x) => x.state === 'reconnecting');
     expect(reconnecting?.closeCode).toBe(1006);
+
+    // Cut again after the run completed: the completed run is named with its last seq, so resume_all sends nothing again.
+    proxy.cut();
+    await c.until((x) => x.opens() === 3, 5000, 'the third open');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(new URL(proxy.requestLines[2]!.split(' ')[1]!, 'http://x').searchParams.get('resume')).toBe(`${runId}:${N}`);
+    expect(c.seqs()).toEqual(ALL);
+    expect(c.client.stats.duplicates).toBe(0);
   });
 
   it('through a cut while the user had no other connection: the held events arrive on reconnect, none twice', async () => {
