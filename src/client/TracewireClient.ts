@@ -206,6 +206,9 @@ const PROTOCOL_CLOSE_CODES = new Set([4400, 1009]);
 /** Close codes the client uses itself (4000–4099 are unused by the server). */
 const CLOSE_NO_PONG = 4000;
 const CLOSE_NO_ACK = 4001;
+/** Longest `?resume=` the client writes: request lines past about 8 KiB are refused by common proxies (Node's limit is 16 KiB of headers). */
+const MAX_RESUME_URL_CHARS = 8000;
+const noop = (): void => undefined;
 const CLOSE_BY_APP = 1000;
 
 export class TracewireClient {
@@ -217,6 +220,8 @@ export class TracewireClient {
   private readonly runs = new Map<string, RunTrack>();
   private ws: WebSocketLike | undefined;
   private state: ClientState = 'idle';
+  /** Each attempt's number: an attempt whose number is no longer current (closed, timed out, superseded) stops where it is. */
+  private gen = 0;
   private attempt = 0;
   private everOpened = false;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -231,7 +236,7 @@ export class TracewireClient {
   private readonly toAck = new Set<RunTrack>();
 
   constructor(opts: TracewireClientOptions) {
-    if (typeof opts?.url !== 'string' || !/^wss?:\/\//i.test(opts.url)) throw new TypeError('TracewireClient: url must be a ws:// or wss:// URL');
+    if (typeof opts?.url !== 'string' || !isWsUrl(opts.url)) throw new TypeError('TracewireClient: url must be a ws:// or wss:// URL');
     if (typeof opts.token !== 'string' && typeof opts.token !== 'function') throw new TypeError('TracewireClient: token must be a string or a function returning one');
     const WS = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
     if (WS === undefined) throw new TypeError('TracewireClient: no WebSocket here; pass one (in Node 20: `WebSocket` from the ws package)');
@@ -243,21 +248,22 @@ export class TracewireClient {
       conversationId: opts.conversationId,
       resumeAll: opts.resumeAll ?? 'reconnect',
       reconnect: opts.reconnect ?? true,
-      minRetryDelayMillis: positive(opts.minRetryDelayMillis, 250, 'minRetryDelayMillis'),
-      maxRetryDelayMillis: positive(opts.maxRetryDelayMillis, 10_000, 'maxRetryDelayMillis'),
-      maxAttempts: opts.maxAttempts === undefined ? undefined : positive(opts.maxAttempts, 1, 'maxAttempts'),
+      minRetryDelayMillis: millis(opts.minRetryDelayMillis, 250, 1, 'minRetryDelayMillis'),
+      maxRetryDelayMillis: millis(opts.maxRetryDelayMillis, 10_000, 1, 'maxRetryDelayMillis'),
+      maxAttempts: opts.maxAttempts === undefined ? undefined : count(opts.maxAttempts, 1, Number.MAX_SAFE_INTEGER, 'maxAttempts'),
       ack: opts.ack ?? true,
-      ackDelayMillis: nonNegative(opts.ackDelayMillis, 50, 'ackDelayMillis'),
-      connectTimeoutMillis: positive(opts.connectTimeoutMillis, 10_000, 'connectTimeoutMillis'),
-      pingIntervalMillis: nonNegative(opts.pingIntervalMillis, 25_000, 'pingIntervalMillis'),
-      pingTimeoutMillis: positive(opts.pingTimeoutMillis, 10_000, 'pingTimeoutMillis'),
-      gapTimeoutMillis: positive(opts.gapTimeoutMillis, 5_000, 'gapTimeoutMillis'),
-      maxRuns: positive(opts.maxRuns, 1000, 'maxRuns'),
-      runTtlMillis: positive(opts.runTtlMillis, 600_000, 'runTtlMillis'),
-      maxPendingPerRun: positive(opts.maxPendingPerRun, 1000, 'maxPendingPerRun'),
-      maxResumeUrlChars: positive(opts.maxResumeUrlChars, 4000, 'maxResumeUrlChars'),
-      resumeWindowMillis: nonNegative(opts.resumeWindowMillis, 65_000, 'resumeWindowMillis'),
+      ackDelayMillis: millis(opts.ackDelayMillis, 50, 0, 'ackDelayMillis'),
+      connectTimeoutMillis: millis(opts.connectTimeoutMillis, 10_000, 1, 'connectTimeoutMillis'),
+      pingIntervalMillis: millis(opts.pingIntervalMillis, 25_000, 0, 'pingIntervalMillis'),
+      pingTimeoutMillis: millis(opts.pingTimeoutMillis, 10_000, 1, 'pingTimeoutMillis'),
+      gapTimeoutMillis: millis(opts.gapTimeoutMillis, 5_000, 1, 'gapTimeoutMillis'),
+      maxRuns: count(opts.maxRuns, 1000, 1_000_000, 'maxRuns'),
+      runTtlMillis: millis(opts.runTtlMillis, 600_000, 1, 'runTtlMillis'),
+      maxPendingPerRun: count(opts.maxPendingPerRun, 1000, 1_000_000, 'maxPendingPerRun'),
+      maxResumeUrlChars: count(opts.maxResumeUrlChars, 4000, MAX_RESUME_URL_CHARS, 'maxResumeUrlChars'),
+      resumeWindowMillis: millis(opts.resumeWindowMillis, 65_000, 0, 'resumeWindowMillis'),
     };
+    if (this.o.runTtlMillis < this.o.resumeWindowMillis) throw new TypeError('TracewireClient: runTtlMillis must be at least resumeWindowMillis (a run forgotten inside the window would be sent again)');
     if (this.o.auth !== 'subprotocol' && this.o.auth !== 'query') throw new TypeError('TracewireClient: auth must be "subprotocol" or "query"');
     if (!['reconnect', 'always', 'never'].includes(this.o.resumeAll)) throw new TypeError('TracewireClient: resumeAll must be "reconnect", "always" or "never"');
   }
@@ -305,6 +311,7 @@ export class TracewireClient {
     }
     this.flushAcks();
     this.stopTimers();
+    this.gen++; // an attempt waiting for its token stops there
     const ws = this.ws;
     this.ws = undefined;
     this.setState({ state: 'closed', closeCode: CLOSE_BY_APP, closeReason: 'closed by the application' });
@@ -321,18 +328,40 @@ export class TracewireClient {
   // ---- connection ---------------------------------------------------------------
 
   private async open(): Promise<void> {
+    const gen = ++this.gen;
     this.setState({ state: 'connecting' });
+    // The connect timeout counts from here: a token function that never settles is an attempt that failed.
+    this.connectStartedAt = this.lastFrameAt = Date.now();
+    this.armWatchdog();
     let token: string;
     try {
       token = typeof this.o.token === 'string' ? this.o.token : await this.o.token();
       if (typeof token !== 'string' || token === '') throw new TypeError('the token function gave no token');
     } catch (err) {
-      if (this.state !== 'connecting') return;
+      if (gen !== this.gen) return; // closed, timed out or superseded meanwhile
       this.clientError('TW_CLIENT_TOKEN', false, messageOf(err));
-      this.retry(undefined, '');
+      if (gen === this.gen) this.retry(undefined, '');
       return;
     }
-    if (this.state !== 'connecting') return; // closed while the token was fetched
+    if (gen !== this.gen) return;
+    let ws: WebSocketLike;
+    try {
+      ws = this.socket(token);
+    } catch (err) {
+      this.clientError('TW_CLIENT_CONNECT', false, messageOf(err));
+      if (gen === this.gen) this.retry(undefined, '');
+      return;
+    }
+    this.ws = ws;
+    this.stats.connects++;
+    if (this.everOpened) this.stats.reconnects++;
+    ws.onmessage = (m) => this.onFrame(ws, m.data);
+    ws.onclose = (c) => this.onClose(ws, c.code, c.reason);
+    ws.onerror = noop; // the close that follows says what happened
+  }
+
+  /** The attempt's WebSocket: its URL (token, conversation, resume) and subprotocols. */
+  private socket(token: string): WebSocketLike {
     const resume = this.resumeUrl();
     const url = new URL(this.o.url);
     if (this.o.auth === 'query') url.searchParams.set('access_token', token);
@@ -341,22 +370,7 @@ export class TracewireClient {
     const all = this.o.resumeAll === 'always' || (this.o.resumeAll === 'reconnect' && this.everOpened);
     if (all) url.searchParams.set('resume_all', '1');
     this.resumeFrames = resume.frames;
-    let ws: WebSocketLike;
-    try {
-      ws = this.o.auth === 'subprotocol' ? new this.WS(url.href, [PROTOCOL, `bearer.${token}`]) : new this.WS(url.href, PROTOCOL);
-    } catch (err) {
-      this.clientError('TW_CLIENT_CONNECT', false, messageOf(err));
-      this.retry(undefined, '');
-      return;
-    }
-    this.ws = ws;
-    this.stats.connects++;
-    if (this.everOpened) this.stats.reconnects++;
-    ws.onmessage = (m) => this.onFrame(ws, m.data);
-    ws.onclose = (c) => this.onClose(ws, c.code, c.reason);
-    ws.onerror = () => undefined; // the close that follows says what happened
-    this.connectStartedAt = this.lastFrameAt = Date.now();
-    this.armWatchdog();
+    return this.o.auth === 'subprotocol' ? new this.WS(url.href, [PROTOCOL, `bearer.${token}`]) : new this.WS(url.href, PROTOCOL);
   }
 
   /** Runs to resume: `?resume=` up to maxResumeUrlChars, the rest in frames of at most RESUME_FRAME_RUNS runs. */
@@ -411,16 +425,21 @@ export class TracewireClient {
       this.setState({ state: 'closed', closeCode: code, closeReason: reason });
       return;
     }
+    // `attempt` counts the attempts that failed in a row (an ack resets it).
     this.attempt++;
-    if (this.o.maxAttempts !== undefined && this.attempt > this.o.maxAttempts) {
-      this.clientError('TW_CLIENT_GAVE_UP', true, this.o.maxAttempts);
+    if (this.o.maxAttempts !== undefined && this.attempt >= this.o.maxAttempts) {
+      this.stopTimers();
+      this.gen++;
+      this.clientError('TW_CLIENT_GAVE_UP', true, this.attempt);
       this.setState({ state: 'closed', closeCode: code, closeReason: reason });
       return;
     }
     // Full jitter: a fleet of clients dropped by one restart does not come back in step.
     const cap = Math.min(this.o.maxRetryDelayMillis, this.o.minRetryDelayMillis * 2 ** Math.min(this.attempt - 1, 30));
     const wait = Math.round(cap / 2 + (Math.random() * cap) / 2);
+    this.stopTimers();
     this.setState({ state: 'reconnecting', retryInMillis: wait, attempt: this.attempt, closeCode: code, closeReason: reason });
+    if (this.state !== 'reconnecting') return; // a status listener closed the client
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       if (this.state === 'reconnecting') void this.open();
@@ -430,7 +449,7 @@ export class TracewireClient {
   // ---- frames ------------------------------------------------------------------
 
   private onFrame(ws: WebSocketLike, data: unknown): void {
-    if (ws !== this.ws) return;
+    if (ws !== this.ws || this.state === 'closed') return;
     this.lastFrameAt = Date.now();
     this.pingSentAt = 0;
     const f = parseObject(data);
@@ -458,6 +477,15 @@ export class TracewireClient {
     this.setState({ state: 'open', connectionId: typeof f.connection_id === 'number' ? f.connection_id : undefined, user: typeof f.user === 'string' ? f.user : undefined });
     for (const runs of this.resumeFrames) if (ws.readyState === OPEN) ws.send(JSON.stringify({ type: 'resume', runs }));
     this.resumeFrames = [];
+    // Events that waited through the disconnect get a fresh gapTimeoutMillis for the resume to fill their gap.
+    const now = Date.now();
+    let waiting = false;
+    for (const r of this.runs.values()) {
+      if (r.pending === undefined || r.pending.size === 0) continue;
+      r.waitingSince = now;
+      waiting = true;
+    }
+    if (waiting) this.armGapTimer();
   }
 
   private onErrorFrame(f: Record<string, unknown>): void {
@@ -521,7 +549,7 @@ export class TracewireClient {
 
   /** Deliver what follows `last` (pending events, or across a hole the server reported). */
   private drain(r: RunTrack, cause: TracewireGap['cause']): void {
-    for (;;) {
+    while (this.state !== 'closed') {
       const next = r.pending?.get(r.last + 1);
       if (next !== undefined) {
         r.pending!.delete(next.seq);
@@ -530,7 +558,11 @@ export class TracewireClient {
       }
       const h = r.holes?.findIndex(([from, to]) => from <= r.last + 1 && to > r.last);
       if (h === undefined || h < 0) break;
-      const [, to] = r.holes!.splice(h, 1)[0]!;
+      const [, holeTo] = r.holes!.splice(h, 1)[0]!;
+      // A hole stops at an event that is here (the server names what its window lacks, not what this
+      // connection got before): the rest of it applies after that event.
+      const to = Math.min(holeTo, firstPending(r) - 1);
+      if (holeTo > to) r.holes!.push([to + 1, holeTo]);
       this.gap(r, r.last + 1, to, cause);
       r.last = to;
     }
@@ -538,15 +570,24 @@ export class TracewireClient {
       r.holes = r.holes.filter(([, to]) => to > r.last);
       if (r.holes.length === 0) r.holes = undefined;
     }
-    if (r.pending !== undefined && r.pending.size > 0) r.waitingSince = Date.now();
+    if (r.pending !== undefined && r.pending.size > 0) {
+      for (const seq of r.pending.keys()) {
+        if (seq > r.last) continue;
+        r.pending.delete(seq);
+        this.stats.duplicates++;
+      }
+      r.waitingSince = Date.now();
+    }
   }
 
-  /** Give up waiting: the seqs before the first pending event are a gap. */
+  /** Give up waiting: the seqs before the first pending event are a gap (never behind what was handed out). */
   private skipToPending(r: RunTrack, cause: TracewireGap['cause']): void {
-    let first = Number.POSITIVE_INFINITY;
-    for (const s of r.pending!.keys()) if (s < first) first = s;
-    this.gap(r, r.last + 1, first - 1, cause);
-    r.last = first - 1;
+    const first = firstPending(r);
+    if (first === Number.POSITIVE_INFINITY) return;
+    if (first - 1 > r.last) {
+      this.gap(r, r.last + 1, first - 1, cause);
+      r.last = first - 1;
+    }
     this.drain(r, cause);
   }
 
@@ -562,7 +603,7 @@ export class TracewireClient {
         this.clientError('TW_CLIENT_HANDLER', false, messageOf(err));
       }
     }
-    if (this.o.ack) {
+    if (this.o.ack && this.state !== 'closed') {
       this.toAck.add(r);
       if (this.ackTimer === undefined) this.ackTimer = setTimeout(() => this.flushAcks(), this.o.ackDelayMillis);
     }
@@ -598,6 +639,7 @@ export class TracewireClient {
   private track(runId: string, now: number): RunTrack {
     let r = this.runs.get(runId);
     if (r !== undefined) return r;
+    this.expire(now);
     r = { runId, last: 0, pending: undefined, holes: undefined, waitingSince: now, lastEventAt: now, done: false, gone: false, acked: 0 };
     this.runs.set(runId, r);
     while (this.runs.size > this.o.maxRuns) this.forget(this.runs.keys().next().value as string);
@@ -607,6 +649,8 @@ export class TracewireClient {
   private forget(runId: string): void {
     const r = this.runs.get(runId);
     if (r === undefined) return;
+    // Events that waited in it are not handed out: say so.
+    if (r.pending !== undefined && r.pending.size > 0) this.gap(r, r.last + 1, Math.max(...r.pending.keys()), 'overflow');
     this.runs.delete(runId);
     this.toAck.delete(r);
     this.stats.forgottenRuns++;
@@ -645,14 +689,22 @@ export class TracewireClient {
   private checkAlive(): void {
     this.watchdog = undefined;
     const ws = this.ws;
-    if (ws === undefined) return;
     const now = Date.now();
     if (this.state === 'connecting') {
       if (now - this.connectStartedAt >= this.o.connectTimeoutMillis) {
+        if (ws === undefined) {
+          // Still waiting for the token: this attempt is given up (its token, if it ever comes, is not used).
+          this.gen++;
+          this.clientError('TW_CLIENT_TOKEN', false, `the token function did not answer within ${this.o.connectTimeoutMillis} ms`);
+          this.retry(undefined, '');
+          return;
+        }
         this.clientError('TW_CLIENT_CONNECT', false, `no ack within ${this.o.connectTimeoutMillis} ms`);
         this.drop(ws, CLOSE_NO_ACK, 'no ack');
         return;
       }
+    } else if (ws === undefined) {
+      return;
     } else if (this.o.pingIntervalMillis > 0) {
       if (this.pingSentAt !== 0 && now - this.pingSentAt >= this.o.pingTimeoutMillis) {
         // Nothing since the ping: a half-open connection. Drop it and reconnect (its close event may never come).
@@ -727,18 +779,42 @@ function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/** Stop listening to a socket given up. Its error handler stays a no-op: the `ws` package emits 'error' on a close before the upgrade completed, which with no listener would crash the process. */
 function detach(ws: WebSocketLike): void {
-  ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+  ws.onopen = ws.onmessage = ws.onclose = null;
+  ws.onerror = noop;
 }
 
-function positive(v: number | undefined, dflt: number, name: string): number {
+/** A URL `new URL()` takes, with the ws: or wss: scheme. */
+/** The lowest seq waiting in a run (Infinity when none). */
+function firstPending(r: RunTrack): number {
+  let first = Number.POSITIVE_INFINITY;
+  if (r.pending !== undefined) for (const seq of r.pending.keys()) if (seq < first) first = seq;
+  return first;
+}
+
+function isWsUrl(v: string): boolean {
+  try {
+    const u = new URL(v);
+    return u.protocol === 'ws:' || u.protocol === 'wss:';
+  } catch {
+    return false;
+  }
+}
+
+/** Timers take at most 2^31 - 1 ms (longer ones fire at once). */
+const MAX_TIMER_MILLIS = 2 ** 31 - 1;
+
+function millis(v: number | undefined, dflt: number, min: 0 | 1, name: string): number {
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !(v > 0) || !Number.isFinite(v)) throw new TypeError(`TracewireClient: ${name} must be a number above 0`);
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > MAX_TIMER_MILLIS) {
+    throw new TypeError(`TracewireClient: ${name} must be a number of milliseconds from ${min} to ${MAX_TIMER_MILLIS}`);
+  }
   return v;
 }
 
-function nonNegative(v: number | undefined, dflt: number, name: string): number {
+function count(v: number | undefined, dflt: number, max: number, name: string): number {
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !(v >= 0) || !Number.isFinite(v)) throw new TypeError(`TracewireClient: ${name} must be a number, 0 or more`);
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 1 || v > max) throw new TypeError(`TracewireClient: ${name} must be a whole number from 1 to ${max}`);
   return v;
 }

@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { DISCONNECT_REASONS, DropReason, Metrics } from '../audit/Metrics.js';
 import type { RunLedger } from '../audit/RunLedger.js';
-import type { EventRecord } from '../audit/RunRecord.js';
+import { EV_DELIVERED, type EventRecord } from '../audit/RunRecord.js';
 import { OutboundEvent, type EventSink } from '../bridge/EventSink.js';
 import { httpErrorResponse, TracewireError, type ErrorCode } from '../errors/errors.js';
 import { DEV_JWT_SECRET, isLoopbackAddress } from '../config/Config.js';
@@ -783,17 +783,21 @@ export class EventHub implements EventSink {
     }
   }
 
-  /** Cumulative: the client has every event of the run up to `seq`. Cost is the number of newly acked events. */
+  /**
+   * Cumulative: the client has the run's events up to `seq`, except those
+   * never delivered (dropped or still held: a gap the client was told of),
+   * which stay unacknowledged. Cost is the number of newly acked events.
+   */
   private ack(conn: Connection, runId: string, seq: number): void {
     const rec = this.ledger.get(runId);
     if (rec === undefined || rec.user !== conn.user) return;
     const evs = rec.events;
-    // Events are kept in seq order; stop at the first one already acked (everything below it is too).
+    // Events are kept in seq order; stop at the first one already acked (everything delivered below it is too).
     for (let i = Math.min(seq, evs.length) - 1; i >= 0; i--) {
       const ev = evs[i]!;
       if (ev.seq > seq) continue;
       if (ev.acked) break;
-      ev.acked = true;
+      if (ev.state === EV_DELIVERED) ev.acked = true;
     }
   }
 

@@ -204,7 +204,8 @@ describe('TracewireClient against a sidecar', () => {
     c.client.connect();
     await c.until((x) => x.client.status === 'closed', 5000, 'gave up');
     const waits = c.statuses.filter((x) => x.state === 'reconnecting').map((x) => [x.attempt, x.retryInMillis!]);
-    expect(waits.map(([a]) => a)).toEqual([1, 2, 3, 4]);
+    // Four attempts in all: the first and three retries.
+    expect(waits.map(([a]) => a)).toEqual([1, 2, 3]);
     // Full jitter within [cap/2, cap], the cap doubling from 20 up to 80.
     for (const [attempt, wait] of waits) {
       const cap = Math.min(80, 20 * 2 ** (attempt! - 1));
@@ -232,6 +233,47 @@ describe('TracewireClient against a sidecar', () => {
     expect(c.opens()).toBe(2);
   });
 
+  it('close() while the socket is still connecting (ws package): no crash, no connection left', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const token = await s.tw.token('joy');
+    const c = recording({ url: wsUrl(s), token });
+    c.client.connect();
+    c.client.close(); // the ws package emits 'error' for this socket on the next tick: it must have a listener
+    await new Promise((r) => setTimeout(r, 200));
+    expect(c.statuses.map((x) => x.state)).toEqual(['connecting', 'closed']);
+    expect(s.tw.hub.connectionCount).toBe(0);
+  });
+
+  it('close() then connect() while a token request is in flight: one connection, and none after close()', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    // One shared in-flight token request, as a caching token function does.
+    let inFlight: Promise<string> | undefined;
+    const token = (): Promise<string> => (inFlight ??= new Promise<void>((r) => setTimeout(r, 100)).then(() => s.tw.token('kim')));
+    const c = recording({ url: wsUrl(s), token });
+    c.client.connect();
+    c.client.close();
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(s.tw.hub.connectionCount).toBe(1);
+    c.client.close();
+    await until(() => s.tw.hub.connectionCount === 0, 5000, 'no connection after close()');
+  });
+
+  it('a token function that never answers: the attempt times out (TW_CLIENT_TOKEN) and the next one gets in', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    let calls = 0;
+    const c = recording({ url: wsUrl(s), token: () => (++calls === 1 ? new Promise<string>(() => undefined) : s.tw.token('lou')), connectTimeoutMillis: 200 });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    expect(calls).toBe(2);
+    expect(c.errors.map((e) => e.code)).toEqual(['TW_CLIENT_TOKEN']);
+    expect(c.errors[0]!.message).toBe('no token: the token function did not answer within 200 ms');
+  });
+
   it('close() stops for good: no reconnect, and connect() starts again', async () => {
     sc = await startTestSidecar();
     const s = sc;
@@ -249,8 +291,13 @@ describe('TracewireClient against a sidecar', () => {
 });
 
 describe('TracewireClient ordering, against a scripted ws server', () => {
-  /** A plain ws server that acks, then sends the given frames; records what the client sends. */
-  async function scripted(frames: unknown[]): Promise<{ url: string; received: string[] }> {
+  const TERMINATE = Symbol('terminate');
+  type Script = unknown[] | ((connection: number) => unknown[]);
+  /**
+   * A plain ws server that acks, then sends the given frames (per connection, numbered from 0; TERMINATE
+   * resets the socket); `onFrame` answers the client's frames. Records what the client sends.
+   */
+  async function scripted(frames: Script, onFrame?: (send: (f: unknown) => void, m: Record<string, unknown>) => void): Promise<{ url: string; received: string[] }> {
     const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => (p.has('tracewire.v1') ? 'tracewire.v1' : false) });
     await new Promise((r) => wss.once('listening', r));
     cleanup.push(() => new Promise((r) => wss.close(r)));
@@ -258,10 +305,19 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
       for (const ws of wss.clients) ws.terminate();
     });
     const received: string[] = [];
+    let connections = 0;
     wss.on('connection', (ws) => {
-      ws.on('message', (d) => received.push(d.toString()));
-      ws.send(JSON.stringify({ type: 'ack', protocol: 'tracewire.v1', user: 'u', connection_id: 1, conversation_id: null }));
-      for (const f of frames) ws.send(JSON.stringify(f));
+      const send = (f: unknown): void => ws.send(JSON.stringify(f));
+      ws.on('message', (d) => {
+        received.push(d.toString());
+        onFrame?.(send, JSON.parse(d.toString()) as Record<string, unknown>);
+      });
+      send({ type: 'ack', protocol: 'tracewire.v1', user: 'u', connection_id: connections + 1, conversation_id: null });
+      for (const f of typeof frames === 'function' ? frames(connections) : frames) {
+        if (f === TERMINATE) ws.terminate();
+        else send(f);
+      }
+      connections++;
     });
     return { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}/v1/events`, received };
   }
@@ -310,6 +366,47 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
     expect(JSON.parse(srv.received[0]!)).toEqual({ type: 'resume', runs: { m1: 0 } });
   });
 
+  it('a hole the server names over events already waiting stops before them: they are handed out once, in order', async () => {
+    // 4..6 of a run first heard of mid-way wait for 1..3; the server's window lacks 1..5 (it sent 4, 5 live before).
+    const hole = { type: 'error', code: 'TW_WS_BAD_FIELD', message: 'bad field runs.h: events 1..5 are past the resume window', run_id: 'h', from_seq: 1, to_seq: 5 };
+    const srv = await scripted([ev(4, 'h'), ev(5, 'h'), ev(6, 'h')], (send, m) => {
+      if (m.type === 'resume') send(hole);
+    });
+    const c = recording({ url: srv.url, token: 't' });
+    c.client.connect();
+    await c.until((x) => x.events.length >= 3, 5000, '4..6');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.seqs()).toEqual([4, 5, 6]);
+    expect(c.gaps).toEqual([{ run_id: 'h', from_seq: 1, to_seq: 3, cause: 'server' }]);
+    expect(c.client.positions()).toEqual({ h: 6 });
+  });
+
+  it('events still waiting when the connection drops get a gap timeout on the next connection (not stuck)', async () => {
+    // Connection 0: seq 3 of a run (1, 2 never come), then a reset; connection 1: nothing for that run.
+    const srv = await scripted((n) => (n === 0 ? [ev(3, 'p'), TERMINATE] : []));
+    const c = recording({ url: srv.url, token: 't', gapTimeoutMillis: 200 });
+    c.client.connect();
+    await c.until((x) => x.opens() === 2, 5000, 'the second connection');
+    await c.until((x) => x.events.length === 1, 5000, 'seq 3 after the gap timeout');
+    expect(c.seqs()).toEqual([3]);
+    expect(c.gaps).toEqual([{ run_id: 'p', from_seq: 1, to_seq: 2, cause: 'timeout' }]);
+  });
+
+  it('close() from an event listener: nothing more is handed out or acked', async () => {
+    // 3 and 4 wait for 2: all three go out in one drain, which must stop at the close.
+    const srv = await scripted([ev(1), ev(3), ev(4), ev(2)]);
+    const c = recording({ url: srv.url, token: 't', ackDelayMillis: 10 });
+    c.client.on('event', (e) => {
+      if (e.seq === 2) c.client.close();
+    });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'closed', 5000, 'closed');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(c.seqs()).toEqual([1, 2]);
+    const acks = srv.received.map((m) => JSON.parse(m) as { type: string; seq: number }).filter((m) => m.type === 'ack');
+    expect(acks.every((a) => a.seq <= 2)).toBe(true);
+  });
+
   it('an event listener that throws does not stop delivery (TW_CLIENT_HANDLER)', async () => {
     const srv = await scripted([ev(1), ev(2)]);
     const c = recording({ url: srv.url, token: 't' });
@@ -335,8 +432,14 @@ describe('TracewireClient options', () => {
     } finally {
       if (had !== undefined) g.WebSocket = had;
     }
-    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, maxRuns: 0 })).toThrow('maxRuns must be a number above 0');
-    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, ackDelayMillis: -1 })).toThrow('ackDelayMillis must be a number, 0 or more');
+    expect(() => new TracewireClient({ url: 'ws://127.0.0.1:99999/v1/events', token: 't', WebSocket: WS })).toThrow('url must be a ws:// or wss:// URL');
+    expect(() => new TracewireClient({ url: 'ws://exa mple.com/v1/events', token: 't', WebSocket: WS })).toThrow('url must be a ws:// or wss:// URL');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, maxRuns: 0 })).toThrow('maxRuns must be a whole number from 1 to 1000000');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, maxRuns: 2.5 })).toThrow('maxRuns must be a whole number');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, maxResumeUrlChars: 40_000 })).toThrow('maxResumeUrlChars must be a whole number from 1 to 8000');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, ackDelayMillis: -1 })).toThrow('ackDelayMillis must be a number of milliseconds from 0 to 2147483647');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, maxRetryDelayMillis: 2 ** 32 })).toThrow('maxRetryDelayMillis must be a number of milliseconds from 1');
+    expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, runTtlMillis: 1000 })).toThrow('runTtlMillis must be at least resumeWindowMillis');
     expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS, auth: 'header' as 'query' })).toThrow('auth must be');
     expect(() => new TracewireClient({ url: 'ws://x', token: 't', WebSocket: WS }).follow('r', -1)).toThrow('a run id and a seq >= 0');
   });

@@ -258,6 +258,11 @@ describe('resume window and protocol details', () => {
     c.ws.send(JSON.stringify({ type: 'ping' }));
     await c.until((x) => x.frames.some((f) => f.type === 'pong'), 5000, 'pong');
     expect(errorsOf(c)).toEqual([hole]);
+    // An ack past the hole acknowledges what was delivered, never the lost 4..5.
+    c.ws.send(JSON.stringify({ type: 'ack', run_id: runId, seq: 7 }));
+    c.ws.send(JSON.stringify({ type: 'ping' }));
+    await c.until((x) => x.frames.filter((f) => f.type === 'pong').length >= 2, 5000, 'second pong');
+    expect((await runDetail(sc, runId)).events.map((e) => e.acked)).toEqual([true, true, true, false, false, true, true]);
     top.end();
   });
 
