@@ -221,19 +221,10 @@ async function clients() {
 
   /** The shipped client: it reconnects and resumes by itself; drop() cuts its socket under it. */
   const { TracewireClient } = await import('../dist/client/TracewireClient.js');
-  class Shipped {
+  class Shipped extends Logical {
     constructor(i, user) {
-      this.i = i;
-      this.user = user;
-      this.runs = new Map(); // runId -> { seqs: Set, contiguous }
-      this.dups = 0;
-      this.outOfOrder = 0;
-      this.reconnects = 0;
-      this.errors = 0;
-      this.expired = 0;
+      super(i, user);
       this.gaps = 0;
-      this.open = false;
-      this.ws = undefined;
     }
     connect() {
       if (this.client !== undefined) return Promise.resolve();
