@@ -12,7 +12,9 @@ const LATE = 4;
 const ACKED = 8;
 /** In the event hub's hold. */
 const IN_HOLD = 16;
-const REASON_SHIFT = 5;
+/** An ack covered it while it was not delivered (it stays unacked; the next ack's walk stops here). */
+const ACK_PASSED = 32;
+const REASON_SHIFT = 6;
 
 /**
  * One expected event of a run and what became of it. Kept small (every event
@@ -83,6 +85,13 @@ export class EventRecord {
   }
   set acked(v: boolean) {
     this.bits = v ? this.bits | ACKED : this.bits & ~ACKED;
+  }
+
+  get ackPassed(): boolean {
+    return (this.bits & ACK_PASSED) !== 0;
+  }
+  set ackPassed(v: boolean) {
+    this.bits = v ? this.bits | ACK_PASSED : this.bits & ~ACK_PASSED;
   }
 
   /** When the first write completed (epoch ms, whole milliseconds), if it did. */

@@ -99,6 +99,8 @@ export interface WebSocketLike {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
+  /** The `ws` package's: destroy the socket without a close handshake. */
+  terminate?(): void;
   onopen: Handler<never> | null;
   onmessage: Handler<{ data: unknown }> | null;
   onclose: Handler<{ code: number; reason: string }> | null;
@@ -210,6 +212,8 @@ const CLOSE_NO_ACK = 4001;
 const MAX_RESUME_URL_CHARS = 8000;
 const noop = (): void => undefined;
 const CLOSE_BY_APP = 1000;
+/** How long a closed socket may take to finish its close handshake before it is destroyed (Node). */
+const CLOSE_GRACE_MILLIS = 1000;
 
 export class TracewireClient {
   readonly stats: ClientStats = { received: 0, delivered: 0, duplicates: 0, missed: 0, connects: 0, reconnects: 0, forgottenRuns: 0 };
@@ -222,7 +226,10 @@ export class TracewireClient {
   private state: ClientState = 'idle';
   /** Each attempt's number: an attempt whose number is no longer current (closed, timed out, superseded) stops where it is. */
   private gen = 0;
+  /** Attempts since the last ack (the backoff's exponent and the status's number). */
   private attempt = 0;
+  /** Attempts that failed in a row (a drop of an open connection is not one): what maxAttempts bounds. */
+  private failures = 0;
   private everOpened = false;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private ackTimer: ReturnType<typeof setTimeout> | undefined;
@@ -294,35 +301,37 @@ export class TracewireClient {
     if (typeof runId !== 'string' || runId === '' || !Number.isInteger(lastSeq) || lastSeq < 0) throw new TypeError('TracewireClient.follow: a run id and a seq >= 0');
     const r = this.track(runId, Date.now());
     if (lastSeq > r.last) r.last = lastSeq;
+    // Events waiting at or below the new position are not handed out any more.
+    if (r.pending !== undefined) for (const seq of r.pending.keys()) if (seq <= r.last) r.pending.delete(seq);
   }
 
   /** Connect (again, after close()); the client then stays connected until close(). */
   connect(): void {
     if (this.state === 'connecting' || this.state === 'open' || this.state === 'reconnecting') return;
     this.attempt = 0;
+    this.failures = 0;
     void this.open();
   }
 
-  /** Close for good (no reconnect). Pending acks are sent first. */
+  /** Close for good (no reconnect). Pending acks are sent first. Also from a listener: nothing is handed out after it. */
   close(): void {
     if (this.state === 'closed' || this.state === 'idle') {
+      this.stopTimers();
       this.state = 'closed';
       return;
     }
     this.flushAcks();
+    this.end({ state: 'closed', closeCode: CLOSE_BY_APP, closeReason: 'closed by the application' });
+  }
+
+  /** The client stops: no attempt or timer goes on, the socket (if any) is closed, then listeners hear `closed`. */
+  private end(status: ClientStatus): void {
     this.stopTimers();
     this.gen++; // an attempt waiting for its token stops there
     const ws = this.ws;
     this.ws = undefined;
-    this.setState({ state: 'closed', closeCode: CLOSE_BY_APP, closeReason: 'closed by the application' });
-    if (ws !== undefined) {
-      detach(ws);
-      try {
-        ws.close(CLOSE_BY_APP);
-      } catch {
-        /* not open yet */
-      }
-    }
+    if (ws !== undefined) closeSocket(ws, CLOSE_BY_APP, '');
+    this.setState(status);
   }
 
   // ---- connection ---------------------------------------------------------------
@@ -330,6 +339,7 @@ export class TracewireClient {
   private async open(): Promise<void> {
     const gen = ++this.gen;
     this.setState({ state: 'connecting' });
+    if (gen !== this.gen) return; // a status listener closed or restarted the client
     // The connect timeout counts from here: a token function that never settles is an attempt that failed.
     this.connectStartedAt = this.lastFrameAt = Date.now();
     this.armWatchdog();
@@ -340,16 +350,19 @@ export class TracewireClient {
     } catch (err) {
       if (gen !== this.gen) return; // closed, timed out or superseded meanwhile
       this.clientError('TW_CLIENT_TOKEN', false, messageOf(err));
-      if (gen === this.gen) this.retry(undefined, '');
+      if (gen === this.gen) this.retry(undefined, '', true);
       return;
     }
     if (gen !== this.gen) return;
+    // Building the resume may forget expired runs, which tells gap listeners (they may close the client).
+    const resume = this.resumeUrl();
+    if (gen !== this.gen) return;
     let ws: WebSocketLike;
     try {
-      ws = this.socket(token);
+      ws = this.socket(token, resume);
     } catch (err) {
       this.clientError('TW_CLIENT_CONNECT', false, messageOf(err));
-      if (gen === this.gen) this.retry(undefined, '');
+      if (gen === this.gen) this.retry(undefined, '', true);
       return;
     }
     this.ws = ws;
@@ -361,8 +374,7 @@ export class TracewireClient {
   }
 
   /** The attempt's WebSocket: its URL (token, conversation, resume) and subprotocols. */
-  private socket(token: string): WebSocketLike {
-    const resume = this.resumeUrl();
+  private socket(token: string, resume: { inUrl: string; frames: Array<Record<string, number>> }): WebSocketLike {
     const url = new URL(this.o.url);
     if (this.o.auth === 'query') url.searchParams.set('access_token', token);
     if (this.o.conversationId !== undefined) url.searchParams.set('conversation_id', this.o.conversationId);
@@ -404,34 +416,36 @@ export class TracewireClient {
 
   private onClose(ws: WebSocketLike, code: number, reason: string): void {
     if (ws !== this.ws) return;
+    const wasOpen = this.state === 'open';
     this.ws = undefined;
     this.stopTimers();
-    this.toAck.clear(); // acks of this connection are lost with it; the next one resumes from what was delivered
+    this.toAck.clear(); // sent again after the next ack (runs whose last seq is not acked yet)
     if (!this.o.reconnect) {
-      this.setState({ state: 'closed', closeCode: code, closeReason: reason });
+      this.end({ state: 'closed', closeCode: code, closeReason: reason });
       return;
     }
     if (PROTOCOL_CLOSE_CODES.has(code) || (TOKEN_CLOSE_CODES.has(code) && typeof this.o.token === 'string')) {
       const what = PROTOCOL_CLOSE_CODES.has(code) ? 'a protocol error' : 'the token was refused and it is fixed (pass a function to renew it)';
+      // Closed first: a listener of the fatal error may connect() again.
+      this.end({ state: 'closed', closeCode: code, closeReason: reason });
       this.clientError('TW_CLIENT_STOPPED', true, `${code} ${reason}`.trim(), what);
-      this.setState({ state: 'closed', closeCode: code, closeReason: reason });
       return;
     }
-    this.retry(code, reason);
+    this.retry(code, reason, !wasOpen);
   }
 
-  private retry(code: number | undefined, reason: string): void {
+  /** Wait, then try again; `failed`: the attempt that ended never opened (a drop of an open connection is not a failure). */
+  private retry(code: number | undefined, reason: string, failed: boolean): void {
     if (!this.o.reconnect) {
-      this.setState({ state: 'closed', closeCode: code, closeReason: reason });
+      this.end({ state: 'closed', closeCode: code, closeReason: reason });
       return;
     }
-    // `attempt` counts the attempts that failed in a row (an ack resets it).
+    if (failed) this.failures++;
     this.attempt++;
-    if (this.o.maxAttempts !== undefined && this.attempt >= this.o.maxAttempts) {
-      this.stopTimers();
-      this.gen++;
-      this.clientError('TW_CLIENT_GAVE_UP', true, this.attempt);
-      this.setState({ state: 'closed', closeCode: code, closeReason: reason });
+    if (this.o.maxAttempts !== undefined && this.failures >= this.o.maxAttempts) {
+      const n = this.failures;
+      this.end({ state: 'closed', closeCode: code, closeReason: reason });
+      this.clientError('TW_CLIENT_GAVE_UP', true, n);
       return;
     }
     // Full jitter: a fleet of clients dropped by one restart does not come back in step.
@@ -473,19 +487,24 @@ export class TracewireClient {
 
   private onAck(ws: WebSocketLike, f: Record<string, unknown>): void {
     this.attempt = 0;
+    this.failures = 0;
     this.everOpened = true;
     this.setState({ state: 'open', connectionId: typeof f.connection_id === 'number' ? f.connection_id : undefined, user: typeof f.user === 'string' ? f.user : undefined });
+    if (this.state !== 'open' || ws !== this.ws) return; // a status listener closed the client
     for (const runs of this.resumeFrames) if (ws.readyState === OPEN) ws.send(JSON.stringify({ type: 'resume', runs }));
     this.resumeFrames = [];
-    // Events that waited through the disconnect get a fresh gapTimeoutMillis for the resume to fill their gap.
+    // Events that waited through the disconnect get a fresh gapTimeoutMillis for the resume to fill their gap;
+    // seqs handed out but not acked before it are acked on this connection.
     const now = Date.now();
     let waiting = false;
     for (const r of this.runs.values()) {
+      if (this.o.ack && r.last > r.acked) this.toAck.add(r);
       if (r.pending === undefined || r.pending.size === 0) continue;
       r.waitingSince = now;
       waiting = true;
     }
     if (waiting) this.armGapTimer();
+    if (this.toAck.size > 0 && this.ackTimer === undefined) this.ackTimer = setTimeout(() => this.flushAcks(), this.o.ackDelayMillis);
   }
 
   private onErrorFrame(f: Record<string, unknown>): void {
@@ -525,6 +544,7 @@ export class TracewireClient {
       r = this.track(ev.run_id, now);
       // A run first heard of mid-way (its start went to another tab): ask for its start. The event waits
       // for it; the server sends what it still has and names the rest as lost (a gap).
+      if (this.state === 'closed') return; // a gap listener (a run forgotten to make room) closed the client
       if (ev.seq > 1 && this.ws !== undefined && this.ws.readyState === OPEN) this.ws.send(JSON.stringify({ type: 'resume', runs: { [ev.run_id]: 0 } }));
     } else {
       // Most recently active last (what maxRuns forgets first is at the front).
@@ -549,6 +569,7 @@ export class TracewireClient {
 
   /** Deliver what follows `last` (pending events, or across a hole the server reported). */
   private drain(r: RunTrack, cause: TracewireGap['cause']): void {
+    this.prunePending(r);
     while (this.state !== 'closed') {
       const next = r.pending?.get(r.last + 1);
       if (next !== undefined) {
@@ -564,19 +585,23 @@ export class TracewireClient {
       const to = Math.min(holeTo, firstPending(r) - 1);
       if (holeTo > to) r.holes!.push([to + 1, holeTo]);
       this.gap(r, r.last + 1, to, cause);
-      r.last = to;
+      r.last = Math.max(r.last, to);
     }
     if (r.holes !== undefined) {
       r.holes = r.holes.filter(([, to]) => to > r.last);
       if (r.holes.length === 0) r.holes = undefined;
     }
-    if (r.pending !== undefined && r.pending.size > 0) {
-      for (const seq of r.pending.keys()) {
-        if (seq > r.last) continue;
-        r.pending.delete(seq);
-        this.stats.duplicates++;
-      }
-      r.waitingSince = Date.now();
+    this.prunePending(r);
+    if (r.pending !== undefined && r.pending.size > 0) r.waitingSince = Date.now();
+  }
+
+  /** Waiting events at or below what was handed out are duplicates now. */
+  private prunePending(r: RunTrack): void {
+    if (r.pending === undefined || r.pending.size === 0) return;
+    for (const seq of r.pending.keys()) {
+      if (seq > r.last) continue;
+      r.pending.delete(seq);
+      this.stats.duplicates++;
     }
   }
 
@@ -642,16 +667,22 @@ export class TracewireClient {
     this.expire(now);
     r = { runId, last: 0, pending: undefined, holes: undefined, waitingSince: now, lastEventAt: now, done: false, gone: false, acked: 0 };
     this.runs.set(runId, r);
-    while (this.runs.size > this.o.maxRuns) this.forget(this.runs.keys().next().value as string);
+    while (this.runs.size > this.o.maxRuns) this.forget(this.runs.keys().next().value as string, 'overflow');
     return r;
   }
 
-  private forget(runId: string): void {
+  private forget(runId: string, cause: 'overflow' | 'timeout'): void {
     const r = this.runs.get(runId);
     if (r === undefined) return;
-    // Events that waited in it are not handed out: say so.
-    if (r.pending !== undefined && r.pending.size > 0) this.gap(r, r.last + 1, Math.max(...r.pending.keys()), 'overflow');
     this.runs.delete(runId);
+    // Its ack goes now (it would go with the run otherwise).
+    const ws = this.ws;
+    if (this.toAck.has(r) && r.last > r.acked && ws !== undefined && ws.readyState === OPEN) {
+      r.acked = r.last;
+      ws.send(JSON.stringify({ type: 'ack', run_id: r.runId, seq: r.last }));
+    }
+    // Events that waited in it are not handed out: say so.
+    if (r.pending !== undefined && r.pending.size > 0) this.gap(r, r.last + 1, Math.max(...r.pending.keys()), cause);
     this.toAck.delete(r);
     this.stats.forgottenRuns++;
   }
@@ -659,17 +690,18 @@ export class TracewireClient {
   private expire(now: number): void {
     for (const r of this.runs.values()) {
       if (r.lastEventAt + this.o.runTtlMillis > now) break; // least recently active first
-      this.forget(r.runId);
+      this.forget(r.runId, 'timeout');
     }
   }
 
   private armGapTimer(): void {
-    if (this.gapTimer !== undefined) return;
+    if (this.gapTimer !== undefined || this.state === 'closed') return;
     this.gapTimer = setTimeout(() => {
       this.gapTimer = undefined;
       const now = Date.now();
       let waiting = false;
       for (const r of this.runs.values()) {
+        if (this.state === 'closed') return; // a listener closed the client: nothing more, no timer
         if (r.pending === undefined || r.pending.size === 0) continue;
         if (r.waitingSince + this.o.gapTimeoutMillis <= now) this.skipToPending(r, 'timeout');
         if (r.pending !== undefined && r.pending.size > 0) waiting = true;
@@ -694,9 +726,9 @@ export class TracewireClient {
       if (now - this.connectStartedAt >= this.o.connectTimeoutMillis) {
         if (ws === undefined) {
           // Still waiting for the token: this attempt is given up (its token, if it ever comes, is not used).
-          this.gen++;
+          const gen = ++this.gen;
           this.clientError('TW_CLIENT_TOKEN', false, `the token function did not answer within ${this.o.connectTimeoutMillis} ms`);
-          this.retry(undefined, '');
+          if (gen === this.gen) this.retry(undefined, '', true);
           return;
         }
         this.clientError('TW_CLIENT_CONNECT', false, `no ack within ${this.o.connectTimeoutMillis} ms`);
@@ -720,13 +752,17 @@ export class TracewireClient {
     this.armWatchdog();
   }
 
-  /** Give up a connection the client judged dead: closed on its side, handled as closed now. */
+  /** Give up a connection the client judged dead (no handshake to wait for), handled as closed now. */
   private drop(ws: WebSocketLike, code: number, reason: string): void {
+    if (ws !== this.ws) return; // an error listener closed the client meanwhile
     detach(ws);
-    try {
-      ws.close(code, reason);
-    } catch {
-      /* closing anyway */
+    if (ws.terminate !== undefined) ws.terminate();
+    else {
+      try {
+        ws.close(code, reason);
+      } catch {
+        /* closing anyway */
+      }
     }
     this.onClose(ws, code, reason);
   }
@@ -777,6 +813,24 @@ function parseObject(data: unknown): Record<string, unknown> | undefined {
 
 function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Close a socket the client is done with. In Node (the `ws` package), a peer
+ * that does not answer the close would keep the socket, and the process,
+ * for 30 s: it is destroyed after a second.
+ */
+function closeSocket(ws: WebSocketLike, code: number, reason: string): void {
+  detach(ws);
+  if (ws.terminate !== undefined) {
+    const t = setTimeout(() => ws.terminate!(), CLOSE_GRACE_MILLIS);
+    ws.onclose = () => clearTimeout(t);
+  }
+  try {
+    ws.close(code, reason);
+  } catch {
+    /* not open yet */
+  }
 }
 
 /** Stop listening to a socket given up. Its error handler stays a no-op: the `ws` package emits 'error' on a close before the upgrade completed, which with no listener would crash the process. */

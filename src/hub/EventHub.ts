@@ -786,18 +786,20 @@ export class EventHub implements EventSink {
   /**
    * Cumulative: the client has the run's events up to `seq`, except those
    * never delivered (dropped or still held: a gap the client was told of),
-   * which stay unacknowledged. Cost is the number of newly acked events.
+   * which stay unacknowledged (marked passed, so the next ack's walk stops
+   * at them too). Cost is the number of events newly covered.
    */
   private ack(conn: Connection, runId: string, seq: number): void {
     const rec = this.ledger.get(runId);
     if (rec === undefined || rec.user !== conn.user) return;
     const evs = rec.events;
-    // Events are kept in seq order; stop at the first one already acked (everything delivered below it is too).
+    // Events are kept in seq order; stop at the first one an earlier ack covered (everything below it was too).
     for (let i = Math.min(seq, evs.length) - 1; i >= 0; i--) {
       const ev = evs[i]!;
       if (ev.seq > seq) continue;
-      if (ev.acked) break;
+      if (ev.acked || ev.ackPassed) break;
       if (ev.state === EV_DELIVERED) ev.acked = true;
+      else ev.ackPassed = true;
     }
   }
 

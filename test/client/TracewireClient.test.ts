@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { WebSocketServer } from 'ws';
 import { TracewireClient, type WebSocketConstructor } from '../../src/client/TracewireClient.js';
 import { ERRORS } from '../../src/errors/codes.js';
@@ -274,6 +274,44 @@ describe('TracewireClient against a sidecar', () => {
     expect(c.errors[0]!.message).toBe('no token: the token function did not answer within 200 ms');
   });
 
+  it('maxAttempts bounds the attempts that fail in a row: after a drop of an open connection, maxAttempts reconnect attempts', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const proxy = await proxyTo(s);
+    const c = recording({ url: proxy.url, token: () => s.tw.token('max'), maxAttempts: 1 });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    proxy.refusing = true; // the server is gone: every new connection is reset
+    proxy.cut();
+    await c.until((x) => x.client.status === 'closed', 5000, 'gave up');
+    expect(c.statuses.map((x) => x.state)).toEqual(['connecting', 'open', 'reconnecting', 'connecting', 'closed']);
+    expect(c.errors.map((e) => [e.code, e.message, e.fatal])).toEqual([['TW_CLIENT_GAVE_UP', 'gave up after 1 attempts in a row', true]]);
+  });
+
+  it('a fatal error is told once the client is closed (a listener may connect() again); close() on a token timeout is honoured', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const fixed = recording({ url: wsUrl(s), token: 'not-a-jwt' });
+    let statusAtFatal: string | undefined;
+    fixed.client.on('error', (e) => {
+      if (e.fatal) statusAtFatal = fixed.client.status;
+    });
+    fixed.client.connect();
+    await fixed.until((x) => x.errors.some((e) => e.fatal), 5000, 'the fatal error');
+    expect(statusAtFatal).toBe('closed');
+
+    let calls = 0;
+    const hung = recording({ url: wsUrl(s), token: () => (calls++, new Promise<string>(() => undefined)), connectTimeoutMillis: 100 });
+    hung.client.on('error', (e) => {
+      if (e.code === 'TW_CLIENT_TOKEN') hung.client.close();
+    });
+    hung.client.connect();
+    await hung.until((x) => x.client.status === 'closed', 5000, 'closed');
+    await new Promise((r) => setTimeout(r, 400));
+    expect(hung.statuses.map((x) => x.state)).toEqual(['connecting', 'closed']);
+    expect(calls).toBe(1);
+  });
+
   it('close() stops for good: no reconnect, and connect() starts again', async () => {
     sc = await startTestSidecar();
     const s = sc;
@@ -405,6 +443,53 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
     expect(c.seqs()).toEqual([1, 2]);
     const acks = srv.received.map((m) => JSON.parse(m) as { type: string; seq: number }).filter((m) => m.type === 'ack');
     expect(acks.every((a) => a.seq <= 2)).toBe(true);
+  });
+
+  it('close() from a gap listener leaves no timer running and hands out nothing more', async () => {
+    const srv = await scripted([ev(3, 'g'), ev(4, 'g')]);
+    const c = recording({ url: srv.url, token: 't', gapTimeoutMillis: 100, pingIntervalMillis: 0 });
+    c.client.on('gap', () => c.client.close());
+    c.client.connect();
+    await c.until((x) => x.client.status === 'closed', 5000, 'closed by the gap listener');
+    // From here on, count the timers armed (a gap timer left running re-arms itself every 25 ms).
+    const real = globalThis.setTimeout;
+    let armed = 0;
+    const spy = vi.spyOn(globalThis, 'setTimeout').mockImplementation(((fn: () => void, ms?: number) => {
+      armed++;
+      return real(fn, ms);
+    }) as typeof setTimeout);
+    await new Promise((r) => real(r, 300));
+    spy.mockRestore();
+    expect(c.events).toEqual([]);
+    expect(c.gaps).toHaveLength(1);
+    // At most the scripted server's own close-handshake timer (its socket answers the client's close); a gap
+    // timer left running would have armed a dozen.
+    expect(armed).toBeLessThanOrEqual(2);
+  });
+
+  it('seqs handed out but not acked before a drop are acked on the next connection', async () => {
+    const srv = await scripted((n) => (n === 0 ? [ev(1, 'a'), ev(2, 'a'), ev(3, 'a'), TERMINATE] : []));
+    const c = recording({ url: srv.url, token: 't', ackDelayMillis: 200 });
+    c.client.connect();
+    await c.until((x) => x.opens() === 2, 5000, 'the second connection');
+    await until(() => srv.received.some((m) => m.includes('"ack"')), 5000, 'an ack');
+    expect(srv.received.map((m) => JSON.parse(m) as Record<string, unknown>).filter((m) => m.type === 'ack')).toEqual([{ type: 'ack', run_id: 'a', seq: 3 }]);
+  });
+
+  it('follow() past events still waiting: they are not handed out, and a hole after the position is skipped from there', async () => {
+    // Connection 0: seq 4 of h waits for 1..3, then the connection is gone. Connection 1 (after follow(h, 6)): 7..8 lost, 9.
+    const hole = { type: 'error', code: 'TW_WS_BAD_FIELD', message: 'bad field runs.h: events 7..8 are past the resume window', run_id: 'h', from_seq: 7, to_seq: 8 };
+    const srv = await scripted((n) => (n === 0 ? [ev(4, 'h')] : [hole, ev(9, 'h')]));
+    const c = recording({ url: srv.url, token: 't' });
+    c.client.connect();
+    await until(() => srv.received.some((m) => m.includes('"resume"')), 5000, 'the request for the start of h');
+    c.client.close();
+    c.client.follow('h', 6);
+    c.client.connect();
+    await c.until((x) => x.events.length >= 1, 5000, 'seq 9');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.seqs()).toEqual([9]);
+    expect(c.gaps).toEqual([{ run_id: 'h', from_seq: 7, to_seq: 8, cause: 'server' }]);
   });
 
   it('an event listener that throws does not stop delivery (TW_CLIENT_HANDLER)', async () => {

@@ -13,6 +13,8 @@ export class FaultProxy {
   readonly requestLines: string[] = [];
   private readonly pairs = new Set<[net.Socket, net.Socket]>();
   private frozen = false;
+  /** New connections are reset at once (the server is down). */
+  refusing = false;
   private server!: net.Server;
   port = 0;
 
@@ -20,6 +22,10 @@ export class FaultProxy {
 
   async start(): Promise<this> {
     this.server = net.createServer((client) => {
+      if (this.refusing) {
+        client.resetAndDestroy();
+        return;
+      }
       const upstream = net.connect(this.target, '127.0.0.1');
       const pair: [net.Socket, net.Socket] = [client, upstream];
       this.pairs.add(pair);
