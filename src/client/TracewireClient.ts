@@ -240,6 +240,8 @@ export class TracewireClient {
   private pingSentAt = 0;
   /** Runs named in `resume` frames sent after the ack of this connection. */
   private resumeFrames: Array<Record<string, number>> = [];
+  /** Send `all: true` on the last resume frame (instead of `resume_all=1` in the URL). */
+  private allInLastFrame = false;
   private readonly toAck = new Set<RunTrack>();
 
   constructor(opts: TracewireClientOptions) {
@@ -380,8 +382,11 @@ export class TracewireClient {
     if (this.o.conversationId !== undefined) url.searchParams.set('conversation_id', this.o.conversationId);
     if (resume.inUrl !== '') url.searchParams.set('resume', resume.inUrl);
     const all = this.o.resumeAll === 'always' || (this.o.resumeAll === 'reconnect' && this.everOpened);
-    if (all) url.searchParams.set('resume_all', '1');
+    // With runs left for frames, `all` goes on the last frame: in the URL the hub would send those runs from
+    // their start before the frames named them.
+    if (all && resume.frames.length === 0) url.searchParams.set('resume_all', '1');
     this.resumeFrames = resume.frames;
+    this.allInLastFrame = all && resume.frames.length > 0;
     return this.o.auth === 'subprotocol' ? new this.WS(url.href, [PROTOCOL, `bearer.${token}`]) : new this.WS(url.href, PROTOCOL);
   }
 
@@ -491,8 +496,12 @@ export class TracewireClient {
     this.everOpened = true;
     this.setState({ state: 'open', connectionId: typeof f.connection_id === 'number' ? f.connection_id : undefined, user: typeof f.user === 'string' ? f.user : undefined });
     if (this.state !== 'open' || ws !== this.ws) return; // a status listener closed the client
-    for (const runs of this.resumeFrames) if (ws.readyState === OPEN) ws.send(JSON.stringify({ type: 'resume', runs }));
+    const frames = this.resumeFrames;
     this.resumeFrames = [];
+    for (let i = 0; i < frames.length && ws.readyState === OPEN; i++) {
+      const last = i === frames.length - 1;
+      ws.send(JSON.stringify(last && this.allInLastFrame ? { type: 'resume', runs: frames[i], all: true } : { type: 'resume', runs: frames[i] }));
+    }
     // Events that waited through the disconnect get a fresh gapTimeoutMillis for the resume to fill their gap;
     // seqs handed out but not acked before it are acked on this connection.
     const now = Date.now();
@@ -529,7 +538,7 @@ export class TracewireClient {
     if (err.run_id !== undefined && err.from_seq !== undefined && err.to_seq !== undefined) {
       const r = this.runs.get(err.run_id);
       if (r !== undefined && err.to_seq > r.last) {
-        (r.holes ??= []).push([err.from_seq, err.to_seq]);
+        addHole(r, err.from_seq, err.to_seq);
         this.drain(r, 'server');
       }
     }
@@ -552,6 +561,7 @@ export class TracewireClient {
       this.runs.set(ev.run_id, r);
     }
     r.lastEventAt = now;
+    r.gone = false; // the server has it after all: name it again
     if (ev.seq <= r.last || r.pending?.has(ev.seq)) {
       this.stats.duplicates++;
       return;
@@ -570,7 +580,8 @@ export class TracewireClient {
   /** Deliver what follows `last` (pending events, or across a hole the server reported). */
   private drain(r: RunTrack, cause: TracewireGap['cause']): void {
     this.prunePending(r);
-    while (this.state !== 'closed') {
+    // A listener may close the client, or forget this run (follow() of another one at maxRuns): then stop.
+    while (this.state !== 'closed' && this.runs.get(r.runId) === r) {
       const next = r.pending?.get(r.last + 1);
       if (next !== undefined) {
         r.pending!.delete(next.seq);
@@ -584,8 +595,10 @@ export class TracewireClient {
       // connection got before): the rest of it applies after that event.
       const to = Math.min(holeTo, firstPending(r) - 1);
       if (holeTo > to) r.holes!.push([to + 1, holeTo]);
-      this.gap(r, r.last + 1, to, cause);
+      // The position moves before listeners hear of the gap (one may follow() the run further).
+      const from = r.last + 1;
       r.last = Math.max(r.last, to);
+      this.gap(r, from, to, cause);
     }
     if (r.holes !== undefined) {
       r.holes = r.holes.filter(([, to]) => to > r.last);
@@ -610,8 +623,9 @@ export class TracewireClient {
     const first = firstPending(r);
     if (first === Number.POSITIVE_INFINITY) return;
     if (first - 1 > r.last) {
-      this.gap(r, r.last + 1, first - 1, cause);
+      const from = r.last + 1;
       r.last = first - 1;
+      this.gap(r, from, first - 1, cause);
     }
     this.drain(r, cause);
   }
@@ -621,6 +635,8 @@ export class TracewireClient {
     // The top-level agent's completion is the run's last event (run_id = trace id - its span id).
     if (ev.type === 'agent_completed' && ev.run_id === `${ev.trace_id}-${ev.span_id}`) r.done = true;
     this.stats.delivered++;
+    // To be acked before the listeners run: close() from one of them sends it.
+    if (this.o.ack) this.toAck.add(r);
     for (const fn of this.handlers.event) {
       try {
         fn(ev);
@@ -628,10 +644,7 @@ export class TracewireClient {
         this.clientError('TW_CLIENT_HANDLER', false, messageOf(err));
       }
     }
-    if (this.o.ack && this.state !== 'closed') {
-      this.toAck.add(r);
-      if (this.ackTimer === undefined) this.ackTimer = setTimeout(() => this.flushAcks(), this.o.ackDelayMillis);
-    }
+    if (this.o.ack && this.state !== 'closed' && this.ackTimer === undefined) this.ackTimer = setTimeout(() => this.flushAcks(), this.o.ackDelayMillis);
   }
 
   private gap(r: RunTrack, from: number, to: number, cause: TracewireGap['cause']): void {
@@ -681,8 +694,11 @@ export class TracewireClient {
       r.acked = r.last;
       ws.send(JSON.stringify({ type: 'ack', run_id: r.runId, seq: r.last }));
     }
-    // Events that waited in it are not handed out: say so.
-    if (r.pending !== undefined && r.pending.size > 0) this.gap(r, r.last + 1, Math.max(...r.pending.keys()), cause);
+    // Events that waited in it are not handed out: say so (and they are let go with it).
+    const pending = r.pending;
+    r.pending = undefined;
+    r.holes = undefined;
+    if (pending !== undefined && pending.size > 0) this.gap(r, r.last + 1, Math.max(...pending.keys()), cause);
     this.toAck.delete(r);
     this.stats.forgottenRuns++;
   }
@@ -840,6 +856,17 @@ function detach(ws: WebSocketLike): void {
 }
 
 /** A URL `new URL()` takes, with the ws: or wss: scheme. */
+/** Holes a run keeps (one per hole frame not reached yet); past it the oldest goes. */
+const MAX_HOLES_PER_RUN = 64;
+
+/** Note a hole the server named, unless one noted already covers it. */
+function addHole(r: RunTrack, from: number, to: number): void {
+  const holes = (r.holes ??= []);
+  if (holes.some(([f, t]) => f <= from && t >= to)) return;
+  holes.push([from, to]);
+  if (holes.length > MAX_HOLES_PER_RUN) holes.shift();
+}
+
 /** The lowest seq waiting in a run (Infinity when none). */
 function firstPending(r: RunTrack): number {
   let first = Number.POSITIVE_INFINITY;

@@ -121,6 +121,8 @@ export class Connection {
   closeReason: DropReason = 'send_failed';
   alive = true;
   badFrames = 0;
+  /** Runs a resume on this connection named that the hub still had: a later `all` does not send them from their start. */
+  resumedRuns: Set<string> | undefined = undefined;
   expiryTimer: NodeJS.Timeout | undefined;
   closeTimer: NodeJS.Timeout | undefined;
   /** Seqs written per run (LRU, bounded): resume never re-sends what this connection already got. */

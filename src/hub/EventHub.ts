@@ -560,7 +560,9 @@ export class EventHub implements EventSink {
   private resume(conn: Connection, runs: Record<string, number>, all = false): void {
     let n = 0;
     const wanted: Array<[string, number, boolean]> = Object.entries(runs).map(([id, seq]) => [id, seq, true]);
-    if (all) for (const id of this.replay.runIdsOf(conn.user)) if (!Object.hasOwn(runs, id)) wanted.push([id, 0, false]);
+    // `all`: the user's other retained runs, from their start; not those named by this or an earlier resume
+    // on the connection (a client names some runs in the URL and the rest in frames, `all` on the last).
+    if (all) for (const id of this.replay.runIdsOf(conn.user)) if (!Object.hasOwn(runs, id) && !conn.resumedRuns?.has(id)) wanted.push([id, 0, false]);
     const unknown: string[] = [];
     let firstUnknown: { id: string; named: boolean } | undefined;
     let unknownCount = 0;
@@ -577,6 +579,8 @@ export class EventHub implements EventSink {
         firstUnknown ??= { id: runId, named };
         continue;
       }
+      // Bounded: only runs the hub has (retained or held) for this user.
+      if (named) (conn.resumedRuns ??= new Set()).add(runId);
       if (!this.reportHoles(conn, runId, named ? lastSeq : undefined, evs ?? [], heldSeqs)) break;
       if (evs === undefined) continue;
       for (const ev of evs) {

@@ -312,6 +312,45 @@ describe('TracewireClient against a sidecar', () => {
     expect(calls).toBe(1);
   });
 
+  it('runs that do not fit the URL go in resume frames, `all` on the last: nothing is sent again', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const proxy = await proxyTo(s);
+    // About two run ids fit in this URL; the other runs of the user go in a frame.
+    const c = recording({ url: proxy.url, token: () => s.tw.token('ned'), maxResumeUrlChars: 120 });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    const { tracer } = inProcessTracer(s);
+    for (let i = 0; i < 5; i++) await runDemoAgent(tracer, { user: 'ned' });
+    await c.until((x) => x.events.length >= 5 * N, 5000, 'five runs');
+    const replayed = async (): Promise<number> => Number((await (await fetch(`${s.publicUrl}/metrics`)).text()).match(/^tracewire_events_replayed_total (\d+)/m)?.[1] ?? 0);
+    const before = await replayed();
+    proxy.cut();
+    await c.until((x) => x.opens() === 2, 5000, 'the second open');
+    await new Promise((r) => setTimeout(r, 200));
+    const q = new URL(proxy.requestLines[1]!.split(' ')[1]!, 'http://x').searchParams;
+    expect(q.get('resume')!.split(',')).toHaveLength(2);
+    expect(q.get('resume_all')).toBeNull(); // it went on the frame
+    expect((await replayed()) - before).toBe(0);
+    expect(c.client.stats.duplicates).toBe(0);
+  });
+
+  it('close() from the listener of a run\'s last event still acks it', async () => {
+    sc = await startTestSidecar();
+    const s = sc;
+    const c = recording({ url: wsUrl(s), token: () => s.tw.token('ora') });
+    c.client.on('event', (e) => {
+      if (e.type === 'agent_completed' && e.run_id === `${e.trace_id}-${e.span_id}`) c.client.close();
+    });
+    c.client.connect();
+    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    const { tracer } = inProcessTracer(s);
+    const ids = await runDemoAgent(tracer, { user: 'ora', stepMillis: 80 });
+    await c.until((x) => x.client.status === 'closed', 5000, 'closed at the run\'s end');
+    const runId = `${ids.traceId}-${ids.spanId}`;
+    await until(() => s.tw.ledger.get(runId)?.events.every((e) => e.acked) === true, 5000, 'every event acked');
+  });
+
   it('close() stops for good: no reconnect, and connect() starts again', async () => {
     sc = await startTestSidecar();
     const s = sc;
@@ -335,7 +374,7 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
    * A plain ws server that acks, then sends the given frames (per connection, numbered from 0; TERMINATE
    * resets the socket); `onFrame` answers the client's frames. Records what the client sends.
    */
-  async function scripted(frames: Script, onFrame?: (send: (f: unknown) => void, m: Record<string, unknown>) => void): Promise<{ url: string; received: string[] }> {
+  async function scripted(frames: Script, onFrame?: (send: (f: unknown) => void, m: Record<string, unknown>) => void): Promise<{ url: string; received: string[]; urls: string[] }> {
     const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: (p) => (p.has('tracewire.v1') ? 'tracewire.v1' : false) });
     await new Promise((r) => wss.once('listening', r));
     cleanup.push(() => new Promise((r) => wss.close(r)));
@@ -343,8 +382,10 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
       for (const ws of wss.clients) ws.terminate();
     });
     const received: string[] = [];
+    const urls: string[] = [];
     let connections = 0;
-    wss.on('connection', (ws) => {
+    wss.on('connection', (ws, req) => {
+      urls.push(req.url ?? '');
       const send = (f: unknown): void => ws.send(JSON.stringify(f));
       ws.on('message', (d) => {
         received.push(d.toString());
@@ -357,7 +398,7 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
       }
       connections++;
     });
-    return { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}/v1/events`, received };
+    return { url: `ws://127.0.0.1:${(wss.address() as { port: number }).port}/v1/events`, received, urls };
   }
   const ev = (seq: number, run = 'r1', type = 'agent_thinking') => ({ type, run_id: run, trace_id: 't', span_id: 's', seq, ts: '2026-01-01T00:00:00.000Z', data: {} });
 
@@ -490,6 +531,27 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(c.seqs()).toEqual([9]);
     expect(c.gaps).toEqual([{ run_id: 'h', from_seq: 7, to_seq: 8, cause: 'server' }]);
+  });
+
+  it('follow() from a gap listener moves the position for good: what waited below it is not handed out', async () => {
+    const srv = await scripted([ev(1, 'a'), ev(3, 'a'), ev(9, 'a')]);
+    const c = recording({ url: srv.url, token: 't', gapTimeoutMillis: 100 });
+    c.client.on('gap', () => c.client.follow('a', 8));
+    c.client.connect();
+    await c.until((x) => x.events.length >= 2, 5000, '1 and 9');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(c.seqs()).toEqual([1, 9]);
+    expect(c.gaps).toEqual([{ run_id: 'a', from_seq: 2, to_seq: 2, cause: 'timeout' }]);
+  });
+
+  it('a run the server called unknown is named again once its events arrive', async () => {
+    const unknown = { type: 'error', code: 'TW_WS_BAD_FIELD', message: 'bad field runs.R: run unknown or outside the resume window', run_ids: ['R'] };
+    const srv = await scripted((n) => (n === 0 ? [unknown, ev(1, 'R'), ev(2, 'R'), TERMINATE] : []));
+    const c = recording({ url: srv.url, token: 't', resumeAll: 'never' });
+    c.client.follow('R', 0);
+    c.client.connect();
+    await c.until((x) => x.opens() === 2, 5000, 'the second connection');
+    expect(srv.urls.map((u) => new URL(u, 'http://x').searchParams.get('resume'))).toEqual(['R:0', 'R:2']);
   });
 
   it('an event listener that throws does not stop delivery (TW_CLIENT_HANDLER)', async () => {
