@@ -36,6 +36,17 @@ async function proxyTo(s: Sidecar): Promise<FaultProxy> {
   return p;
 }
 
+/** A sidecar, a fault proxy in front of it, and a client of `user` through the proxy, open. */
+async function openThroughProxy(user: string, opts: Partial<ConstructorParameters<typeof RecordingClient>[0]> = {}): Promise<{ s: Sidecar; proxy: FaultProxy; c: RecordingClient }> {
+  sc = await startTestSidecar();
+  const s = sc;
+  const proxy = await proxyTo(s);
+  const c = recording({ url: proxy.url, token: () => s.tw.token(user), ...opts });
+  c.client.connect();
+  await c.until((x) => x.client.status === 'open', 5000, 'open');
+  return { s, proxy, c };
+}
+
 const wsUrl = (s: Sidecar): string => `${s.publicUrl.replace('http', 'ws')}/v1/events`;
 
 async function runDetail(s: Sidecar, runId: string): Promise<{ events: Array<Record<string, unknown>>; verdict: string | null }> {
@@ -115,12 +126,7 @@ describe('TracewireClient against a sidecar', () => {
   });
 
   it('through a cut while the user had no other connection: the held events arrive on reconnect, none twice', async () => {
-    sc = await startTestSidecar();
-    const s = sc;
-    const proxy = await proxyTo(s);
-    const c = recording({ url: proxy.url, token: () => s.tw.token('cy'), auth: 'query' });
-    c.client.connect();
-    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    const { s, proxy, c } = await openThroughProxy('cy', { auth: 'query' });
     const { tracer } = inProcessTracer(s);
     const run = runDemoAgent(tracer, { user: 'cy', stepMillis: 30 });
     await c.until((x) => x.events.length >= 4, 5000, '4 events');
@@ -216,12 +222,7 @@ describe('TracewireClient against a sidecar', () => {
   });
 
   it('a half-open connection (nothing comes back after a ping): TW_CLIENT_NO_PONG, reconnects, and gets what it missed', async () => {
-    sc = await startTestSidecar();
-    const s = sc;
-    const proxy = await proxyTo(s);
-    const c = recording({ url: proxy.url, token: () => s.tw.token('fox'), pingIntervalMillis: 150, pingTimeoutMillis: 200, connectTimeoutMillis: 500 });
-    c.client.connect();
-    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    const { s, proxy, c } = await openThroughProxy('fox', { pingIntervalMillis: 150, pingTimeoutMillis: 200, connectTimeoutMillis: 500 });
     proxy.freeze();
     const { tracer } = inProcessTracer(s);
     const ids = await runDemoAgent(tracer, { user: 'fox' });
@@ -275,12 +276,7 @@ describe('TracewireClient against a sidecar', () => {
   });
 
   it('maxAttempts bounds the attempts that fail in a row: after a drop of an open connection, maxAttempts reconnect attempts', async () => {
-    sc = await startTestSidecar();
-    const s = sc;
-    const proxy = await proxyTo(s);
-    const c = recording({ url: proxy.url, token: () => s.tw.token('max'), maxAttempts: 1 });
-    c.client.connect();
-    await c.until((x) => x.client.status === 'open', 5000, 'open');
+    const { proxy, c } = await openThroughProxy('max', { maxAttempts: 1 });
     proxy.refusing = true; // the server is gone: every new connection is reset
     proxy.cut();
     await c.until((x) => x.client.status === 'closed', 5000, 'gave up');
