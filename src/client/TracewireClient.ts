@@ -553,7 +553,8 @@ export class TracewireClient {
       r = this.track(ev.run_id, now);
       // A run first heard of mid-way (its start went to another tab): ask for its start. The event waits
       // for it; the server sends what it still has and names the rest as lost (a gap).
-      if (this.state === 'closed') return; // a gap listener (a run forgotten to make room) closed the client
+      // A gap listener (a run forgotten to make room) may have closed the client, or followed a run that pushed this one out.
+      if (this.state === 'closed' || this.runs.get(ev.run_id) !== r) return;
       if (ev.seq > 1 && this.ws !== undefined && this.ws.readyState === OPEN) this.ws.send(JSON.stringify({ type: 'resume', runs: { [ev.run_id]: 0 } }));
     } else {
       // Most recently active last (what maxRuns forgets first is at the front).

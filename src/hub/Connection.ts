@@ -5,6 +5,9 @@ import type { OutboundEvent } from '../bridge/EventSink.js';
 import { copyFrame } from './frame.js';
 
 /** One event written to one or more connections; settled once every write finished. */
+/** Named runs a connection remembers before it lets go of those that left the resume window. */
+export const RESUMED_PRUNE_FROM = 256;
+
 export interface Delivery {
   readonly ev: OutboundEvent;
   remaining: number;
@@ -121,8 +124,12 @@ export class Connection {
   closeReason: DropReason = 'send_failed';
   alive = true;
   badFrames = 0;
-  /** Runs a resume on this connection named that the hub still had: a later `all` does not send them from their start. */
+  /**
+   * Runs a resume on this connection named that the hub still had: a later
+   * `all` does not send them from their start. Bounded: see EventHub.noteResumed.
+   */
   resumedRuns: Set<string> | undefined = undefined;
+  resumedPruneAt = RESUMED_PRUNE_FROM;
   expiryTimer: NodeJS.Timeout | undefined;
   closeTimer: NodeJS.Timeout | undefined;
   /** Seqs written per run (LRU, bounded): resume never re-sends what this connection already got. */

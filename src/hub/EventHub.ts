@@ -9,7 +9,7 @@ import { OutboundEvent, type EventSink } from '../bridge/EventSink.js';
 import { httpErrorResponse, TracewireError, type ErrorCode } from '../errors/errors.js';
 import { DEV_JWT_SECRET, isLoopbackAddress } from '../config/Config.js';
 import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
-import { Connection, type Delivery } from './Connection.js';
+import { Connection, RESUMED_PRUNE_FROM, type Delivery } from './Connection.js';
 import { Fifo, NumberFifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
@@ -579,8 +579,7 @@ export class EventHub implements EventSink {
         firstUnknown ??= { id: runId, named };
         continue;
       }
-      // Bounded: only runs the hub has (retained or held) for this user.
-      if (named) (conn.resumedRuns ??= new Set()).add(runId);
+      if (named) this.noteResumed(conn, runId);
       if (!this.reportHoles(conn, runId, named ? lastSeq : undefined, evs ?? [], heldSeqs)) break;
       if (evs === undefined) continue;
       for (const ev of evs) {
@@ -605,6 +604,24 @@ export class EventHub implements EventSink {
     }
     if (n > 0) this.metrics.replayedEvents.inc(n);
     if (conn.dirty) this.dirty.add(conn);
+  }
+
+  /**
+   * Remember that a resume on `conn` named `runId` (a run the hub has for its
+   * user). Bounded: past a threshold the runs that left the resume window go
+   * (`all` can no longer send them anyway) and the threshold doubles; past
+   * MAX_RESUME_RUNS × 4 the earliest named go.
+   */
+  private noteResumed(conn: Connection, runId: string): void {
+    const set = (conn.resumedRuns ??= new Set());
+    set.add(runId);
+    if (set.size <= conn.resumedPruneAt) return;
+    for (const id of set) if (!this.replay.contains(id)) set.delete(id);
+    for (const id of set) {
+      if (set.size <= MAX_RESUME_RUNS * 4) break;
+      set.delete(id);
+    }
+    conn.resumedPruneAt = Math.max(RESUMED_PRUNE_FROM, set.size * 2);
   }
 
   /** The seqs of the events held for `user`, per run, ascending (events of a run are held in seq order). */

@@ -550,6 +550,20 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
     expect(srv.urls.map((u) => new URL(u, 'http://x').searchParams.get('resume'))).toEqual(['R:0', 'R:2']);
   });
 
+  it('an event whose run a gap listener pushed out (follow() at maxRuns 1) is not handed out', async () => {
+    // b's first event forgets a (its waiting 3 is a gap); the gap listener follows z, which forgets b.
+    const srv = await scripted([ev(1, 'a'), ev(3, 'a'), ev(1, 'b')]);
+    const c = recording({ url: srv.url, token: 't', maxRuns: 1, gapTimeoutMillis: 5000 });
+    c.client.on('gap', (g) => {
+      if (g.run_id === 'a') c.client.follow('z', 5);
+    });
+    c.client.connect();
+    await c.until((x) => x.gaps.length >= 1, 5000, 'the gap of a');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(c.events.map((e) => `${e.run_id}#${e.seq}`)).toEqual(['a#1']);
+    expect(c.client.positions()).toEqual({ z: 5 });
+  });
+
   it('an event listener that throws does not stop delivery (TW_CLIENT_HANDLER)', async () => {
     const srv = await scripted([ev(1), ev(2)]);
     const c = recording({ url: srv.url, token: 't' });

@@ -266,6 +266,30 @@ describe('resume window and protocol details', () => {
     top.end();
   });
 
+  it('what a connection remembers of the runs its resumes named stays bounded: runs that left the window are let go', async () => {
+    sc = await startTestSidecar({ replayRetentionMillis: 200 });
+    const s = sc;
+    const tab = track(await connectAcked(s, 'rex'));
+    const { tracer } = inProcessTracer(s);
+    const conn = [...(s.tw.hub as unknown as { all: Set<{ resumedRuns?: Set<string> }> }).all][0]!;
+    const named = new Set<string>();
+    for (let round = 0; round < 8; round++) {
+      await Promise.all(Array.from({ length: 50 }, () => runDemoAgent(tracer, { user: 'rex' })));
+      await tab.until((c) => c.events.length >= (round + 1) * 50 * N, 10_000, `round ${round}`);
+      const runs: Record<string, number> = {};
+      for (const e of tab.events) if (!named.has(e.run_id as string)) runs[e.run_id as string] = N;
+      for (const id of Object.keys(runs)) named.add(id);
+      tab.ws.send(JSON.stringify({ type: 'resume', runs }));
+      // The next round after this round's runs left the window.
+      await new Promise((r) => setTimeout(r, 350));
+    }
+    tab.ws.send(JSON.stringify({ type: 'ping' }));
+    await tab.until((c) => c.frames.some((f) => f.type === 'pong'), 5000, 'pong');
+    expect(named.size).toBe(400);
+    // At most the runs named since the last let-go (about two rounds), not the 400 ever named.
+    expect(conn.resumedRuns!.size).toBeLessThanOrEqual(300);
+  });
+
   it('records client acks (cumulative) in the runs API detail', async () => {
     sc = await startTestSidecar();
     const c = track(await connectAcked(sc, 'fay'));
