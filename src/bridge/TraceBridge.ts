@@ -1,7 +1,7 @@
 import type { EventType, LifecycleKind } from '../audit/Metrics.js';
 import { append } from '../util/arrays.js';
 import { RunRecord, type SpanSummary } from '../audit/RunRecord.js';
-import { classify, conversationOf, userOf, type Classified } from '../conventions/classify.js';
+import { classify, type Classified } from '../conventions/classify.js';
 import type { SpanEventInput, SpanInput } from '../conventions/SpanInput.js';
 import type { BridgeRegistry, DoneEntry } from './BridgeRegistry.js';
 import type { OutboundEvent } from './EventSink.js';
@@ -52,9 +52,9 @@ export class SpanNode {
     this.name = c.name;
     this.detail = c.kind === 'tool' ? c.callId : c.kind === 'thinking' ? c.model : undefined;
     // Own attributes, then the nearest ancestor's (the parent node's at attach(), else the parent-context hint),
-    // then W3C baggage: classify() falls back to baggage (in process), which is not the span's own.
-    const ownUser = c.user !== undefined && (span.baggageUser === undefined || userOf(span.attributes) !== undefined);
-    const ownConv = c.conversation !== undefined && (span.baggageConversation === undefined || conversationOf(span.attributes) !== undefined);
+    // then W3C baggage (in process), which classify() marks as not the span's own.
+    const ownUser = c.user !== undefined && !c.userFromBaggage;
+    const ownConv = c.conversation !== undefined && !c.conversationFromBaggage;
     this.user = ownUser ? c.user : (span.parentUser ?? c.user);
     this.conv = ownConv ? c.conversation : (span.parentConversation ?? c.conversation);
     this.flags = (parentRemote ? PARENT_REMOTE : 0) | (ownUser ? OWN_USER : 0) | (ownConv ? OWN_CONV : 0);
@@ -678,7 +678,10 @@ function isOver(node: SpanNode): boolean {
   return node.inEndedRun && node.run === undefined && node.anchored && !node.held && node.seenEnd && node.spanId.length === ID_CHARS && (node.kind === undefined || node.emittedEnd);
 }
 
-const NOT_LIFECYCLE: Classified = { kind: undefined, name: undefined, callId: undefined, model: undefined, user: undefined, conversation: undefined, error: undefined, convention: undefined };
+const NOT_LIFECYCLE: Classified = {
+  kind: undefined, name: undefined, callId: undefined, model: undefined, user: undefined, conversation: undefined,
+  userFromBaggage: false, conversationFromBaggage: false, error: undefined, convention: undefined,
+};
 const NO_SPAN: SpanInput = { traceId: '', spanId: '', name: '', startMs: 0, attributes: {}, statusCode: 0 };
 
 /** A span id with the user and conversation it passes on to its children. */

@@ -56,6 +56,13 @@ export interface Classified {
   readonly model: string | undefined;
   readonly user: string | undefined;
   readonly conversation: string | undefined;
+  /**
+   * `user` / `conversation` came from W3C baggage (in process), not from the
+   * span's attributes: they rank below the nearest ancestor's (the bridge and
+   * the processor's inheritance apply the same order).
+   */
+  readonly userFromBaggage: boolean;
+  readonly conversationFromBaggage: boolean;
   /** error.type, or the status message, when the span failed. */
   readonly error: string | undefined;
   readonly convention: 'gen_ai' | 'openinference' | 'openllmetry' | 'vercel_ai' | undefined;
@@ -233,13 +240,19 @@ export function classify(span: SpanInput, limited?: Float64Array): Classified {
     );
     name = model;
   }
+  const ownUser = userIn(a, count);
+  const ownConversation = conversationIn(a, count);
+  const user = ownUser ?? idOf(span.baggageUser, F_USER, count, UNROUTABLE_USER);
+  const conversation = ownConversation ?? idOf(span.baggageConversation, F_CONVERSATION, count, undefined);
   return {
     kind,
     name,
     callId,
     model,
-    user: userIn(a, count) ?? idOf(span.baggageUser, F_USER, count, UNROUTABLE_USER),
-    conversation: conversationIn(a, count) ?? idOf(span.baggageConversation, F_CONVERSATION, count, undefined),
+    user,
+    conversation,
+    userFromBaggage: ownUser === undefined && user !== undefined,
+    conversationFromBaggage: ownConversation === undefined && conversation !== undefined,
     error: kind === undefined ? undefined : errorOf(span, count),
     convention,
   };

@@ -13,7 +13,7 @@ function span(name: string, attributes: Record<string, unknown> = {}, extra: Par
 
 const NONE: Classified = {
   kind: undefined, name: undefined, callId: undefined, model: undefined,
-  user: undefined, conversation: undefined, error: undefined, convention: undefined,
+  user: undefined, conversation: undefined, userFromBaggage: false, conversationFromBaggage: false, error: undefined, convention: undefined,
 };
 
 describe('classify: OTel GenAI semantic conventions (gen_ai.operation.name)', () => {
