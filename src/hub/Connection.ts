@@ -4,10 +4,10 @@ import type { DropReason } from '../audit/Metrics.js';
 import type { OutboundEvent } from '../bridge/EventSink.js';
 import { copyFrame } from './frame.js';
 
-/** One event written to one or more connections; settled once every write finished. */
 /** Named runs a connection remembers before it lets go of those that left the resume window. */
 export const RESUMED_PRUNE_FROM = 256;
 
+/** One event written to one or more connections; settled once every write finished. */
 export interface Delivery {
   readonly ev: OutboundEvent;
   remaining: number;

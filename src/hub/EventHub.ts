@@ -564,7 +564,7 @@ export class EventHub implements EventSink {
     // on the connection (a client names some runs in the URL and the rest in frames, `all` on the last).
     if (all) for (const id of this.replay.runIdsOf(conn.user)) if (!Object.hasOwn(runs, id) && !conn.resumedRuns?.has(id)) wanted.push([id, 0, false]);
     const unknown: string[] = [];
-    let firstUnknown: { id: string; named: boolean } | undefined;
+    let firstUnknown: string | undefined;
     let unknownCount = 0;
     // Seqs of the user's events still held, per run (they follow a URL resume): read once, and only if needed.
     let held: Map<string, number[]> | undefined;
@@ -576,7 +576,7 @@ export class EventHub implements EventSink {
       if (evs === undefined && heldSeqs === undefined) {
         // Unknown, expired, or another user's run: the same answer, so run ids leak nothing.
         if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
-        firstUnknown ??= { id: runId, named };
+        firstUnknown ??= runId;
         continue;
       }
       if (named) this.noteResumed(conn, runId);
@@ -594,9 +594,9 @@ export class EventHub implements EventSink {
       }
     }
     if (unknownCount === 1) {
-      // One run: named in full as run_ids too (a client stops naming it), when it is not cut (no run id is that long).
-      const one = firstUnknown!;
-      const gone = one.named && unknown[0] === one.id ? { run_ids: [one.id] } : undefined;
+      // One run (always a named one: `all` adds only runs the window has): in full as run_ids too, so a client
+      // stops naming it, unless its id was cut for the message (no run id is that long).
+      const gone = unknown[0] === firstUnknown ? { run_ids: [firstUnknown] } : undefined;
       this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${unknown[0]}`, 'run unknown or outside the resume window'), gone);
     } else if (unknownCount > 1) {
       // Many: the count and the first few only, so the answer stays a small fraction of the question.
