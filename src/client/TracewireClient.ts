@@ -652,25 +652,22 @@ export class TracewireClient {
     if (to < from) return;
     this.stats.missed += to - from + 1;
     const g: TracewireGap = { run_id: r.runId, from_seq: from, to_seq: to, cause };
-    for (const fn of this.handlers.gap) {
-      try {
-        fn(g);
-      } catch {
-        /* a listener's fault is its own */
-      }
-    }
+    callEach(this.handlers.gap, g);
   }
 
   private flushAcks(): void {
     if (this.ackTimer !== undefined) clearTimeout(this.ackTimer);
     this.ackTimer = undefined;
-    const ws = this.ws;
-    for (const r of this.toAck) {
-      if (r.last <= r.acked || ws === undefined || ws.readyState !== OPEN) continue;
-      r.acked = r.last;
-      ws.send(JSON.stringify({ type: 'ack', run_id: r.runId, seq: r.last }));
-    }
+    for (const r of this.toAck) this.ackNow(r);
     this.toAck.clear();
+  }
+
+  /** Acknowledge what was handed out of `r`, if not yet and a connection is open. */
+  private ackNow(r: RunTrack): void {
+    const ws = this.ws;
+    if (r.last <= r.acked || ws === undefined || ws.readyState !== OPEN) return;
+    r.acked = r.last;
+    ws.send(JSON.stringify({ type: 'ack', run_id: r.runId, seq: r.last }));
   }
 
   // ---- bounds and timers ----------------------------------------------------------
@@ -690,17 +687,12 @@ export class TracewireClient {
     if (r === undefined) return;
     this.runs.delete(runId);
     // Its ack goes now (it would go with the run otherwise).
-    const ws = this.ws;
-    if (this.toAck.has(r) && r.last > r.acked && ws !== undefined && ws.readyState === OPEN) {
-      r.acked = r.last;
-      ws.send(JSON.stringify({ type: 'ack', run_id: r.runId, seq: r.last }));
-    }
+    if (this.toAck.delete(r)) this.ackNow(r);
     // Events that waited in it are not handed out: say so (and they are let go with it).
     const pending = r.pending;
     r.pending = undefined;
     r.holes = undefined;
     if (pending !== undefined && pending.size > 0) this.gap(r, r.last + 1, Math.max(...pending.keys()), cause);
-    this.toAck.delete(r);
     this.stats.forgottenRuns++;
   }
 
@@ -794,13 +786,7 @@ export class TracewireClient {
 
   private setState(s: ClientStatus): void {
     this.state = s.state;
-    for (const fn of this.handlers.status) {
-      try {
-        fn(s);
-      } catch {
-        /* a listener's fault is its own */
-      }
-    }
+    callEach(this.handlers.status, s);
   }
 
   private clientError(code: ErrorCode & `TW_CLIENT_${string}`, fatal: boolean, ...args: unknown[]): void {
@@ -808,12 +794,17 @@ export class TracewireClient {
   }
 
   private emitError(e: TracewireClientError): void {
-    for (const fn of this.handlers.error) {
-      try {
-        fn(e);
-      } catch {
-        /* a listener's fault is its own */
-      }
+    callEach(this.handlers.error, e);
+  }
+}
+
+/** Call every listener of a set; a listener's fault is its own. */
+function callEach<T>(listeners: Iterable<(x: T) => void>, x: T): void {
+  for (const fn of listeners) {
+    try {
+      fn(x);
+    } catch {
+      /* not the client's to report */
     }
   }
 }
