@@ -200,13 +200,20 @@ const TWO_64 = 2 ** 64;
 
 /** Decimal digits of a value that fits a uint64 (leading zeros allowed). */
 function isUint64Decimal(v: string): boolean {
-  if (v.length < UINT64_MAX.length) return true;
-  let i = 0;
+  return v.length < UINT64_MAX.length || digitsAtMost(v, 0, UINT64_MAX);
+}
+
+/**
+ * The decimal digits of `v` from index `from` (leading zeros allowed) are at
+ * most `max` (digits, no leading zero). A non-digit fails the caller's check anyway.
+ */
+function digitsAtMost(v: string, from: number, max: string): boolean {
+  let i = from;
   while (i < v.length - 1 && v.charCodeAt(i) === 48) i++;
   const n = v.length - i;
-  if (n !== UINT64_MAX.length) return n < UINT64_MAX.length;
-  // Same length: digit strings compare as numbers (a non-digit fails the caller's check anyway).
-  return v.slice(i) <= UINT64_MAX;
+  if (n !== max.length) return n < max.length;
+  // Same length: digit strings compare as numbers.
+  return v.slice(i) <= max;
 }
 
 /** Longest millisecond part read digit by digit: below 2^53, so the sum is exact, as Number() would be. */
@@ -265,13 +272,7 @@ function intOf(v: unknown): number | bigint {
 
 /** An optionally signed decimal (leading zeros allowed) within int64, checked on its digits before BigInt() reads it. */
 function isInt64Decimal(v: string): boolean {
-  const neg = v.charCodeAt(0) === 45;
-  let i = neg ? 1 : 0;
-  while (i < v.length - 1 && v.charCodeAt(i) === 48) i++;
-  const n = v.length - i;
-  if (n !== INT64_MAX.length) return n < INT64_MAX.length;
-  // Same length: digit strings compare as numbers.
-  return v.slice(i) <= (neg ? INT64_MIN_DIGITS : INT64_MAX);
+  return v.charCodeAt(0) === 45 ? digitsAtMost(v, 1, INT64_MIN_DIGITS) : digitsAtMost(v, 0, INT64_MAX);
 }
 
 /** KeyValue list to a flat attribute record (kvlist values become dotted keys). */
