@@ -612,6 +612,18 @@ describe('TracewireClient options', () => {
     }
   });
 
+  it('every option is in the README section on the client', async () => {
+    const { readFileSync } = await import('node:fs');
+    const src = readFileSync(new URL('../../src/client/TracewireClient.ts', import.meta.url), 'utf8');
+    const body = src.slice(src.indexOf('export interface TracewireClientOptions'), src.indexOf('interface Handlers'));
+    const options = [...body.matchAll(/^ {2}readonly (\w+)\??:/gm)].map((m) => m[1]!);
+    expect(options.length).toBeGreaterThanOrEqual(20);
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const section = readme.slice(readme.indexOf('### The client (`tracewire/client`)'), readme.indexOf('## Delivery and verdicts'));
+    // Named in backquotes, or set in the example.
+    expect(options.filter((o) => !new RegExp(`\`${o}[\`:]|\\b${o}: `).test(section))).toEqual([]);
+  });
+
   it('every code the client reports is in the error catalogue', async () => {
     const src = await import('node:fs').then((fs) => fs.readFileSync(new URL('../../src/client/TracewireClient.ts', import.meta.url), 'utf8'));
     const used = new Set([...src.matchAll(/'(TW_CLIENT_[A-Z_]+)'/g)].map((m) => m[1]!));
