@@ -1,4 +1,6 @@
 import type { FastifyInstance } from 'fastify';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { getHeapStatistics } from 'node:v8';
 import { Metrics } from './audit/Metrics.js';
 import type { RunRecord } from './audit/RunRecord.js';
@@ -7,6 +9,7 @@ import { BridgeRegistry } from './bridge/BridgeRegistry.js';
 import { boundsMemoryWarning, resolveConfig, type TracewireConfig } from './config/Config.js';
 import { Diag } from './errors/Diag.js';
 import { EventHub } from './hub/EventHub.js';
+import { RedisBroker } from './hub/fanout/Broker.js';
 import { TracewireSpanProcessor, type TracewireSpanProcessorOptions } from './sources/TracewireSpanProcessor.js';
 
 export const VERSION = '0.1.0';
@@ -82,6 +85,48 @@ export class Tracewire {
       now,
     });
     this.now = now;
+    this.fanoutReady =
+      c.brokerUrl === '' || c.mode !== 'emit'
+        ? Promise.resolve()
+        : this.startFanout().catch((err: Error) => {
+            if (this.closed === undefined) this.diag.log('error', 'fanout', `could not start the fan-out: ${err.message}`);
+          });
+  }
+
+  /**
+   * With a broker (`brokerUrl`): resolves once this sidecar is subscribed to
+   * it. While the broker cannot be reached the sidecar serves as a single
+   * one (logged, `tracewire_broker_up` 0) and keeps trying.
+   */
+  readonly fanoutReady: Promise<void>;
+  /** This sidecar's id on the broker. */
+  readonly instanceId: string = '';
+
+  private broker: RedisBroker | undefined;
+
+  private async startFanout(): Promise<void> {
+    const c = this.config;
+    const id = c.instanceId || `${hostname().replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 100)}-${process.pid}-${randomBytes(3).toString('hex')}`;
+    (this as { instanceId: string }).instanceId = id;
+    const broker = (this.broker = new RedisBroker({
+      url: c.brokerUrl,
+      onError: (err) => this.diag.repeated('broker_error', 'fanout', (n) => `${n} broker connection error(s), latest: ${err.message}`),
+    }));
+    await broker.connect();
+    if (this.closed !== undefined) {
+      await broker.close();
+      return;
+    }
+    await this.hub.startFanout(broker, {
+      instanceId: id,
+      prefix: c.brokerPrefix,
+      presenceIntervalMillis: c.brokerPresenceMillis,
+      reportTimeoutMillis: c.brokerReportTimeoutMillis,
+      maxPending: c.brokerMaxPending,
+      maxRemoteUsers: c.brokerMaxRemoteUsers,
+      diag: this.diag,
+      now: this.now,
+    });
   }
 
   private readonly now: (() => number) | undefined;
@@ -161,6 +206,8 @@ export class Tracewire {
       this.inProcess?.close();
       this.otlp?.close();
       await this.hub.close(timeoutMillis);
+      // A broker the fan-out never started on (still connecting) is closed here; otherwise the hub closed it.
+      await this.broker?.close();
       this.ledger.interruptAll();
       this.ledger.close();
     })());

@@ -27,6 +27,7 @@ export type Verdict = (typeof VERDICTS)[number];
 export const DROP_REASONS = [
   'no_subscriber', 'send_failed', 'backpressure', 'unauthorised', 'evicted', 'no_user',
   'not_recorded', 'reported_dropped', 'shutdown', 'late_span', 'overflow',
+  'broker_unavailable', 'broker_unconfirmed',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 
@@ -52,6 +53,12 @@ export const RUNS_TRIM_BOUNDS = ['max_count', 'max_bytes'] as const;
 export const SPAN_LIMITED_FIELDS = ['user_id', 'conversation_id', 'agent_name', 'tool_name', 'model', 'call_id', 'error'] as const;
 
 /** Reasons of tracewire_ws_disconnects_total. */
+/** Broker messages by kind (tracewire_broker_messages_total). */
+export const BROKER_MESSAGE_KINDS = ['events', 'reports', 'acks', 'presence'] as const;
+export type BrokerMessageKind = (typeof BROKER_MESSAGE_KINDS)[number];
+/** What the fan-out gives up, by reason (tracewire_broker_dropped_total). */
+export const BROKER_DROP_REASONS = ['publish_failed', 'invalid', 'unconfirmed', 'pending_full', 'presence_full', 'unknown_run'] as const;
+
 export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', 'heartbeat_timeout', 'token_expired', 'bad_frames', 'shutdown'] as const;
 /**
  * A counter for the hot path: `inc()` adds to a plain map keyed by the label
@@ -226,6 +233,31 @@ export class BoundedLabel {
 }
 
 /**
+ * The fan-out's series (DESIGN.md "Scale"), registered only when a broker is
+ * configured (`Metrics.broker()`): a single sidecar shows none of them, so
+ * an alert on `tracewire_broker_up == 0` never fires for it.
+ */
+export class BrokerMetrics {
+  readonly up: LiveGauge;
+  readonly peers: LiveGauge;
+  readonly remoteUsers: LiveGauge;
+  readonly pending: LiveGauge;
+  readonly messages: Counter<'direction' | 'kind'>;
+  readonly dropped: Counter<'reason'>;
+
+  constructor(regs: Registry[]) {
+    this.up = new LiveGauge({ name: 'tracewire_broker_up', help: '1 while the fan-out broker (--broker-url) is connected, 0 while it is not; absent without a broker.', registers: regs });
+    this.peers = new LiveGauge({ name: 'tracewire_broker_peers', help: 'Other sidecars heard from on the broker within the presence expiry.', registers: regs });
+    this.remoteUsers = new LiveGauge({ name: 'tracewire_broker_remote_users', help: 'Users with a connection on another sidecar, per sidecar (bounded by brokerMaxRemoteUsers).', registers: regs });
+    this.pending = new LiveGauge({ name: 'tracewire_broker_pending_deliveries', help: 'Events sent to another sidecar whose delivery outcome has not come back yet (bounded by brokerMaxPending).', registers: regs });
+    this.messages = new Counter({ name: 'tracewire_broker_messages_total', help: 'Broker messages published (direction "out") and received (direction "in"), by kind; a message carries a batch.', labelNames: ['direction', 'kind'] as const, registers: regs });
+    this.dropped = new Counter({ name: 'tracewire_broker_dropped_total', help: 'What the fan-out gave up, by reason: items of a publish that failed, invalid messages received, deliveries whose outcome never came back or that found the pending table full, presence entries past the bound, acks for runs it never relayed.', labelNames: ['reason'] as const, registers: regs });
+    for (const direction of ['in', 'out']) for (const kind of BROKER_MESSAGE_KINDS) this.messages.inc({ direction, kind }, 0);
+    for (const reason of BROKER_DROP_REASONS) this.dropped.inc({ reason }, 0);
+  }
+}
+
+/**
  * All tracewire series, on a dedicated registry per instance so embedders and
  * tests never collide. Label values come from the bounded sets above only.
  */
@@ -292,6 +324,13 @@ export class Metrics {
   readonly heldEvents = new LiveGauge({ name: 'tracewire_held_events', help: 'Events held for users with no connection (bounded by maxHeldEvents).', registers: this.regs });
   readonly heldEventBytes = new LiveGauge({ name: 'tracewire_held_event_bytes', help: 'Estimated bytes of the events held for users with no connection (bounded by maxHeldBytes).', registers: this.regs });
   readonly buildInfo = new Gauge({ name: 'tracewire_build_info', help: 'Constant 1, labelled with the version and mode.', labelNames: ['version', 'mode'] as const, registers: this.regs });
+
+  private brokerSeries: BrokerMetrics | undefined;
+
+  /** The fan-out's series, registered on first use. */
+  broker(): BrokerMetrics {
+    return (this.brokerSeries ??= new BrokerMetrics(this.regs));
+  }
 
   /** OpenMetrics exposition (with exemplars). */
   openMetrics(): Promise<string> {

@@ -7,7 +7,7 @@ import { TracewireError } from '../errors/errors.js';
  * secrets hidden.
  */
 
-type Kind = 'string' | 'secret' | 'hostport' | 'int' | 'enum' | 'bool';
+type Kind = 'string' | 'secret' | 'hostport' | 'int' | 'enum' | 'bool' | 'brokerUrl' | 'instanceId';
 
 interface OptionSpec {
   readonly key: keyof TracewireConfig;
@@ -62,6 +62,15 @@ export interface TracewireConfig {
   readonly shutdownTimeoutMillis: number;
   readonly traceUrlTemplate: string;
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  /** Redis URL of the fan-out broker (several sidecars); empty: one sidecar, no broker. */
+  readonly brokerUrl: string;
+  /** This sidecar's id on the broker; empty: `<hostname>-<pid>-<random>`. */
+  readonly instanceId: string;
+  readonly brokerPrefix: string;
+  readonly brokerPresenceMillis: number;
+  readonly brokerReportTimeoutMillis: number;
+  readonly brokerMaxPending: number;
+  readonly brokerMaxRemoteUsers: number;
 }
 
 export const DEV_JWT_SECRET = 'tracewire-dev-secret-change-me';
@@ -100,6 +109,13 @@ export const OPTIONS: readonly OptionSpec[] = [
   { key: 'maxAgentLabels', flag: '--max-agent-labels', env: 'TRACEWIRE_MAX_AGENT_LABELS', kind: 'int', min: 1, default: '50', doc: 'distinct agent label values on metrics; later agents are "other"' },
   { key: 'shutdownTimeoutMillis', flag: '--shutdown-timeout-ms', env: 'TRACEWIRE_SHUTDOWN_TIMEOUT_MS', kind: 'int', min: 0, default: '10000', doc: 'bound on graceful shutdown' },
   { key: 'traceUrlTemplate', flag: '--trace-url', env: 'TRACEWIRE_TRACE_URL', kind: 'string', default: '', doc: 'link to a trace backend, {trace_id} is replaced (e.g. a Grafana Tempo explore URL)' },
+  { key: 'brokerUrl', flag: '--broker-url', env: 'TRACEWIRE_BROKER_URL', kind: 'brokerUrl', default: '', doc: 'Redis pub/sub that fans events out across sidecars (redis://[user:password@]host:port, rediss://, unix:///path); empty: a single sidecar' },
+  { key: 'instanceId', flag: '--instance-id', env: 'TRACEWIRE_INSTANCE_ID', kind: 'instanceId', default: '', doc: 'this sidecar\'s id on the broker (1-128 of A-Z a-z 0-9 . _ : -), unique per sidecar; empty: <hostname>-<pid>-<random>' },
+  { key: 'brokerPrefix', flag: '--broker-prefix', env: 'TRACEWIRE_BROKER_PREFIX', kind: 'instanceId', default: 'tracewire', doc: 'channel prefix on the broker: the sidecars of one deployment share it' },
+  { key: 'brokerPresenceMillis', flag: '--broker-presence-ms', env: 'TRACEWIRE_BROKER_PRESENCE_MS', kind: 'int', min: 100, default: '5000', doc: 'how often a sidecar announces its connected users; an announcement expires after three of these' },
+  { key: 'brokerReportTimeoutMillis', flag: '--broker-report-timeout-ms', env: 'TRACEWIRE_BROKER_REPORT_TIMEOUT_MS', kind: 'int', min: 100, default: '10000', doc: 'an event sent to another sidecar whose outcome has not come back by then is dropped as broker_unconfirmed' },
+  { key: 'brokerMaxPending', flag: '--broker-max-pending', env: 'TRACEWIRE_BROKER_MAX_PENDING', kind: 'int', min: 1, default: '100000', doc: 'events sent to other sidecars awaiting their outcome; past it, further ones are dropped as broker_unconfirmed' },
+  { key: 'brokerMaxRemoteUsers', flag: '--broker-max-remote-users', env: 'TRACEWIRE_BROKER_MAX_REMOTE_USERS', kind: 'int', min: 1, default: '500000', doc: 'users connected to other sidecars that this one tracks (one entry per user and sidecar); announcements past it are ignored' },
   { key: 'logLevel', flag: '--log-level', env: 'TRACEWIRE_LOG_LEVEL', kind: 'enum', values: ['debug', 'info', 'warn', 'error', 'silent'], default: 'info', doc: 'log verbosity' },
 ];
 
@@ -171,6 +187,12 @@ function parseValue(spec: OptionSpec, raw: string, from: string): unknown {
       return raw;
     case 'bool':
       return raw === 'true' || raw === '1';
+    case 'brokerUrl':
+      return checkBrokerUrl(raw, name);
+    case 'instanceId':
+      if (raw !== '' && !/^[A-Za-z0-9._:-]{1,128}$/.test(raw)) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" must be 1-128 of A-Z a-z 0-9 . _ : -`);
+      if (raw === '' && spec.key === 'brokerPrefix') throw new TracewireError('TW_CONFIG_INVALID', `${name} must not be empty`);
+      return raw;
     default:
       return raw;
   }
@@ -224,6 +246,33 @@ function checkInt(spec: OptionSpec, v: unknown, name: string): number {
   return v;
 }
 
+/** A broker URL: empty, `redis://` or `rediss://` with a host, or `unix://` with a socket path. */
+function checkBrokerUrl(raw: string, name: string): string {
+  if (raw === '') return raw;
+  let u: URL;
+  try {
+    u = new URL(raw);
+  } catch {
+    throw new TracewireError('TW_CONFIG_INVALID', `${name} is not a URL (expected redis://host:port, rediss://host:port or unix:///path)`);
+  }
+  if (u.protocol === 'unix:' ? u.pathname === '' || u.pathname === '/' : !['redis:', 'rediss:'].includes(u.protocol) || u.hostname === '') {
+    throw new TracewireError('TW_CONFIG_INVALID', `${name} must be redis://host:port, rediss://host:port or unix:///path (got ${u.protocol}//${u.host}${u.pathname})`);
+  }
+  return raw;
+}
+
+/** A URL with its password (and user name) shown as `***`. */
+export function redactUrl(raw: string): string {
+  try {
+    const u = new URL(raw);
+    if (u.password !== '') u.password = '***';
+    if (u.username !== '') u.username = '***';
+    return u.toString();
+  } catch {
+    return '***';
+  }
+}
+
 /** The resolved configuration as lines, secrets replaced by `***` (or `(unset)`). */
 export function describeConfig(cfg: TracewireConfig): string {
   const lines: string[] = [];
@@ -231,6 +280,7 @@ export function describeConfig(cfg: TracewireConfig): string {
     const v = cfg[spec.key];
     let shown: string;
     if (spec.kind === 'secret') shown = v === '' ? '(unset)' : v === DEV_JWT_SECRET ? '*** (built-in dev secret)' : '***';
+    else if (spec.kind === 'brokerUrl') shown = v === '' ? '(unset)' : redactUrl(v as string);
     else if (spec.kind === 'hostport') shown = `${(v as HostPort).host}:${(v as HostPort).port}`;
     else shown = String(v === '' ? '(unset)' : v);
     lines.push(`  ${spec.flag.padEnd(26)} ${shown}`);

@@ -13,6 +13,8 @@ import { Connection, RESUMED_PRUNE_FROM, type Delivery } from './Connection.js';
 import { Fifo, NumberFifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
+import type { Broker } from './fanout/Broker.js';
+import { Fanout, RemoteEvent, type FanoutOptions } from './fanout/Fanout.js';
 
 export interface EventHubOptions {
   readonly jwtSecret: string;
@@ -159,6 +161,8 @@ export class EventHub implements EventSink {
   private readonly untrack: Array<() => void>;
   private readonly onDone = (d: Delivery, ok: boolean, reason: DropReason | undefined): void => this.settle(d, ok, reason);
   private readonly isRetained = (runId: string): boolean => this.replay.contains(runId);
+  /** Fan-out across sidecars through a broker (`startFanout`); undefined for a single sidecar. */
+  private fanout: Fanout | undefined;
 
   constructor(private readonly opts: EventHubOptions) {
     this.path = opts.path ?? '/v1/events';
@@ -200,6 +204,27 @@ export class EventHub implements EventSink {
       m.resumeWindowRuns.track(() => this.replay.size),
       m.resumeWindowBytes.track(() => this.replay.bytes),
     ];
+  }
+
+  /**
+   * Fan events out across sidecars through `broker` (DESIGN.md "Scale"):
+   * events of users connected to another sidecar go there, events from
+   * other sidecars come to this one's connections. Resolves once subscribed.
+   */
+  startFanout(broker: Broker, opts: Omit<FanoutOptions, 'metrics'>): Promise<void> {
+    if (this.fanout !== undefined) throw new Error('startFanout: already started');
+    this.fanout = new Fanout(
+      broker,
+      {
+        localUsers: () => this.byUser.keys(),
+        deliverRemote: (ev) => this.deliverRemote(ev),
+        settleRemote: (d, ok, reason) => this.settleRemote(d, ok, reason),
+        releaseHeldTo: (user, instance) => this.releaseHeldTo(user, instance),
+        ackRemote: (runId, user, seq) => this.ackRun(runId, user, seq),
+      },
+      { ...opts, metrics: this.metrics.broker() },
+    );
+    return this.fanout.start();
   }
 
   get connectionCount(): number {
@@ -350,7 +375,10 @@ export class EventHub implements EventSink {
     const conn = new Connection(this.nextId++, p.user, conversation, ws, socket, this.opts.wsMaxBufferedBytes, this.onDone, this.isRetained);
     this.all.add(conn);
     let set = this.byUser.get(p.user);
-    if (set === undefined) this.byUser.set(p.user, (set = new Set()));
+    if (set === undefined) {
+      this.byUser.set(p.user, (set = new Set()));
+      this.fanout?.userOnline(p.user);
+    }
     set.add(conn);
     this.metrics.connectionAttempts.inc({ result: 'accepted' });
 
@@ -400,7 +428,7 @@ export class EventHub implements EventSink {
       this.ledger.markDropped(ev.run, ev.record, 'shutdown');
       return;
     }
-    this.deliver(ev, this.byUser.get(ev.user), this.now());
+    this.deliver(ev, this.byUser.get(ev.user), this.now(), this.fanout?.targetsOf(ev.user));
   }
 
   publishRecord(record: EventRecord, hookAt: number | undefined, atMs: number): void {
@@ -408,27 +436,37 @@ export class EventHub implements EventSink {
       this.ledger.markDropped(record.run, record, 'shutdown');
       return;
     }
-    const set = this.byUser.get(record.run.user ?? '');
+    const user = record.run.user ?? '';
+    const set = this.byUser.get(user);
+    const remote = this.fanout?.targetsOf(user);
     // No connection of its user: held as the record alone (its event object is made when one takes it).
-    if (set === undefined) this.hold(record, undefined, atMs);
-    else this.deliver(OutboundEvent.ofRecord(record, hookAt), set, atMs);
+    if (set === undefined && remote === undefined) this.hold(record, undefined, atMs);
+    else this.deliver(OutboundEvent.ofRecord(record, hookAt), set, atMs, remote);
   }
 
-  /** Send an event to the connections of its user (`set`) that take it, or hold it (from `atMs`) if none does. */
-  private deliver(ev: OutboundEvent, set: Set<Connection> | undefined, atMs: number): void {
+  /**
+   * Send an event to the connections of its user (`set`) that take it and to
+   * the other sidecars with a connection of the user (`remote`), or hold it
+   * (from `atMs`) if there is none.
+   */
+  private deliver(ev: OutboundEvent, set: Set<Connection> | undefined, atMs: number, remote: ReadonlySet<string> | undefined): void {
     let targets = 0;
     if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
-    if (targets === 0) {
+    const remoteCount = remote?.size ?? 0;
+    if (targets === 0 && remoteCount === 0) {
       // Held, not serialised and not in the resume window yet: both happen when a connection takes it.
       this.hold(ev.record, ev, atMs);
       return;
     }
+    ev.run.sawConnection = true;
+    const d: Delivery = { ev, remaining: targets + remoteCount, ok: false, late: false, failReason: undefined };
+    // Other sidecars first (they take the event's text before framing lets go of it); each reports its outcome.
+    if (remoteCount > 0) for (const instance of remote!) this.fanout!.send(instance, ev, d, false);
+    if (targets === 0) return;
     // Framed once for several connections (which measures it); one connection writes it straight into its batch.
     if (targets > 1) frameOf(ev);
     else measure(ev);
     this.replay.add(ev);
-    ev.run.sawConnection = true;
-    const d: Delivery = { ev, remaining: targets, ok: false, late: false, failReason: undefined };
     for (const c of set!) {
       if (!c.accepts(ev)) continue;
       ev.record.attempts++;
@@ -540,6 +578,60 @@ export class EventHub implements EventSink {
     if (keep.length > 0) this.heldByUser.set(conn.user, keep);
     else this.heldByUser.delete(conn.user);
     if (conn.dirty) this.dirty.add(conn);
+  }
+
+  // ---- other sidecars (fan-out) ------------------------------------------------
+
+  /** Origin: another sidecar announced `user`; send it the events held for the user (it reports each one back). */
+  private releaseHeldTo(user: string, instance: string): void {
+    const held = this.heldByUser.get(user);
+    if (held === undefined || this.fanout === undefined) return;
+    this.heldByUser.delete(user);
+    for (let rec = held.shift(); rec !== undefined; rec = held.shift()) {
+      if (!rec.inHold) continue;
+      const ev = this.unheld(rec) ?? OutboundEvent.ofRecord(rec, undefined);
+      ev.run.sawConnection = true;
+      rec.attempts++;
+      this.fanout.send(instance, ev, { ev, remaining: 1, ok: false, late: true, failReason: undefined }, true);
+    }
+  }
+
+  /**
+   * Edge: an event from the sidecar that judges its run, for this sidecar's
+   * connections of its user. Kept in this sidecar's resume window like its
+   * own; its outcome goes back to the origin (`absent` when no connection
+   * here takes it, so the origin holds it again).
+   */
+  private deliverRemote(ev: RemoteEvent): void {
+    const fanout = this.fanout!;
+    if (this.closing) {
+      fanout.report(ev, 'shutdown');
+      return;
+    }
+    const set = this.byUser.get(ev.user);
+    let targets = 0;
+    if (set !== undefined) for (const c of set) if (c.accepts(ev)) targets++;
+    if (targets === 0) {
+      fanout.report(ev, 'absent');
+      return;
+    }
+    if (targets > 1) frameOf(ev);
+    else measure(ev);
+    this.replay.add(ev);
+    if (ev.run.endMs !== undefined) this.replay.ended(ev.runId);
+    const d: Delivery = { ev, remaining: targets, ok: false, late: ev.late, failReason: undefined };
+    for (const c of set!) {
+      if (!c.accepts(ev)) continue;
+      if (!c.enqueue(d)) this.backpressure(c);
+      else this.dirty.add(c);
+    }
+    this.scheduleFlush();
+  }
+
+  /** Origin: one remote part of delivery `d` came back (or timed out, or could not be sent). */
+  private settleRemote(d: Delivery, ok: boolean, reason: DropReason | 'absent'): void {
+    // `absent`: that sidecar had no connection taking it any more; unless another part delivers it, it is held again.
+    this.settle(d, ok, reason === 'absent' ? 'no_subscriber' : reason, true);
   }
 
   // ---- resume ----------------------------------------------------------------
@@ -667,8 +759,20 @@ export class EventHub implements EventSink {
 
   // ---- delivery outcomes ------------------------------------------------------
 
-  private settle(d: Delivery, ok: boolean, reason: DropReason | undefined): void {
-    if (this.opts.failWritesFor !== undefined && ok && this.opts.failWritesFor(d.ev.user)) {
+  /**
+   * One part of a delivery completed: a connection's write, or (`remote`)
+   * another sidecar's report. The event is delivered when the first part
+   * succeeds; dropped, with the reason that names the failure best, when
+   * the last part fails; held again when the only failures are sidecars
+   * whose user had left (`no_subscriber` from a remote part).
+   */
+  private settle(d: Delivery, ok: boolean, reason: DropReason | undefined, remote = false): void {
+    const ev = d.ev;
+    if (this.fanout !== undefined && ev instanceof RemoteEvent) {
+      this.settleForOrigin(d, ev, ok, reason);
+      return;
+    }
+    if (this.opts.failWritesFor !== undefined && ok && !remote && this.opts.failWritesFor(d.ev.user)) {
       ok = false;
       reason = 'send_failed';
     }
@@ -678,7 +782,8 @@ export class EventHub implements EventSink {
       if (!d.ok) {
         d.ok = true;
         this.ledger.markDelivered(d.ev.run, d.ev.record, d.late);
-        if (d.ev.hookAt !== undefined && !d.late) {
+        // Remote parts are not timed: the hook-to-write time is the other sidecar's, and the clocks differ.
+        if (d.ev.hookAt !== undefined && !d.late && !remote) {
           const seconds = (performance.now() - d.ev.hookAt) / 1000;
           // Exemplars (trace ids) for slow deliveries and one in 64 of the rest: each costs a label hash.
           const exemplar = seconds > 0.001 || (++this.exemplarTick & 63) === 1;
@@ -687,9 +792,29 @@ export class EventHub implements EventSink {
       }
       return;
     }
-    // The reason that names the failure best: backpressure and shutdown outrank a plain write error.
+    // The reason that names the failure best: backpressure and shutdown outrank a plain write error, which
+    // outranks a sidecar whose user had left.
+    const r = reason ?? 'send_failed';
+    if (d.failReason === undefined || d.failReason === 'no_subscriber' || (d.failReason === 'send_failed' && r !== 'no_subscriber')) d.failReason = r;
+    if (d.remaining > 0 || d.ok) return;
+    if (d.failReason === 'no_subscriber' && ev.run.user !== undefined) this.hold(ev.record, ev, this.now());
+    else this.ledger.markDropped(ev.run, ev.record, d.failReason ?? 'send_failed');
+  }
+
+  /** Edge: a write of an event from another sidecar completed or failed; its origin hears the outcome once. */
+  private settleForOrigin(d: Delivery, ev: RemoteEvent, ok: boolean, reason: DropReason | undefined): void {
+    if (this.opts.failWritesFor !== undefined && ok && this.opts.failWritesFor(ev.user)) {
+      ok = false;
+      reason = 'send_failed';
+    }
+    d.remaining--;
+    if (ok) {
+      d.ok = true;
+      this.fanout!.report(ev, undefined);
+      return;
+    }
     if (d.failReason === undefined || d.failReason === 'send_failed') d.failReason = reason;
-    if (d.remaining <= 0 && !d.ok) this.ledger.markDropped(d.ev.run, d.ev.record, d.failReason ?? 'send_failed');
+    if (d.remaining <= 0 && !d.ok) this.fanout!.report(ev, d.failReason ?? 'send_failed');
   }
 
   private scheduleFlush(): void {
@@ -743,7 +868,10 @@ export class EventHub implements EventSink {
     const set = this.byUser.get(conn.user);
     if (set !== undefined) {
       set.delete(conn);
-      if (set.size === 0) this.byUser.delete(conn.user);
+      if (set.size === 0) {
+        this.byUser.delete(conn.user);
+        this.fanout?.userOffline(conn.user);
+      }
     }
     conn.failQueued(dropReason);
     this.metrics.disconnects.inc({ reason });
@@ -811,8 +939,14 @@ export class EventHub implements EventSink {
    * at them too). Cost is the number of events newly covered.
    */
   private ack(conn: Connection, runId: string, seq: number): void {
+    // A run judged by another sidecar (relayed here): the ack goes to it.
+    if (!this.ackRun(runId, conn.user, seq) && this.fanout !== undefined) this.fanout.forwardAck(runId, conn.user, seq);
+  }
+
+  /** Ack `user`'s run up to `seq` (see `ack`); false if this sidecar has no such run of the user. */
+  private ackRun(runId: string, user: string, seq: number): boolean {
     const rec = this.ledger.get(runId);
-    if (rec === undefined || rec.user !== conn.user) return;
+    if (rec === undefined || rec.user !== user) return false;
     const evs = rec.events;
     // Events are kept in seq order; stop at the first one an earlier ack covered (everything below it was too).
     for (let i = Math.min(seq, evs.length) - 1; i >= 0; i--) {
@@ -822,6 +956,7 @@ export class EventHub implements EventSink {
       if (ev.state === EV_DELIVERED) ev.acked = true;
       else ev.ackPassed = true;
     }
+    return true;
   }
 
   private badFrame(conn: Connection, e: TracewireError): void {
@@ -915,6 +1050,8 @@ export class EventHub implements EventSink {
   async close(timeoutMillis = 5000): Promise<void> {
     if (this.closing) return;
     this.closing = true;
+    // Other sidecars stop sending here; what they have not confirmed yet is dropped as shutdown.
+    const fanoutClosed = this.fanout?.close();
     if (this.heartbeat) clearInterval(this.heartbeat);
     clearInterval(this.sweeper);
     this.flushScheduled = false;
@@ -963,6 +1100,7 @@ export class EventHub implements EventSink {
     this.heldAt.clear();
     this.heldEvents.clear();
     this.replay.clear();
+    await fanoutClosed;
     this.closed = true;
     for (const u of this.untrack) u();
     this.wss.close();

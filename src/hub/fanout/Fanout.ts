@@ -1,0 +1,583 @@
+import type { BrokerMessageKind, BrokerMetrics, DropReason, EventType } from '../../audit/Metrics.js';
+import { DROP_REASONS, EVENT_TYPES } from '../../audit/Metrics.js';
+import { EventRecord, RunRecord, type SpanSummary } from '../../audit/RunRecord.js';
+import { OutboundEvent } from '../../bridge/EventSink.js';
+import type { Diag } from '../../errors/Diag.js';
+import { BoundedMap } from '../../util/BoundedMap.js';
+import { Fifo, NumberFifo } from '../../util/Fifo.js';
+import type { Delivery } from '../Connection.js';
+import type { Broker } from './Broker.js';
+
+/**
+ * Fan-out across sidecars (DESIGN.md "Scale"): the sidecar that receives a
+ * trace's spans (the origin: it orders the run's events and judges the run)
+ * is usually not the one that holds the user's WebSocket connections (the
+ * edge). Through a pub/sub broker:
+ *
+ * - presence: each sidecar announces which users have a connection on it
+ *   (`join`/`leave` as they change, a full `sync` every presence interval;
+ *   an entry not refreshed for three intervals expires);
+ * - events: the origin sends each event of a user connected elsewhere to
+ *   those sidecars' inboxes, batched; the edge writes it to its connections
+ *   of that user and keeps it in its own resume window;
+ * - outcomes: the edge reports each event's delivery (or why not) back to
+ *   the origin, which counts it and judges the run as if the connection were
+ *   its own; acks are forwarded the same way. An event whose outcome does
+ *   not come back within the report timeout is dropped as
+ *   `broker_unconfirmed`; one that could not be published as
+ *   `broker_unavailable`;
+ * - events held for a user with no connection anywhere are released to the
+ *   first sidecar that announces the user.
+ *
+ * Messages are JSON (docs/operations.md "Several sidecars" has the format).
+ * Everything kept is bounded: the pending outcomes (`maxPending`), presence
+ * entries (`maxRemoteUsers`), the runs relayed (for acks), the batches (sent
+ * every microtask).
+ */
+
+export interface FanoutOptions {
+  /** This sidecar's id on the broker (its inbox channel); unique per sidecar. */
+  readonly instanceId: string;
+  /** Channel prefix: sidecars of one deployment share it. */
+  readonly prefix: string;
+  readonly presenceIntervalMillis: number;
+  readonly reportTimeoutMillis: number;
+  readonly maxPending: number;
+  readonly maxRemoteUsers: number;
+  readonly metrics: BrokerMetrics;
+  readonly diag: Diag;
+  readonly now?: () => number;
+}
+
+/** What the fan-out needs of the hub it serves. */
+export interface FanoutHost {
+  /** Users with a connection on this sidecar now. */
+  localUsers(): Iterable<string>;
+  /** Edge: write an event from another sidecar to this sidecar's connections of its user. */
+  deliverRemote(ev: RemoteEvent): void;
+  /** Origin: the outcome of one remote part of a delivery (`absent`: that sidecar has no connection of the user that takes it). */
+  settleRemote(d: Delivery, ok: boolean, reason: DropReason | 'absent'): void;
+  /** Origin: a sidecar announced `user`; send it what is held for the user. */
+  releaseHeldTo(user: string, instance: string): void;
+  /** Origin: a client on another sidecar acked a run's events up to `seq`. */
+  ackRemote(runId: string, user: string, seq: number): void;
+}
+
+/** The span an edge's stand-in records point at (the event's text comes with it; nothing reads the span). */
+const REMOTE_SPAN: SpanSummary = Object.freeze({ spanId: '', parentSpanId: undefined, kind: 'agent', name: undefined, startMs: 0 }) as SpanSummary;
+
+/** An event from another sidecar, at the edge: its tracewire.v1 text as the origin wrote it. */
+export class RemoteEvent extends OutboundEvent {
+  constructor(
+    record: EventRecord,
+    conversation: string | undefined,
+    private readonly text: string,
+    /** The sidecar that sent it (outcomes and acks go back there). */
+    readonly origin: string,
+    /** The origin's id for this delivery; 0 once its outcome was reported. */
+    public reportId: number,
+    /** Released from the origin's hold (delivered late). */
+    readonly late: boolean,
+  ) {
+    super(conversation, record, undefined, undefined, '');
+  }
+
+  override get payload(): string {
+    return this.text;
+  }
+
+  override releasePayload(): void {
+    // The text came over the wire: kept (there is nothing to write it again from).
+  }
+
+  override get estimatedBytes(): number {
+    return this.text.length + 8;
+  }
+}
+
+const FLAG_LATE = 1;
+const FLAG_ENDED = 2;
+/** Items per published message (a batch larger than this goes as several messages). */
+const MAX_BATCH = 500;
+/** Longest id, user, run id or text accepted in a message (what the hub itself would ever send is far less). */
+const MAX_ID_CHARS = 1024;
+const MAX_TEXT_CHARS = 4 * 1024 * 1024;
+const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+interface Pending {
+  readonly d: Delivery;
+  readonly dest: string;
+}
+
+interface Peer {
+  /** Users with a connection there, and when each was last announced. */
+  readonly users: Map<string, number>;
+  lastSeenMs: number;
+}
+
+type Outbox = Map<string, string[]>;
+
+const isStr = (v: unknown, max = MAX_ID_CHARS): v is string => typeof v === 'string' && v.length <= max;
+const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+export class Fanout {
+  readonly id: string;
+  private readonly presenceChannel: string;
+  private readonly now: () => number;
+  private readonly m: BrokerMetrics;
+  private readonly peers = new Map<string, Peer>();
+  /** Per user, the other sidecars with a connection of the user. */
+  private readonly byUser = new Map<string, Set<string>>();
+  private remoteEntries = 0;
+  // Origin: deliveries sent to another sidecar, waiting for their outcome (ids in send order, with send times).
+  private readonly pending = new Map<number, Pending>();
+  private readonly pendingIds = new Fifo<number>();
+  private readonly pendingAt = new NumberFifo();
+  private nextId = 1;
+  // Edge: the runs whose events this sidecar relayed, and their origin (acks go there).
+  private readonly runOrigin = new BoundedMap<string, string>(100_000);
+  private readonly runs = new BoundedMap<string, RunRecord>(100_000);
+  // Batches waiting for the microtask that publishes them.
+  private readonly outEvents: Outbox = new Map();
+  private readonly outEventIds = new Map<string, number[]>();
+  private readonly outReports: Outbox = new Map();
+  private readonly outAcks: Outbox = new Map();
+  private joins = new Set<string>();
+  private leaves = new Set<string>();
+  private flushScheduled = false;
+  /** Subscribed (`start`): before that, a broker status change is not acted on. */
+  private started = false;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private closed = false;
+
+  constructor(
+    private readonly broker: Broker,
+    private readonly host: FanoutHost,
+    private readonly o: FanoutOptions,
+  ) {
+    if (!INSTANCE_ID.test(o.instanceId)) throw new RangeError(`instance id "${o.instanceId}" must be 1-128 of A-Z a-z 0-9 . _ : -`);
+    this.id = o.instanceId;
+    this.now = o.now ?? Date.now;
+    this.m = o.metrics;
+    this.presenceChannel = `${o.prefix}:presence`;
+    this.m.up.track(() => (this.broker.up ? 1 : 0));
+    this.m.peers.track(() => this.peers.size);
+    this.m.remoteUsers.track(() => this.remoteEntries);
+    this.m.pending.track(() => this.pending.size);
+    broker.onStatus((up) => this.status(up));
+    const every = (ms: number, f: () => void): void => {
+      const t = setInterval(() => this.guard(f), ms);
+      t.unref();
+      this.timers.push(t);
+    };
+    every(o.presenceIntervalMillis, () => this.presenceTick());
+    every(Math.max(10, Math.min(1000, Math.floor(o.reportTimeoutMillis / 4))), () => this.expirePending());
+  }
+
+  /** Subscribe to this sidecar's inbox and to presence; resolves once both are subscribed. */
+  async start(): Promise<void> {
+    await this.broker.subscribe(this.inbox(this.id), (msg) => this.guard(() => this.onInbox(msg)));
+    await this.broker.subscribe(this.presenceChannel, (msg) => this.guard(() => this.onPresence(msg)));
+    this.started = true;
+    if (this.broker.up) this.status(true);
+  }
+
+  private inbox(instance: string): string {
+    return `${this.o.prefix}:i:${instance}`;
+  }
+
+  /** Run a broker callback: a fault is logged and counted, never thrown into the broker client. */
+  private guard(f: () => void): void {
+    try {
+      f();
+    } catch (err) {
+      this.o.diag.repeated('fanout_fault', 'fanout', (n) => `${n} fault(s) handling broker messages: ${(err as Error).stack ?? String(err)}`);
+    }
+  }
+
+  // ---- presence --------------------------------------------------------------
+
+  /** The other sidecars with a connection of `user` (undefined: none, or the broker is down). */
+  targetsOf(user: string): ReadonlySet<string> | undefined {
+    if (this.byUser.size === 0 || !this.broker.up) return undefined;
+    return this.byUser.get(user);
+  }
+
+  /** The hub's first connection of `user` opened. */
+  userOnline(user: string): void {
+    if (this.leaves.delete(user)) return; // left and came back within one batch: nothing to tell
+    this.joins.add(user);
+    this.schedule();
+  }
+
+  /** The hub's last connection of `user` closed. */
+  userOffline(user: string): void {
+    if (this.joins.delete(user)) return;
+    this.leaves.add(user);
+    this.schedule();
+  }
+
+  private status(up: boolean): void {
+    if (this.closed || !this.started) return;
+    if (!up) {
+      // What the others announced may have changed unseen: forget it; they announce it again when the broker is back.
+      this.forgetPeers();
+      this.o.diag.log('warn', 'fanout', 'broker connection lost: events of users connected to other sidecars are held until it is back');
+      return;
+    }
+    this.o.diag.log('info', 'fanout', `broker connected as ${this.id}`);
+    this.publishPresence('hello', []);
+    this.sync();
+  }
+
+  private forgetPeers(): void {
+    this.peers.clear();
+    this.byUser.clear();
+    this.remoteEntries = 0;
+  }
+
+  private presenceTick(): void {
+    if (!this.broker.up) return;
+    this.sync();
+    // Entries not announced for three intervals: that sidecar is gone, or its user left unheard.
+    const cutoff = this.now() - 3 * this.o.presenceIntervalMillis;
+    for (const [instance, peer] of this.peers) {
+      if (peer.lastSeenMs <= cutoff) {
+        this.dropPeer(instance);
+        continue;
+      }
+      for (const [user, at] of peer.users) if (at <= cutoff) this.removeEntry(instance, peer, user);
+    }
+  }
+
+  /** Announce every local user (refreshes the others' entries), in batches. */
+  private sync(): void {
+    const users = [...this.host.localUsers()];
+    if (users.length === 0) this.publishPresence('sync', []);
+    for (let i = 0; i < users.length; i += MAX_BATCH) this.publishPresence('sync', users.slice(i, i + MAX_BATCH));
+  }
+
+  private publishPresence(kind: 'join' | 'leave' | 'sync' | 'hello' | 'bye', users: string[]): void {
+    this.publish(this.presenceChannel, JSON.stringify({ k: kind, o: this.id, u: users }), 'presence', users.length, undefined);
+  }
+
+  private onPresence(raw: string): void {
+    const msg = this.parse(raw, 'presence');
+    if (msg === undefined || msg.o === this.id) return;
+    const instance = msg.o as string;
+    const users = msg.u;
+    if (!Array.isArray(users) || !users.every((u) => isStr(u)) || !['join', 'leave', 'sync', 'hello', 'bye'].includes(msg.k as string)) {
+      this.invalid('presence message without a kind or a list of users');
+      return;
+    }
+    if (msg.k === 'bye') {
+      this.dropPeer(instance);
+      return;
+    }
+    const now = this.now();
+    let peer = this.peers.get(instance);
+    if (peer === undefined) {
+      peer = { users: new Map(), lastSeenMs: now };
+      this.peers.set(instance, peer);
+    }
+    peer.lastSeenMs = now;
+    if (msg.k === 'hello') {
+      // A sidecar (re)joined the broker: tell it who is here now rather than at the next interval.
+      this.sync();
+      return;
+    }
+    for (const user of users as string[]) {
+      if (msg.k === 'leave') {
+        this.removeEntry(instance, peer, user);
+        continue;
+      }
+      const known = peer.users.has(user);
+      if (!known && this.remoteEntries >= this.o.maxRemoteUsers) {
+        this.m.dropped.inc({ reason: 'presence_full' });
+        continue;
+      }
+      peer.users.set(user, now);
+      if (known) continue;
+      this.remoteEntries++;
+      let set = this.byUser.get(user);
+      if (set === undefined) this.byUser.set(user, (set = new Set()));
+      set.add(instance);
+      this.host.releaseHeldTo(user, instance);
+    }
+  }
+
+  private removeEntry(instance: string, peer: Peer, user: string): void {
+    if (!peer.users.delete(user)) return;
+    this.remoteEntries--;
+    const set = this.byUser.get(user);
+    if (set === undefined) return;
+    set.delete(instance);
+    if (set.size === 0) this.byUser.delete(user);
+  }
+
+  private dropPeer(instance: string): void {
+    const peer = this.peers.get(instance);
+    if (peer === undefined) return;
+    for (const user of [...peer.users.keys()]) this.removeEntry(instance, peer, user);
+    this.peers.delete(instance);
+  }
+
+  // ---- origin: events out, outcomes and acks in -----------------------------
+
+  /**
+   * Send an event to another sidecar as one part of delivery `d` (the caller
+   * counted it in `d.remaining`); its outcome comes back to `settleRemote`.
+   */
+  send(instance: string, ev: OutboundEvent, d: Delivery, late: boolean): void {
+    if (this.closed) {
+      queueMicrotask(() => this.host.settleRemote(d, false, 'shutdown'));
+      return;
+    }
+    if (this.pending.size >= this.o.maxPending) {
+      this.m.dropped.inc({ reason: 'pending_full' });
+      queueMicrotask(() => this.host.settleRemote(d, false, 'broker_unconfirmed'));
+      return;
+    }
+    const id = this.nextId++;
+    this.pending.set(id, { d, dest: instance });
+    this.pendingIds.push(id);
+    this.pendingAt.push(this.now());
+    const flags = (late ? FLAG_LATE : 0) | (ev.run.endMs !== undefined ? FLAG_ENDED : 0);
+    const entry = JSON.stringify([id, ev.user, ev.conversation ?? null, ev.runId, ev.traceId, ev.seq, ev.type, flags, ev.payload]);
+    push(this.outEvents, instance, entry);
+    let ids = this.outEventIds.get(instance);
+    if (ids === undefined) this.outEventIds.set(instance, (ids = []));
+    ids.push(id);
+    this.schedule();
+  }
+
+  private expirePending(): void {
+    const cutoff = this.now() - this.o.reportTimeoutMillis;
+    for (let at = this.pendingAt.peek(); at !== undefined && at <= cutoff; at = this.pendingAt.peek()) {
+      this.pendingAt.shift();
+      const id = this.pendingIds.shift()!;
+      const p = this.pending.get(id);
+      if (p === undefined) continue;
+      this.pending.delete(id);
+      this.m.dropped.inc({ reason: 'unconfirmed' });
+      this.host.settleRemote(p.d, false, 'broker_unconfirmed');
+    }
+  }
+
+  /** Settle the pending deliveries `ids` (publish failed, or nobody listens on that inbox). */
+  private failPending(ids: readonly number[], reason: DropReason | 'absent'): void {
+    for (const id of ids) {
+      const p = this.pending.get(id);
+      if (p === undefined) continue;
+      this.pending.delete(id);
+      this.host.settleRemote(p.d, false, reason);
+    }
+  }
+
+  private onReports(from: string, items: unknown): void {
+    if (!Array.isArray(items)) return this.invalid('reports without a list');
+    for (const it of items) {
+      if (!Array.isArray(it) || !isSeq(it[0]) || !(it[1] === '' || it[1] === 'absent' || DROP_REASONS.includes(it[1]))) {
+        this.invalid('a report that is not [id, "" | "absent" | drop reason]');
+        continue;
+      }
+      const p = this.pending.get(it[0]);
+      // Unknown: already timed out (counted then), or a duplicate.
+      if (p === undefined || p.dest !== from) continue;
+      this.pending.delete(it[0]);
+      this.host.settleRemote(p.d, it[1] === '', it[1] === '' ? 'send_failed' : (it[1] as DropReason | 'absent'));
+    }
+  }
+
+  private onAcks(items: unknown): void {
+    if (!Array.isArray(items)) return this.invalid('acks without a list');
+    for (const it of items) {
+      if (!Array.isArray(it) || !isStr(it[0]) || !isStr(it[1]) || !isSeq(it[2])) {
+        this.invalid('an ack that is not [run_id, user, seq]');
+        continue;
+      }
+      this.host.ackRemote(it[0], it[1], it[2]);
+    }
+  }
+
+  // ---- edge: events in, outcomes and acks out ------------------------------
+
+  private onEvents(origin: string, items: unknown): void {
+    if (!Array.isArray(items)) return this.invalid('events without a list');
+    for (const it of items) {
+      if (
+        !Array.isArray(it) || it.length !== 9 || !isSeq(it[0]) || it[0] === 0 || !isStr(it[1]) || !(it[2] === null || isStr(it[2])) || !isStr(it[3]) || !isStr(it[4]) ||
+        !isSeq(it[5]) || !EVENT_TYPES.includes(it[6]) || !isSeq(it[7]) || !isStr(it[8], MAX_TEXT_CHARS)
+      ) {
+        this.invalid('an event that is not [id, user, conversation, run_id, trace_id, seq, type, flags, text]');
+        continue;
+      }
+      const [id, user, conversation, runId, traceId, seq, type, flags, text] = it as [number, string, string | null, string, string, number, EventType, number, string];
+      let run = this.runs.get(runId);
+      if (run === undefined || run.user !== user) {
+        run = new RunRecord(runId, traceId, '', '', 0, this.now());
+        run.user = user;
+        this.runs.set(runId, run);
+      }
+      if ((flags & FLAG_ENDED) !== 0 && run.endMs === undefined) run.endMs = this.now();
+      this.runOrigin.set(runId, origin);
+      // A record of its own, not in the run's list: the origin judges the run.
+      const record = new EventRecord(seq, type, REMOTE_SPAN, run);
+      this.host.deliverRemote(new RemoteEvent(record, conversation ?? undefined, text, origin, id, (flags & FLAG_LATE) !== 0));
+    }
+  }
+
+  /** Edge: report an event's outcome to its origin (once). `reason` undefined: delivered. */
+  report(ev: RemoteEvent, reason: DropReason | 'absent' | undefined): void {
+    if (ev.reportId === 0) return;
+    push(this.outReports, ev.origin, JSON.stringify([ev.reportId, reason ?? '']));
+    ev.reportId = 0;
+    this.schedule();
+  }
+
+  /** Edge: a client acked a run this sidecar relayed; false if it relayed no such run. */
+  forwardAck(runId: string, user: string, seq: number): boolean {
+    const origin = this.runOrigin.get(runId);
+    if (origin === undefined) {
+      this.m.dropped.inc({ reason: 'unknown_run' });
+      return false;
+    }
+    push(this.outAcks, origin, JSON.stringify([runId, user, seq]));
+    this.schedule();
+    return true;
+  }
+
+  // ---- the inbox -----------------------------------------------------------
+
+  private onInbox(raw: string): void {
+    const msg = this.parse(raw, undefined);
+    if (msg === undefined) return;
+    const from = msg.o as string;
+    switch (msg.k) {
+      case 'ev':
+        this.m.messages.inc({ direction: 'in', kind: 'events' });
+        return this.onEvents(from, msg.e);
+      case 'rep':
+        this.m.messages.inc({ direction: 'in', kind: 'reports' });
+        return this.onReports(from, msg.r);
+      case 'ack':
+        this.m.messages.inc({ direction: 'in', kind: 'acks' });
+        return this.onAcks(msg.a);
+      default:
+        this.invalid(`unknown message kind ${JSON.stringify(msg.k)?.slice(0, 40)}`);
+    }
+  }
+
+  /** A message's JSON object with a valid sender (`o`), or undefined (counted as invalid). */
+  private parse(raw: string, kind: BrokerMessageKind | undefined): Record<string, unknown> | undefined {
+    let msg: unknown;
+    try {
+      msg = JSON.parse(raw);
+    } catch {
+      this.invalid('not JSON');
+      return undefined;
+    }
+    if (msg === null || typeof msg !== 'object' || Array.isArray(msg) || typeof (msg as { o?: unknown }).o !== 'string' || !INSTANCE_ID.test((msg as { o: string }).o)) {
+      this.invalid('not an object with a sender id');
+      return undefined;
+    }
+    if (kind !== undefined && (msg as { o: string }).o !== this.id) this.m.messages.inc({ direction: 'in', kind });
+    return msg as Record<string, unknown>;
+  }
+
+  private invalid(what: string): void {
+    this.m.dropped.inc({ reason: 'invalid' });
+    this.o.diag.repeated('fanout_invalid', 'fanout', (n) => `ignored ${n} invalid broker message(s) or item(s), latest: ${what}`);
+  }
+
+  // ---- publishing ------------------------------------------------------------
+
+  private schedule(): void {
+    if (this.flushScheduled || this.closed) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => this.guard(() => this.flush()));
+  }
+
+  /** Publish every batch gathered since the last flush. */
+  flush(): void {
+    this.flushScheduled = false;
+    if (this.joins.size > 0 || this.leaves.size > 0) {
+      const joins = [...this.joins];
+      const leaves = [...this.leaves];
+      this.joins = new Set();
+      this.leaves = new Set();
+      for (let i = 0; i < joins.length; i += MAX_BATCH) this.publishPresence('join', joins.slice(i, i + MAX_BATCH));
+      for (let i = 0; i < leaves.length; i += MAX_BATCH) this.publishPresence('leave', leaves.slice(i, i + MAX_BATCH));
+    }
+    for (const [dest, entries] of this.outEvents) {
+      const ids = this.outEventIds.get(dest)!;
+      for (let i = 0; i < entries.length; i += MAX_BATCH) {
+        const batchIds = ids.slice(i, i + MAX_BATCH);
+        this.publish(this.inbox(dest), `{"k":"ev","o":${JSON.stringify(this.id)},"e":[${entries.slice(i, i + MAX_BATCH).join(',')}]}`, 'events', batchIds.length, batchIds, dest);
+      }
+    }
+    this.outEvents.clear();
+    this.outEventIds.clear();
+    this.publishAll(this.outReports, 'rep', 'r', 'reports');
+    this.publishAll(this.outAcks, 'ack', 'a', 'acks');
+  }
+
+  private publishAll(box: Outbox, k: string, field: string, kind: BrokerMessageKind): void {
+    for (const [dest, entries] of box) {
+      for (let i = 0; i < entries.length; i += MAX_BATCH) {
+        const part = entries.slice(i, i + MAX_BATCH);
+        this.publish(this.inbox(dest), `{"k":"${k}","o":${JSON.stringify(this.id)},"${field}":[${part.join(',')}]}`, kind, part.length, undefined);
+      }
+    }
+    box.clear();
+  }
+
+  /**
+   * Publish one message of `items` items. For events (`ids`): if it cannot
+   * be published they fail as `broker_unavailable`; if nobody listens on the
+   * inbox (Redis says 0 receivers) that sidecar is gone and they come back
+   * `absent` (held again here).
+   */
+  private publish(channel: string, message: string, kind: BrokerMessageKind, items: number, ids: number[] | undefined, dest?: string): void {
+    const failed = (): void => {
+      this.m.dropped.inc({ reason: 'publish_failed' }, Math.max(1, items));
+      if (ids !== undefined) this.failPending(ids, 'broker_unavailable');
+    };
+    if (!this.broker.up) {
+      failed();
+      return;
+    }
+    this.m.messages.inc({ direction: 'out', kind });
+    this.broker.publish(channel, message).then(
+      (receivers) => {
+        if (ids === undefined || receivers !== 0 || dest === undefined) return;
+        this.guard(() => {
+          this.dropPeer(dest);
+          this.failPending(ids, 'absent');
+        });
+      },
+      () => this.guard(failed),
+    );
+  }
+
+  /** Say goodbye on the broker and settle what is still pending as `shutdown`. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    for (const t of this.timers) clearInterval(t);
+    this.flush();
+    if (this.broker.up) this.publishPresence('bye', []);
+    this.closed = true;
+    const ids = [...this.pending.keys()];
+    this.failPending(ids, 'shutdown');
+    this.pendingIds.clear();
+    this.pendingAt.clear();
+    this.forgetPeers();
+    await this.broker.close();
+  }
+}
+
+function push(box: Outbox, dest: string, entry: string): void {
+  const list = box.get(dest);
+  if (list === undefined) box.set(dest, [entry]);
+  else list.push(entry);
+}

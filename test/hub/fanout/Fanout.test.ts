@@ -1,0 +1,224 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { Sidecar } from '../../../src/surfaces/server.js';
+import type { TracewireOptions } from '../../../src/Tracewire.js';
+import { connectAcked, inProcessTracer, judgedToolRun, metricValue, startTestSidecar, until, type TestClient } from '../../helpers.js';
+import { RedisServer, redisGate } from './support.js';
+
+// Several sidecars behind one broker (DESIGN.md "Scale"): spans reach one sidecar (the origin), the user's
+// WebSocket another (the edge). A real redis-server, real sidecars on port 0, real `ws` clients.
+
+const EXPECTED = ['agent_started', 'tool_executing', 'tool_completed', 'tool_executing', 'tool_completed', 'agent_completed'];
+
+/** Poll an async check every 20 ms until it holds. */
+async function eventually(check: () => Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sidecars through Redis', () => {
+  const redis = new RedisServer();
+  const open: Sidecar[] = [];
+  const clients: TestClient[] = [];
+  let n = 0;
+
+  beforeAll(async () => {
+    if (redisGate.missingInCi) throw new Error('redis-server is not installed (CI must apt-get install redis-server)');
+    await redis.start();
+  });
+  afterEach(async () => {
+    for (const c of clients.splice(0)) c.close();
+    for (const sc of open.splice(0)) await sc.close();
+  });
+  afterAll(() => redis.destroy());
+
+  /** A sidecar on the broker, subscribed; each test gets its own channel prefix. */
+  async function sidecar(name: string, opts: TracewireOptions = {}): Promise<Sidecar> {
+    const sc = await startTestSidecar({ brokerUrl: redis.url, brokerPrefix: `t${n}`, instanceId: name, brokerPresenceMillis: 200, logLevel: 'silent', ...opts });
+    open.push(sc);
+    await sc.tw.fanoutReady;
+    return sc;
+  }
+
+  async function pair(opts: TracewireOptions = {}): Promise<[Sidecar, Sidecar]> {
+    n++;
+    return [await sidecar('origin', opts), await sidecar('edge', opts)];
+  }
+
+  async function client(sc: Sidecar, user: string, query?: string): Promise<TestClient> {
+    const c = await connectAcked(sc, user, query);
+    clients.push(c);
+    return c;
+  }
+
+  /** Wait until `origin` has heard of `count` users connected to other sidecars. */
+  const heard = (origin: Sidecar, count = 1): Promise<void> => eventually(async () => (await metricValue(origin, 'tracewire_broker_remote_users')) >= count, 'presence');
+
+  it("delivers a run's events to the user's connection on another sidecar, once and in order; the origin judges it complete and gets the acks", async () => {
+    const [origin, edge] = await pair();
+    const c = await client(edge, 'u1');
+    await heard(origin);
+
+    const runId = await judgedToolRun(origin, 'u1', 2);
+    await c.until((x) => x.events.length >= 6, 5000, 'six events on the edge');
+    expect(c.events.map((e) => e.type)).toEqual(EXPECTED);
+    expect(c.events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(new Set(c.events.map((e) => e.run_id))).toEqual(new Set([runId]));
+
+    const run = origin.tw.ledger.get(runId)!;
+    expect(run.judgement?.verdict).toBe('complete');
+    expect(await metricValue(origin, 'tracewire_events_delivered_total')).toBe(6);
+    // The edge relays; only the origin counts the run's events.
+    expect(await metricValue(edge, 'tracewire_events_delivered_total')).toBe(0);
+    expect(await metricValue(edge, 'tracewire_broker_messages_total', { direction: 'in', kind: 'events' })).toBeGreaterThan(0);
+    expect(await metricValue(origin, 'tracewire_broker_pending_deliveries')).toBe(0);
+
+    // An ack on the edge reaches the origin's record of the run.
+    c.ws.send(JSON.stringify({ type: 'ack', run_id: runId, seq: 6 }));
+    await until(() => run.events.every((e) => e.acked), 5000, 'acks at the origin');
+
+    // A reconnect to the edge resumes from the edge's own resume window.
+    const again = await client(edge, 'u1', `resume=${encodeURIComponent(runId)}:2`);
+    await again.until((x) => x.events.length >= 4, 5000, 'the resumed events');
+    expect(again.events.map((e) => e.seq)).toEqual([3, 4, 5, 6]);
+    expect(again.frames.filter((f) => f.type === 'error')).toEqual([]);
+  });
+
+  it('sends the same run to every sidecar holding a connection of the user, and to none of anyone else', async () => {
+    n++;
+    const origin = await sidecar('origin');
+    const e1 = await sidecar('edge-1');
+    const e2 = await sidecar('edge-2');
+    const a = await client(e1, 'u1');
+    const b = await client(e2, 'u1');
+    const other = await client(e2, 'someone-else');
+    await heard(origin, 3);
+    const runId = await judgedToolRun(origin, 'u1', 2);
+    await a.until((x) => x.events.length >= 6, 5000, 'edge-1');
+    await b.until((x) => x.events.length >= 6, 5000, 'edge-2');
+    expect(a.events.map((e) => e.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(b.texts.slice(1)).toEqual(a.texts.slice(1));
+    expect(other.events).toEqual([]);
+    expect(origin.tw.ledger.get(runId)!.judgement?.verdict).toBe('complete');
+  });
+
+  it('holds events of a user connected nowhere on the origin and releases them to the first sidecar that announces the user', async () => {
+    const [origin, edge] = await pair({ graceMillis: 5000 });
+    const { tracer } = inProcessTracer(origin);
+    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'late-user' } });
+    top.end();
+    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    await until(() => origin.tw.hub.stats().held === 2, 5000, 'two held events');
+
+    const c = await client(edge, 'late-user');
+    await c.until((x) => x.events.length >= 2, 5000, 'the held events');
+    expect(c.events.map((e) => [e.type, e.seq, e.run_id])).toEqual([
+      ['agent_started', 1, runId],
+      ['agent_completed', 2, runId],
+    ]);
+    expect(origin.tw.hub.stats().held).toBe(0);
+    // The edge's reports make them delivered (late) at the origin.
+    const run = origin.tw.ledger.get(runId)!;
+    await until(() => run.events.every((e) => e.state === 1 && e.late), 5000, 'delivered late at the origin');
+    expect(await metricValue(origin, 'tracewire_events_delivered_late_total')).toBe(2);
+  });
+
+  it("reports an edge's failed writes back to the origin, which judges the run with that reason", async () => {
+    const [origin, edge] = await pair();
+    await edge.close();
+    open.pop();
+    const failing = await sidecar('edge', { failWritesFor: (u) => u === 'u-fail' });
+    await client(failing, 'u-fail');
+    await heard(origin);
+    const runId = await judgedToolRun(origin, 'u-fail', 1);
+    const j = origin.tw.ledger.get(runId)!.judgement!;
+    expect(j.verdict).toBe('missing_events');
+    expect(j.reasons).toEqual({ send_failed: 4 });
+    expect(j.explanation).toContain('although a connection of the user was open');
+  });
+
+  it('drops an event as broker_unconfirmed when the sidecar it went to never reports, and holds it when nobody listens there', async () => {
+    n++;
+    const origin = await sidecar('origin', { brokerReportTimeoutMillis: 300, graceMillis: 2000 });
+    // A "sidecar" that announces a user and subscribes to its inbox, but never answers.
+    const ghost = await redis.client();
+    const sub = ghost.duplicate();
+    sub.on('error', () => undefined);
+    await sub.connect();
+    let received = 0;
+    await sub.subscribe(`t${n}:i:ghost`, () => received++);
+    try {
+      await ghost.publish(`t${n}:presence`, JSON.stringify({ k: 'join', o: 'ghost', u: ['u-ghost'] }));
+      await heard(origin);
+      const runId = await judgedToolRun(origin, 'u-ghost', 1, 8000);
+      const j = origin.tw.ledger.get(runId)!.judgement!;
+      expect(received).toBeGreaterThan(0);
+      expect(j.verdict).toBe('missing_events');
+      expect(j.reasons).toEqual({ broker_unconfirmed: 4 });
+      expect(await metricValue(origin, 'tracewire_broker_dropped_total', { reason: 'unconfirmed' })).toBe(4);
+      expect(await metricValue(origin, 'tracewire_events_dropped_total', { reason: 'broker_unconfirmed' })).toBe(4);
+
+      // The ghost never refreshes its announcement: it expires after three presence intervals.
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_remote_users')) === 0, 'the ghost expired');
+      // Announced by a sidecar with no inbox subscriber (it died without a goodbye): Redis counts no receiver,
+      // the origin forgets that sidecar's users and holds the events instead.
+      await ghost.publish(`t${n}:presence`, JSON.stringify({ k: 'join', o: 'dead', u: ['u-dead'] }));
+      await heard(origin);
+      const { tracer } = inProcessTracer(origin);
+      tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u-dead' } }).end();
+      await until(() => origin.tw.hub.stats().held === 2, 5000, 'held after nobody received them');
+      expect(await metricValue(origin, 'tracewire_broker_pending_deliveries')).toBe(0);
+    } finally {
+      await sub.close();
+      await ghost.close();
+    }
+  });
+
+  it('ignores and counts invalid broker messages, and keeps delivering', async () => {
+    const [origin, edge] = await pair();
+    const raw = await redis.client();
+    try {
+      const junk = [
+        'not json',
+        '[]',
+        JSON.stringify({ k: 'ev' }),
+        JSON.stringify({ k: 'ev', o: 'x y' }),
+        JSON.stringify({ k: 'ev', o: 'origin', e: [[1, 'u1', null, 'r', 't', 1, 'not_a_type', 0, '{}']] }),
+        JSON.stringify({ k: 'rep', o: 'edge', r: [[1, 'because']] }),
+        JSON.stringify({ k: 'ack', o: 'edge', a: [['r', 'u1', -1]] }),
+        JSON.stringify({ k: 'nope', o: 'edge' }),
+      ];
+      for (const j of junk) await raw.publish(`t${n}:i:edge`, j);
+      await raw.publish(`t${n}:presence`, JSON.stringify({ k: 'join', o: 'x', u: 'not a list' }));
+      await eventually(async () => (await metricValue(edge, 'tracewire_broker_dropped_total', { reason: 'invalid' })) >= junk.length, 'invalid messages counted');
+      const c = await client(edge, 'u1');
+      await heard(origin);
+      await judgedToolRun(origin, 'u1', 2);
+      await c.until((x) => x.events.length >= 6, 5000, 'events after the junk');
+      expect(c.events.map((e) => e.type)).toEqual(EXPECTED);
+    } finally {
+      await raw.close();
+    }
+  });
+
+  it('while the broker is down, events for users on other sidecars are held; they go out once it is back', async () => {
+    const [origin, edge] = await pair({ graceMillis: 10_000 });
+    const c = await client(edge, 'u-outage');
+    await heard(origin);
+    await redis.stop();
+    await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 0, 'broker_up 0');
+    const { tracer } = inProcessTracer(origin);
+    tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u-outage' } }).end();
+    await until(() => origin.tw.hub.stats().held === 2, 5000, 'held while the broker is down');
+
+    await redis.start();
+    await c.until((x) => x.events.length >= 2, 15_000, 'the held events after the broker came back');
+    expect(c.events.map((e) => [e.type, e.seq])).toEqual([
+      ['agent_started', 1],
+      ['agent_completed', 2],
+    ]);
+    expect(await metricValue(origin, 'tracewire_broker_up')).toBe(1);
+  }, 30_000);
+});
