@@ -18,7 +18,9 @@ describe('error catalogue', () => {
   });
 
   it('documents every metric series in the README', () => {
-    const names = new Metrics().registry.getMetricsAsArray().map((m) => m.name);
+    const metrics = new Metrics();
+    metrics.broker(); // the fan-out's series, registered with a broker only
+    const names = metrics.registry.getMetricsAsArray().map((m) => m.name);
     expect(names.length).toBeGreaterThan(20);
     expect(names.filter((n) => !readme.includes(`\`${n}\``))).toEqual([]);
   });

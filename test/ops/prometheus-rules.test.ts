@@ -24,6 +24,7 @@ const promtool = binaryGate('promtool');
 describe('prometheus/alerts.yml content', () => {
   it('covers the alerts the on-call runbook describes', () => {
     expect(alerts().map((r) => r.alert).sort()).toEqual([
+      'TracewireBrokerDown',
       'TracewireCapacityEvictions',
       'TracewireDeliveryRatioLow',
       'TracewireDown',
