@@ -112,6 +112,8 @@ export class Tracewire {
       url: c.brokerUrl,
       onError: (err) => this.diag.repeated('broker_error', 'fanout', (n) => `${n} broker connection error(s), latest: ${err.message}`),
     }));
+    // From the start: a broker that cannot be reached shows as 0 (and TracewireBrokerDown fires).
+    this.metrics.broker().up.track(() => (broker.up ? 1 : 0));
     await broker.connect();
     if (this.closed !== undefined) {
       await broker.close();

@@ -83,6 +83,26 @@ describe('config resolver', () => {
     expect(text).toMatch(/--jwt-secret\s+\*\*\*/);
   });
 
+  it('checks the broker options and prints the broker URL without its credentials', () => {
+    const bad = (flags: Record<string, string>, pattern: RegExp): void => {
+      expect(() => resolveConfig({ flags })).toThrow(pattern);
+    };
+    bad({ '--broker-url': 'localhost:6379' }, /--broker-url must be redis:\/\/host:port, rediss:\/\/host:port or unix:\/\/\/path/);
+    bad({ '--broker-url': 'nats://broker:4222' }, /--broker-url must be redis:\/\/.*\(got nats:\/\/broker:4222\)/);
+    bad({ '--broker-url': 'unix://' }, /--broker-url must be/);
+    bad({ '--broker-url': 'not a url at all' }, /--broker-url is not a URL/);
+    bad({ '--instance-id': 'has space' }, /--instance-id="has space" must be 1-128 of/);
+    bad({ '--broker-prefix': '' }, /--broker-prefix must not be empty/);
+    bad({ '--broker-report-timeout-ms': '10' }, /--broker-report-timeout-ms=10 is under its minimum 100/);
+    for (const url of ['redis://redis:6379', 'rediss://user:pw@redis.internal:6380/2', 'unix:///run/redis/redis.sock']) expect(resolveConfig({ flags: { '--broker-url': url } }).brokerUrl).toBe(url);
+    expect(resolveConfig({}).brokerUrl).toBe('');
+
+    const text = describeConfig(resolveConfig({ env: { TRACEWIRE_BROKER_URL: 'redis://tracewire:hunter2-password@redis:6379/0' } }));
+    expect(text).not.toContain('hunter2-password');
+    expect(text).toMatch(/--broker-url\s+redis:\/\/\*\*\*:\*\*\*@redis:6379\/0/);
+    expect(describeConfig(resolveConfig({}))).toMatch(/--broker-url\s+\(unset\)/);
+  });
+
   it('freezes the result', () => {
     const cfg = resolveConfig({});
     expect(Object.isFrozen(cfg)).toBe(true);

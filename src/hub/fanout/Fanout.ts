@@ -160,7 +160,6 @@ export class Fanout {
     this.now = o.now ?? Date.now;
     this.m = o.metrics;
     this.presenceChannel = `${o.prefix}:presence`;
-    this.m.up.track(() => (this.broker.up ? 1 : 0));
     this.m.peers.track(() => this.peers.size);
     this.m.remoteUsers.track(() => this.remoteEntries);
     this.m.pending.track(() => this.pending.size);

@@ -203,6 +203,20 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     }
   });
 
+  it('serves its own connections when the broker cannot be reached at start, shows it, and closes promptly', async () => {
+    n++;
+    const sc = await startTestSidecar({ brokerUrl: `unix://${redis.dir}/nobody-here.sock`, brokerPrefix: `t${n}`, logLevel: 'silent' });
+    open.push(sc);
+    const c = await client(sc, 'u-local');
+    await judgedToolRun(sc, 'u-local', 1);
+    await c.until((x) => x.events.length >= 4, 5000, 'local events');
+    expect(await metricValue(sc, 'tracewire_broker_up')).toBe(0);
+    const t0 = Date.now();
+    open.pop();
+    await sc.close();
+    expect(Date.now() - t0).toBeLessThan(3000);
+  });
+
   it('while the broker is down, events for users on other sidecars are held; they go out once it is back', async () => {
     const [origin, edge] = await pair({ graceMillis: 10_000 });
     const c = await client(edge, 'u-outage');
