@@ -5,7 +5,7 @@
 // For every missed target it profiles that figure again briefly
 // (node --cpu-prof) and names the hot spots in results.md.
 //
-//   node bench/run.mjs [--quick] [--only hook,latency,fanout,memory,otlp] [--no-profile]
+//   node bench/run.mjs [--quick] [--only hook,latency,fanout,memory,otlp,broker] [--no-profile]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -63,6 +63,11 @@ if (want('fanout')) {
 }
 if (want('memory')) R.memory = await attempt('memory', () => runScript('memory.mjs', [], [], 200_000));
 if (want('otlp')) R.otlp = await attempt('otlp', () => runScript('otlp.mjs', [], ['--expose-gc'], 320_000));
+if (want('broker')) {
+  // Needs redis-server (Debian's package); without it the figure says so.
+  R.broker = {};
+  for (const round of [1, 2]) for (const impl of round === 1 ? ['local', 'broker'] : ['broker', 'local']) (R.broker[impl] ??= []).push(await attempt(`broker ${impl}`, () => runScript('broker.mjs', ['--impl', impl])));
+}
 R.loadAverage = { before: load0, after: os.loadavg() };
 
 // ---- figures, targets, verdicts ---------------------------------------------------
@@ -207,6 +212,30 @@ if (R.memory && !R.memory.error) {
         : ''),
   );
 } else if (R.memory) rows.push(['5. Memory', 'error', R.memory.error, '', '≤ 1 KB', 'not measured']);
+
+if (R.broker) {
+  // Each implementation's better round of two (alternating order): the machine's noise only ever slows a round.
+  const best = (rs) => rs.filter((r) => !r.error).sort((a, b) => b.deliveriesPerCpuSec - a.deliveriesPerCpuSec)[0];
+  const b = best(R.broker.broker);
+  const l = best(R.broker.local);
+  const cell = (r) => `${k(r.deliveriesPerCpuSec)} events/CPU-s (${k(r.deliveriesPerSec)}/s wall)`;
+  if (b && l) {
+    rows.push(['6. Across sidecars through Redis, 10 users (origin + edge + redis-server CPU)', cell(b), `one sidecar: ${cell(l)}`, x(b.deliveriesPerCpuSec / l.deliveriesPerCpuSec), 'reported', '–']);
+    detail.push(
+      `### 6. Fan-out across sidecars
+
+Run-shaped spans (in-process processor) for 10 users with one connection each in a client process. "local": one sidecar holds the connections. "broker": this process is the origin, the connections are on an edge sidecar in another process, through a real redis-server on a unix socket; CPU is summed over the three processes. Two rounds each, alternating; the summary takes each one's better round.
+
+` +
+        `| impl | round | events delivered | wall s | CPU s (origin / others) | events/s (wall) | events per CPU-s |
+|---|---|---|---|---|---|---|
+` +
+        ['local', 'broker']
+          .flatMap((impl) => R.broker[impl].map((r, i) => (r.error ? `| ${impl} | ${i + 1} | error: ${r.error} |` : `| ${impl} | ${i + 1} | ${k(r.deliveries)} | ${r.wallSeconds.toFixed(2)} | ${r.originCpuSeconds.toFixed(2)} / ${r.otherCpuSeconds.toFixed(2)} | ${k(r.deliveriesPerSec)} | ${k(r.deliveriesPerCpuSec)} |`)))
+          .join('\n'),
+    );
+  } else rows.push(['6. Across sidecars through Redis', 'error', (R.broker.broker.find((r) => r.error) ?? R.broker.local.find((r) => r.error))?.error ?? 'no result', '', 'reported', 'not measured']);
+}
 
 // ---- hot spots of missed targets ------------------------------------------------
 const PROFILES = {

@@ -342,7 +342,9 @@ export class Fanout {
     this.pendingIds.push(id);
     this.pendingAt.push(this.now());
     const flags = (late ? FLAG_LATE : 0) | (ev.run.endMs !== undefined ? FLAG_ENDED : 0);
-    const entry = JSON.stringify([id, ev.user, ev.conversation ?? null, ev.runId, ev.traceId, ev.seq, ev.type, flags, ev.payload]);
+    // Two lines: what the edge routes by, then the event's text as is (JSON text has no raw line break; the
+    // hub's envelope escapes every control character), so the text is neither escaped nor parsed on the way.
+    const entry = `${JSON.stringify([id, ev.user, ev.conversation ?? null, ev.runId, ev.traceId, ev.seq, ev.type, flags])}\n${ev.payload}`;
     push(this.outEvents, instance, entry);
     let ids = this.outEventIds.get(instance);
     if (ids === undefined) this.outEventIds.set(instance, (ids = []));
@@ -401,17 +403,25 @@ export class Fanout {
 
   // ---- edge: events in, outcomes and acks out ------------------------------
 
-  private onEvents(origin: string, items: unknown): void {
-    if (!Array.isArray(items)) return this.invalid('events without a list');
-    for (const it of items) {
+  /** `lines`: the message's lines after its head, two per event (routing, then the event's text). */
+  private onEvents(origin: string, lines: string[]): void {
+    if (lines.length % 2 !== 0) this.invalid('an event without its text line');
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      let it: unknown;
+      try {
+        it = JSON.parse(lines[i]!);
+      } catch {
+        it = undefined;
+      }
+      const text = lines[i + 1]!;
       if (
-        !Array.isArray(it) || it.length !== 9 || !isSeq(it[0]) || it[0] === 0 || !isStr(it[1]) || !(it[2] === null || isStr(it[2])) || !isStr(it[3]) || !isStr(it[4]) ||
-        !isSeq(it[5]) || !EVENT_TYPES.includes(it[6]) || !isSeq(it[7]) || !isStr(it[8], MAX_TEXT_CHARS)
+        !Array.isArray(it) || it.length !== 8 || !isSeq(it[0]) || it[0] === 0 || !isStr(it[1]) || !(it[2] === null || isStr(it[2])) || !isStr(it[3]) || !isStr(it[4]) ||
+        !isSeq(it[5]) || !EVENT_TYPES.includes(it[6]) || !isSeq(it[7]) || text.length > MAX_TEXT_CHARS || text[0] !== '{'
       ) {
-        this.invalid('an event that is not [id, user, conversation, run_id, trace_id, seq, type, flags, text]');
+        this.invalid('an event that is not [id, user, conversation, run_id, trace_id, seq, type, flags] then its JSON text');
         continue;
       }
-      const [id, user, conversation, runId, traceId, seq, type, flags, text] = it as [number, string, string | null, string, string, number, EventType, number, string];
+      const [id, user, conversation, runId, traceId, seq, type, flags] = it as [number, string, string | null, string, string, number, EventType, number];
       let run = this.runs.get(runId);
       if (run === undefined || run.user !== user) {
         run = new RunRecord(runId, traceId, '', '', 0, this.now());
@@ -449,13 +459,15 @@ export class Fanout {
   // ---- the inbox -----------------------------------------------------------
 
   private onInbox(raw: string): void {
-    const msg = this.parse(raw, undefined);
+    // A JSON head; an `ev` message has its events on the lines after it.
+    const nl = raw.indexOf('\n');
+    const msg = this.parse(nl < 0 ? raw : raw.slice(0, nl), undefined);
     if (msg === undefined) return;
     const from = msg.o as string;
     switch (msg.k) {
       case 'ev':
         this.m.messages.inc({ direction: 'in', kind: 'events' });
-        return this.onEvents(from, msg.e);
+        return this.onEvents(from, nl < 0 ? [] : raw.slice(nl + 1).split('\n'));
       case 'rep':
         this.m.messages.inc({ direction: 'in', kind: 'reports' });
         return this.onReports(from, msg.r);
@@ -512,7 +524,7 @@ export class Fanout {
       const ids = this.outEventIds.get(dest)!;
       for (let i = 0; i < entries.length; i += MAX_BATCH) {
         const batchIds = ids.slice(i, i + MAX_BATCH);
-        this.publish(this.inbox(dest), `{"k":"ev","o":${JSON.stringify(this.id)},"e":[${entries.slice(i, i + MAX_BATCH).join(',')}]}`, 'events', batchIds.length, batchIds, dest);
+        this.publish(this.inbox(dest), `{"k":"ev","o":${JSON.stringify(this.id)}}\n${entries.slice(i, i + MAX_BATCH).join('\n')}`, 'events', batchIds.length, batchIds, dest);
       }
     }
     this.outEvents.clear();

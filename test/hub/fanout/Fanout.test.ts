@@ -185,7 +185,10 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
         '[]',
         JSON.stringify({ k: 'ev' }),
         JSON.stringify({ k: 'ev', o: 'x y' }),
-        JSON.stringify({ k: 'ev', o: 'origin', e: [[1, 'u1', null, 'r', 't', 1, 'not_a_type', 0, '{}']] }),
+        // An event with a type that is none of the five; an event whose text line is missing; text that is not an object.
+        `${JSON.stringify({ k: 'ev', o: 'origin' })}\n${JSON.stringify([1, 'u1', null, 'r', 't', 1, 'not_a_type', 0])}\n{}`,
+        `${JSON.stringify({ k: 'ev', o: 'origin' })}\n${JSON.stringify([2, 'u1', null, 'r', 't', 1, 'agent_started', 0])}`,
+        `${JSON.stringify({ k: 'ev', o: 'origin' })}\n${JSON.stringify([3, 'u1', null, 'r', 't', 1, 'agent_started', 0])}\nnot json`,
         JSON.stringify({ k: 'rep', o: 'edge', r: [[1, 'because']] }),
         JSON.stringify({ k: 'ack', o: 'edge', a: [['r', 'u1', -1]] }),
         JSON.stringify({ k: 'nope', o: 'edge' }),
