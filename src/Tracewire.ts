@@ -103,6 +103,7 @@ export class Tracewire {
   readonly instanceId: string = '';
 
   private broker: RedisBroker | undefined;
+  private stopConnecting: (() => void) | undefined;
 
   private async startFanout(): Promise<void> {
     const c = this.config;
@@ -114,7 +115,8 @@ export class Tracewire {
     }));
     // From the start: a broker that cannot be reached shows as 0 (and TracewireBrokerDown fires).
     this.metrics.broker().up.track(() => (broker.up ? 1 : 0));
-    await broker.connect();
+    // Connecting retries until the broker answers, or until close() gives up on it.
+    await Promise.race([broker.connect(), new Promise<void>((r) => (this.stopConnecting = r))]);
     if (this.closed !== undefined) {
       await broker.close();
       return;
@@ -209,6 +211,7 @@ export class Tracewire {
       this.otlp?.close();
       await this.hub.close(timeoutMillis);
       // A broker the fan-out never started on (still connecting) is closed here; otherwise the hub closed it.
+      this.stopConnecting?.();
       await this.broker?.close();
       this.ledger.interruptAll();
       this.ledger.close();

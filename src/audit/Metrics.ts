@@ -27,7 +27,7 @@ export type Verdict = (typeof VERDICTS)[number];
 export const DROP_REASONS = [
   'no_subscriber', 'send_failed', 'backpressure', 'unauthorised', 'evicted', 'no_user',
   'not_recorded', 'reported_dropped', 'shutdown', 'late_span', 'overflow',
-  'broker_unavailable', 'broker_unconfirmed',
+  'broker_unconfirmed',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 

@@ -221,6 +221,7 @@ export class EventHub implements EventSink {
         settleRemote: (d, ok, reason) => this.settleRemote(d, ok, reason),
         releaseHeldTo: (user, instance) => this.releaseHeldTo(user, instance),
         ackRemote: (runId, user, seq) => this.ackRun(runId, user, seq),
+        runEndedRemote: (runId) => this.replay.ended(runId),
       },
       { ...opts, metrics: this.metrics.broker() },
     );
@@ -375,11 +376,9 @@ export class EventHub implements EventSink {
     const conn = new Connection(this.nextId++, p.user, conversation, ws, socket, this.opts.wsMaxBufferedBytes, this.onDone, this.isRetained);
     this.all.add(conn);
     let set = this.byUser.get(p.user);
-    if (set === undefined) {
-      this.byUser.set(p.user, (set = new Set()));
-      this.fanout?.userOnline(p.user);
-    }
+    if (set === undefined) this.byUser.set(p.user, (set = new Set()));
     set.add(conn);
+    this.fanout?.userOnline(p.user);
     this.metrics.connectionAttempts.inc({ result: 'accepted' });
 
     ws.on('pong', () => {
@@ -478,6 +477,7 @@ export class EventHub implements EventSink {
 
   runEnded(runId: string): void {
     this.replay.ended(runId);
+    this.fanout?.runEnded(runId);
   }
 
   // ---- held events (users with no connection) -------------------------------
@@ -552,8 +552,9 @@ export class EventHub implements EventSink {
 
   /** Deliver events held for this connection's user (those it wants), in order, counted as delivered late. */
   private releaseHeld(conn: Connection): void {
-    const held = this.heldByUser.get(conn.user);
-    if (held === undefined) return;
+    const list = this.heldByUser.get(conn.user);
+    if (list === undefined) return;
+    const held = inRunOrder(list);
     const keep = new Fifo<EventRecord>();
     for (let rec = held.shift(); rec !== undefined; rec = held.shift()) {
       if (!rec.inHold) continue;
@@ -584,9 +585,10 @@ export class EventHub implements EventSink {
 
   /** Origin: another sidecar announced `user`; send it the events held for the user (it reports each one back). */
   private releaseHeldTo(user: string, instance: string): void {
-    const held = this.heldByUser.get(user);
-    if (held === undefined || this.fanout === undefined) return;
+    const list = this.heldByUser.get(user);
+    if (list === undefined || this.fanout === undefined) return;
     this.heldByUser.delete(user);
+    const held = inRunOrder(list);
     for (let rec = held.shift(); rec !== undefined; rec = held.shift()) {
       if (!rec.inHold) continue;
       const ev = this.unheld(rec) ?? OutboundEvent.ofRecord(rec, undefined);
@@ -604,8 +606,9 @@ export class EventHub implements EventSink {
    */
   private deliverRemote(ev: RemoteEvent): void {
     const fanout = this.fanout!;
+    // Shutting down: the origin holds it for the sidecar the user reconnects to.
     if (this.closing) {
-      fanout.report(ev, 'shutdown');
+      fanout.report(ev, 'absent');
       return;
     }
     const set = this.byUser.get(ev.user);
@@ -814,7 +817,9 @@ export class EventHub implements EventSink {
       return;
     }
     if (d.failReason === undefined || d.failReason === 'send_failed') d.failReason = reason;
-    if (d.remaining <= 0 && !d.ok) this.fanout!.report(ev, d.failReason ?? 'send_failed');
+    if (d.remaining > 0 || d.ok) return;
+    // Not written because this sidecar shuts down: the origin holds it for the sidecar the user reconnects to.
+    this.fanout!.report(ev, d.failReason === 'shutdown' ? 'absent' : (d.failReason ?? 'send_failed'));
   }
 
   private scheduleFlush(): void {
@@ -1050,8 +1055,8 @@ export class EventHub implements EventSink {
   async close(timeoutMillis = 5000): Promise<void> {
     if (this.closing) return;
     this.closing = true;
-    // Other sidecars stop sending here; what they have not confirmed yet is dropped as shutdown.
-    const fanoutClosed = this.fanout?.close();
+    // Other sidecars stop sending here (events, outcomes and acks still flow while connections drain).
+    this.fanout?.leave();
     if (this.heartbeat) clearInterval(this.heartbeat);
     clearInterval(this.sweeper);
     this.flushScheduled = false;
@@ -1076,6 +1081,8 @@ export class EventHub implements EventSink {
     }
     // Upgrades whose token is still being verified are refused with 1001 as they finish (before the server below closes).
     if (this.pendingUpgrades > 0) closed.push(new Promise<void>((resolve) => (this.upgradesSettled = resolve)));
+    // Outcomes of events sent to other sidecars come back within the same wait.
+    if (this.fanout !== undefined) closed.push(this.fanout.drain(timeoutMillis));
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
       Promise.all(closed),
@@ -1100,7 +1107,8 @@ export class EventHub implements EventSink {
     this.heldAt.clear();
     this.heldEvents.clear();
     this.replay.clear();
-    await fanoutClosed;
+    // What no other sidecar confirmed is dropped as shutdown; reports of what this one wrote go out first.
+    await this.fanout?.close();
     this.closed = true;
     for (const u of this.untrack) u();
     this.wss.close();
@@ -1112,4 +1120,32 @@ export class EventHub implements EventSink {
     for (const c of this.all) queued += c.bufferedBytes;
     return { connections: this.all.size, users: this.byUser.size, held: this.heldCount, heldBytes: this.heldBytes, replayRuns: this.replay.size, replayBytes: this.replay.bytes, queuedBytes: queued };
   }
+}
+
+/**
+ * Held events in the order to send them: hold order, except that each run's
+ * events go in seq order (an event held again after another sidecar turned it
+ * down comes back behind later events of its run).
+ */
+function inRunOrder(list: Fifo<EventRecord>): Fifo<EventRecord> {
+  const recs: EventRecord[] = [];
+  for (let rec = list.shift(); rec !== undefined; rec = list.shift()) if (rec.inHold) recs.push(rec);
+  const out = new Fifo<EventRecord>();
+  let sorted = true;
+  const last = new Map<string, number>();
+  for (const r of recs) {
+    const prev = last.get(r.run.runId);
+    if (prev !== undefined && prev > r.seq) sorted = false;
+    last.set(r.run.runId, r.seq);
+  }
+  if (!sorted) {
+    // Runs keep the place of their first held event; within a run, seq order (a stable sort).
+    const first = new Map<string, number>();
+    recs.forEach((r, i) => {
+      if (!first.has(r.run.runId)) first.set(r.run.runId, i);
+    });
+    recs.sort((a, b) => first.get(a.run.runId)! - first.get(b.run.runId)! || a.seq - b.seq);
+  }
+  for (const r of recs) out.push(r);
+  return out;
 }

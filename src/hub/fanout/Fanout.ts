@@ -22,12 +22,16 @@ import type { Broker } from './Broker.js';
  *   of that user and keeps it in its own resume window;
  * - outcomes: the edge reports each event's delivery (or why not) back to
  *   the origin, which counts it and judges the run as if the connection were
- *   its own; acks are forwarded the same way. An event whose outcome does
+ *   its own; acks are forwarded the same way, and so is the end of a run
+ *   (the edge's resume window counts from it). An event whose outcome does
  *   not come back within the report timeout is dropped as
- *   `broker_unconfirmed`; one that could not be published as
- *   `broker_unavailable`;
- * - events held for a user with no connection anywhere are released to the
- *   first sidecar that announces the user.
+ *   `broker_unconfirmed`;
+ * - held events: an event of a user with no connection anywhere, one a
+ *   sidecar turned down (`absent`: its connections had gone, or none takes
+ *   that conversation) and one that could not be published (the broker is
+ *   down) are tried on the user's other sidecars, else held by the origin
+ *   and sent, each run in seq order, when a sidecar announces a new
+ *   connection of the user.
  *
  * Messages are JSON (docs/operations.md "Several sidecars" has the format).
  * Everything kept is bounded: the pending outcomes (`maxPending`), presence
@@ -61,6 +65,8 @@ export interface FanoutHost {
   releaseHeldTo(user: string, instance: string): void;
   /** Origin: a client on another sidecar acked a run's events up to `seq`. */
   ackRemote(runId: string, user: string, seq: number): void;
+  /** Edge: a run this sidecar relayed has ended (its resume window counts from now). */
+  runEndedRemote(runId: string): void;
 }
 
 /** The span an edge's stand-in records point at (the event's text comes with it; nothing reads the span). */
@@ -109,6 +115,18 @@ interface Pending {
   readonly dest: string;
 }
 
+/** A relayed run at the edge: a stand-in record for its events, and the sidecar that judges it. */
+class RemoteRun extends RunRecord {
+  constructor(
+    runId: string,
+    traceId: string,
+    openedAtMs: number,
+    readonly origin: string,
+  ) {
+    super(runId, traceId, '', '', 0, openedAtMs);
+  }
+}
+
 interface Peer {
   /** Users with a connection there, and when each was last announced. */
   readonly users: Map<string, number>;
@@ -134,11 +152,15 @@ export class Fanout {
   private readonly pendingIds = new Fifo<number>();
   private readonly pendingAt = new NumberFifo();
   private nextId = 1;
-  // Edge: the runs whose events this sidecar relayed, and their origin (acks go there).
-  private readonly runOrigin = new BoundedMap<string, string>(100_000);
-  private readonly runs = new BoundedMap<string, RunRecord>(100_000);
+  /** Origin: the other sidecars each remote delivery went to (so an `absent` answer tries the user's other sidecars once). */
+  private readonly tried = new WeakMap<Delivery, string[]>();
+  /** Origin: the sidecars each run's events went to, until the run ends (they are told it ended). */
+  private readonly sentRuns = new BoundedMap<string, string[]>(100_000);
+  /** Edge: the runs this sidecar relayed (their stand-in record and their origin, where acks go). */
+  private readonly runs = new BoundedMap<string, RemoteRun>(100_000);
   // Batches waiting for the microtask that publishes them.
   private readonly outEvents: Outbox = new Map();
+  private readonly outEnds: Outbox = new Map();
   private readonly outEventIds = new Map<string, number[]>();
   private readonly outReports: Outbox = new Map();
   private readonly outAcks: Outbox = new Map();
@@ -147,7 +169,12 @@ export class Fanout {
   private flushScheduled = false;
   /** Subscribed (`start`): before that, a broker status change is not acted on. */
   private started = false;
+  /** Shutting down (`leave`): no more presence; events, reports and acks still flow until `close`. */
+  private leaving = false;
   private readonly timers: NodeJS.Timeout[] = [];
+  private readonly untrack: Array<() => void>;
+  /** Told when the pending table empties (`drain`). */
+  private drained: (() => void) | undefined;
   private closed = false;
 
   constructor(
@@ -160,9 +187,7 @@ export class Fanout {
     this.now = o.now ?? Date.now;
     this.m = o.metrics;
     this.presenceChannel = `${o.prefix}:presence`;
-    this.m.peers.track(() => this.peers.size);
-    this.m.remoteUsers.track(() => this.remoteEntries);
-    this.m.pending.track(() => this.pending.size);
+    this.untrack = [this.m.peers.track(() => this.peers.size), this.m.remoteUsers.track(() => this.remoteEntries), this.m.pending.track(() => this.pending.size)];
     broker.onStatus((up) => this.status(up));
     const every = (ms: number, f: () => void): void => {
       const t = setInterval(() => this.guard(f), ms);
@@ -202,22 +227,28 @@ export class Fanout {
     return this.byUser.get(user);
   }
 
-  /** The hub's first connection of `user` opened. */
+  /**
+   * A connection of `user` opened on this sidecar (every one, not only the
+   * first: a new connection may take events another one did not, e.g. of
+   * another conversation, so the origins send what they hold again).
+   */
   userOnline(user: string): void {
-    if (this.leaves.delete(user)) return; // left and came back within one batch: nothing to tell
+    if (this.leaving) return;
+    this.leaves.delete(user);
     this.joins.add(user);
     this.schedule();
   }
 
-  /** The hub's last connection of `user` closed. */
+  /** The last connection of `user` on this sidecar closed. */
   userOffline(user: string): void {
-    if (this.joins.delete(user)) return;
+    if (this.leaving) return;
+    this.joins.delete(user);
     this.leaves.add(user);
     this.schedule();
   }
 
   private status(up: boolean): void {
-    if (this.closed || !this.started) return;
+    if (this.closed || this.leaving || !this.started) return;
     if (!up) {
       // What the others announced may have changed unseen: forget it; they announce it again when the broker is back.
       this.forgetPeers();
@@ -236,7 +267,7 @@ export class Fanout {
   }
 
   private presenceTick(): void {
-    if (!this.broker.up) return;
+    if (!this.broker.up || this.leaving) return;
     this.sync();
     // Entries not announced for three intervals: that sidecar is gone, or its user left unheard.
     const cutoff = this.now() - 3 * this.o.presenceIntervalMillis;
@@ -269,9 +300,10 @@ export class Fanout {
       this.invalid('presence message without a kind or a list of users');
       return;
     }
-    if (msg.k === 'bye') {
+    if (msg.k === 'bye' || msg.k === 'hello') {
+      // Gone; or (re)joined the broker, perhaps restarted under the same id: what it announced before is void.
       this.dropPeer(instance);
-      return;
+      if (msg.k === 'bye') return;
     }
     const now = this.now();
     let peer = this.peers.get(instance);
@@ -281,8 +313,8 @@ export class Fanout {
     }
     peer.lastSeenMs = now;
     if (msg.k === 'hello') {
-      // A sidecar (re)joined the broker: tell it who is here now rather than at the next interval.
-      this.sync();
+      // Tell it who is here now rather than at the next interval.
+      if (!this.leaving) this.sync();
       return;
     }
     for (const user of users as string[]) {
@@ -296,12 +328,14 @@ export class Fanout {
         continue;
       }
       peer.users.set(user, now);
-      if (known) continue;
-      this.remoteEntries++;
-      let set = this.byUser.get(user);
-      if (set === undefined) this.byUser.set(user, (set = new Set()));
-      set.add(instance);
-      this.host.releaseHeldTo(user, instance);
+      if (!known) {
+        this.remoteEntries++;
+        let set = this.byUser.get(user);
+        if (set === undefined) this.byUser.set(user, (set = new Set()));
+        set.add(instance);
+      }
+      // A new entry, or a new connection there (`join`): it may take what is held (a `sync` of a known entry only refreshes it).
+      if (!known || msg.k === 'join') this.host.releaseHeldTo(user, instance);
     }
   }
 
@@ -339,16 +373,33 @@ export class Fanout {
     }
     const id = this.nextId++;
     this.pending.set(id, { d, dest: instance });
+    const tried = this.tried.get(d);
+    if (tried === undefined) this.tried.set(d, [instance]);
+    else tried.push(instance);
+    const runId = ev.runId;
+    const dests = this.sentRuns.get(runId);
+    if (dests === undefined) this.sentRuns.set(runId, [instance]);
+    else if (!dests.includes(instance)) dests.push(instance);
     this.pendingIds.push(id);
     this.pendingAt.push(this.now());
     const flags = (late ? FLAG_LATE : 0) | (ev.run.endMs !== undefined ? FLAG_ENDED : 0);
     // Two lines: what the edge routes by, then the event's text as is (JSON text has no raw line break; the
     // hub's envelope escapes every control character), so the text is neither escaped nor parsed on the way.
-    const entry = `${JSON.stringify([id, ev.user, ev.conversation ?? null, ev.runId, ev.traceId, ev.seq, ev.type, flags])}\n${ev.payload}`;
+    const entry = `${JSON.stringify([id, ev.user, ev.conversation ?? null, runId, ev.traceId, ev.seq, ev.type, flags])}\n${ev.payload}`;
     push(this.outEvents, instance, entry);
     let ids = this.outEventIds.get(instance);
     if (ids === undefined) this.outEventIds.set(instance, (ids = []));
     ids.push(id);
+    this.schedule();
+  }
+
+  /** Origin: a run ended; the sidecars its events went to are told (after those events), so their resume window counts from now. */
+  runEnded(runId: string): void {
+    const dests = this.sentRuns.get(runId);
+    if (dests === undefined) return;
+    this.sentRuns.delete(runId);
+    const item = JSON.stringify(runId);
+    for (const dest of dests) push(this.outEnds, dest, item);
     this.schedule();
   }
 
@@ -363,16 +414,46 @@ export class Fanout {
       this.m.dropped.inc({ reason: 'unconfirmed' });
       this.host.settleRemote(p.d, false, 'broker_unconfirmed');
     }
+    this.checkDrained();
   }
 
-  /** Settle the pending deliveries `ids` (publish failed, or nobody listens on that inbox). */
-  private failPending(ids: readonly number[], reason: DropReason | 'absent'): void {
+  private checkDrained(): void {
+    if (this.drained !== undefined && this.pending.size === 0) {
+      this.drained();
+      this.drained = undefined;
+    }
+  }
+
+  /** Settle the pending deliveries `ids` (publish failed, nobody listens on that inbox, shutdown). */
+  private failPending(ids: Iterable<number>, reason: DropReason | 'absent'): void {
     for (const id of ids) {
       const p = this.pending.get(id);
       if (p === undefined) continue;
       this.pending.delete(id);
-      this.host.settleRemote(p.d, false, reason);
+      if (reason === 'absent') this.absent(p);
+      else this.host.settleRemote(p.d, false, reason);
     }
+    this.checkDrained();
+  }
+
+  /**
+   * One remote part came back `absent` (that sidecar has no connection
+   * taking the event any more). The user's other sidecars not tried yet for
+   * this delivery get it now (the user moved); if there is none, the hub
+   * holds the event again unless another part delivered it.
+   */
+  private absent(p: Pending): void {
+    const d = p.d;
+    const targets = this.targetsOf(d.ev.user);
+    if (targets !== undefined && !this.closed) {
+      const tried = this.tried.get(d) ?? [];
+      for (const instance of targets) {
+        if (tried.includes(instance)) continue;
+        d.remaining++;
+        this.send(instance, d.ev, d, d.late);
+      }
+    }
+    this.host.settleRemote(d, false, 'absent');
   }
 
   private onReports(from: string, items: unknown): void {
@@ -386,8 +467,10 @@ export class Fanout {
       // Unknown: already timed out (counted then), or a duplicate.
       if (p === undefined || p.dest !== from) continue;
       this.pending.delete(it[0]);
-      this.host.settleRemote(p.d, it[1] === '', it[1] === '' ? 'send_failed' : (it[1] as DropReason | 'absent'));
+      if (it[1] === 'absent') this.absent(p);
+      else this.host.settleRemote(p.d, it[1] === '', it[1] === '' ? 'send_failed' : (it[1] as DropReason));
     }
+    this.checkDrained();
   }
 
   private onAcks(items: unknown): void {
@@ -423,16 +506,31 @@ export class Fanout {
       }
       const [id, user, conversation, runId, traceId, seq, type, flags] = it as [number, string, string | null, string, string, number, EventType, number];
       let run = this.runs.get(runId);
-      if (run === undefined || run.user !== user) {
-        run = new RunRecord(runId, traceId, '', '', 0, this.now());
+      if (run === undefined || run.user !== user || run.origin !== origin) {
+        run = new RemoteRun(runId, traceId, this.now(), origin);
         run.user = user;
         this.runs.set(runId, run);
       }
       if ((flags & FLAG_ENDED) !== 0 && run.endMs === undefined) run.endMs = this.now();
-      this.runOrigin.set(runId, origin);
       // A record of its own, not in the run's list: the origin judges the run.
       const record = new EventRecord(seq, type, REMOTE_SPAN, run);
       this.host.deliverRemote(new RemoteEvent(record, conversation ?? undefined, text, origin, id, (flags & FLAG_LATE) !== 0));
+    }
+  }
+
+  /** Edge: runs that ended (named after their last events, in the same message). */
+  private onEnds(origin: string, ends: unknown): void {
+    if (ends === undefined) return;
+    if (!Array.isArray(ends)) return this.invalid('`end` that is not a list of run ids');
+    for (const runId of ends) {
+      if (!isStr(runId)) {
+        this.invalid('an ended run id that is not a string');
+        continue;
+      }
+      const run = this.runs.get(runId);
+      if (run === undefined || run.origin !== origin) continue;
+      run.endMs ??= this.now();
+      this.host.runEndedRemote(runId);
     }
   }
 
@@ -446,7 +544,7 @@ export class Fanout {
 
   /** Edge: a client acked a run this sidecar relayed; false if it relayed no such run. */
   forwardAck(runId: string, user: string, seq: number): boolean {
-    const origin = this.runOrigin.get(runId);
+    const origin = this.runs.get(runId)?.origin;
     if (origin === undefined) {
       this.m.dropped.inc({ reason: 'unknown_run' });
       return false;
@@ -467,7 +565,8 @@ export class Fanout {
     switch (msg.k) {
       case 'ev':
         this.m.messages.inc({ direction: 'in', kind: 'events' });
-        return this.onEvents(from, nl < 0 ? [] : raw.slice(nl + 1).split('\n'));
+        this.onEvents(from, nl < 0 ? [] : raw.slice(nl + 1).split('\n'));
+        return this.onEnds(from, msg.end);
       case 'rep':
         this.m.messages.inc({ direction: 'in', kind: 'reports' });
         return this.onReports(from, msg.r);
@@ -520,15 +619,25 @@ export class Fanout {
       for (let i = 0; i < joins.length; i += MAX_BATCH) this.publishPresence('join', joins.slice(i, i + MAX_BATCH));
       for (let i = 0; i < leaves.length; i += MAX_BATCH) this.publishPresence('leave', leaves.slice(i, i + MAX_BATCH));
     }
+    const from = JSON.stringify(this.id);
     for (const [dest, entries] of this.outEvents) {
       const ids = this.outEventIds.get(dest)!;
       for (let i = 0; i < entries.length; i += MAX_BATCH) {
         const batchIds = ids.slice(i, i + MAX_BATCH);
-        this.publish(this.inbox(dest), `{"k":"ev","o":${JSON.stringify(this.id)}}\n${entries.slice(i, i + MAX_BATCH).join('\n')}`, 'events', batchIds.length, batchIds, dest);
+        // Runs that ended ride on the last message to that sidecar, after their events.
+        const last = i + MAX_BATCH >= entries.length;
+        const ends = last ? this.outEnds.get(dest) : undefined;
+        if (last) this.outEnds.delete(dest);
+        const head = ends === undefined ? `{"k":"ev","o":${from}}` : `{"k":"ev","o":${from},"end":[${ends.join(',')}]}`;
+        this.publish(this.inbox(dest), `${head}\n${entries.slice(i, i + MAX_BATCH).join('\n')}`, 'events', batchIds.length, batchIds, dest);
       }
+    }
+    for (const [dest, ends] of this.outEnds) {
+      for (let i = 0; i < ends.length; i += MAX_BATCH) this.publish(this.inbox(dest), `{"k":"ev","o":${from},"end":[${ends.slice(i, i + MAX_BATCH).join(',')}]}`, 'events', 0, undefined);
     }
     this.outEvents.clear();
     this.outEventIds.clear();
+    this.outEnds.clear();
     this.publishAll(this.outReports, 'rep', 'r', 'reports');
     this.publishAll(this.outAcks, 'ack', 'a', 'acks');
   }
@@ -545,14 +654,14 @@ export class Fanout {
 
   /**
    * Publish one message of `items` items. For events (`ids`): if it cannot
-   * be published they fail as `broker_unavailable`; if nobody listens on the
-   * inbox (Redis says 0 receivers) that sidecar is gone and they come back
-   * `absent` (held again here).
+   * be published (the broker is down), or nobody listens on the inbox (Redis
+   * says 0 receivers: that sidecar is gone), they come back `absent`: tried
+   * on the user's other sidecars, or held again here.
    */
   private publish(channel: string, message: string, kind: BrokerMessageKind, items: number, ids: number[] | undefined, dest?: string): void {
     const failed = (): void => {
       this.m.dropped.inc({ reason: 'publish_failed' }, Math.max(1, items));
-      if (ids !== undefined) this.failPending(ids, 'broker_unavailable');
+      if (ids !== undefined) this.failPending(ids, 'absent');
     };
     if (!this.broker.up) {
       failed();
@@ -571,15 +680,42 @@ export class Fanout {
     );
   }
 
-  /** Say goodbye on the broker and settle what is still pending as `shutdown`. */
+  /**
+   * Shutdown, first step: say goodbye (the others stop sending here and
+   * forget this sidecar's users) and stop announcing. Events, outcomes and
+   * acks still flow until `close`.
+   */
+  leave(): void {
+    if (this.leaving || this.closed) return;
+    this.leaving = true;
+    this.joins.clear();
+    this.leaves.clear();
+    if (this.broker.up) this.publishPresence('bye', []);
+  }
+
+  /** Resolves when no delivery awaits its outcome any more, or after `timeoutMillis`. */
+  async drain(timeoutMillis: number): Promise<void> {
+    if (this.pending.size === 0 || this.closed) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      new Promise<void>((r) => (this.drained = r)),
+      new Promise<void>((r) => {
+        timer = setTimeout(r, timeoutMillis);
+      }),
+    ]);
+    clearTimeout(timer);
+    this.drained = undefined;
+  }
+
+  /** Shutdown, last step: publish what is batched, settle what is still pending as `shutdown`, close the broker. */
   async close(): Promise<void> {
     if (this.closed) return;
+    this.leave();
     for (const t of this.timers) clearInterval(t);
+    for (const u of this.untrack) u();
     this.flush();
-    if (this.broker.up) this.publishPresence('bye', []);
     this.closed = true;
-    const ids = [...this.pending.keys()];
-    this.failPending(ids, 'shutdown');
+    this.failPending([...this.pending.keys()], 'shutdown');
     this.pendingIds.clear();
     this.pendingAt.clear();
     this.forgetPeers();

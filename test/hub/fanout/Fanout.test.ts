@@ -1,3 +1,4 @@
+import { context, trace } from '@opentelemetry/api';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../../src/surfaces/server.js';
 import type { TracewireOptions } from '../../../src/Tracewire.js';
@@ -123,6 +124,135 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     const run = origin.tw.ledger.get(runId)!;
     await until(() => run.events.every((e) => e.state === 1 && e.late), 5000, 'delivered late at the origin');
     expect(await metricValue(origin, 'tracewire_events_delivered_late_total')).toBe(2);
+  });
+
+  it('sends what is held to a new connection of a user the origin already knows there (another conversation)', async () => {
+    const [origin, edge] = await pair({ graceMillis: 4000 });
+    await client(edge, 'u1', 'conversation_id=A');
+    await heard(origin);
+    const { tracer } = inProcessTracer(origin);
+    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1', 'gen_ai.conversation.id': 'B' } });
+    top.end();
+    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    // The edge's only connection is narrowed to conversation A: it turns the events down, the origin holds them.
+    await until(() => origin.tw.hub.stats().held === 2, 5000, 'held after the edge turned them down');
+    const b = await client(edge, 'u1', 'conversation_id=B');
+    await b.until((x) => x.events.length >= 2, 5000, 'the held events on the new connection');
+    expect(b.events.map((e) => [e.type, e.seq])).toEqual([
+      ['agent_started', 1],
+      ['agent_completed', 2],
+    ]);
+    await until(() => origin.tw.ledger.get(runId)?.judgement !== undefined, 8000, 'verdict');
+    expect(origin.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
+  });
+
+  it('a user who moves to another sidecar mid-run gets every event once and in order, those in flight to the old one included', async () => {
+    n++;
+    const origin = await sidecar('origin', { graceMillis: 5000 });
+    // The old edge: a Redis client speaking the fan-out's protocol, so the test controls when it answers.
+    const pub = await redis.client();
+    const sub = pub.duplicate();
+    sub.on('error', () => undefined);
+    await sub.connect();
+    const inFlight: number[] = [];
+    await sub.subscribe(`t${n}:i:old-edge`, (m: string) => {
+      const lines = m.split('\n').slice(1);
+      for (let i = 0; i < lines.length; i += 2) inFlight.push((JSON.parse(lines[i]!) as number[])[0]!);
+    });
+    const presence = (k: string): Promise<unknown> => pub.publish(`t${n}:presence`, JSON.stringify({ k, o: 'old-edge', u: ['mover'] }));
+    try {
+      await presence('join');
+      await heard(origin);
+      const { tracer } = inProcessTracer(origin);
+      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'mover' } });
+      const ctx = trace.setSpan(context.active(), top);
+      const tool = tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx);
+      await until(() => inFlight.length >= 2, 5000, 'seq 1 and 2 in flight to the old edge');
+      // The user's connection there closed: it announces it; the run goes on (held at the origin) ...
+      await presence('leave');
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_remote_users')) === 0, 'the leave');
+      tool.end();
+      await until(() => origin.tw.hub.stats().held === 1, 5000, 'seq 3 held');
+      // ... and what was in flight comes back: nobody took it there.
+      await pub.publish(`t${n}:i:origin`, JSON.stringify({ k: 'rep', o: 'old-edge', r: inFlight.map((id) => [id, 'absent']) }));
+      await until(() => origin.tw.hub.stats().held === 3, 5000, 'seq 1 and 2 held again');
+      const edge = await sidecar('new-edge', { graceMillis: 5000 });
+      const c = await client(edge, 'mover');
+      await c.until((x) => x.events.length >= 3, 5000, 'the held events on the new edge');
+      top.end();
+      await c.until((x) => x.events.length >= 4, 5000, 'the last event');
+      expect(c.events.map((e) => `${e.type}:${e.seq}`)).toEqual(['agent_started:1', 'tool_executing:2', 'tool_completed:3', 'agent_completed:4']);
+    } finally {
+      await sub.close();
+      await pub.close();
+    }
+  });
+
+  it('a sidecar restarted under the same id is not taken for the one before it: what it turned down reaches its new connection', async () => {
+    n++;
+    const origin = await sidecar('origin', { graceMillis: 4000 });
+    const raw = await redis.client();
+    try {
+      // The sidecar before the restart had announced the user; the new one (same id) has no connection yet.
+      await raw.publish(`t${n}:presence`, JSON.stringify({ k: 'join', o: 'edge', u: ['u1'] }));
+      await heard(origin);
+      const edge = await sidecar('edge');
+      const { tracer } = inProcessTracer(origin);
+      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
+      top.end();
+      await until(() => origin.tw.hub.stats().held === 2, 5000, 'held');
+      const c = await client(edge, 'u1');
+      await c.until((x) => x.events.length >= 2, 5000, 'the held events');
+      expect(c.events.map((e) => e.type)).toEqual(['agent_started', 'agent_completed']);
+    } finally {
+      await raw.close();
+    }
+  });
+
+  it('closing the origin waits for the outcomes of what it sent; closing an edge reports what it wrote before it goes', async () => {
+    const [origin, edge] = await pair();
+    const c = await client(edge, 'u1');
+    await heard(origin);
+    const { tracer } = inProcessTracer(origin);
+    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
+    const ctx = trace.setSpan(context.active(), top);
+    for (let i = 0; i < 50; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+    top.end();
+    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    open.splice(open.indexOf(origin), 1);
+    await origin.close();
+    await c.until((x) => x.events.length >= 102, 5000, 'every event on the edge');
+    expect(await metricValue(origin, 'tracewire_events_delivered_total')).toBe(102);
+    expect(origin.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
+
+    // The other way round: an edge that shuts down while it writes a run's events.
+    const [origin2, edge2] = await pair({ graceMillis: 2000 });
+    const c2 = await client(edge2, 'u2');
+    await heard(origin2);
+    const deliverRemote = (edge2.tw.hub as unknown as { deliverRemote: (ev: unknown) => void }).deliverRemote.bind(edge2.tw.hub);
+    let closing: Promise<void> | undefined;
+    (edge2.tw.hub as unknown as { deliverRemote: (ev: unknown) => void }).deliverRemote = (ev) => {
+      deliverRemote(ev);
+      closing ??= Promise.resolve().then(() => edge2.close());
+    };
+    const runId2 = await judgedToolRun(origin2, 'u2', 20, 8000);
+    await closing;
+    open.splice(open.indexOf(edge2), 1);
+    const j = origin2.tw.ledger.get(runId2)!.judgement!;
+    // Whatever the client got is counted delivered; nothing is reported lost for want of a report.
+    expect(j.delivered).toBe(c2.events.length);
+    expect(c2.events.length).toBeGreaterThan(0);
+    expect(j.reasons.broker_unconfirmed).toBeUndefined();
+    void edge;
+  });
+
+  it('tells the edge when a relayed run ends, so its resume window lets the run go after the retention time', async () => {
+    const [origin, edge] = await pair({ graceMillis: 300, replayRetentionMillis: 1000 });
+    await client(edge, 'u1');
+    await heard(origin);
+    await judgedToolRun(origin, 'u1', 1);
+    await eventually(async () => (await metricValue(edge, 'tracewire_resume_window_runs')) === 1, 'the run in the edge window');
+    await eventually(async () => (await metricValue(edge, 'tracewire_resume_window_runs')) === 0, 'the run gone from the edge window after the retention time', 4000);
   });
 
   it("reports an edge's failed writes back to the origin, which judges the run with that reason", async () => {
