@@ -118,6 +118,12 @@ export class Connection {
   private backlog: Delivery[] = [];
   private backlogHead = 0;
   private backlogLiveBytes = 0;
+  /**
+   * Catch-ups still being fetched (a resume asked of other sidecars): while
+   * any is, everything waits in the backlog, so the fetched events can go
+   * out first (`enqueueFirst`).
+   */
+  private gates = 0;
   /** Forgotten by the hub: nothing more is queued or written. */
   closed = false;
   /** The reason given to events whose write fails or is given up (set by the hub when it closes the connection). */
@@ -225,7 +231,7 @@ export class Connection {
       return true;
     }
     this.mark(ev.runId, ev.seq);
-    if (d.late || this.backlogHead < this.backlog.length) {
+    if (d.late || this.gates > 0 || this.backlogHead < this.backlog.length) {
       this.backlog.push(d);
       if (d.late) return true;
       this.backlogLiveBytes += ev.bytes;
@@ -236,12 +242,46 @@ export class Connection {
     return this.bufferedBytes <= this.maxBufferedBytes;
   }
 
+  /** A catch-up is being fetched: hold everything back until `openGate`. */
+  closeGate(): void {
+    this.gates++;
+  }
+
+  /** A fetched catch-up was queued (or given up): what waited goes out. */
+  openGate(): void {
+    if (this.gates > 0) this.gates--;
+  }
+
+  /**
+   * Queue catch-up deliveries ahead of everything still waiting (events of
+   * a resume fetched from other sidecars: older than any live event of their
+   * run queued meanwhile). Ones this connection already has are done at once.
+   */
+  enqueueFirst(ds: readonly Delivery[]): void {
+    if (this.closed || this.ws.readyState !== 1) {
+      for (const d of ds) this.done(d, false, this.closeReason);
+      return;
+    }
+    const fresh: Delivery[] = [];
+    for (const d of ds) {
+      if (this.has(d.ev.runId, d.ev.seq)) this.done(d, true, undefined);
+      else {
+        this.mark(d.ev.runId, d.ev.seq);
+        fresh.push(d);
+      }
+    }
+    if (fresh.length === 0) return;
+    this.backlog = fresh.concat(this.backlog.slice(this.backlogHead));
+    this.backlogHead = 0;
+  }
+
   get dirty(): boolean {
     return this.out.length > this.head || this.backlog.length > this.backlogHead;
   }
 
   /** Move catch-up deliveries into `out` while it is empty or the connection is under half its limit (or all of them). */
   private pump(all: boolean): void {
+    if (this.gates > 0 && !all) return;
     const backlog = this.backlog;
     const refill = this.maxBufferedBytes / 2;
     while (this.backlogHead < backlog.length && (all || this.head >= this.out.length || this.outBytes + this.socket.writableLength < refill)) {

@@ -14,7 +14,7 @@ import { Fifo, NumberFifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
 import type { Broker } from './fanout/Broker.js';
-import { Fanout, RemoteEvent, type FanoutOptions } from './fanout/Fanout.js';
+import { Fanout, RemoteEvent, type FanoutOptions, type ResumeAnswer } from './fanout/Fanout.js';
 
 export interface EventHubOptions {
   readonly jwtSecret: string;
@@ -92,6 +92,8 @@ const MAX_CLIENT_FRAME_BYTES = 64 * 1024;
 const TOO_LARGE_CODES = new Set(['WS_ERR_UNSUPPORTED_MESSAGE_LENGTH', 'WS_ERR_UNSUPPORTED_DATA_PAYLOAD_LENGTH']);
 /** Runs one resume (frame or URL) may name; more is a bad field (name them over several frames). */
 export const MAX_RESUME_RUNS = 1000;
+/** Run ids a resume asked of other sidecars may tell them to leave out of `all` (more: `all` is answered from this sidecar only). */
+const MAX_SKIP_IN_ASK = 4000;
 /** An aggregated error names this many run ids (or resume parts), each cut to MAX_ID_IN_ERROR characters, and counts the rest. */
 const NAMED_IN_ERROR = 10;
 const MAX_ID_IN_ERROR = 128;
@@ -222,6 +224,7 @@ export class EventHub implements EventSink {
         releaseHeldTo: (user, instance) => this.releaseHeldTo(user, instance),
         ackRemote: (runId, user, seq) => this.ackRun(runId, user, seq),
         runEndedRemote: (runId) => this.replay.ended(runId),
+        eventsForResume: (user, runs, all, skip) => this.eventsForResume(user, runs, all, skip),
       },
       { ...opts, metrics: this.metrics.broker() },
     );
@@ -637,6 +640,20 @@ export class EventHub implements EventSink {
     this.settle(d, ok, reason === 'absent' ? 'no_subscriber' : reason, true);
   }
 
+  /** Another sidecar's client resumes (see FanoutHost.eventsForResume): what this sidecar's resume window has. */
+  private *eventsForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): Iterable<OutboundEvent> {
+    for (const [runId, seq] of Object.entries(runs)) {
+      const evs = this.replay.since(runId, user, seq);
+      if (evs !== undefined) yield* evs;
+    }
+    if (!all) return;
+    for (const runId of this.replay.runIdsOf(user)) {
+      if (skip.has(runId) || Object.hasOwn(runs, runId)) continue;
+      const evs = this.replay.since(runId, user, 0);
+      if (evs !== undefined) yield* evs;
+    }
+  }
+
   // ---- resume ----------------------------------------------------------------
 
   /**
@@ -661,6 +678,8 @@ export class EventHub implements EventSink {
     const unknown: string[] = [];
     let firstUnknown: string | undefined;
     let unknownCount = 0;
+    /** The named runs this sidecar does not have, with the client's last seq (other sidecars may). */
+    const unknownNamed: Record<string, number> = Object.create(null) as Record<string, number>;
     // Seqs of the user's events still held, per run (they follow a URL resume): read once, and only if needed.
     let held: Map<string, number[]> | undefined;
     for (const [runId, lastSeq, named] of wanted) {
@@ -672,6 +691,7 @@ export class EventHub implements EventSink {
         // Unknown, expired, or another user's run: the same answer, so run ids leak nothing.
         if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
         firstUnknown ??= runId;
+        unknownNamed[runId] = lastSeq;
         continue;
       }
       if (named) this.noteResumed(conn, runId);
@@ -688,6 +708,17 @@ export class EventHub implements EventSink {
         }
       }
     }
+    if (this.fanout !== undefined && !conn.closed && (unknownCount > 0 || all) && this.fanout.canAsk) {
+      // Runs this sidecar does not have may be on another (the client was connected there, or an edge relayed
+      // them there): ask them all; the answer (or the error for runs none had) comes when they answered.
+      this.askOthers(conn, runs, unknownNamed, all);
+    } else this.unknownRunsError(conn, unknown, firstUnknown, unknownCount);
+    if (n > 0) this.metrics.replayedEvents.inc(n);
+    if (conn.dirty) this.dirty.add(conn);
+  }
+
+  /** The error for resumed runs no one has: one run in full (with run_ids), or the count and the first few. */
+  private unknownRunsError(conn: Connection, unknown: readonly string[], firstUnknown: string | undefined, unknownCount: number): void {
     if (unknownCount === 1) {
       // One run (always a named one: `all` adds only runs the window has): in full as run_ids too, so a client
       // stops naming it, unless its id was cut for the message (no run id is that long).
@@ -697,8 +728,65 @@ export class EventHub implements EventSink {
       // Many: the count and the first few only, so the answer stays a small fraction of the question.
       this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', 'runs', `${unknownCount} runs unknown or outside the resume window: ${firstFew(unknown, unknownCount)}`));
     }
-    if (n > 0) this.metrics.replayedEvents.inc(n);
+  }
+
+  /**
+   * Resume across sidecars: ask the others for the named runs this one does
+   * not have (`ask`) and, with `all`, for the user's other runs. The
+   * connection holds everything back meanwhile, so what comes goes out
+   * first (each run stays in seq order with the live events that arrive).
+   */
+  private askOthers(conn: Connection, runs: Record<string, number>, ask: Record<string, number>, all: boolean): void {
+    let skip: string[] = [];
+    if (all) {
+      const have = new Set([...Object.keys(runs), ...(conn.resumedRuns ?? []), ...this.replay.runIdsOf(conn.user)]);
+      if (have.size <= MAX_SKIP_IN_ASK) skip = [...have];
+      else all = false; // too many to name: `all` stays with what this sidecar has
+    }
+    if (!all && Object.keys(ask).length === 0) return;
+    conn.closeGate();
+    this.fanout!.askResume(conn.user, ask, all, skip, (answer) => this.resumedFromOthers(conn, ask, answer));
+  }
+
+  /** The other sidecars answered a resume (or the wait ended): queue what came first, report holes and runs none had. */
+  private resumedFromOthers(conn: Connection, ask: Record<string, number>, answer: ResumeAnswer): void {
+    conn.openGate();
+    if (conn.closed) return;
+    const unknown: string[] = [];
+    let firstUnknown: string | undefined;
+    let unknownCount = 0;
+    for (const runId of Object.keys(ask)) {
+      if (answer.events.has(runId) || answer.last.has(runId)) this.noteResumed(conn, runId);
+      else {
+        if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
+        firstUnknown ??= runId;
+      }
+    }
+    const ds: Delivery[] = [];
+    for (const [runId, evs] of answer.events) {
+      const named = Object.hasOwn(ask, runId);
+      if (!this.reportHoles(conn, runId, named ? ask[runId] : undefined, evs, undefined)) break;
+      // A truncated answer: what the sidecar keeps past the last event it sent is a hole too.
+      const got = evs.length > 0 ? evs[evs.length - 1]!.seq : named ? ask[runId]! : 0;
+      const last = answer.last.get(runId) ?? got;
+      if (last > got && !this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${got + 1}..${last} are past the resume window`), { run_id: runId, from_seq: got + 1, to_seq: last })) break;
+      for (const ev of evs) {
+        if (!conn.wants(ev)) continue;
+        // Kept here too: a later resume on this sidecar finds it.
+        measure(ev);
+        this.replay.add(ev);
+        if (ev.run.endMs !== undefined) this.replay.ended(runId);
+        ev.record.attempts++;
+        ds.push({ ev, remaining: 1, ok: false, late: true, failReason: undefined });
+      }
+    }
+    if (!conn.closed) {
+      this.unknownRunsError(conn, unknown, firstUnknown, unknownCount);
+      conn.enqueueFirst(ds);
+      if (ds.length > 0) this.metrics.replayedEvents.inc(ds.length);
+    }
     if (conn.dirty) this.dirty.add(conn);
+    this.scheduleFlush();
   }
 
   /**

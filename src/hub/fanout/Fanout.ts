@@ -67,6 +67,30 @@ export interface FanoutHost {
   ackRemote(runId: string, user: string, seq: number): void;
   /** Edge: a run this sidecar relayed has ended (its resume window counts from now). */
   runEndedRemote(runId: string): void;
+  /**
+   * Another sidecar's client resumes: this sidecar's retained events of
+   * `user` after the named seqs (and, with `all`, of its other runs but
+   * `skip`), oldest first per run.
+   */
+  eventsForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): Iterable<OutboundEvent>;
+}
+
+/** What the other sidecars had for a resume (`askResume`). */
+export interface ResumeAnswer {
+  /** Per run, ascending seq, no duplicates. */
+  readonly events: Map<string, RemoteEvent[]>;
+  /** Per run, the last seq a sidecar that answered retains (events past a truncated answer are then reported as a hole). */
+  readonly last: Map<string, number>;
+}
+
+interface ResumeQuery {
+  readonly user: string;
+  readonly done: (a: ResumeAnswer) => void;
+  readonly answer: ResumeAnswer;
+  answers: number;
+  /** Sidecars that will answer (the broker's receiver count less this one); undefined until the publish says. */
+  expected: number | undefined;
+  timer: NodeJS.Timeout | undefined;
 }
 
 /** The span an edge's stand-in records point at (the event's text comes with it; nothing reads the span). */
@@ -109,6 +133,10 @@ const MAX_BATCH = 500;
 const MAX_ID_CHARS = 1024;
 const MAX_TEXT_CHARS = 4 * 1024 * 1024;
 const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+/** Resumes asked of the other sidecars at once; more are answered from this sidecar alone. */
+const MAX_QUERIES = 1000;
+/** Text one sidecar sends back for one resume (the rest of a run is then a hole the client is told of). */
+const MAX_ANSWER_CHARS = 4 * 1024 * 1024;
 
 interface Pending {
   readonly d: Delivery;
@@ -141,6 +169,9 @@ const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as numb
 export class Fanout {
   readonly id: string;
   private readonly presenceChannel: string;
+  private readonly resumeChannel: string;
+  private readonly queries = new Map<number, ResumeQuery>();
+  private nextQuery = 1;
   private readonly now: () => number;
   private readonly m: BrokerMetrics;
   private readonly peers = new Map<string, Peer>();
@@ -187,6 +218,7 @@ export class Fanout {
     this.now = o.now ?? Date.now;
     this.m = o.metrics;
     this.presenceChannel = `${o.prefix}:presence`;
+    this.resumeChannel = `${o.prefix}:resume`;
     this.untrack = [this.m.peers.track(() => this.peers.size), this.m.remoteUsers.track(() => this.remoteEntries), this.m.pending.track(() => this.pending.size)];
     broker.onStatus((up) => this.status(up));
     const every = (ms: number, f: () => void): void => {
@@ -202,6 +234,7 @@ export class Fanout {
   async start(): Promise<void> {
     await this.broker.subscribe(this.inbox(this.id), (msg) => this.guard(() => this.onInbox(msg)));
     await this.broker.subscribe(this.presenceChannel, (msg) => this.guard(() => this.onPresence(msg)));
+    await this.broker.subscribe(this.resumeChannel, (msg) => this.guard(() => this.onResumeAsked(msg)));
     this.started = true;
     if (this.broker.up) this.status(true);
   }
@@ -505,12 +538,7 @@ export class Fanout {
         continue;
       }
       const [id, user, conversation, runId, traceId, seq, type, flags] = it as [number, string, string | null, string, string, number, EventType, number];
-      let run = this.runs.get(runId);
-      if (run === undefined || run.user !== user || run.origin !== origin) {
-        run = new RemoteRun(runId, traceId, this.now(), origin);
-        run.user = user;
-        this.runs.set(runId, run);
-      }
+      const run = this.relayedRun(runId, traceId, user, origin);
       if ((flags & FLAG_ENDED) !== 0 && run.endMs === undefined) run.endMs = this.now();
       // A record of its own, not in the run's list: the origin judges the run.
       const record = new EventRecord(seq, type, REMOTE_SPAN, run);
@@ -573,6 +601,9 @@ export class Fanout {
       case 'ack':
         this.m.messages.inc({ direction: 'in', kind: 'acks' });
         return this.onAcks(msg.a);
+      case 'rp':
+        this.m.messages.inc({ direction: 'in', kind: 'resumes' });
+        return this.onResumeAnswer(from, msg, nl < 0 ? [] : raw.slice(nl + 1).split('\n'));
       default:
         this.invalid(`unknown message kind ${JSON.stringify(msg.k)?.slice(0, 40)}`);
     }
@@ -598,6 +629,129 @@ export class Fanout {
   private invalid(what: string): void {
     this.m.dropped.inc({ reason: 'invalid' });
     this.o.diag.repeated('fanout_invalid', 'fanout', (n) => `ignored ${n} invalid broker message(s) or item(s), latest: ${what}`);
+  }
+
+  // ---- resume across sidecars ---------------------------------------------------
+
+  /** Can a resume be asked of the other sidecars now? */
+  get canAsk(): boolean {
+    return this.started && !this.leaving && !this.closed && this.broker.up && this.peers.size > 0 && this.queries.size < MAX_QUERIES;
+  }
+
+  /**
+   * A client of `user` resumes runs this sidecar does not have (or all its
+   * runs): ask every other sidecar for what it retains. `done` is called once,
+   * when every sidecar answered or the report timeout passed, with what came.
+   */
+  askResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: readonly string[], done: (a: ResumeAnswer) => void): void {
+    const q: ResumeQuery = { user, done, answer: { events: new Map(), last: new Map() }, answers: 0, expected: undefined, timer: undefined };
+    const id = this.nextQuery++;
+    this.queries.set(id, q);
+    q.timer = setTimeout(() => this.guard(() => this.finishQuery(id)), this.o.reportTimeoutMillis);
+    const msg = JSON.stringify({ k: 'rs', o: this.id, q: id, u: user, r: runs, all, skip });
+    this.m.messages.inc({ direction: 'out', kind: 'resumes' });
+    this.broker.publish(this.resumeChannel, msg).then(
+      (receivers) => this.guard(() => this.expect(id, typeof receivers === 'number' ? receivers - 1 : undefined)),
+      () => this.guard(() => this.finishQuery(id)),
+    );
+  }
+
+  private expect(id: number, expected: number | undefined): void {
+    const q = this.queries.get(id);
+    if (q === undefined) return;
+    // A broker that does not count receivers: wait for the timeout.
+    q.expected = expected;
+    if (expected !== undefined && q.answers >= expected) this.finishQuery(id);
+  }
+
+  private finishQuery(id: number): void {
+    const q = this.queries.get(id);
+    if (q === undefined) return;
+    this.queries.delete(id);
+    clearTimeout(q.timer);
+    for (const [runId, evs] of q.answer.events) {
+      evs.sort((a, b) => a.seq - b.seq);
+      // Two sidecars may both keep an event (its origin and an edge that relayed it): once.
+      q.answer.events.set(runId, evs.filter((e, i) => i === 0 || evs[i - 1]!.seq !== e.seq));
+    }
+    q.done(q.answer);
+  }
+
+  /** Another sidecar asks what this one retains for a resume: answer in its inbox (an empty answer too, so it can count). */
+  private onResumeAsked(raw: string): void {
+    const msg = this.parse(raw, undefined);
+    if (msg === undefined || msg.o === this.id || this.closed) return;
+    this.m.messages.inc({ direction: 'in', kind: 'resumes' });
+    const runs = msg.r;
+    if (
+      !isSeq(msg.q) || !isStr(msg.u) || typeof msg.all !== 'boolean' || runs === null || typeof runs !== 'object' || Array.isArray(runs) ||
+      !Object.values(runs).every(isSeq) || !Array.isArray(msg.skip) || !msg.skip.every((x) => isStr(x))
+    ) {
+      this.invalid('a resume request that is not {q, u, r: {run_id: seq}, all, skip: [run_id]}');
+      return;
+    }
+    const lines: string[] = [];
+    const last: Record<string, number> = {};
+    let chars = 0;
+    for (const ev of this.host.eventsForResume(msg.u, runs as Record<string, number>, msg.all, new Set(msg.skip as string[]))) {
+      const runId = ev.runId;
+      last[runId] = Math.max(last[runId] ?? 0, ev.seq);
+      if (chars > MAX_ANSWER_CHARS) continue;
+      const origin = ev instanceof RemoteEvent ? ev.origin : this.id;
+      const line = `${JSON.stringify([origin, ev.user, ev.conversation ?? null, runId, ev.traceId, ev.seq, ev.type, ev.run.endMs !== undefined ? FLAG_ENDED : 0])}\n${ev.payload}`;
+      chars += line.length;
+      lines.push(line);
+    }
+    const head = JSON.stringify({ k: 'rp', o: this.id, q: msg.q, last });
+    this.publish(this.inbox(msg.o as string), lines.length === 0 ? head : `${head}\n${lines.join('\n')}`, 'resumes', lines.length, undefined);
+  }
+
+  private onResumeAnswer(from: string, msg: Record<string, unknown>, lines: string[]): void {
+    const id = msg.q;
+    const last = msg.last;
+    if (!isSeq(id) || last === null || typeof last !== 'object' || Array.isArray(last) || !Object.values(last).every(isSeq)) {
+      this.invalid('a resume answer without its query id and last seqs');
+      return;
+    }
+    const q = this.queries.get(id);
+    if (q === undefined) return; // answered too late: the client was told what came in time
+    for (let i = 0; i + 1 < lines.length; i += 2) {
+      let it: unknown;
+      try {
+        it = JSON.parse(lines[i]!);
+      } catch {
+        it = undefined;
+      }
+      const text = lines[i + 1]!;
+      if (
+        !Array.isArray(it) || it.length !== 8 || !isStr(it[0]) || !INSTANCE_ID.test(it[0]) || it[1] !== q.user || !(it[2] === null || isStr(it[2])) || !isStr(it[3]) || !isStr(it[4]) ||
+        !isSeq(it[5]) || !EVENT_TYPES.includes(it[6]) || !isSeq(it[7]) || text.length > MAX_TEXT_CHARS || text[0] !== '{'
+      ) {
+        this.invalid('a resumed event that is not [origin, user, conversation, run_id, trace_id, seq, type, flags] then its JSON text');
+        continue;
+      }
+      const [origin, user, conversation, runId, traceId, seq, type, flags] = it as [string, string, string | null, string, string, number, EventType, number];
+      let evs = q.answer.events.get(runId);
+      if (evs === undefined) q.answer.events.set(runId, (evs = []));
+      const run = this.relayedRun(runId, traceId, user, origin);
+      if ((flags & FLAG_ENDED) !== 0) run.endMs ??= this.now();
+      evs.push(new RemoteEvent(new EventRecord(seq, type, REMOTE_SPAN, run), conversation ?? undefined, text, origin, 0, true));
+    }
+    for (const [runId, seq] of Object.entries(last as Record<string, number>)) q.answer.last.set(runId, Math.max(q.answer.last.get(runId) ?? 0, seq));
+    q.answers++;
+    void from;
+    if (q.expected !== undefined && q.answers >= q.expected) this.finishQuery(id);
+  }
+
+  /** The stand-in record of a run relayed here (acks go to its origin). */
+  private relayedRun(runId: string, traceId: string, user: string, origin: string): RemoteRun {
+    let run = this.runs.get(runId);
+    if (run === undefined || run.user !== user || run.origin !== origin) {
+      run = new RemoteRun(runId, traceId, this.now(), origin);
+      run.user = user;
+      this.runs.set(runId, run);
+    }
+    return run;
   }
 
   // ---- publishing ------------------------------------------------------------
@@ -714,6 +868,7 @@ export class Fanout {
     for (const t of this.timers) clearInterval(t);
     for (const u of this.untrack) u();
     this.flush();
+    for (const id of [...this.queries.keys()]) this.finishQuery(id);
     this.closed = true;
     this.failPending([...this.pending.keys()], 'shutdown');
     this.pendingIds.clear();

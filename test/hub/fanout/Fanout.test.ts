@@ -255,6 +255,59 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     await eventually(async () => (await metricValue(edge, 'tracewire_resume_window_runs')) === 0, 'the run gone from the edge window after the retention time', 4000);
   });
 
+  it('a client that reconnects through another sidecar resumes there: what it missed comes from the sidecar that relayed it, then the live rest, once and in order', async () => {
+    n++;
+    const origin = await sidecar('origin', { graceMillis: 3000 });
+    const b = await sidecar('edge-b', { graceMillis: 3000 });
+    const c = await sidecar('edge-c', { graceMillis: 3000 });
+    const first = await client(b, 'u1');
+    await heard(origin);
+    await eventually(async () => (await metricValue(c, 'tracewire_broker_peers')) >= 2, 'edge-c knows the others');
+    const { tracer } = inProcessTracer(origin);
+    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
+    const ctx = trace.setSpan(context.active(), top);
+    for (let i = 0; i < 2; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    await first.until((x) => x.events.length >= 5, 5000, 'five events on edge-b');
+    first.close();
+    // The client saw up to seq 2 before its connection broke; the load balancer sends it to edge-c.
+    const again = await client(c, 'u1', `resume=${encodeURIComponent(runId)}:2`);
+    top.end();
+    await again.until((x) => x.events.length >= 4, 5000, 'the missed events and the last one on edge-c');
+    expect(again.events.map((e) => `${e.type}:${e.seq}`)).toEqual(['tool_completed:3', 'tool_executing:4', 'tool_completed:5', 'agent_completed:6']);
+    expect(again.frames.filter((f) => f.type === 'error')).toEqual([]);
+    expect(await metricValue(c, 'tracewire_events_replayed_total')).toBe(3);
+    // An ack on edge-c reaches the origin, which judges the run complete.
+    again.ws.send(JSON.stringify({ type: 'ack', run_id: runId, seq: 6 }));
+    const run = origin.tw.ledger.get(runId)!;
+    await until(() => run.events.every((e) => e.acked), 5000, 'acks at the origin');
+    await until(() => run.judgement !== undefined, 8000, 'verdict');
+    expect(run.judgement!.verdict).toBe('complete');
+    // And a later resume on edge-c is served from its own window.
+    const third = await client(c, 'u1', `resume=${encodeURIComponent(runId)}:4`);
+    await third.until((x) => x.events.length >= 2, 5000, 'from edge-c alone');
+    expect(third.events.map((e) => e.seq)).toEqual([5, 6]);
+  });
+
+  it('resume_all through another sidecar gets the runs the first one relayed; a run no sidecar has is named in the error', async () => {
+    n++;
+    const origin = await sidecar('origin');
+    const b = await sidecar('edge-b');
+    const c = await sidecar('edge-c');
+    const first = await client(b, 'u1');
+    await heard(origin);
+    await eventually(async () => (await metricValue(c, 'tracewire_broker_peers')) >= 2, 'edge-c knows the others');
+    const runId = await judgedToolRun(origin, 'u1', 1);
+    await first.until((x) => x.events.length >= 4, 5000, 'the run on edge-b');
+    first.close();
+    const again = await client(c, 'u1', 'resume=no-such-run:3&resume_all=1');
+    await again.until((x) => x.events.length >= 4 && x.frames.some((f) => f.type === 'error'), 5000, 'the run and the error');
+    expect(again.events.map((e) => [e.run_id, e.seq])).toEqual([1, 2, 3, 4].map((q) => [runId, q]));
+    const errors = again.frames.filter((f) => f.type === 'error');
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ code: 'TW_WS_BAD_FIELD', run_ids: ['no-such-run'] });
+  });
+
   it("reports an edge's failed writes back to the origin, which judges the run with that reason", async () => {
     const [origin, edge] = await pair();
     await edge.close();
