@@ -136,6 +136,12 @@ export class Connection {
    */
   resumedRuns: Set<string> | undefined = undefined;
   resumedPruneAt = RESUMED_PRUNE_FROM;
+  /** Several sidecars: a resume is being asked of the others (one at a time per connection). */
+  asking = false;
+  /** What further resumes asked meanwhile: asked next, as one. */
+  askNext: { runs: Record<string, number>; all: boolean; named: Set<string> } | undefined = undefined;
+  /** `all` was asked of the others once already on this connection. */
+  askedAll = false;
   expiryTimer: NodeJS.Timeout | undefined;
   closeTimer: NodeJS.Timeout | undefined;
   /** Seqs written per run (LRU, bounded): resume never re-sends what this connection already got. */
@@ -256,11 +262,12 @@ export class Connection {
    * Queue catch-up deliveries ahead of everything still waiting (events of
    * a resume fetched from other sidecars: older than any live event of their
    * run queued meanwhile). Ones this connection already has are done at once.
+   * Returns how many were queued.
    */
-  enqueueFirst(ds: readonly Delivery[]): void {
+  enqueueFirst(ds: readonly Delivery[]): number {
     if (this.closed || this.ws.readyState !== 1) {
       for (const d of ds) this.done(d, false, this.closeReason);
-      return;
+      return 0;
     }
     const fresh: Delivery[] = [];
     for (const d of ds) {
@@ -270,9 +277,10 @@ export class Connection {
         fresh.push(d);
       }
     }
-    if (fresh.length === 0) return;
+    if (fresh.length === 0) return 0;
     this.backlog = fresh.concat(this.backlog.slice(this.backlogHead));
     this.backlogHead = 0;
+    return fresh.length;
   }
 
   get dirty(): boolean {

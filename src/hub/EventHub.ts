@@ -14,7 +14,7 @@ import { Fifo, NumberFifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
 import type { Broker } from './fanout/Broker.js';
-import { Fanout, RemoteEvent, type FanoutOptions, type ResumeAnswer } from './fanout/Fanout.js';
+import { Fanout, RemoteEvent, type FanoutOptions, type KeptForResume, type ResumeAnswer } from './fanout/Fanout.js';
 
 export interface EventHubOptions {
   readonly jwtSecret: string;
@@ -224,7 +224,7 @@ export class EventHub implements EventSink {
         releaseHeldTo: (user, instance) => this.releaseHeldTo(user, instance),
         ackRemote: (runId, user, seq) => this.ackRun(runId, user, seq),
         runEndedRemote: (runId) => this.replay.ended(runId),
-        eventsForResume: (user, runs, all, skip) => this.eventsForResume(user, runs, all, skip),
+        keptForResume: (user, runs, all, skip) => this.keptForResume(user, runs, all, skip),
       },
       { ...opts, metrics: this.metrics.broker() },
     );
@@ -464,7 +464,13 @@ export class EventHub implements EventSink {
     const d: Delivery = { ev, remaining: targets + remoteCount, ok: false, late: false, failReason: undefined };
     // Other sidecars first (they take the event's text before framing lets go of it); each reports its outcome.
     if (remoteCount > 0) for (const instance of remote!) this.fanout!.send(instance, ev, d, false);
-    if (targets === 0) return;
+    if (targets === 0) {
+      // Kept in this sidecar's window too: a client that resumes through any sidecar finds the run here
+      // even if the sidecar that relayed it is gone.
+      measure(ev);
+      this.replay.add(ev);
+      return;
+    }
     // Framed once for several connections (which measures it); one connection writes it straight into its batch.
     if (targets > 1) frameOf(ev);
     else measure(ev);
@@ -598,6 +604,8 @@ export class EventHub implements EventSink {
       ev.run.sawConnection = true;
       rec.attempts++;
       this.fanout.send(instance, ev, { ev, remaining: 1, ok: false, late: true, failReason: undefined }, true);
+      measure(ev);
+      this.replay.add(ev);
     }
   }
 
@@ -640,18 +648,26 @@ export class EventHub implements EventSink {
     this.settle(d, ok, reason === 'absent' ? 'no_subscriber' : reason, true);
   }
 
-  /** Another sidecar's client resumes (see FanoutHost.eventsForResume): what this sidecar's resume window has. */
-  private *eventsForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): Iterable<OutboundEvent> {
-    for (const [runId, seq] of Object.entries(runs)) {
-      const evs = this.replay.since(runId, user, seq);
-      if (evs !== undefined) yield* evs;
+  /** Another sidecar's client resumes (see FanoutHost.keptForResume): what this sidecar's resume window and hold have. */
+  private keptForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): KeptForResume {
+    const events: OutboundEvent[] = [];
+    const last: Record<string, number> = {};
+    const held: Record<string, number[]> = {};
+    const heldSeqs = this.heldSeqsOf(user);
+    const add = (runId: string, afterSeq: number): void => {
+      const evs = this.replay.since(runId, user, afterSeq);
+      if (evs !== undefined) for (const ev of evs) events.push(ev);
+      const hs = heldSeqs.get(runId);
+      const lastKept = Math.max(this.replay.lastSeq(runId, user) ?? 0, hs !== undefined ? hs[hs.length - 1]! : 0);
+      if (evs !== undefined || hs !== undefined) last[runId] = lastKept;
+      if (hs !== undefined) held[runId] = hs.filter((q) => q > afterSeq);
+    };
+    for (const [runId, seq] of Object.entries(runs)) add(runId, seq);
+    if (all) {
+      const runIds = new Set([...this.replay.runIdsOf(user), ...heldSeqs.keys()]);
+      for (const runId of runIds) if (!skip.has(runId) && !Object.hasOwn(runs, runId)) add(runId, 0);
     }
-    if (!all) return;
-    for (const runId of this.replay.runIdsOf(user)) {
-      if (skip.has(runId) || Object.hasOwn(runs, runId)) continue;
-      const evs = this.replay.since(runId, user, 0);
-      if (evs !== undefined) yield* evs;
-    }
+    return { events, last, held };
   }
 
   // ---- resume ----------------------------------------------------------------
@@ -682,6 +698,8 @@ export class EventHub implements EventSink {
     const unknownNamed: Record<string, number> = Object.create(null) as Record<string, number>;
     // Seqs of the user's events still held, per run (they follow a URL resume): read once, and only if needed.
     let held: Map<string, number[]> | undefined;
+    const askable = this.fanout !== undefined && this.fanout.canAsk;
+    let frontMissing = 0;
     for (const [runId, lastSeq, named] of wanted) {
       if (conn.closed) break;
       const evs = this.replay.since(runId, conn.user, lastSeq);
@@ -692,6 +710,13 @@ export class EventHub implements EventSink {
         if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
         firstUnknown ??= runId;
         unknownNamed[runId] = lastSeq;
+        continue;
+      }
+      if (named && askable && lastSeq + 1 < firstAvailable(evs, heldSeqs, lastSeq)) {
+        // This sidecar has the run but not its front (the client's other tab was on another sidecar from the
+        // start): the run goes with what the others keep, merged (resumedFromOthers).
+        unknownNamed[runId] = lastSeq;
+        frontMissing++;
         continue;
       }
       if (named) this.noteResumed(conn, runId);
@@ -708,10 +733,11 @@ export class EventHub implements EventSink {
         }
       }
     }
-    if (this.fanout !== undefined && !conn.closed && (unknownCount > 0 || all) && this.fanout.canAsk) {
-      // Runs this sidecar does not have may be on another (the client was connected there, or an edge relayed
-      // them there): ask them all; the answer (or the error for runs none had) comes when they answered.
-      this.askOthers(conn, runs, unknownNamed, all);
+    if (askable && !conn.closed && (unknownCount > 0 || frontMissing > 0 || (all && !conn.askedAll))) {
+      // Runs this sidecar does not have (or not from where the client needs them) may be on another (the
+      // client was connected there, or an edge relayed them): ask them all; the answer, or the error for
+      // runs none had, comes when they answered.
+      this.askOthers(conn, runs, unknownNamed, all && !conn.askedAll);
     } else this.unknownRunsError(conn, unknown, firstUnknown, unknownCount);
     if (n > 0) this.metrics.replayedEvents.inc(n);
     if (conn.dirty) this.dirty.add(conn);
@@ -732,58 +758,96 @@ export class EventHub implements EventSink {
 
   /**
    * Resume across sidecars: ask the others for the named runs this one does
-   * not have (`ask`) and, with `all`, for the user's other runs. The
-   * connection holds everything back meanwhile, so what comes goes out
-   * first (each run stays in seq order with the live events that arrive).
+   * not have or lacks the front of (`ask`) and, with `all`, for the user's
+   * other runs. The connection holds everything back meanwhile (at most
+   * `resumeWaitMillis` per ask), so what comes goes out first and each run
+   * stays in seq order with the live events that arrive. A connection has
+   * one ask out at a time; what further resumes ask meanwhile is merged into
+   * one next ask (bounded), and `all` is asked once per connection.
    */
   private askOthers(conn: Connection, runs: Record<string, number>, ask: Record<string, number>, all: boolean): void {
+    if (all) conn.askedAll = true;
+    if (conn.asking) {
+      const next = (conn.askNext ??= { runs: Object.create(null) as Record<string, number>, all: false, named: new Set<string>() });
+      for (const [runId, seq] of Object.entries(ask)) {
+        if (Object.keys(next.runs).length >= MAX_RESUME_RUNS * 4) {
+          this.unknownRunsError(conn, [shortId(runId)], runId, 1);
+          continue;
+        }
+        next.runs[runId] = seq;
+      }
+      next.all ||= all;
+      for (const id of Object.keys(runs)) next.named.add(id);
+      return;
+    }
     let skip: string[] = [];
     if (all) {
       const have = new Set([...Object.keys(runs), ...(conn.resumedRuns ?? []), ...this.replay.runIdsOf(conn.user)]);
+      for (const id of Object.keys(ask)) have.delete(id);
       if (have.size <= MAX_SKIP_IN_ASK) skip = [...have];
       else all = false; // too many to name: `all` stays with what this sidecar has
     }
     if (!all && Object.keys(ask).length === 0) return;
+    conn.asking = true;
     conn.closeGate();
     this.fanout!.askResume(conn.user, ask, all, skip, (answer) => this.resumedFromOthers(conn, ask, answer));
   }
 
-  /** The other sidecars answered a resume (or the wait ended): queue what came first, report holes and runs none had. */
+  /**
+   * The other sidecars answered a resume (or the wait ended): each asked run
+   * is what they keep merged with what this sidecar keeps, from the client's
+   * last seq; holes and runs none had are reported; what comes is queued
+   * ahead of what waited; then the next merged ask, or the gate opens.
+   */
   private resumedFromOthers(conn: Connection, ask: Record<string, number>, answer: ResumeAnswer): void {
     conn.openGate();
+    conn.asking = false;
     if (conn.closed) return;
     const unknown: string[] = [];
     let firstUnknown: string | undefined;
     let unknownCount = 0;
-    for (const runId of Object.keys(ask)) {
-      if (answer.events.has(runId) || answer.last.has(runId)) this.noteResumed(conn, runId);
-      else {
+    const heldHere = this.heldSeqsOf(conn.user);
+    const ds: Delivery[] = [];
+    // The named runs, and every run the others keep for `all` (with events, or only their last seq when an answer was cut).
+    const runIds = new Set([...Object.keys(ask), ...answer.events.keys(), ...answer.last.keys(), ...answer.held.keys()]);
+    for (const runId of runIds) {
+      if (conn.closed) break;
+      const named = Object.hasOwn(ask, runId);
+      const after = named ? ask[runId]! : 0;
+      const remote = answer.events.get(runId) ?? [];
+      const local = named ? (this.replay.since(runId, conn.user, after) ?? []) : [];
+      const evs = mergeBySeq(remote, local);
+      const held = mergeSeqs(answer.held.get(runId), heldHere.get(runId));
+      const last = Math.max(answer.last.get(runId) ?? 0, this.replay.lastSeq(runId, conn.user) ?? 0);
+      if (evs.length === 0 && held === undefined && !answer.last.has(runId) && this.replay.lastSeq(runId, conn.user) === undefined) {
         if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
         firstUnknown ??= runId;
+        continue;
       }
-    }
-    const ds: Delivery[] = [];
-    for (const [runId, evs] of answer.events) {
-      const named = Object.hasOwn(ask, runId);
-      if (!this.reportHoles(conn, runId, named ? ask[runId] : undefined, evs, undefined)) break;
-      // A truncated answer: what the sidecar keeps past the last event it sent is a hole too.
-      const got = evs.length > 0 ? evs[evs.length - 1]!.seq : named ? ask[runId]! : 0;
-      const last = answer.last.get(runId) ?? got;
+      if (named) this.noteResumed(conn, runId);
+      if (!this.reportHoles(conn, runId, named ? after : undefined, evs, held)) break;
+      // What a sidecar keeps past what it sent (its answer was cut at its size bound) is a hole too.
+      const got = Math.max(evs.length > 0 ? evs[evs.length - 1]!.seq : after, held !== undefined ? held[held.length - 1]! : 0, after);
       if (last > got && !this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${got + 1}..${last} are past the resume window`), { run_id: runId, from_seq: got + 1, to_seq: last })) break;
       for (const ev of evs) {
         if (!conn.wants(ev)) continue;
-        // Kept here too: a later resume on this sidecar finds it.
-        measure(ev);
-        this.replay.add(ev);
-        if (ev.run.endMs !== undefined) this.replay.ended(runId);
+        if (ev instanceof RemoteEvent) {
+          // Kept here too: a later resume on this sidecar finds it.
+          measure(ev);
+          this.replay.add(ev);
+          if (ev.run.endMs !== undefined) this.replay.ended(runId);
+        }
         ev.record.attempts++;
         ds.push({ ev, remaining: 1, ok: false, late: true, failReason: undefined });
       }
     }
     if (!conn.closed) {
       this.unknownRunsError(conn, unknown, firstUnknown, unknownCount);
-      conn.enqueueFirst(ds);
-      if (ds.length > 0) this.metrics.replayedEvents.inc(ds.length);
+      const queued = conn.enqueueFirst(ds);
+      if (queued > 0) this.metrics.replayedEvents.inc(queued);
+      const next = conn.askNext;
+      conn.askNext = undefined;
+      if (next !== undefined) this.askOthers(conn, Object.fromEntries([...next.named].map((id) => [id, 0])), next.runs, next.all);
     }
     if (conn.dirty) this.dirty.add(conn);
     this.scheduleFlush();
@@ -1236,4 +1300,36 @@ function inRunOrder(list: Fifo<EventRecord>): Fifo<EventRecord> {
   }
   for (const r of recs) out.push(r);
   return out;
+}
+
+/** The first seq after `lastSeq` that a resume can send from here: retained (`evs`, ascending) or held. */
+function firstAvailable(evs: readonly OutboundEvent[] | undefined, held: readonly number[] | undefined, lastSeq: number): number {
+  let first = Infinity;
+  if (evs !== undefined && evs.length > 0) first = evs[0]!.seq;
+  if (held !== undefined) for (const q of held) if (q > lastSeq && q < first) first = q;
+  // Nothing after lastSeq here: the client is up to date as far as this sidecar knows.
+  return first === Infinity ? lastSeq + 1 : first;
+}
+
+/** Two ascending event lists as one, ascending, each seq once. */
+function mergeBySeq(a: readonly OutboundEvent[], b: readonly OutboundEvent[]): OutboundEvent[] {
+  if (b.length === 0) return a as OutboundEvent[];
+  const out: OutboundEvent[] = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length || j < b.length) {
+    const x = i < a.length ? a[i]! : undefined;
+    const y = j < b.length ? b[j]! : undefined;
+    const next = y === undefined || (x !== undefined && x.seq <= y.seq) ? x! : y;
+    if (next === x) i++;
+    else j++;
+    if (out.length === 0 || out[out.length - 1]!.seq !== next.seq) out.push(next);
+  }
+  return out;
+}
+
+/** Two seq lists as one ascending list without repeats (undefined if both are). */
+function mergeSeqs(a: readonly number[] | undefined, b: readonly number[] | undefined): number[] | undefined {
+  if (a === undefined && b === undefined) return undefined;
+  return [...new Set([...(a ?? []), ...(b ?? [])])].sort((x, y) => x - y);
 }

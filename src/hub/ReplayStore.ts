@@ -175,6 +175,13 @@ export class ReplayStore {
     return evs.slice(lo);
   }
 
+  /** The last retained seq of `runId` if it belongs to `user` (undefined: unknown, or another user's, or none left). */
+  lastSeq(runId: string, user: string): number | undefined {
+    const e = this.runs.get(runId);
+    if (e === undefined || e.user !== user || e.events.length <= e.head) return undefined;
+    return e.events[e.events.length - 1]!.seq;
+  }
+
   /** Ids of the runs retained for `user`, oldest first. */
   runIdsOf(user: string): string[] {
     const set = this.byUser.get(user);

@@ -18,7 +18,8 @@ export class FaultProxy {
   private server!: net.Server;
   port = 0;
 
-  constructor(private readonly target: number) {}
+  /** `target`: the port new connections go to (change it to play a load balancer that picks another server). */
+  constructor(public target: number) {}
 
   async start(): Promise<this> {
     this.server = net.createServer((client) => {

@@ -68,26 +68,39 @@ export interface FanoutHost {
   /** Edge: a run this sidecar relayed has ended (its resume window counts from now). */
   runEndedRemote(runId: string): void;
   /**
-   * Another sidecar's client resumes: this sidecar's retained events of
-   * `user` after the named seqs (and, with `all`, of its other runs but
-   * `skip`), oldest first per run.
+   * Another sidecar's client resumes: what this sidecar keeps of `user`'s
+   * named runs after their seqs (and, with `all`, of its other runs but
+   * `skip`, from their start).
    */
-  eventsForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): Iterable<OutboundEvent>;
+  keptForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): KeptForResume;
+}
+
+/** One sidecar's part of a resume answer. */
+export interface KeptForResume {
+  /** Retained events, ascending per run. */
+  readonly events: OutboundEvent[];
+  /** Every run it keeps (retained or held), with its last seq: the run is known, even with nothing after the asked seq. */
+  readonly last: Record<string, number>;
+  /** Seqs it holds for the user (sent when the user's sidecar announces the connection), per run. */
+  readonly held: Record<string, number[]>;
 }
 
 /** What the other sidecars had for a resume (`askResume`). */
 export interface ResumeAnswer {
   /** Per run, ascending seq, no duplicates. */
   readonly events: Map<string, RemoteEvent[]>;
-  /** Per run, the last seq a sidecar that answered retains (events past a truncated answer are then reported as a hole). */
+  /** Per run some sidecar keeps, the last seq kept (what a truncated answer left out is then a hole). */
   readonly last: Map<string, number>;
+  /** Per run, seqs held by its origin (they come when the origin hears of the connection: not holes). */
+  readonly held: Map<string, number[]>;
 }
 
 interface ResumeQuery {
   readonly user: string;
   readonly done: (a: ResumeAnswer) => void;
   readonly answer: ResumeAnswer;
-  answers: number;
+  /** The sidecars that answered (a sidecar counts once). */
+  readonly from: Set<string>;
   /** Sidecars that will answer (the broker's receiver count less this one); undefined until the publish says. */
   expected: number | undefined;
   timer: NodeJS.Timeout | undefined;
@@ -133,10 +146,12 @@ const MAX_BATCH = 500;
 const MAX_ID_CHARS = 1024;
 const MAX_TEXT_CHARS = 4 * 1024 * 1024;
 const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-/** Resumes asked of the other sidecars at once; more are answered from this sidecar alone. */
-const MAX_QUERIES = 1000;
+/** Resumes asked of the other sidecars at once (a connection has at most one out); more are answered from this sidecar alone. */
+const MAX_QUERIES = 20_000;
 /** Text one sidecar sends back for one resume (the rest of a run is then a hole the client is told of). */
 const MAX_ANSWER_CHARS = 4 * 1024 * 1024;
+/** Held seqs one answer names per run. */
+const MAX_HELD_PER_RUN = 10_000;
 
 interface Pending {
   readonly d: Delivery;
@@ -289,6 +304,9 @@ export class Fanout {
       return;
     }
     this.o.diag.log('info', 'fanout', `broker connected as ${this.id}`);
+    // Start from nothing: what was heard while this sidecar could not publish (and so could not send what
+    // it holds) is heard again, as new, after the hello.
+    this.forgetPeers();
     this.publishPresence('hello', []);
     this.sync();
   }
@@ -326,7 +344,8 @@ export class Fanout {
 
   private onPresence(raw: string): void {
     const msg = this.parse(raw, 'presence');
-    if (msg === undefined || msg.o === this.id) return;
+    // While this sidecar cannot publish, what it hears is not acted on: it asks again (hello) once it can.
+    if (msg === undefined || msg.o === this.id || !this.broker.up) return;
     const instance = msg.o as string;
     const users = msg.u;
     if (!Array.isArray(users) || !users.every((u) => isStr(u)) || !['join', 'leave', 'sync', 'hello', 'bye'].includes(msg.k as string)) {
@@ -635,19 +654,30 @@ export class Fanout {
 
   /** Can a resume be asked of the other sidecars now? */
   get canAsk(): boolean {
-    return this.started && !this.leaving && !this.closed && this.broker.up && this.peers.size > 0 && this.queries.size < MAX_QUERIES;
+    return this.started && !this.leaving && !this.closed && this.broker.up && this.queries.size < MAX_QUERIES;
+  }
+
+  /**
+   * How long a resume waits for the other sidecars: a quarter of the report
+   * timeout (at most 1 s), so live events a connection holds back meanwhile
+   * (two waits at most) are still written before their origin gives up on
+   * their outcome.
+   */
+  get resumeWaitMillis(): number {
+    return Math.min(1000, Math.floor(this.o.reportTimeoutMillis / 4));
   }
 
   /**
    * A client of `user` resumes runs this sidecar does not have (or all its
-   * runs): ask every other sidecar for what it retains. `done` is called once,
-   * when every sidecar answered or the report timeout passed, with what came.
+   * runs): ask every other sidecar for what it keeps. `done` is called once,
+   * when every sidecar answered or `resumeWaitMillis` passed, with what came.
    */
   askResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: readonly string[], done: (a: ResumeAnswer) => void): void {
-    const q: ResumeQuery = { user, done, answer: { events: new Map(), last: new Map() }, answers: 0, expected: undefined, timer: undefined };
+    const q: ResumeQuery = { user, done, answer: { events: new Map(), last: new Map(), held: new Map() }, from: new Set(), expected: undefined, timer: undefined };
     const id = this.nextQuery++;
     this.queries.set(id, q);
-    q.timer = setTimeout(() => this.guard(() => this.finishQuery(id)), this.o.reportTimeoutMillis);
+    q.timer = setTimeout(() => this.guard(() => this.finishQuery(id)), this.resumeWaitMillis);
+    q.timer.unref();
     const msg = JSON.stringify({ k: 'rs', o: this.id, q: id, u: user, r: runs, all, skip });
     this.m.messages.inc({ direction: 'out', kind: 'resumes' });
     this.broker.publish(this.resumeChannel, msg).then(
@@ -661,7 +691,7 @@ export class Fanout {
     if (q === undefined) return;
     // A broker that does not count receivers: wait for the timeout.
     q.expected = expected;
-    if (expected !== undefined && q.answers >= expected) this.finishQuery(id);
+    if (expected !== undefined && q.from.size >= expected) this.finishQuery(id);
   }
 
   private finishQuery(id: number): void {
@@ -691,30 +721,36 @@ export class Fanout {
       return;
     }
     const lines: string[] = [];
-    const last: Record<string, number> = {};
+    const kept = this.host.keptForResume(msg.u, runs as Record<string, number>, msg.all, new Set(msg.skip as string[]));
     let chars = 0;
-    for (const ev of this.host.eventsForResume(msg.u, runs as Record<string, number>, msg.all, new Set(msg.skip as string[]))) {
-      const runId = ev.runId;
-      last[runId] = Math.max(last[runId] ?? 0, ev.seq);
-      if (chars > MAX_ANSWER_CHARS) continue;
+    for (const ev of kept.events) {
       const origin = ev instanceof RemoteEvent ? ev.origin : this.id;
-      const line = `${JSON.stringify([origin, ev.user, ev.conversation ?? null, runId, ev.traceId, ev.seq, ev.type, ev.run.endMs !== undefined ? FLAG_ENDED : 0])}\n${ev.payload}`;
+      const line = `${JSON.stringify([origin, ev.user, ev.conversation ?? null, ev.runId, ev.traceId, ev.seq, ev.type, ev.run.endMs !== undefined ? FLAG_ENDED : 0])}\n${ev.payload}`;
+      // Past the cap the rest stays out: the asker reports it as a hole (it knows each run's last seq).
+      if (chars + line.length > MAX_ANSWER_CHARS) break;
       chars += line.length;
       lines.push(line);
     }
-    const head = JSON.stringify({ k: 'rp', o: this.id, q: msg.q, last });
+    const held: Record<string, number[]> = {};
+    for (const [runId, seqs] of Object.entries(kept.held)) held[runId] = seqs.slice(0, MAX_HELD_PER_RUN);
+    const head = JSON.stringify({ k: 'rp', o: this.id, q: msg.q, last: kept.last, held });
     this.publish(this.inbox(msg.o as string), lines.length === 0 ? head : `${head}\n${lines.join('\n')}`, 'resumes', lines.length, undefined);
   }
 
   private onResumeAnswer(from: string, msg: Record<string, unknown>, lines: string[]): void {
     const id = msg.q;
     const last = msg.last;
-    if (!isSeq(id) || last === null || typeof last !== 'object' || Array.isArray(last) || !Object.values(last).every(isSeq)) {
-      this.invalid('a resume answer without its query id and last seqs');
+    const held = msg.held ?? {};
+    const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+    if (
+      !isSeq(id) || !isObj(last) || !Object.values(last).every(isSeq) || !isObj(held) ||
+      !Object.values(held).every((v) => Array.isArray(v) && v.length <= MAX_HELD_PER_RUN && v.every(isSeq))
+    ) {
+      this.invalid('a resume answer without its query id, last seqs and held seqs');
       return;
     }
     const q = this.queries.get(id);
-    if (q === undefined) return; // answered too late: the client was told what came in time
+    if (q === undefined || q.from.has(from)) return; // answered too late (the client was told what came in time), or twice
     for (let i = 0; i + 1 < lines.length; i += 2) {
       let it: unknown;
       try {
@@ -738,9 +774,9 @@ export class Fanout {
       evs.push(new RemoteEvent(new EventRecord(seq, type, REMOTE_SPAN, run), conversation ?? undefined, text, origin, 0, true));
     }
     for (const [runId, seq] of Object.entries(last as Record<string, number>)) q.answer.last.set(runId, Math.max(q.answer.last.get(runId) ?? 0, seq));
-    q.answers++;
-    void from;
-    if (q.expected !== undefined && q.answers >= q.expected) this.finishQuery(id);
+    for (const [runId, seqs] of Object.entries(held as Record<string, number[]>)) q.answer.held.set(runId, [...(q.answer.held.get(runId) ?? []), ...seqs].sort((a, b) => a - b));
+    q.from.add(from);
+    if (q.expected !== undefined && q.from.size >= q.expected) this.finishQuery(id);
   }
 
   /** The stand-in record of a run relayed here (acks go to its origin). */

@@ -4,6 +4,7 @@ import type { Sidecar } from '../../../src/surfaces/server.js';
 import type { TracewireOptions } from '../../../src/Tracewire.js';
 import { connectAcked, inProcessTracer, judgedToolRun, metricValue, startTestSidecar, until, type TestClient } from '../../helpers.js';
 import { RedisServer, redisGate } from './support.js';
+import { FaultProxy, RecordingClient } from '../../client/support.js';
 
 // Several sidecars behind one broker (DESIGN.md "Scale"): spans reach one sidecar (the origin), the user's
 // WebSocket another (the edge). A real redis-server, real sidecars on port 0, real `ws` clients.
@@ -306,6 +307,118 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     const errors = again.frames.filter((f) => f.type === 'error');
     expect(errors).toHaveLength(1);
     expect(errors[0]).toMatchObject({ code: 'TW_WS_BAD_FIELD', run_ids: ['no-such-run'] });
+  });
+
+  it('resume through another sidecar: a client up to date gets no error, a second tab gets the front of a run this sidecar only has the end of', async () => {
+    n++;
+    const origin = await sidecar('origin', { graceMillis: 3000 });
+    const b = await sidecar('edge-b');
+    const c = await sidecar('edge-c');
+    const tab1 = await client(b, 'u1');
+    await heard(origin);
+    await eventually(async () => (await metricValue(c, 'tracewire_broker_peers')) >= 2, 'edge-c knows the others');
+    const { tracer } = inProcessTracer(origin);
+    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
+    const ctx = trace.setSpan(context.active(), top);
+    const tool = (): void => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+    tool();
+    tool();
+    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    await tab1.until((x) => x.events.length >= 5, 5000, 'five events in tab 1');
+    // Up to date: nothing after seq 5 anywhere yet; the run is known, so no error.
+    const upToDate = await client(c, 'u1', `resume=${encodeURIComponent(runId)}:5`);
+    await heard(origin, 2);
+    tool();
+    await upToDate.until((x) => x.events.length >= 2, 5000, 'the live events');
+    expect(upToDate.events.map((e) => e.seq)).toEqual([6, 7]);
+    // A second tab on edge-c (which has only 6 and 7 of the run) asks for it from the start.
+    upToDate.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: 0 } }));
+    await upToDate.until((x) => x.events.length >= 7, 5000, 'the front of the run');
+    expect(upToDate.events.map((e) => e.seq)).toEqual([6, 7, 1, 2, 3, 4, 5]);
+    expect(upToDate.frames.filter((f) => f.type === 'error')).toEqual([]);
+  });
+
+  it('a resume that waits for a sidecar that never answers holds live events back only briefly: the origin still gets their outcomes in time', async () => {
+    n++;
+    const origin = await sidecar('origin', { graceMillis: 4000 });
+    const c = await sidecar('edge-c');
+    // A sidecar that takes resume questions and never answers (hung).
+    const silent = await redis.client();
+    const sub = silent.duplicate();
+    sub.on('error', () => undefined);
+    await sub.connect();
+    await sub.subscribe(`t${n}:resume`, () => undefined);
+    await silent.publish(`t${n}:presence`, JSON.stringify({ k: 'sync', o: 'silent', u: [] }));
+    try {
+      const cl = await client(c, 'u1');
+      await heard(origin);
+      const { tracer } = inProcessTracer(origin);
+      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
+      const ctx = trace.setSpan(context.active(), top);
+      const tool = (): void => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+      tool();
+      await cl.until((x) => x.events.length >= 3, 5000, 'three events');
+      // Resume frames in a row for runs nobody has, while the run goes on.
+      for (let i = 0; i < 5; i++) {
+        cl.ws.send(JSON.stringify({ type: 'resume', runs: { [`gone-${i}`]: 0 } }));
+        tool();
+        await new Promise((r) => setTimeout(r, 150));
+      }
+      top.end();
+      await cl.until((x) => x.events.length >= 14, 8000, 'every event');
+      expect(cl.events.map((e) => e.seq)).toEqual(Array.from({ length: 14 }, (_, i) => i + 1));
+      const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+      await until(() => origin.tw.ledger.get(runId)?.judgement !== undefined, 8000, 'verdict');
+      expect(origin.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
+      // One question out at a time per connection, later frames merged into the next: five frames, three questions.
+      expect(await metricValue(c, 'tracewire_broker_messages_total', { direction: 'out', kind: 'resumes' })).toBe(3);
+      // Every run nobody has is named in an error (runs asked together share one).
+      const told = cl.frames.filter((f) => f.type === 'error').map((f) => String(f.message)).join(' ');
+      for (let i = 0; i < 5; i++) expect(told).toContain(`gone-${i}`);
+    } finally {
+      await sub.close();
+      await silent.close();
+    }
+  });
+
+  it('the shipped client gets every event of a run once and in order while its sidecar shuts down mid-run and the load balancer sends it to another', async () => {
+    n++;
+    const origin = await sidecar('origin', { graceMillis: 3000 });
+    const b = await sidecar('edge-b');
+    const c = await sidecar('edge-c');
+    await eventually(async () => (await metricValue(c, 'tracewire_broker_peers')) >= 2, 'edge-c knows the others');
+    const port = (sc: Sidecar): number => Number(new URL(sc.publicUrl).port);
+    const proxy = await new FaultProxy(port(b)).start();
+    const rc = new RecordingClient({ url: proxy.url, token: () => origin.tw.token('u1'), minRetryDelayMillis: 20, maxRetryDelayMillis: 100 });
+    try {
+      rc.client.connect();
+      await rc.until((x) => x.opens() === 1, 5000, 'open on edge-b');
+      await heard(origin);
+      const { tracer } = inProcessTracer(origin);
+      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
+      const ctx = trace.setSpan(context.active(), top);
+      const tool = (): void => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+      for (let i = 0; i < 3; i++) tool();
+      await rc.until((x) => x.events.length >= 7, 5000, 'seven events through edge-b');
+      // A deploy: edge-b goes away (gracefully); the load balancer now sends new connections to edge-c.
+      proxy.target = port(c);
+      open.splice(open.indexOf(b), 1);
+      const closing = b.close();
+      for (let i = 0; i < 3; i++) tool();
+      top.end();
+      await closing;
+      const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+      await rc.until((x) => x.events.length >= 14, 10_000, 'every event');
+      expect(rc.seqs(runId)).toEqual(Array.from({ length: 14 }, (_, i) => i + 1));
+      expect(rc.gaps).toEqual([]);
+      expect(rc.opens()).toBeGreaterThanOrEqual(2);
+      const run = origin.tw.ledger.get(runId)!;
+      await until(() => run.judgement !== undefined, 8000, 'verdict');
+      expect(run.judgement!.verdict).toBe('complete');
+    } finally {
+      rc.client.close();
+      await proxy.close();
+    }
   });
 
   it("reports an edge's failed writes back to the origin, which judges the run with that reason", async () => {
