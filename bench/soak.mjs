@@ -5,6 +5,9 @@
 //   npm run soak                        (builds, then: node bench/soak.mjs)
 //   node bench/soak.mjs --duration-s 60 --clients 500 --users 250 --runs-per-s 100 --churn-per-s 10 --stalled 5
 //   node bench/soak.mjs --client raw      (hand-written ws clients instead of tracewire/client)
+//   node bench/soak.mjs --sidecars 3      (three sidecars on a redis-server broker: runs start on any of
+//                                          them, every (re)connection goes to a random one)
+//   SOAK_DEBUG=1 node bench/soak.mjs …    (prints every gap and error frame the shipped clients report)
 //
 // Three processes: this one (orchestrator: report), a server (Tracewire + startSidecar from dist/, an
 // in-process tracer running the demo agent for random users) and a client process (every WebSocket).
@@ -49,6 +52,7 @@ const CFG = {
   runsMaxCount: num('runs-max-count', 1000),
   heartbeatMs: num('heartbeat-ms', 2000),
   client: A.client ?? 'tracewire',
+  sidecars: num('sidecars', 1),
 };
 if (CFG.client !== 'tracewire' && CFG.client !== 'raw') throw new Error(`--client must be tracewire or raw, not ${CFG.client}`);
 const HARD_LIMIT_MS = (CFG.durationS + 90) * 1000;
@@ -57,17 +61,46 @@ const HARD_LIMIT_MS = (CFG.durationS + 90) * 1000;
 async function server() {
   const { Tracewire, startSidecar, runDemoAgent } = await import('../dist/index.js');
   const { BasicTracerProvider } = await import('@opentelemetry/sdk-trace-base');
-  const tw = new Tracewire({
-    jwtSecret: SECRET,
-    graceMillis: 500,
-    wsHeartbeatMillis: CFG.heartbeatMs,
-    replayRetentionMillis: CFG.replayRetentionMs,
-    runsMaxCount: CFG.runsMaxCount,
-    runsMaxAgeMillis: 60_000,
-    logLevel: 'silent',
-  });
-  const sc = await startSidecar(tw, { host: '127.0.0.1', port: 0 }, undefined);
-  const tracer = new BasicTracerProvider({ spanProcessors: [tw.spanProcessor()] }).getTracer('soak');
+  // Several sidecars (in this one process) share a real redis-server on a unix socket.
+  let redis;
+  let brokerUrl = '';
+  if (CFG.sidecars > 1) {
+    const { spawn } = await import('node:child_process');
+    const { existsSync, mkdtempSync, rmSync } = await import('node:fs');
+    const dir = mkdtempSync(`${(await import('node:os')).tmpdir()}/tw-soak-redis-`);
+    const socket = `${dir}/redis.sock`;
+    redis = spawn('redis-server', ['--port', '0', '--unixsocket', socket, '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: 'ignore' });
+    redis.cleanup = () => {
+      redis.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    };
+    while (!existsSync(socket)) await sleep(20);
+    brokerUrl = `unix://${socket}`;
+  }
+  const tws = [];
+  const scs = [];
+  for (let i = 0; i < CFG.sidecars; i++) {
+    const tw = new Tracewire({
+      jwtSecret: SECRET,
+      graceMillis: 500,
+      wsHeartbeatMillis: CFG.heartbeatMs,
+      replayRetentionMillis: CFG.replayRetentionMs,
+      runsMaxCount: CFG.runsMaxCount,
+      runsMaxAgeMillis: 60_000,
+      logLevel: 'silent',
+      ...(brokerUrl ? { brokerUrl, brokerPrefix: 'soak', instanceId: `s${i}`, brokerPresenceMillis: 1000 } : {}),
+    });
+    tws.push(tw);
+    scs.push(await startSidecar(tw, { host: '127.0.0.1', port: 0 }, undefined));
+  }
+  await Promise.all(tws.map((tw) => tw.fanoutReady));
+  if (CFG.sidecars > 1) {
+    // Every sidecar has heard of every other before the clients come.
+    const peers = async (tw) => (await tw.metrics.registry.getSingleMetric('tracewire_broker_peers').get()).values[0]?.value ?? 0;
+    for (const tw of tws) while ((await peers(tw)) < CFG.sidecars - 1) await sleep(50);
+  }
+  const tw = tws[0];
+  const tracers = tws.map((t) => new BasicTracerProvider({ spanProcessors: [t.spanProcessor()] }).getTracer('soak'));
   const t0 = Date.now();
   let tick = 0;
   const sampler = setInterval(() => {
@@ -75,17 +108,22 @@ async function server() {
     const gcNow = ++tick % 5 === 0 && typeof globalThis.gc === 'function';
     if (gcNow) globalThis.gc();
     const m = process.memoryUsage();
-    const h = tw.hub.stats();
-    process.send({ type: 'sample', t: Date.now() - t0, rss: m.rss, heap: m.heapUsed, heapTotal: m.heapTotal, ext: m.external + m.arrayBuffers, conns: h.connections, held: h.held, replayBytes: h.replayBytes, queued: h.queuedBytes, inFlight: tw.ledger.inFlightCount, judged: tw.ledger.judgedCount, traces: tw.inProcessBridges.traceCount, afterGc: gcNow });
+    const h = { connections: 0, held: 0, replayBytes: 0, queuedBytes: 0 };
+    for (const t of tws) for (const [k, v] of Object.entries(t.hub.stats())) if (k in h) h[k] += v;
+    const total = (f) => tws.reduce((a, t) => a + f(t), 0);
+    process.send({ type: 'sample', t: Date.now() - t0, rss: m.rss, heap: m.heapUsed, heapTotal: m.heapTotal, ext: m.external + m.arrayBuffers, conns: h.connections, held: h.held, replayBytes: h.replayBytes, queued: h.queuedBytes, inFlight: total((t) => t.ledger.inFlightCount), judged: total((t) => t.ledger.judgedCount), traces: total((t) => t.inProcessBridges.traceCount), afterGc: gcNow });
   }, 1000);
+  // Summed over the sidecars.
   const metric = async (name, by) => {
     const out = {};
-    const m = tw.metrics.registry.getSingleMetric(name);
-    if (!m) return out;
-    for (const v of (await m.get()).values) {
-      if (v.value === 0) continue;
-      const k = by ? String(v.labels[by]) : 'total';
-      out[k] = (out[k] ?? 0) + v.value;
+    for (const t of tws) {
+      const m = t.metrics.registry.getSingleMetric(name);
+      if (!m) continue;
+      for (const v of (await m.get()).values) {
+        if (v.value === 0) continue;
+        const k = by ? String(v.labels[by]) : 'total';
+        out[k] = (out[k] ?? 0) + v.value;
+      }
     }
     return out;
   };
@@ -104,6 +142,7 @@ async function server() {
         while (budget >= 1 && inflight.size < 2000) {
           budget--;
           const user = `u-${Math.floor(Math.random() * msg.users)}`;
+          const tracer = tracers[Math.floor(Math.random() * tracers.length)];
           const p = runDemoAgent(tracer, { user, stepMillis: Math.floor(Math.random() * (msg.stepMaxMs + 1)) }).then((ids) => {
             (runsByUser[user] ??= []).push(`${ids.traceId}-${ids.spanId}`);
             inflight.delete(p);
@@ -127,14 +166,17 @@ async function server() {
         disconnects: await metric('tracewire_ws_disconnects_total', 'reason'),
         verdicts: await metric('tracewire_runs_total', 'verdict'),
         accepted: await metric('tracewire_ws_connection_attempts_total', 'result'),
+        broker: CFG.sidecars > 1 ? await metric('tracewire_broker_messages_total', 'kind') : undefined,
+        brokerDropped: CFG.sidecars > 1 ? await metric('tracewire_broker_dropped_total', 'reason') : undefined,
       });
     } else if (msg.type === 'exit') {
       clearInterval(sampler);
-      await sc.close();
+      await Promise.all(scs.map((sc) => sc.close()));
+      redis?.cleanup();
       process.exit(0);
     }
   });
-  process.send({ type: 'ready', url: sc.publicUrl });
+  process.send({ type: 'ready', url: scs[0].publicUrl, urls: scs.map((sc) => sc.publicUrl) });
 }
 
 // --------------------------------------------------------------- clients ----
@@ -143,6 +185,9 @@ async function clients() {
   const { JwtVerifier } = await import('../dist/index.js');
   const verifier = new JwtVerifier(SECRET);
   let url = '';
+  /** Every sidecar's URL: each (re)connection goes to a random one. */
+  let urls = [];
+  const pick = () => (urls.length > 1 ? urls[Math.floor(Math.random() * urls.length)] : url);
   let churning = false;
   const all = [];
 
@@ -160,13 +205,13 @@ async function clients() {
       this.open = false;
     }
     url(resume) {
-      if (!resume) return `${url.replace('http', 'ws')}/v1/events`;
+      if (!resume) return `${pick().replace('http', 'ws')}/v1/events`;
       // Runs whose last event is well past the resume window (retention + a margin for the server's sweep
       // interval) cannot be resumed: not worth naming. Closer to the window they must still be named, or
       // resume_all sends them again.
       const horizon = Date.now() - CFG.replayRetentionMs - 5000;
       const parts = [...this.runs].filter(([, r]) => r.lastAt > horizon).map(([id, r]) => `${id}:${r.contiguous}`);
-      return `${url.replace('http', 'ws')}/v1/events?resume=${parts.join(',')}&resume_all=1`;
+      return `${pick().replace('http', 'ws')}/v1/events?resume=${parts.join(',')}&resume_all=1`;
     }
     connect(resume) {
       return new Promise((resolve) => {
@@ -230,9 +275,10 @@ async function clients() {
       if (this.client !== undefined) return Promise.resolve();
       const self = this;
       // The socket the client opens, kept to cut it under the client.
+      // Several sidecars: each connection the client opens goes to a random one (a load balancer).
       class Socket extends WebSocket {
         constructor(address, protocols) {
-          super(address, protocols);
+          super(urls.length > 1 ? address.replace(url.replace('http', 'ws'), pick().replace('http', 'ws')) : address, protocols);
           self.ws = this;
         }
       }
@@ -253,8 +299,12 @@ async function clients() {
         r.seqs.add(f.seq);
         while (r.seqs.has(r.contiguous + 1)) r.contiguous++;
       });
-      this.client.on('gap', () => this.gaps++);
+      this.client.on('gap', (g) => {
+        this.gaps++;
+        if (process.env.SOAK_DEBUG) console.error('gap', this.user, JSON.stringify(g));
+      });
       this.client.on('error', (e) => {
+        if (process.env.SOAK_DEBUG) console.error('error', this.user, `#${this.i}`, JSON.stringify(e));
         if (/outside the resume window/.test(e.message)) this.expired++;
         else this.errors++;
       });
@@ -280,6 +330,7 @@ async function clients() {
   process.on('message', async (msg) => {
     if (msg.type === 'connect') {
       url = msg.url;
+      urls = msg.urls ?? [msg.url];
       for (let i = 0; i < msg.clients; i++) {
         const c = CFG.client === 'tracewire' ? new Shipped(i, `u-${i % msg.users}`) : new Logical(i, `u-${i % msg.users}`);
         c.token = await verifier.sign(c.user, 3600);
@@ -390,7 +441,7 @@ async function orchestrate() {
     console.error(`soak: hard limit ${HARD_LIMIT_MS} ms reached, killing`);
     process.exit(2);
   }, HARD_LIMIT_MS);
-  console.log(`soak: ${CFG.client === 'tracewire' ? 'tracewire/client' : 'raw ws'} clients, ${CFG.durationS} s, ${CFG.clients} clients over ${CFG.users} users (+${CFG.stalled} stalled), ${CFG.runsPerS} runs/s, churn ${CFG.churnPerS}/s, replay retention ${CFG.replayRetentionMs} ms`);
+  console.log(`soak: ${CFG.client === 'tracewire' ? 'tracewire/client' : 'raw ws'} clients${CFG.sidecars > 1 ? ` on ${CFG.sidecars} sidecars` : ''}, ${CFG.durationS} s, ${CFG.clients} clients over ${CFG.users} users (+${CFG.stalled} stalled), ${CFG.runsPerS} runs/s, churn ${CFG.churnPerS}/s, replay retention ${CFG.replayRetentionMs} ms`);
   const srv = child('server');
   const cli = child('clients');
   const srvReady = srv.next('ready');
@@ -405,12 +456,12 @@ async function orchestrate() {
     samples.push(s);
     if (s.afterGc) console.log(`  t=${String(Math.round(s.t / 1000)).padStart(3)} s  rss ${mib(s.rss)} MiB  heap after GC ${mib(s.heap)} MiB (total ${mib(s.heapTotal)})  ext ${mib(s.ext)} MiB  conns ${s.conns}  runs in flight ${s.inFlight} judged ${s.judged}  traces ${s.traces}  held ${s.held}  replay ${mib(s.replayBytes)} MiB  queued ${mib(s.queued)} MiB`);
   });
-  const { url } = await srvReady;
+  const { url, urls } = await srvReady;
   await cliReady;
   const connected = cli.next('connected');
-  cli.send({ type: 'connect', url, clients: CFG.clients, users: CFG.users, stalled: CFG.stalled });
+  cli.send({ type: 'connect', url, urls, clients: CFG.clients, users: CFG.users, stalled: CFG.stalled });
   const conn = await connected;
-  console.log(`soak: ${conn.open} clients connected to ${url}`);
+  console.log(`soak: ${conn.open} clients connected to ${urls.length > 1 ? `${urls.length} sidecars on a redis-server broker` : url}`);
   const gen = srv.next('generated');
   const tLoad = Date.now();
   srv.send({ type: 'start', durationMs: CFG.durationS * 1000, runsPerS: CFG.runsPerS, users: CFG.users, stepMaxMs: CFG.stepMaxMs });
@@ -455,6 +506,7 @@ async function orchestrate() {
     ['delivered / late / dropped (metric)', `${sum(m.delivered)} / ${sum(m.late)} / ${JSON.stringify(m.dropped)}`],
     ['verdicts', JSON.stringify(m.verdicts)],
     ['disconnects by reason', JSON.stringify(m.disconnects)],
+    ...(m.broker ? [['broker messages by kind (in + out) / fan-out drops', `${JSON.stringify(m.broker)} / ${JSON.stringify(m.brokerDropped)}`]] : []),
     ['server RSS min / max', `${mib(rssMin)} / ${mib(rssMax)} MiB`],
     ['server RSS 2nd third / last third (avg)', `${mib(rssFirst)} / ${mib(rssLast)} MiB (${rssLast >= rssFirst ? '+' : ''}${mib(rssLast - rssFirst)} MiB)`],
     ['server heap after full GC, 2nd third / last third', `${mib(heapMid)} / ${mib(heapLast)} MiB (${heapLast >= heapMid ? '+' : ''}${mib(heapLast - heapMid)} MiB)`],

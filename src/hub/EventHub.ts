@@ -712,9 +712,10 @@ export class EventHub implements EventSink {
         unknownNamed[runId] = lastSeq;
         continue;
       }
-      if (named && askable && lastSeq + 1 < firstAvailable(evs, heldSeqs, lastSeq)) {
-        // This sidecar has the run but not its front (the client's other tab was on another sidecar from the
-        // start): the run goes with what the others keep, merged (resumedFromOthers).
+      if (named && askable && (this.ledger.get(runId) === undefined || lastSeq + 1 < firstAvailable(evs, heldSeqs, lastSeq))) {
+        // Another sidecar judges this run (this one only relayed some of it: not what went out while the
+        // user had no connection here), or this one lacks its front (the client's other tab was on another
+        // sidecar from the start): the run goes with what the others keep, merged (resumedFromOthers).
         unknownNamed[runId] = lastSeq;
         frontMissing++;
         continue;
@@ -790,7 +791,14 @@ export class EventHub implements EventSink {
     if (!all && Object.keys(ask).length === 0) return;
     conn.asking = true;
     conn.closeGate();
-    this.fanout!.askResume(conn.user, ask, all, skip, (answer) => this.resumedFromOthers(conn, ask, answer));
+    this.fanout!.askResume(
+      conn.user,
+      ask,
+      all,
+      skip,
+      (answer) => this.resumedFromOthers(conn, ask, answer),
+      (answer) => this.resumedLate(conn, ask, answer),
+    );
   }
 
   /**
@@ -847,8 +855,40 @@ export class EventHub implements EventSink {
       if (queued > 0) this.metrics.replayedEvents.inc(queued);
       const next = conn.askNext;
       conn.askNext = undefined;
-      if (next !== undefined) this.askOthers(conn, Object.fromEntries([...next.named].map((id) => [id, 0])), next.runs, next.all);
+      if (next !== undefined) {
+        // What waited goes out before the next question holds things back again (a client that keeps
+        // resuming must not starve its own live events).
+        conn.flush();
+        this.askOthers(conn, Object.fromEntries([...next.named].map((id) => [id, 0])), next.runs, next.all);
+      }
     }
+    if (conn.dirty) this.dirty.add(conn);
+    this.scheduleFlush();
+  }
+
+  /**
+   * A sidecar answered a resume after the wait ended: what it has that the
+   * connection lacks is sent now, behind what went out meanwhile (a client
+   * that orders by seq, as tracewire/client does, puts it back in place).
+   */
+  private resumedLate(conn: Connection, ask: Record<string, number>, answer: ResumeAnswer): void {
+    if (conn.closed) return;
+    let n = 0;
+    for (const [runId, evs] of answer.events) {
+      const after = Object.hasOwn(ask, runId) ? ask[runId]! : 0;
+      for (const ev of evs) {
+        if (ev.seq <= after || conn.has(runId, ev.seq) || !conn.wants(ev)) continue;
+        measure(ev);
+        this.replay.add(ev);
+        ev.record.attempts++;
+        n++;
+        if (!conn.enqueue({ ev, remaining: 1, ok: false, late: true, failReason: undefined })) {
+          this.backpressure(conn);
+          return;
+        }
+      }
+    }
+    if (n > 0) this.metrics.replayedEvents.inc(n);
     if (conn.dirty) this.dirty.add(conn);
     this.scheduleFlush();
   }

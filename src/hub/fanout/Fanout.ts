@@ -98,6 +98,8 @@ export interface ResumeAnswer {
 interface ResumeQuery {
   readonly user: string;
   readonly done: (a: ResumeAnswer) => void;
+  /** Told of an answer that came after `done` (the sidecar was slow): its events, to send after all. */
+  readonly late: (a: ResumeAnswer) => void;
   readonly answer: ResumeAnswer;
   /** The sidecars that answered (a sidecar counts once). */
   readonly from: Set<string>;
@@ -152,6 +154,24 @@ const MAX_QUERIES = 20_000;
 const MAX_ANSWER_CHARS = 4 * 1024 * 1024;
 /** Held seqs one answer names per run. */
 const MAX_HELD_PER_RUN = 10_000;
+/** Queries whose wait ended before every sidecar answered, still taking late answers (for the report timeout). */
+const MAX_LATE_QUERIES = 20_000;
+
+interface LateQuery {
+  readonly q: ResumeQuery;
+  readonly untilMs: number;
+}
+
+const emptyAnswer = (): ResumeAnswer => ({ events: new Map(), last: new Map(), held: new Map() });
+
+/** Each run's events ascending, each seq once (two sidecars may both keep an event: its origin and an edge). */
+function tidy(a: ResumeAnswer): ResumeAnswer {
+  for (const [runId, evs] of a.events) {
+    evs.sort((x, y) => x.seq - y.seq);
+    a.events.set(runId, evs.filter((e, i) => i === 0 || evs[i - 1]!.seq !== e.seq));
+  }
+  return a;
+}
 
 interface Pending {
   readonly d: Delivery;
@@ -186,6 +206,7 @@ export class Fanout {
   private readonly presenceChannel: string;
   private readonly resumeChannel: string;
   private readonly queries = new Map<number, ResumeQuery>();
+  private readonly lateQueries = new BoundedMap<number, LateQuery>(MAX_LATE_QUERIES);
   private nextQuery = 1;
   private readonly now: () => number;
   private readonly m: BrokerMetrics;
@@ -658,13 +679,13 @@ export class Fanout {
   }
 
   /**
-   * How long a resume waits for the other sidecars: a quarter of the report
-   * timeout (at most 1 s), so live events a connection holds back meanwhile
-   * (two waits at most) are still written before their origin gives up on
-   * their outcome.
+   * How long a resume waits for the other sidecars: half the report timeout
+   * (at most 1 s), so live events a connection holds back meanwhile are
+   * still written before their origin gives up on their outcome. An answer
+   * that comes later still counts (`late`).
    */
   get resumeWaitMillis(): number {
-    return Math.min(1000, Math.floor(this.o.reportTimeoutMillis / 4));
+    return Math.min(1000, Math.floor(this.o.reportTimeoutMillis / 2));
   }
 
   /**
@@ -672,8 +693,8 @@ export class Fanout {
    * runs): ask every other sidecar for what it keeps. `done` is called once,
    * when every sidecar answered or `resumeWaitMillis` passed, with what came.
    */
-  askResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: readonly string[], done: (a: ResumeAnswer) => void): void {
-    const q: ResumeQuery = { user, done, answer: { events: new Map(), last: new Map(), held: new Map() }, from: new Set(), expected: undefined, timer: undefined };
+  askResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: readonly string[], done: (a: ResumeAnswer) => void, late: (a: ResumeAnswer) => void): void {
+    const q: ResumeQuery = { user, done, late, answer: emptyAnswer(), from: new Set(), expected: undefined, timer: undefined };
     const id = this.nextQuery++;
     this.queries.set(id, q);
     q.timer = setTimeout(() => this.guard(() => this.finishQuery(id)), this.resumeWaitMillis);
@@ -699,12 +720,9 @@ export class Fanout {
     if (q === undefined) return;
     this.queries.delete(id);
     clearTimeout(q.timer);
-    for (const [runId, evs] of q.answer.events) {
-      evs.sort((a, b) => a.seq - b.seq);
-      // Two sidecars may both keep an event (its origin and an edge that relayed it): once.
-      q.answer.events.set(runId, evs.filter((e, i) => i === 0 || evs[i - 1]!.seq !== e.seq));
-    }
-    q.done(q.answer);
+    // Not every sidecar answered in time: a slow one's answer is still sent on when it comes.
+    if (!this.closed && (q.expected === undefined || q.from.size < q.expected)) this.lateQueries.set(id, { q, untilMs: this.now() + this.o.reportTimeoutMillis });
+    q.done(tidy(q.answer));
   }
 
   /** Another sidecar asks what this one retains for a resume: answer in its inbox (an empty answer too, so it can count). */
@@ -749,8 +767,16 @@ export class Fanout {
       this.invalid('a resume answer without its query id, last seqs and held seqs');
       return;
     }
-    const q = this.queries.get(id);
-    if (q === undefined || q.from.has(from)) return; // answered too late (the client was told what came in time), or twice
+    let q = this.queries.get(id);
+    let late: LateQuery | undefined;
+    if (q === undefined) {
+      late = this.lateQueries.get(id);
+      if (late === undefined || late.untilMs < this.now()) return; // far too late, or never asked
+      q = late.q;
+    }
+    if (q.from.has(from)) return; // twice
+    // A late answer is handed on alone (what came in time was handed on already).
+    const into = late === undefined ? q.answer : emptyAnswer();
     for (let i = 0; i + 1 < lines.length; i += 2) {
       let it: unknown;
       try {
@@ -767,15 +793,20 @@ export class Fanout {
         continue;
       }
       const [origin, user, conversation, runId, traceId, seq, type, flags] = it as [string, string, string | null, string, string, number, EventType, number];
-      let evs = q.answer.events.get(runId);
-      if (evs === undefined) q.answer.events.set(runId, (evs = []));
+      let evs = into.events.get(runId);
+      if (evs === undefined) into.events.set(runId, (evs = []));
       const run = this.relayedRun(runId, traceId, user, origin);
       if ((flags & FLAG_ENDED) !== 0) run.endMs ??= this.now();
       evs.push(new RemoteEvent(new EventRecord(seq, type, REMOTE_SPAN, run), conversation ?? undefined, text, origin, 0, true));
     }
-    for (const [runId, seq] of Object.entries(last as Record<string, number>)) q.answer.last.set(runId, Math.max(q.answer.last.get(runId) ?? 0, seq));
-    for (const [runId, seqs] of Object.entries(held as Record<string, number[]>)) q.answer.held.set(runId, [...(q.answer.held.get(runId) ?? []), ...seqs].sort((a, b) => a - b));
+    for (const [runId, seq] of Object.entries(last as Record<string, number>)) into.last.set(runId, Math.max(into.last.get(runId) ?? 0, seq));
+    for (const [runId, seqs] of Object.entries(held as Record<string, number[]>)) into.held.set(runId, [...(into.held.get(runId) ?? []), ...seqs].sort((a, b) => a - b));
     q.from.add(from);
+    if (late !== undefined) {
+      if (q.expected !== undefined && q.from.size >= q.expected) this.lateQueries.delete(id);
+      q.late(tidy(into));
+      return;
+    }
     if (q.expected !== undefined && q.from.size >= q.expected) this.finishQuery(id);
   }
 
