@@ -8,6 +8,7 @@
 //   node bench/soak.mjs --sidecars 3      (three sidecars on a redis-server broker: runs start on any of
 //                                          them, every (re)connection goes to a random one)
 //   SOAK_DEBUG=1 node bench/soak.mjs …    (prints every gap and error frame the shipped clients report)
+//   SOAK_STALL=3000 node bench/soak.mjs … (the server's event loop stalls 3 s, 20 s in: a GC or a busy host)
 //
 // Three processes: this one (orchestrator: report), a server (Tracewire + startSidecar from dist/, an
 // in-process tracer running the demo agent for random users) and a client process (every WebSocket).
@@ -106,6 +107,7 @@ async function server() {
   const sampler = setInterval(() => {
     // Every 5th sample, after a full GC: the retained heap, the honest "is memory flat" figure.
     const gcNow = ++tick % 5 === 0 && typeof globalThis.gc === 'function';
+    if (process.env.SOAK_STALL && tick === 20) { const until = Date.now() + Number(process.env.SOAK_STALL); while (Date.now() < until); }
     if (gcNow) globalThis.gc();
     const m = process.memoryUsage();
     const h = { connections: 0, held: 0, replayBytes: 0, queuedBytes: 0 };

@@ -154,12 +154,17 @@ const MAX_QUERIES = 20_000;
 const MAX_ANSWER_CHARS = 4 * 1024 * 1024;
 /** Held seqs one answer names per run. */
 const MAX_HELD_PER_RUN = 10_000;
+/** Presence intervals without a word from a sidecar before it counts as gone. */
+const PEER_EXPIRY = 5;
 /** Queries whose wait ended before every sidecar answered, still taking late answers (for the report timeout). */
 const MAX_LATE_QUERIES = 20_000;
 
+/** A query whose wait ended before every sidecar answered: what a late answer needs (not what came in time). */
 interface LateQuery {
-  readonly q: ResumeQuery;
-  readonly untilMs: number;
+  readonly user: string;
+  readonly late: (a: ResumeAnswer) => void;
+  readonly from: Set<string>;
+  readonly expected: number | undefined;
 }
 
 const emptyAnswer = (): ResumeAnswer => ({ events: new Map(), last: new Map(), held: new Map() });
@@ -206,7 +211,10 @@ export class Fanout {
   private readonly presenceChannel: string;
   private readonly resumeChannel: string;
   private readonly queries = new Map<number, ResumeQuery>();
-  private readonly lateQueries = new BoundedMap<number, LateQuery>(MAX_LATE_QUERIES);
+  /** Queries still taking late answers until the report timeout after their wait (oldest first, with their ends). */
+  private readonly lateQueries = new Map<number, LateQuery>();
+  private readonly lateIds = new Fifo<number>();
+  private readonly lateUntil = new NumberFifo();
   private nextQuery = 1;
   private readonly now: () => number;
   private readonly m: BrokerMetrics;
@@ -224,7 +232,7 @@ export class Fanout {
   /** Origin: the sidecars each run's events went to, until the run ends (they are told it ended). */
   private readonly sentRuns = new BoundedMap<string, string[]>(100_000);
   /** Edge: the runs this sidecar relayed (their stand-in record and their origin, where acks go). */
-  private readonly runs = new BoundedMap<string, RemoteRun>(100_000);
+  private readonly runs = new BoundedMap<string, RemoteRun>(20_000);
   // Batches waiting for the microtask that publishes them.
   private readonly outEvents: Outbox = new Map();
   private readonly outEnds: Outbox = new Map();
@@ -234,6 +242,7 @@ export class Fanout {
   private joins = new Set<string>();
   private leaves = new Set<string>();
   private flushScheduled = false;
+  private lastTickMs = 0;
   /** Subscribed (`start`): before that, a broker status change is not acted on. */
   private started = false;
   /** Shutting down (`leave`): no more presence; events, reports and acks still flow until `close`. */
@@ -341,15 +350,17 @@ export class Fanout {
   private presenceTick(): void {
     if (!this.broker.up || this.leaving) return;
     this.sync();
-    // Entries not announced for three intervals: that sidecar is gone, or its user left unheard.
-    const cutoff = this.now() - 3 * this.o.presenceIntervalMillis;
-    for (const [instance, peer] of this.peers) {
-      if (peer.lastSeenMs <= cutoff) {
-        this.dropPeer(instance);
-        continue;
-      }
-      for (const [user, at] of peer.users) if (at <= cutoff) this.removeEntry(instance, peer, user);
-    }
+    const now = this.now();
+    const stalled = now - this.lastTickMs > 1.5 * this.o.presenceIntervalMillis;
+    this.lastTickMs = now;
+    // This sidecar's own event loop stalled: the others' announcements are still waiting to be read.
+    if (stalled) return;
+    // A sidecar not heard from for PEER_EXPIRY intervals is gone (one that exits cleanly says bye, one whose
+    // connection drops is seen by Redis: its inbox has no receiver). Its users' events are held meanwhile.
+    // Single entries do not expire: a leave is not lost while the broker connection lasts, and an event
+    // sent to a sidecar where the user is gone comes back `absent`.
+    const cutoff = now - PEER_EXPIRY * this.o.presenceIntervalMillis;
+    for (const [instance, peer] of this.peers) if (peer.lastSeenMs <= cutoff) this.dropPeer(instance);
   }
 
   /** Announce every local user (refreshes the others' entries), in batches. */
@@ -373,11 +384,12 @@ export class Fanout {
       this.invalid('presence message without a kind or a list of users');
       return;
     }
-    if (msg.k === 'bye' || msg.k === 'hello') {
-      // Gone; or (re)joined the broker, perhaps restarted under the same id: what it announced before is void.
+    if (msg.k === 'bye') {
       this.dropPeer(instance);
-      if (msg.k === 'bye') return;
+      return;
     }
+    // (A `hello` keeps what that sidecar announced: it may only have reconnected to the broker, and its
+    // connections still want their events. Restarted under the same id, its old entries get `absent`.)
     const now = this.now();
     let peer = this.peers.get(instance);
     if (peer === undefined) {
@@ -477,6 +489,7 @@ export class Fanout {
   }
 
   private expirePending(): void {
+    this.expireLate(this.now());
     const cutoff = this.now() - this.o.reportTimeoutMillis;
     for (let at = this.pendingAt.peek(); at !== undefined && at <= cutoff; at = this.pendingAt.peek()) {
       this.pendingAt.shift();
@@ -721,8 +734,23 @@ export class Fanout {
     this.queries.delete(id);
     clearTimeout(q.timer);
     // Not every sidecar answered in time: a slow one's answer is still sent on when it comes.
-    if (!this.closed && (q.expected === undefined || q.from.size < q.expected)) this.lateQueries.set(id, { q, untilMs: this.now() + this.o.reportTimeoutMillis });
+    if (!this.closed && (q.expected === undefined || q.from.size < q.expected)) {
+      if (this.lateQueries.size >= MAX_LATE_QUERIES) this.expireLate(Infinity);
+      this.lateQueries.set(id, { user: q.user, late: q.late, from: q.from, expected: q.expected });
+      this.lateIds.push(id);
+      this.lateUntil.push(this.now() + this.o.reportTimeoutMillis);
+    }
     q.done(tidy(q.answer));
+  }
+
+  /** Stop taking late answers for queries whose time is up (`nowMs`: Infinity for the oldest one). */
+  private expireLate(nowMs: number): void {
+    for (let until = this.lateUntil.peek(); until !== undefined && (until <= nowMs || nowMs === Infinity); until = this.lateUntil.peek()) {
+      this.lateUntil.shift();
+      const id = this.lateIds.shift()!;
+      const gone = this.lateQueries.delete(id);
+      if (nowMs === Infinity && gone) return;
+    }
   }
 
   /** Another sidecar asks what this one retains for a resume: answer in its inbox (an empty answer too, so it can count). */
@@ -767,16 +795,12 @@ export class Fanout {
       this.invalid('a resume answer without its query id, last seqs and held seqs');
       return;
     }
-    let q = this.queries.get(id);
-    let late: LateQuery | undefined;
-    if (q === undefined) {
-      late = this.lateQueries.get(id);
-      if (late === undefined || late.untilMs < this.now()) return; // far too late, or never asked
-      q = late.q;
-    }
+    const q: ResumeQuery | LateQuery | undefined = this.queries.get(id) ?? this.lateQueries.get(id);
+    if (q === undefined) return; // far too late, or never asked
+    const late = !this.queries.has(id);
     if (q.from.has(from)) return; // twice
     // A late answer is handed on alone (what came in time was handed on already).
-    const into = late === undefined ? q.answer : emptyAnswer();
+    const into = late ? emptyAnswer() : (q as ResumeQuery).answer;
     for (let i = 0; i + 1 < lines.length; i += 2) {
       let it: unknown;
       try {
@@ -802,7 +826,7 @@ export class Fanout {
     for (const [runId, seq] of Object.entries(last as Record<string, number>)) into.last.set(runId, Math.max(into.last.get(runId) ?? 0, seq));
     for (const [runId, seqs] of Object.entries(held as Record<string, number[]>)) into.held.set(runId, [...(into.held.get(runId) ?? []), ...seqs].sort((a, b) => a - b));
     q.from.add(from);
-    if (late !== undefined) {
+    if (late) {
       if (q.expected !== undefined && q.from.size >= q.expected) this.lateQueries.delete(id);
       q.late(tidy(into));
       return;
@@ -937,6 +961,9 @@ export class Fanout {
     this.flush();
     for (const id of [...this.queries.keys()]) this.finishQuery(id);
     this.closed = true;
+    this.lateQueries.clear();
+    this.lateIds.clear();
+    this.lateUntil.clear();
     this.failPending([...this.pending.keys()], 'shutdown');
     this.pendingIds.clear();
     this.pendingAt.clear();

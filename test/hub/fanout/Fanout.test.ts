@@ -542,6 +542,34 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     expect(Date.now() - t0).toBeLessThan(3000);
   });
 
+  it("a sidecar's hello (it reconnected to the broker) does not make the others forget its users", async () => {
+    const [origin, edge] = await pair();
+    const c = await client(edge, 'u1');
+    await heard(origin);
+    const raw = await redis.client();
+    try {
+      await raw.publish(`t${n}:presence`, JSON.stringify({ k: 'hello', o: 'edge', u: [] }));
+      await new Promise((r) => setTimeout(r, 50));
+      expect(await metricValue(origin, 'tracewire_broker_remote_users')).toBe(1);
+      await judgedToolRun(origin, 'u1', 1);
+      await c.until((x) => x.events.length >= 4, 5000, 'the run on the edge');
+    } finally {
+      await raw.close();
+    }
+  });
+
+  it('an event loop that stalls longer than the presence expiry does not make a sidecar forget the others', async () => {
+    const [origin, edge] = await pair();
+    const c = await client(edge, 'u1');
+    await heard(origin);
+    // Every sidecar of this test runs in this process: all of them stall (a long GC, a busy host).
+    const until = Date.now() + 200 * 7;
+    while (Date.now() < until);
+    const runId = await judgedToolRun(origin, 'u1', 1);
+    await c.until((x) => x.events.length >= 4, 5000, 'the run on the edge');
+    expect(origin.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
+  });
+
   it('while the broker is down, events for users on other sidecars are held; they go out once it is back', async () => {
     const [origin, edge] = await pair({ graceMillis: 10_000 });
     const c = await client(edge, 'u-outage');
