@@ -15,8 +15,8 @@ import type { Broker } from './Broker.js';
  * edge). Through a pub/sub broker:
  *
  * - presence: each sidecar announces which users have a connection on it
- *   (`join`/`leave` as they change, a full `sync` every presence interval;
- *   an entry not refreshed for three intervals expires);
+ *   (`join` per connection, `leave` after the last one, a full `sync`
+ *   every presence interval; a sidecar silent for five intervals is gone);
  * - events: the origin sends each event of a user connected elsewhere to
  *   those sidecars' inboxes, batched; the edge writes it to its connections
  *   of that user and keeps it in its own resume window;
