@@ -206,6 +206,27 @@ type Outbox = Map<string, string[]>;
 const isStr = (v: unknown, max = MAX_ID_CHARS): v is string => typeof v === 'string' && v.length <= max;
 const isSeq = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
 
+/** An event's two lines in a message (`ev`, `rp`): its routing array (parsed; undefined if not JSON) and its text. */
+function* eventLines(lines: readonly string[]): Generator<[unknown, string]> {
+  for (let i = 0; i + 1 < lines.length; i += 2) {
+    let it: unknown;
+    try {
+      it = JSON.parse(lines[i]!);
+    } catch {
+      it = undefined;
+    }
+    yield [it, lines[i + 1]!];
+  }
+}
+
+/** The part both event lines share: 8 items, [2] conversation or null, [3] run id, [4] trace id, [5] seq, [6] type, [7] flags; a JSON object text. */
+function isEventLine(it: unknown[], text: string): boolean {
+  return (
+    it.length === 8 && (it[2] === null || isStr(it[2])) && isStr(it[3]) && isStr(it[4]) && isSeq(it[5]) && EVENT_TYPES.includes(it[6] as EventType) && isSeq(it[7]) &&
+    text.length <= MAX_TEXT_CHARS && text[0] === '{'
+  );
+}
+
 export class Fanout {
   readonly id: string;
   private readonly presenceChannel: string;
@@ -575,18 +596,8 @@ export class Fanout {
   /** `lines`: the message's lines after its head, two per event (routing, then the event's text). */
   private onEvents(origin: string, lines: string[]): void {
     if (lines.length % 2 !== 0) this.invalid('an event without its text line');
-    for (let i = 0; i + 1 < lines.length; i += 2) {
-      let it: unknown;
-      try {
-        it = JSON.parse(lines[i]!);
-      } catch {
-        it = undefined;
-      }
-      const text = lines[i + 1]!;
-      if (
-        !Array.isArray(it) || it.length !== 8 || !isSeq(it[0]) || it[0] === 0 || !isStr(it[1]) || !(it[2] === null || isStr(it[2])) || !isStr(it[3]) || !isStr(it[4]) ||
-        !isSeq(it[5]) || !EVENT_TYPES.includes(it[6]) || !isSeq(it[7]) || text.length > MAX_TEXT_CHARS || text[0] !== '{'
-      ) {
+    for (const [it, text] of eventLines(lines)) {
+      if (!Array.isArray(it) || !isSeq(it[0]) || it[0] === 0 || !isStr(it[1]) || !isEventLine(it, text)) {
         this.invalid('an event that is not [id, user, conversation, run_id, trace_id, seq, type, flags] then its JSON text');
         continue;
       }
@@ -801,18 +812,8 @@ export class Fanout {
     if (q.from.has(from)) return; // twice
     // A late answer is handed on alone (what came in time was handed on already).
     const into = late ? emptyAnswer() : (q as ResumeQuery).answer;
-    for (let i = 0; i + 1 < lines.length; i += 2) {
-      let it: unknown;
-      try {
-        it = JSON.parse(lines[i]!);
-      } catch {
-        it = undefined;
-      }
-      const text = lines[i + 1]!;
-      if (
-        !Array.isArray(it) || it.length !== 8 || !isStr(it[0]) || !INSTANCE_ID.test(it[0]) || it[1] !== q.user || !(it[2] === null || isStr(it[2])) || !isStr(it[3]) || !isStr(it[4]) ||
-        !isSeq(it[5]) || !EVENT_TYPES.includes(it[6]) || !isSeq(it[7]) || text.length > MAX_TEXT_CHARS || text[0] !== '{'
-      ) {
+    for (const [it, text] of eventLines(lines)) {
+      if (!Array.isArray(it) || !isStr(it[0]) || !INSTANCE_ID.test(it[0]) || it[1] !== q.user || !isEventLine(it, text)) {
         this.invalid('a resumed event that is not [origin, user, conversation, run_id, trace_id, seq, type, flags] then its JSON text');
         continue;
       }

@@ -1,4 +1,4 @@
-import { context, trace } from '@opentelemetry/api';
+import { context, trace, type Span } from '@opentelemetry/api';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../../src/surfaces/server.js';
 import type { TracewireOptions } from '../../../src/Tracewire.js';
@@ -10,6 +10,18 @@ import { FaultProxy, RecordingClient } from '../../client/support.js';
 // WebSocket another (the edge). A real redis-server, real sidecars on port 0, real `ws` clients.
 
 const EXPECTED = ['agent_started', 'tool_executing', 'tool_completed', 'tool_executing', 'tool_completed', 'agent_completed'];
+
+/** A run of `user` started on `sc` through its in-process processor: `tool()` adds an ended tool span under it, `top.end()` ends it. */
+function startRun(sc: Sidecar, user: string, attributes: Record<string, string> = {}): { top: Span; tool: () => void; runId: string } {
+  const { tracer } = inProcessTracer(sc);
+  const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': user, ...attributes } });
+  const ctx = trace.setSpan(context.active(), top);
+  return {
+    top,
+    runId: `${top.spanContext().traceId}-${top.spanContext().spanId}`,
+    tool: () => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end(),
+  };
+}
 
 /** Poll an async check every 20 ms until it holds. */
 async function eventually(check: () => Promise<boolean>, what: string, timeoutMs = 5000): Promise<void> {
@@ -108,10 +120,8 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
 
   it('holds events of a user connected nowhere on the origin and releases them to the first sidecar that announces the user', async () => {
     const [origin, edge] = await pair({ graceMillis: 5000 });
-    const { tracer } = inProcessTracer(origin);
-    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'late-user' } });
+    const { top, runId } = startRun(origin, 'late-user');
     top.end();
-    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
     await until(() => origin.tw.hub.stats().held === 2, 5000, 'two held events');
 
     const c = await client(edge, 'late-user');
@@ -131,10 +141,8 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     const [origin, edge] = await pair({ graceMillis: 4000 });
     await client(edge, 'u1', 'conversation_id=A');
     await heard(origin);
-    const { tracer } = inProcessTracer(origin);
-    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1', 'gen_ai.conversation.id': 'B' } });
+    const { top, runId } = startRun(origin, 'u1', { 'gen_ai.conversation.id': 'B' });
     top.end();
-    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
     // The edge's only connection is narrowed to conversation A: it turns the events down, the origin holds them.
     await until(() => origin.tw.hub.stats().held === 2, 5000, 'held after the edge turned them down');
     const b = await client(edge, 'u1', 'conversation_id=B');
@@ -198,8 +206,7 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       await raw.publish(`t${n}:presence`, JSON.stringify({ k: 'join', o: 'edge', u: ['u1'] }));
       await heard(origin);
       const edge = await sidecar('edge');
-      const { tracer } = inProcessTracer(origin);
-      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
+      const { top } = startRun(origin, 'u1');
       top.end();
       await until(() => origin.tw.hub.stats().held === 2, 5000, 'held');
       const c = await client(edge, 'u1');
@@ -214,12 +221,9 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     const [origin, edge] = await pair();
     const c = await client(edge, 'u1');
     await heard(origin);
-    const { tracer } = inProcessTracer(origin);
-    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
-    const ctx = trace.setSpan(context.active(), top);
-    for (let i = 0; i < 50; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+    const { top, tool, runId } = startRun(origin, 'u1');
+    for (let i = 0; i < 50; i++) tool();
     top.end();
-    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
     open.splice(open.indexOf(origin), 1);
     await origin.close();
     await c.until((x) => x.events.length >= 102, 5000, 'every event on the edge');
@@ -264,11 +268,8 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     const first = await client(b, 'u1');
     await heard(origin);
     await eventually(async () => (await metricValue(c, 'tracewire_broker_peers')) >= 2, 'edge-c knows the others');
-    const { tracer } = inProcessTracer(origin);
-    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
-    const ctx = trace.setSpan(context.active(), top);
-    for (let i = 0; i < 2; i++) tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
-    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
+    const { top, tool, runId } = startRun(origin, 'u1');
+    for (let i = 0; i < 2; i++) tool();
     await first.until((x) => x.events.length >= 5, 5000, 'five events on edge-b');
     first.close();
     // The client saw up to seq 2 before its connection broke; the load balancer sends it to edge-c.
@@ -296,12 +297,8 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     const home = await client(origin, 'u1');
     let away = await client(edge, 'u1');
     await heard(origin);
-    const { tracer } = inProcessTracer(origin);
-    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
-    const ctx = trace.setSpan(context.active(), top);
-    const tool = (): void => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+    const { top, tool, runId } = startRun(origin, 'u1');
     tool();
-    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
     await away.until((x) => x.events.length >= 3, 5000, 'three events on the edge');
     // The edge tab drops; the origin hears the user left the edge; the run goes on (to the other tab only).
     away.close();
@@ -343,13 +340,9 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     const tab1 = await client(b, 'u1');
     await heard(origin);
     await eventually(async () => (await metricValue(c, 'tracewire_broker_peers')) >= 2, 'edge-c knows the others');
-    const { tracer } = inProcessTracer(origin);
-    const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
-    const ctx = trace.setSpan(context.active(), top);
-    const tool = (): void => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+    const { tool, runId } = startRun(origin, 'u1');
     tool();
     tool();
-    const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
     await tab1.until((x) => x.events.length >= 5, 5000, 'five events in tab 1');
     // Up to date: nothing after seq 5 anywhere yet; the run is known, so no error.
     const upToDate = await client(c, 'u1', `resume=${encodeURIComponent(runId)}:5`);
@@ -378,10 +371,7 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     try {
       const cl = await client(c, 'u1');
       await heard(origin);
-      const { tracer } = inProcessTracer(origin);
-      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
-      const ctx = trace.setSpan(context.active(), top);
-      const tool = (): void => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+      const { top, tool, runId } = startRun(origin, 'u1');
       tool();
       await cl.until((x) => x.events.length >= 3, 5000, 'three events');
       // Resume frames in a row for runs nobody has, while the run goes on.
@@ -393,7 +383,6 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       top.end();
       await cl.until((x) => x.events.length >= 14, 8000, 'every event');
       expect(cl.events.map((e) => e.seq)).toEqual(Array.from({ length: 14 }, (_, i) => i + 1));
-      const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
       await until(() => origin.tw.ledger.get(runId)?.judgement !== undefined, 8000, 'verdict');
       expect(origin.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
       // One question out at a time per connection, later frames merged into the next: five frames, fewer questions.
@@ -420,10 +409,7 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       rc.client.connect();
       await rc.until((x) => x.opens() === 1, 5000, 'open on edge-b');
       await heard(origin);
-      const { tracer } = inProcessTracer(origin);
-      const top = tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u1' } });
-      const ctx = trace.setSpan(context.active(), top);
-      const tool = (): void => tracer.startSpan('execute_tool lookup', { attributes: { 'gen_ai.operation.name': 'execute_tool', 'gen_ai.tool.name': 'lookup' } }, ctx).end();
+      const { top, tool, runId } = startRun(origin, 'u1');
       for (let i = 0; i < 3; i++) tool();
       await rc.until((x) => x.events.length >= 7, 5000, 'seven events through edge-b');
       // A deploy: edge-b goes away (gracefully); the load balancer now sends new connections to edge-c.
@@ -433,7 +419,6 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       for (let i = 0; i < 3; i++) tool();
       top.end();
       await closing;
-      const runId = `${top.spanContext().traceId}-${top.spanContext().spanId}`;
       await rc.until((x) => x.events.length >= 14, 10_000, 'every event');
       expect(rc.seqs(runId)).toEqual(Array.from({ length: 14 }, (_, i) => i + 1));
       expect(rc.gaps).toEqual([]);
@@ -488,8 +473,7 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       // the origin forgets that sidecar's users and holds the events instead.
       await ghost.publish(`t${n}:presence`, JSON.stringify({ k: 'join', o: 'dead', u: ['u-dead'] }));
       await heard(origin);
-      const { tracer } = inProcessTracer(origin);
-      tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u-dead' } }).end();
+      startRun(origin, 'u-dead').top.end();
       await until(() => origin.tw.hub.stats().held === 2, 5000, 'held after nobody received them');
       expect(await metricValue(origin, 'tracewire_broker_pending_deliveries')).toBe(0);
     } finally {
@@ -576,8 +560,7 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     await heard(origin);
     await redis.stop();
     await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 0, 'broker_up 0');
-    const { tracer } = inProcessTracer(origin);
-    tracer.startSpan('invoke_agent planner', { attributes: { 'gen_ai.operation.name': 'invoke_agent', 'gen_ai.agent.name': 'planner', 'user.id': 'u-outage' } }).end();
+    startRun(origin, 'u-outage').top.end();
     await until(() => origin.tw.hub.stats().held === 2, 5000, 'held while the broker is down');
 
     await redis.start();
