@@ -178,6 +178,7 @@ export class RunLedger {
     ev.state = EV_DELIVERED;
     ev.reason = undefined;
     ev.deliveredAtMs = this.now();
+    if (ev.seq <= run.ackedUpTo) ev.acked = true;
     this.opts.metrics.eventsDelivered.inc({ type: ev.type });
     if (late || run.judgement !== undefined) {
       ev.late = true;

@@ -214,6 +214,8 @@ export class RunRecord {
   audit: RunAudit | undefined;
   /** Order in which the ledger opened the run (list order among runs started in the same millisecond); internal. */
   openSeq = 0;
+  /** The highest seq a client of the user acknowledged (an event counted delivered later, at or below it, is acked then). */
+  ackedUpTo = 0;
 
   constructor(
     readonly runId: string,

@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks';
 import { WebSocketServer, type WebSocket } from 'ws';
 import type { DISCONNECT_REASONS, DropReason, Metrics } from '../audit/Metrics.js';
 import type { RunLedger } from '../audit/RunLedger.js';
-import { EV_DELIVERED, type EventRecord } from '../audit/RunRecord.js';
+import { EV_DELIVERED, EV_PENDING, type EventRecord } from '../audit/RunRecord.js';
 import { OutboundEvent, type EventSink } from '../bridge/EventSink.js';
 import { httpErrorResponse, TracewireError, type ErrorCode } from '../errors/errors.js';
 import { DEV_JWT_SECRET, isLoopbackAddress } from '../config/Config.js';
@@ -14,7 +14,7 @@ import { Fifo, NumberFifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
 import { ReplayStore } from './ReplayStore.js';
 import type { Broker } from './fanout/Broker.js';
-import { Fanout, RemoteEvent, type FanoutOptions, type KeptForResume, type ResumeAnswer } from './fanout/Fanout.js';
+import { Fanout, RemoteEvent, type FanoutOptions, type KeptForResume, type ResumeAnswer, type ResumeSummary } from './fanout/Fanout.js';
 
 export interface EventHubOptions {
   readonly jwtSecret: string;
@@ -796,8 +796,9 @@ export class EventHub implements EventSink {
       ask,
       all,
       skip,
-      (answer) => this.resumedFromOthers(conn, ask, answer),
+      (answer, complete) => this.resumedFromOthers(conn, ask, answer, complete),
       (answer) => this.resumedLate(conn, ask, answer),
+      (summary) => this.resumeSettled(conn, ask, summary),
     );
   }
 
@@ -807,7 +808,7 @@ export class EventHub implements EventSink {
    * last seq; holes and runs none had are reported; what comes is queued
    * ahead of what waited; then the next merged ask, or the gate opens.
    */
-  private resumedFromOthers(conn: Connection, ask: Record<string, number>, answer: ResumeAnswer): void {
+  private resumedFromOthers(conn: Connection, ask: Record<string, number>, answer: ResumeAnswer, complete: boolean): void {
     conn.openGate();
     conn.asking = false;
     if (conn.closed) return;
@@ -828,15 +829,20 @@ export class EventHub implements EventSink {
       const held = mergeSeqs(answer.held.get(runId), heldHere.get(runId));
       const last = Math.max(answer.last.get(runId) ?? 0, this.replay.lastSeq(runId, conn.user) ?? 0);
       if (evs.length === 0 && held === undefined && !answer.last.has(runId) && this.replay.lastSeq(runId, conn.user) === undefined) {
-        if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
-        firstUnknown ??= runId;
+        // Unknown, unless a sidecar that has not answered yet has it (told in resumeSettled).
+        if (complete) {
+          if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
+          firstUnknown ??= runId;
+        }
         continue;
       }
       if (named) this.noteResumed(conn, runId);
-      if (!this.reportHoles(conn, runId, named ? after : undefined, evs, held)) break;
-      // What a sidecar keeps past what it sent (its answer was cut at its size bound) is a hole too.
-      const got = Math.max(evs.length > 0 ? evs[evs.length - 1]!.seq : after, held !== undefined ? held[held.length - 1]! : 0, after);
-      if (last > got && !this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${got + 1}..${last} are past the resume window`), { run_id: runId, from_seq: got + 1, to_seq: last })) break;
+      // Holes only once every sidecar answered: a late answer may fill them (resumeSettled tells the rest).
+      if (complete) {
+        if (!this.reportHoles(conn, runId, named ? after : undefined, evs, held)) break;
+        // What a sidecar keeps past what it sent (its answer was cut at its size bound) is a hole too.
+        if (!this.reportTail(conn, runId, last, Math.max(evs.length > 0 ? evs[evs.length - 1]!.seq : after, held !== undefined ? held[held.length - 1]! : 0, after))) break;
+      }
       for (const ev of evs) {
         if (!conn.wants(ev)) continue;
         if (ev instanceof RemoteEvent) {
@@ -864,6 +870,45 @@ export class EventHub implements EventSink {
     }
     if (conn.dirty) this.dirty.add(conn);
     this.scheduleFlush();
+  }
+
+  /** A hole at a run's end: `last` is kept somewhere, the client gets up to `got`. False if the connection closed. */
+  private reportTail(conn: Connection, runId: string, last: number, got: number): boolean {
+    if (last <= got) return true;
+    return this.sendErrorTo(conn, new TracewireError('TW_WS_BAD_FIELD', `runs.${runId}`, `events ${got + 1}..${last} are past the resume window`), { run_id: runId, from_seq: got + 1, to_seq: last });
+  }
+
+  /**
+   * A resume whose wait ended before every sidecar answered: once no more
+   * answers are taken, tell the client what it will not get (holes, runs no
+   * one has), judged from what its connection was sent or queued since,
+   * what is held, and what every answer said is kept.
+   */
+  private resumeSettled(conn: Connection, ask: Record<string, number>, summary: ResumeSummary): void {
+    if (conn.closed) return;
+    const unknown: string[] = [];
+    let firstUnknown: string | undefined;
+    let unknownCount = 0;
+    const heldHere = this.heldSeqsOf(conn.user);
+    const runIds = new Set([...Object.keys(ask), ...summary.last.keys(), ...summary.held.keys()]);
+    for (const runId of runIds) {
+      const named = Object.hasOwn(ask, runId);
+      const after = named ? ask[runId]! : 0;
+      const held = mergeSeqs(summary.held.get(runId), heldHere.get(runId));
+      const last = Math.max(summary.last.get(runId) ?? 0, this.replay.lastSeq(runId, conn.user) ?? 0, held !== undefined ? held[held.length - 1]! : 0);
+      const have: Array<{ seq: number }> = [];
+      for (let q = after + 1; q <= last; q++) if (conn.has(runId, q)) have.push({ seq: q });
+      if (last === 0 && have.length === 0 && !conn.has(runId, after + 1)) {
+        if (named) {
+          if (unknownCount++ < NAMED_IN_ERROR) unknown.push(shortId(runId));
+          firstUnknown ??= runId;
+        }
+        continue;
+      }
+      if (!this.reportHoles(conn, runId, named ? after : undefined, have, held)) return;
+      if (!this.reportTail(conn, runId, last, Math.max(have.length > 0 ? have[have.length - 1]!.seq : after, held !== undefined ? held[held.length - 1]! : 0, after))) return;
+    }
+    this.unknownRunsError(conn, unknown, firstUnknown, unknownCount);
   }
 
   /**
@@ -931,7 +976,7 @@ export class EventHub implements EventSink {
    * in the window (`evs`, ascending, all after lastSeq) nor held (`heldSeqs`).
    * One error frame per hole. False if the connection was closed meanwhile.
    */
-  private reportHoles(conn: Connection, runId: string, lastSeq: number | undefined, evs: readonly OutboundEvent[], heldSeqs: readonly number[] | undefined): boolean {
+  private reportHoles(conn: Connection, runId: string, lastSeq: number | undefined, evs: readonly { readonly seq: number }[], heldSeqs: readonly number[] | undefined): boolean {
     const after = lastSeq ?? 0;
     let next = lastSeq === undefined ? undefined : lastSeq + 1;
     let i = 0;
@@ -1151,8 +1196,12 @@ export class EventHub implements EventSink {
       if (ev.seq > seq) continue;
       if (ev.acked || ev.ackPassed) break;
       if (ev.state === EV_DELIVERED) ev.acked = true;
+      // Written, its outcome not in yet (a write callback, or another sidecar's report, can come after the
+      // client's ack): acked when it is counted delivered (RunRecord.ackedUpTo).
+      else if (ev.state === EV_PENDING) continue;
       else ev.ackPassed = true;
     }
+    if (seq > rec.ackedUpTo) rec.ackedUpTo = seq;
     return true;
   }
 

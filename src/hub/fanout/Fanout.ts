@@ -95,11 +95,20 @@ export interface ResumeAnswer {
   readonly held: Map<string, number[]>;
 }
 
+/** What every sidecar that answered a resume keeps (last seqs, held seqs), once no more answers are taken. */
+export interface ResumeSummary {
+  readonly last: Map<string, number>;
+  readonly held: Map<string, number[]>;
+}
+
 interface ResumeQuery {
   readonly user: string;
-  readonly done: (a: ResumeAnswer) => void;
+  /** `complete`: every sidecar answered; otherwise what is missing is not known yet (see `final`). */
+  readonly done: (a: ResumeAnswer, complete: boolean) => void;
   /** Told of an answer that came after `done` (the sidecar was slow): its events, to send after all. */
   readonly late: (a: ResumeAnswer) => void;
+  /** After an incomplete `done`: what all the answers (late ones too) said, when no more are taken. */
+  readonly final: (s: ResumeSummary) => void;
   readonly answer: ResumeAnswer;
   /** The sidecars that answered (a sidecar counts once). */
   readonly from: Set<string>;
@@ -163,6 +172,8 @@ const MAX_LATE_QUERIES = 20_000;
 interface LateQuery {
   readonly user: string;
   readonly late: (a: ResumeAnswer) => void;
+  readonly final: (s: ResumeSummary) => void;
+  readonly summary: ResumeSummary;
   readonly from: Set<string>;
   readonly expected: number | undefined;
 }
@@ -264,6 +275,7 @@ export class Fanout {
   private leaves = new Set<string>();
   private flushScheduled = false;
   private lastTickMs = 0;
+  private lastExpireMs = 0;
   /** Subscribed (`start`): before that, a broker status change is not acted on. */
   private started = false;
   /** Shutting down (`leave`): no more presence; events, reports and acks still flow until `close`. */
@@ -293,7 +305,16 @@ export class Fanout {
       this.timers.push(t);
     };
     every(o.presenceIntervalMillis, () => this.presenceTick());
-    every(Math.max(10, Math.min(1000, Math.floor(o.reportTimeoutMillis / 4))), () => this.expirePending());
+    this.lastTickMs = this.lastExpireMs = this.now();
+    const expireEvery = Math.max(10, Math.min(1000, Math.floor(o.reportTimeoutMillis / 4)));
+    every(expireEvery, () => {
+      // After a stall of this sidecar's own loop, outcomes may sit unread in the socket: skip a round, and
+      // otherwise expire after the I/O already received is read.
+      const now = this.now();
+      const stalled = now - this.lastExpireMs > 2 * expireEvery;
+      this.lastExpireMs = now;
+      if (!stalled) setImmediate(() => this.guard(() => this.expirePending()));
+    });
   }
 
   /** Subscribe to this sidecar's inbox and to presence; resolves once both are subscribed. */
@@ -717,11 +738,20 @@ export class Fanout {
    * runs): ask every other sidecar for what it keeps. `done` is called once,
    * when every sidecar answered or `resumeWaitMillis` passed, with what came.
    */
-  askResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: readonly string[], done: (a: ResumeAnswer) => void, late: (a: ResumeAnswer) => void): void {
-    const q: ResumeQuery = { user, done, late, answer: emptyAnswer(), from: new Set(), expected: undefined, timer: undefined };
+  askResume(
+    user: string,
+    runs: Readonly<Record<string, number>>,
+    all: boolean,
+    skip: readonly string[],
+    done: (a: ResumeAnswer, complete: boolean) => void,
+    late: (a: ResumeAnswer) => void,
+    final: (s: ResumeSummary) => void,
+  ): void {
+    const q: ResumeQuery = { user, done, late, final, answer: emptyAnswer(), from: new Set(), expected: undefined, timer: undefined };
     const id = this.nextQuery++;
     this.queries.set(id, q);
-    q.timer = setTimeout(() => this.guard(() => this.finishQuery(id)), this.resumeWaitMillis);
+    // The wait ends after the I/O already received is read (answers may sit in the socket after a stall).
+    q.timer = setTimeout(() => setImmediate(() => this.guard(() => this.finishQuery(id))), this.resumeWaitMillis);
     q.timer.unref();
     const msg = JSON.stringify({ k: 'rs', o: this.id, q: id, u: user, r: runs, all, skip });
     this.m.messages.inc({ direction: 'out', kind: 'resumes' });
@@ -744,23 +774,28 @@ export class Fanout {
     if (q === undefined) return;
     this.queries.delete(id);
     clearTimeout(q.timer);
-    // Not every sidecar answered in time: a slow one's answer is still sent on when it comes.
-    if (!this.closed && (q.expected === undefined || q.from.size < q.expected)) {
+    const complete = q.expected !== undefined && q.from.size >= q.expected;
+    // Not every sidecar answered in time: a slow one's answer is still sent on when it comes, and what is
+    // missing is told once no more answers are taken.
+    if (!complete && !this.closed) {
       if (this.lateQueries.size >= MAX_LATE_QUERIES) this.expireLate(Infinity);
-      this.lateQueries.set(id, { user: q.user, late: q.late, from: q.from, expected: q.expected });
+      this.lateQueries.set(id, { user: q.user, late: q.late, final: q.final, summary: { last: q.answer.last, held: q.answer.held }, from: q.from, expected: q.expected });
       this.lateIds.push(id);
       this.lateUntil.push(this.now() + this.o.reportTimeoutMillis);
     }
-    q.done(tidy(q.answer));
+    q.done(tidy(q.answer), complete || this.closed);
   }
 
-  /** Stop taking late answers for queries whose time is up (`nowMs`: Infinity for the oldest one). */
+  /** Stop taking late answers for queries whose time is up (`nowMs`: Infinity for the oldest one), and tell what they said. */
   private expireLate(nowMs: number): void {
     for (let until = this.lateUntil.peek(); until !== undefined && (until <= nowMs || nowMs === Infinity); until = this.lateUntil.peek()) {
       this.lateUntil.shift();
       const id = this.lateIds.shift()!;
-      const gone = this.lateQueries.delete(id);
-      if (nowMs === Infinity && gone) return;
+      const lq = this.lateQueries.get(id);
+      if (lq === undefined) continue;
+      this.lateQueries.delete(id);
+      lq.final(lq.summary);
+      if (nowMs === Infinity) return;
     }
   }
 
@@ -828,8 +863,11 @@ export class Fanout {
     for (const [runId, seqs] of Object.entries(held as Record<string, number[]>)) into.held.set(runId, [...(into.held.get(runId) ?? []), ...seqs].sort((a, b) => a - b));
     q.from.add(from);
     if (late) {
-      if (q.expected !== undefined && q.from.size >= q.expected) this.lateQueries.delete(id);
-      q.late(tidy(into));
+      const lq = q as LateQuery;
+      for (const [runId, seq] of into.last) lq.summary.last.set(runId, Math.max(lq.summary.last.get(runId) ?? 0, seq));
+      for (const [runId, seqs] of into.held) lq.summary.held.set(runId, [...new Set([...(lq.summary.held.get(runId) ?? []), ...seqs])].sort((a, b) => a - b));
+      lq.late(tidy(into));
+      if (lq.expected !== undefined && lq.from.size >= lq.expected && this.lateQueries.delete(id)) lq.final(lq.summary);
       return;
     }
     if (q.expected !== undefined && q.from.size >= q.expected) this.finishQuery(id);
@@ -962,6 +1000,7 @@ export class Fanout {
     this.flush();
     for (const id of [...this.queries.keys()]) this.finishQuery(id);
     this.closed = true;
+    for (const lq of this.lateQueries.values()) lq.final(lq.summary);
     this.lateQueries.clear();
     this.lateIds.clear();
     this.lateUntil.clear();

@@ -526,6 +526,60 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     expect(Date.now() - t0).toBeLessThan(3000);
   });
 
+  it('a sidecar that answers a resume after the wait still has its events sent, and nothing is reported lost meanwhile', async () => {
+    n++;
+    const c = await sidecar('edge-c', { graceMillis: 3000 });
+    // A slow origin: it keeps a run (seqs 1..11) and answers resume questions after a second.
+    const pub = await redis.client();
+    const sub = pub.duplicate();
+    sub.on('error', () => undefined);
+    await sub.connect();
+    const traceId = 'a'.repeat(32);
+    const runId = `${traceId}-${'b'.repeat(16)}`;
+    const line = (seq: number): string =>
+      `${JSON.stringify(['slow-origin', 'u1', null, runId, traceId, seq, 'tool_executing', 0])}\n${JSON.stringify({ type: 'tool_executing', run_id: runId, seq })}`;
+    await sub.subscribe(`t${n}:resume`, (m: string) => {
+      const q = JSON.parse(m) as { o: string; q: number; r: Record<string, number> };
+      const from = q.r[runId];
+      if (from === undefined) return;
+      setTimeout(() => {
+        const lines = Array.from({ length: 11 - from }, (_, i) => line(from + 1 + i));
+        void pub.publish(`t${n}:i:${q.o}`, `${JSON.stringify({ k: 'rp', o: 'slow-origin', q: q.q, last: { [runId]: 11 }, held: {} })}\n${lines.join('\n')}`);
+      }, 1000);
+    });
+    await pub.publish(`t${n}:presence`, JSON.stringify({ k: 'sync', o: 'slow-origin', u: [] }));
+    try {
+      await eventually(async () => (await metricValue(c, 'tracewire_broker_peers')) >= 1, 'edge-c knows the slow origin');
+      const tab = await client(c, 'u1', `resume=${runId}:3`);
+      await tab.until((x) => x.events.length >= 8, 5000, 'the late answer');
+      expect(tab.events.map((e) => e.seq)).toEqual([4, 5, 6, 7, 8, 9, 10, 11]);
+      await new Promise((r) => setTimeout(r, 1700)); // past the report timeout: what is missing is told now
+      expect(tab.frames.filter((f) => f.type === 'error')).toEqual([]);
+    } finally {
+      await sub.close();
+      await pub.close();
+    }
+  });
+
+  it('outcomes that arrived while this sidecar\'s loop stalled count: no broker_unconfirmed for events the edge delivered', async () => {
+    const [origin, edge] = await pair({ graceMillis: 3000 });
+    const c = await client(edge, 'u1');
+    await heard(origin);
+    const { top, tool, runId } = startRun(origin, 'u1');
+    tool();
+    await c.until((x) => x.events.length >= 3, 5000, 'three events');
+    tool();
+    top.end();
+    // Stall right after sending (all sidecars of this test share the loop): the outcomes wait in the socket.
+    await new Promise((r) => setImmediate(r));
+    const until = Date.now() + 2000;
+    while (Date.now() < until);
+    await c.until((x) => x.events.length >= 6, 5000, 'every event');
+    await eventually(async () => origin.tw.ledger.get(runId)?.judgement !== undefined, 'verdict', 8000);
+    expect(origin.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
+    expect(await metricValue(origin, 'tracewire_events_dropped_total', { reason: 'broker_unconfirmed' })).toBe(0);
+  });
+
   it("a sidecar's hello (it reconnected to the broker) does not make the others forget its users", async () => {
     const [origin, edge] = await pair();
     const c = await client(edge, 'u1');
