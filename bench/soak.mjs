@@ -83,7 +83,8 @@ async function server() {
   for (let i = 0; i < CFG.sidecars; i++) {
     const tw = new Tracewire({
       jwtSecret: SECRET,
-      graceMillis: 500,
+      // Several sidecars: outcomes and resumes take a broker round trip; the grace must exceed the report timeout.
+      graceMillis: CFG.sidecars > 1 ? 2000 : 500,
       wsHeartbeatMillis: CFG.heartbeatMs,
       replayRetentionMillis: CFG.replayRetentionMs,
       runsMaxCount: CFG.runsMaxCount,

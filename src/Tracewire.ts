@@ -107,6 +107,9 @@ export class Tracewire {
 
   private async startFanout(): Promise<void> {
     const c = this.config;
+    if (c.brokerReportTimeoutMillis >= c.graceMillis) {
+      this.diag.log('warn', 'config', `--broker-report-timeout-ms (${c.brokerReportTimeoutMillis}) is not under --grace-ms (${c.graceMillis}): runs may be judged before other sidecars report their events' outcomes`);
+    }
     const id = c.instanceId || `${hostname().replace(/[^A-Za-z0-9._-]/g, '_').slice(0, 100)}-${process.pid}-${randomBytes(3).toString('hex')}`;
     (this as { instanceId: string }).instanceId = id;
     const broker = (this.broker = new RedisBroker({

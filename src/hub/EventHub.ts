@@ -225,6 +225,11 @@ export class EventHub implements EventSink {
         ackRemote: (runId, user, seq) => this.ackRun(runId, user, seq),
         runEndedRemote: (runId) => this.replay.ended(runId),
         keptForResume: (user, runs, all, skip) => this.keptForResume(user, runs, all, skip),
+        deliveredByResume: (runId, seq) => {
+          const run = this.ledger.get(runId);
+          const ev = run?.events[seq - 1]?.seq === seq ? run.events[seq - 1] : run?.events.find((e) => e.seq === seq);
+          if (run !== undefined && ev !== undefined) this.ledger.markDelivered(run, ev, true);
+        },
       },
       { ...opts, metrics: this.metrics.broker() },
     );
@@ -1049,8 +1054,11 @@ export class EventHub implements EventSink {
     }
     d.remaining--;
     if (ok) {
+      if (d.ok) return;
       d.ok = true;
-      this.fanout!.report(ev, undefined);
+      // A live event: its outcome, awaited by its origin. A resume delivery: its origin counts it too.
+      if (ev.reportId !== 0) this.fanout!.report(ev, undefined);
+      else if (d.late) this.fanout!.reportResumed(ev);
       return;
     }
     if (d.failReason === undefined || d.failReason === 'send_failed') d.failReason = reason;

@@ -67,6 +67,8 @@ export interface FanoutHost {
   ackRemote(runId: string, user: string, seq: number): void;
   /** Edge: a run this sidecar relayed has ended (its resume window counts from now). */
   runEndedRemote(runId: string): void;
+  /** Origin: another sidecar wrote one of this sidecar's events to a client that resumed there. */
+  deliveredByResume(runId: string, seq: number): void;
   /**
    * Another sidecar's client resumes: what this sidecar keeps of `user`'s
    * named runs after their seqs (and, with `all`, of its other runs but
@@ -271,6 +273,7 @@ export class Fanout {
   private readonly outEventIds = new Map<string, number[]>();
   private readonly outReports: Outbox = new Map();
   private readonly outAcks: Outbox = new Map();
+  private readonly outResumed: Outbox = new Map();
   private joins = new Set<string>();
   private leaves = new Set<string>();
   private flushScheduled = false;
@@ -655,6 +658,18 @@ export class Fanout {
     this.schedule();
   }
 
+  /**
+   * A client that resumed here was written an event another sidecar judges
+   * (a resume delivery: no outcome is awaited for it): that sidecar counts it
+   * delivered, as it would a resume of its own (an earlier write may have
+   * failed on the way).
+   */
+  reportResumed(ev: RemoteEvent): void {
+    if (ev.origin === this.id) return;
+    push(this.outResumed, ev.origin, JSON.stringify([ev.runId, ev.seq]));
+    this.schedule();
+  }
+
   /** Edge: a client acked a run this sidecar relayed; false if it relayed no such run. */
   forwardAck(runId: string, user: string, seq: number): boolean {
     const origin = this.runs.get(runId)?.origin;
@@ -686,6 +701,14 @@ export class Fanout {
       case 'ack':
         this.m.messages.inc({ direction: 'in', kind: 'acks' });
         return this.onAcks(msg.a);
+      case 'rd':
+        this.m.messages.inc({ direction: 'in', kind: 'reports' });
+        if (!Array.isArray(msg.d)) return this.invalid('resume deliveries without a list');
+        for (const it of msg.d) {
+          if (!Array.isArray(it) || !isStr(it[0]) || !isSeq(it[1])) this.invalid('a resume delivery that is not [run_id, seq]');
+          else this.host.deliveredByResume(it[0], it[1]);
+        }
+        return;
       case 'rp':
         this.m.messages.inc({ direction: 'in', kind: 'resumes' });
         return this.onResumeAnswer(from, msg, nl < 0 ? [] : raw.slice(nl + 1).split('\n'));
@@ -923,6 +946,7 @@ export class Fanout {
     this.outEventIds.clear();
     this.outEnds.clear();
     this.publishAll(this.outReports, 'rep', 'r', 'reports');
+    this.publishAll(this.outResumed, 'rd', 'd', 'reports');
     this.publishAll(this.outAcks, 'ack', 'a', 'acks');
   }
 
