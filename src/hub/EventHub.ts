@@ -12,6 +12,7 @@ import { JwtVerifier, PROTOCOL, tokenFrom, type Principal } from './auth.js';
 import { Connection, RESUMED_PRUNE_FROM, type Delivery } from './Connection.js';
 import { Fifo, NumberFifo } from '../util/Fifo.js';
 import { frameOf, frameSize } from './frame.js';
+import { mergeSeqs } from '../util/arrays.js';
 import { ReplayStore } from './ReplayStore.js';
 import type { Broker } from './fanout/Broker.js';
 import { Fanout, RemoteEvent, type FanoutOptions, type KeptForResume, type ResumeAnswer, type ResumeSummary } from './fanout/Fanout.js';
@@ -850,12 +851,7 @@ export class EventHub implements EventSink {
       }
       for (const ev of evs) {
         if (!conn.wants(ev)) continue;
-        if (ev instanceof RemoteEvent) {
-          // Kept here too: a later resume on this sidecar finds it.
-          measure(ev);
-          this.replay.add(ev);
-          if (ev.run.endMs !== undefined) this.replay.ended(runId);
-        }
+        if (ev instanceof RemoteEvent) this.keepFetched(ev);
         ev.record.attempts++;
         ds.push({ ev, remaining: 1, ok: false, late: true, failReason: undefined });
       }
@@ -875,6 +871,13 @@ export class EventHub implements EventSink {
     }
     if (conn.dirty) this.dirty.add(conn);
     this.scheduleFlush();
+  }
+
+  /** An event fetched from another sidecar for a resume is kept in this one's window too: a later resume here finds it. */
+  private keepFetched(ev: RemoteEvent): void {
+    measure(ev);
+    this.replay.add(ev);
+    if (ev.run.endMs !== undefined) this.replay.ended(ev.runId);
   }
 
   /** A hole at a run's end: `last` is kept somewhere, the client gets up to `got`. False if the connection closed. */
@@ -928,8 +931,7 @@ export class EventHub implements EventSink {
       const after = Object.hasOwn(ask, runId) ? ask[runId]! : 0;
       for (const ev of evs) {
         if (ev.seq <= after || conn.has(runId, ev.seq) || !conn.wants(ev)) continue;
-        measure(ev);
-        this.replay.add(ev);
+        this.keepFetched(ev);
         ev.record.attempts++;
         n++;
         if (!conn.enqueue({ ev, remaining: 1, ok: false, late: true, failReason: undefined })) {
@@ -1423,10 +1425,4 @@ function mergeBySeq(a: readonly OutboundEvent[], b: readonly OutboundEvent[]): O
     if (out.length === 0 || out[out.length - 1]!.seq !== next.seq) out.push(next);
   }
   return out;
-}
-
-/** Two seq lists as one ascending list without repeats (undefined if both are). */
-function mergeSeqs(a: readonly number[] | undefined, b: readonly number[] | undefined): number[] | undefined {
-  if (a === undefined && b === undefined) return undefined;
-  return [...new Set([...(a ?? []), ...(b ?? [])])].sort((x, y) => x - y);
 }

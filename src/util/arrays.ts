@@ -28,3 +28,9 @@ export function append<T>(arr: T[] | undefined, item: T): T[] {
 
 /** Arrays are kept at their exact size up to this many elements. */
 export const EXACT_UP_TO = 8;
+
+/** Two lists of seqs as one, ascending, each once (undefined if both are). */
+export function mergeSeqs(a: readonly number[] | undefined, b: readonly number[] | undefined): number[] | undefined {
+  if (a === undefined && b === undefined) return undefined;
+  return [...new Set([...(a ?? []), ...(b ?? [])])].sort((x, y) => x - y);
+}

@@ -5,6 +5,7 @@ import { OutboundEvent } from '../../bridge/EventSink.js';
 import type { Diag } from '../../errors/Diag.js';
 import { BoundedMap } from '../../util/BoundedMap.js';
 import { Fifo, NumberFifo } from '../../util/Fifo.js';
+import { mergeSeqs } from '../../util/arrays.js';
 import type { Delivery } from '../Connection.js';
 import type { Broker } from './Broker.js';
 
@@ -87,20 +88,24 @@ export interface KeptForResume {
   readonly held: Record<string, number[]>;
 }
 
-/** What the other sidecars had for a resume (`askResume`). */
-export interface ResumeAnswer {
-  /** Per run, ascending seq, no duplicates. */
-  readonly events: Map<string, RemoteEvent[]>;
+/** What sidecars that answered a resume keep, besides the events they sent. */
+export interface ResumeSummary {
   /** Per run some sidecar keeps, the last seq kept (what a truncated answer left out is then a hole). */
   readonly last: Map<string, number>;
   /** Per run, seqs held by its origin (they come when the origin hears of the connection: not holes). */
   readonly held: Map<string, number[]>;
 }
 
-/** What every sidecar that answered a resume keeps (last seqs, held seqs), once no more answers are taken. */
-export interface ResumeSummary {
-  readonly last: Map<string, number>;
-  readonly held: Map<string, number[]>;
+/** What the other sidecars had for a resume (`askResume`). */
+export interface ResumeAnswer extends ResumeSummary {
+  /** Per run, ascending seq, no duplicates. */
+  readonly events: Map<string, RemoteEvent[]>;
+}
+
+/** Fold one answer's last and held seqs into `into`. */
+function absorb(into: ResumeSummary, last: Iterable<[string, number]>, held: Iterable<[string, number[]]>): void {
+  for (const [runId, seq] of last) into.last.set(runId, Math.max(into.last.get(runId) ?? 0, seq));
+  for (const [runId, seqs] of held) into.held.set(runId, mergeSeqs(into.held.get(runId), seqs)!);
 }
 
 interface ResumeQuery {
@@ -209,8 +214,8 @@ class RemoteRun extends RunRecord {
 }
 
 interface Peer {
-  /** Users with a connection there, and when each was last announced. */
-  readonly users: Map<string, number>;
+  /** Users with a connection there. */
+  readonly users: Set<string>;
   lastSeenMs: number;
 }
 
@@ -438,7 +443,7 @@ export class Fanout {
     const now = this.now();
     let peer = this.peers.get(instance);
     if (peer === undefined) {
-      peer = { users: new Map(), lastSeenMs: now };
+      peer = { users: new Set(), lastSeenMs: now };
       this.peers.set(instance, peer);
     }
     peer.lastSeenMs = now;
@@ -457,7 +462,7 @@ export class Fanout {
         this.m.dropped.inc({ reason: 'presence_full' });
         continue;
       }
-      peer.users.set(user, now);
+      peer.users.add(user);
       if (!known) {
         this.remoteEntries++;
         let set = this.byUser.get(user);
@@ -481,7 +486,7 @@ export class Fanout {
   private dropPeer(instance: string): void {
     const peer = this.peers.get(instance);
     if (peer === undefined) return;
-    for (const user of [...peer.users.keys()]) this.removeEntry(instance, peer, user);
+    for (const user of [...peer.users]) this.removeEntry(instance, peer, user);
     this.peers.delete(instance);
   }
 
@@ -882,13 +887,11 @@ export class Fanout {
       if ((flags & FLAG_ENDED) !== 0) run.endMs ??= this.now();
       evs.push(new RemoteEvent(new EventRecord(seq, type, REMOTE_SPAN, run), conversation ?? undefined, text, origin, 0, true));
     }
-    for (const [runId, seq] of Object.entries(last as Record<string, number>)) into.last.set(runId, Math.max(into.last.get(runId) ?? 0, seq));
-    for (const [runId, seqs] of Object.entries(held as Record<string, number[]>)) into.held.set(runId, [...(into.held.get(runId) ?? []), ...seqs].sort((a, b) => a - b));
+    absorb(into, Object.entries(last as Record<string, number>), Object.entries(held as Record<string, number[]>));
     q.from.add(from);
     if (late) {
       const lq = q as LateQuery;
-      for (const [runId, seq] of into.last) lq.summary.last.set(runId, Math.max(lq.summary.last.get(runId) ?? 0, seq));
-      for (const [runId, seqs] of into.held) lq.summary.held.set(runId, [...new Set([...(lq.summary.held.get(runId) ?? []), ...seqs])].sort((a, b) => a - b));
+      absorb(lq.summary, into.last, into.held);
       lq.late(tidy(into));
       if (lq.expected !== undefined && lq.from.size >= lq.expected && this.lateQueries.delete(id)) lq.final(lq.summary);
       return;
