@@ -244,6 +244,7 @@ export class BrokerMetrics {
   readonly pending: LiveGauge;
   readonly messages: Counter<'direction' | 'kind'>;
   readonly dropped: Counter<'reason'>;
+  readonly reopened: Counter;
 
   constructor(regs: Registry[]) {
     this.up = new LiveGauge({ name: 'tracewire_broker_up', help: '1 while the fan-out broker (--broker-url) is connected, 0 while it is not; absent without a broker.', registers: regs });
@@ -252,6 +253,7 @@ export class BrokerMetrics {
     this.pending = new LiveGauge({ name: 'tracewire_broker_pending_deliveries', help: 'Events sent to another sidecar whose delivery outcome has not come back yet (bounded by brokerMaxPending).', registers: regs });
     this.messages = new Counter({ name: 'tracewire_broker_messages_total', help: 'Broker messages published (direction "out") and received (direction "in"), by kind; a message carries a batch.', labelNames: ['direction', 'kind'] as const, registers: regs });
     this.dropped = new Counter({ name: 'tracewire_broker_dropped_total', help: 'What the fan-out gave up, by reason: items of a publish that failed, invalid messages received, deliveries whose outcome never came back or that found the pending table full, presence entries past the bound, acks for runs it never relayed.', labelNames: ['reason'] as const, registers: regs });
+    this.reopened = new Counter({ name: 'tracewire_broker_reopened_total', help: 'Times the broker connections were given up and opened anew because none of this sidecar\'s own presence came back for three presence intervals (a connection that looks up but carries nothing, e.g. half-open).', registers: regs });
     for (const direction of ['in', 'out']) for (const kind of BROKER_MESSAGE_KINDS) this.messages.inc({ direction, kind }, 0);
     for (const reason of BROKER_DROP_REASONS) this.dropped.inc({ reason }, 0);
   }

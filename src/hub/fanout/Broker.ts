@@ -15,6 +15,13 @@ export interface Broker {
   readonly up: boolean;
   /** Told when `up` changes (after a reconnect: resubscribed and ready). */
   onStatus(listener: (up: boolean) => void): void;
+  /**
+   * Give up the connections and open new ones (what was subscribed is
+   * subscribed again): for a connection that looks up but carries nothing,
+   * e.g. half-open after the broker's host vanished without a FIN. `up` is
+   * false until the new ones are ready.
+   */
+  reopen(): void;
   /** Close the connections; pending publishes reject. */
   close(): Promise<void>;
 }
@@ -45,22 +52,31 @@ function clientOptions(url: string, maxDelay: number): Parameters<typeof createC
  * disconnected fails at once rather than piling up in memory.
  */
 export class RedisBroker implements Broker {
-  private readonly pub: Client;
-  private readonly sub: Client;
+  private pub: Client;
+  private sub: Client;
+  /** What was subscribed, to subscribe again on new connections (`reopen`). */
+  private readonly subscriptions: Array<{ channel: string; onMessage: (message: string) => void }> = [];
+  /** New connections are coming up (`reopen`): not up until they are and the subscriptions are back. */
+  private reopening = false;
   private readonly listeners: Array<(up: boolean) => void> = [];
   private wasUp = false;
   private closed = false;
 
   constructor(private readonly opts: RedisBrokerOptions) {
-    const o = clientOptions(opts.url, opts.maxReconnectDelayMillis ?? 5000);
-    this.pub = createClient(o);
-    this.sub = createClient(o);
-    for (const c of [this.pub, this.sub]) {
+    [this.pub, this.sub] = this.clients();
+  }
+
+  /** A publishing and a subscribing connection, not yet connecting. */
+  private clients(): [Client, Client] {
+    const o = clientOptions(this.opts.url, this.opts.maxReconnectDelayMillis ?? 5000);
+    const pair: [Client, Client] = [createClient(o), createClient(o)];
+    for (const c of pair) {
       c.on('error', (err: Error) => this.opts.onError?.(err));
       c.on('ready', () => this.changed());
       c.on('end', () => this.changed());
       c.on('reconnecting', () => this.changed());
     }
+    return pair;
   }
 
   /** Start connecting (resolves when both connections are up; keeps retrying in the background if not). */
@@ -69,7 +85,7 @@ export class RedisBroker implements Broker {
   }
 
   get up(): boolean {
-    return !this.closed && this.pub.isReady && this.sub.isReady;
+    return !this.closed && !this.reopening && this.pub.isReady && this.sub.isReady;
   }
 
   onStatus(listener: (up: boolean) => void): void {
@@ -93,12 +109,46 @@ export class RedisBroker implements Broker {
   }
 
   publish(channel: string, message: string): Promise<unknown> {
-    if (!this.pub.isReady) return Promise.reject(new Error('broker not connected'));
+    if (!this.up) return Promise.reject(new Error('broker not connected'));
     return this.pub.publish(channel, message);
   }
 
   async subscribe(channel: string, onMessage: (message: string) => void): Promise<void> {
+    this.subscriptions.push({ channel, onMessage });
     await this.sub.subscribe(channel, (message: string) => onMessage(message));
+  }
+
+  reopen(): void {
+    if (this.closed || this.reopening) return;
+    this.reopening = true;
+    const old = [this.pub, this.sub];
+    [this.pub, this.sub] = this.clients();
+    // Commands waiting on the old connections (publishes) fail now, and their items count as not sent.
+    for (const c of old) {
+      c.removeAllListeners();
+      c.on('error', () => undefined);
+      if (c.isOpen) c.destroy();
+    }
+    this.changed();
+    const sub = this.sub;
+    void this.connect()
+      .then(async () => {
+        for (const s of this.subscriptions) await sub.subscribe(s.channel, (message: string) => s.onMessage(message));
+      })
+      .then(
+        () => {
+          if (this.sub !== sub) return;
+          this.reopening = false;
+          this.changed();
+        },
+        (err: Error) => {
+          // Closed meanwhile, or the new subscribing connection failed: try once more with new ones.
+          if (this.closed || this.sub !== sub) return;
+          this.opts.onError?.(err);
+          this.reopening = false;
+          this.reopen();
+        },
+      );
   }
 
   async close(): Promise<void> {

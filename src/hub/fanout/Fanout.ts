@@ -172,6 +172,14 @@ const MAX_ANSWER_CHARS = 4 * 1024 * 1024;
 const MAX_HELD_PER_RUN = 10_000;
 /** Presence intervals without a word from a sidecar before it counts as gone. */
 const PEER_EXPIRY = 5;
+/**
+ * Presence intervals without this sidecar's own presence coming back before
+ * its broker connections count as dead and are opened anew (a half-open
+ * connection: the broker's host gone without a FIN looks up to the client
+ * and takes publishes into the void). Under PEER_EXPIRY, so this sidecar
+ * reconnects before the others give it up.
+ */
+const ECHO_EXPIRY = 3;
 /** Queries whose wait ended before every sidecar answered, still taking late answers (for the report timeout). */
 const MAX_LATE_QUERIES = 20_000;
 
@@ -284,6 +292,8 @@ export class Fanout {
   private flushScheduled = false;
   private lastTickMs = 0;
   private lastExpireMs = 0;
+  /** When this sidecar last heard its own presence back from the broker (or the broker came up). */
+  private lastEchoMs = 0;
   /** Subscribed (`start`): before that, a broker status change is not acted on. */
   private started = false;
   /** Shutting down (`leave`): no more presence; events, reports and acks still flow until `close`. */
@@ -384,6 +394,7 @@ export class Fanout {
       return;
     }
     this.o.diag.log('info', 'fanout', `broker connected as ${this.id}`);
+    this.lastEchoMs = this.now();
     // Start from nothing: what was heard while this sidecar could not publish (and so could not send what
     // it holds) is heard again, as new, after the hello.
     this.forgetPeers();
@@ -405,6 +416,15 @@ export class Fanout {
     this.lastTickMs = now;
     // This sidecar's own event loop stalled: the others' announcements are still waiting to be read.
     if (stalled) return;
+    if (now - this.lastEchoMs > ECHO_EXPIRY * this.o.presenceIntervalMillis) {
+      // Nothing this sidecar published came back: the connections look up but carry nothing. Open new ones;
+      // meanwhile events of users on other sidecars are held (the broker is not up), as in an outage.
+      this.m.reopened.inc();
+      this.o.diag.log('warn', 'fanout', `none of this sidecar's presence came back from the broker in ${now - this.lastEchoMs} ms: connections presumed dead, opening new ones`);
+      this.lastEchoMs = now;
+      this.broker.reopen();
+      return;
+    }
     // A sidecar not heard from for PEER_EXPIRY intervals is gone (one that exits cleanly says bye, one whose
     // connection drops is seen by Redis: its inbox has no receiver). Its users' events are held meanwhile.
     // Single entries do not expire: a leave is not lost while the broker connection lasts, and an event
@@ -426,8 +446,13 @@ export class Fanout {
 
   private onPresence(raw: string): void {
     const msg = this.parse(raw, 'presence');
+    if (msg?.o === this.id) {
+      // Its own presence, back through the broker: both connections carry messages.
+      this.lastEchoMs = this.now();
+      return;
+    }
     // While this sidecar cannot publish, what it hears is not acted on: it asks again (hello) once it can.
-    if (msg === undefined || msg.o === this.id || !this.broker.up) return;
+    if (msg === undefined || !this.broker.up) return;
     const instance = msg.o as string;
     const users = msg.u;
     if (!Array.isArray(users) || !users.every((u) => isStr(u)) || !['join', 'leave', 'sync', 'hello', 'bye'].includes(msg.k as string)) {

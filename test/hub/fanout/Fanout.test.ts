@@ -3,7 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../../src/surfaces/server.js';
 import type { TracewireOptions } from '../../../src/Tracewire.js';
 import { connectAcked, inProcessTracer, judgedToolRun, metricValue, startTestSidecar, until, type TestClient } from '../../helpers.js';
-import { RedisServer, redisGate } from './support.js';
+import { BrokerProxy, RedisServer, redisGate } from './support.js';
 import { FaultProxy, RecordingClient } from '../../client/support.js';
 
 // Several sidecars behind one broker (DESIGN.md "Scale"): spans reach one sidecar (the origin), the user's
@@ -607,6 +607,39 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     await c.until((x) => x.events.length >= 4, 5000, 'the run on the edge');
     expect(origin.tw.ledger.get(runId)!.judgement!.verdict).toBe('complete');
   });
+
+  it('a broker connection that looks up but carries nothing (half-open) is given up and opened anew, and events flow again', async () => {
+    n++;
+    const proxy = await new BrokerProxy(redis.socket).start();
+    try {
+      const origin = await sidecar('origin', { brokerUrl: proxy.url, graceMillis: 10_000 });
+      const edge = await sidecar('edge');
+      const c = await client(edge, 'u-half');
+      await heard(origin);
+      expect(proxy.accepted).toBe(2);
+      // The origin's path to the broker dies without a FIN or RST: its client still says it is connected.
+      proxy.blackhole();
+      // Within three presence intervals (200 ms here) none of its own presence has come back: new connections.
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_reopened_total')) === 1, 'the connections reopened', 5000);
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 1, 'broker_up 1 again');
+      expect(proxy.accepted).toBe(4);
+      await heard(origin);
+
+      startRun(origin, 'u-half').top.end();
+      await c.until((x) => x.events.length >= 2, 5000, "the run's events through the new connections");
+      expect(c.events.map((e) => [e.type, e.seq])).toEqual([
+        ['agent_started', 1],
+        ['agent_completed', 2],
+      ]);
+      // Healthy connections are left alone.
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(await metricValue(origin, 'tracewire_broker_reopened_total')).toBe(1);
+      expect(await metricValue(edge, 'tracewire_broker_reopened_total')).toBe(0);
+    } finally {
+      for (const sc of open.splice(0)) await sc.close();
+      await proxy.close();
+    }
+  }, 20_000);
 
   it('while the broker is down, events for users on other sidecars are held; they go out once it is back', async () => {
     const [origin, edge] = await pair({ graceMillis: 10_000 });

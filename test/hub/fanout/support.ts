@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import * as net from 'node:net';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,5 +58,63 @@ export class RedisServer {
     c.on('error', () => undefined);
     await c.connect();
     return c;
+  }
+}
+
+/**
+ * A TCP proxy in front of a redis-server's unix socket, to play a network
+ * path that dies without a word: `blackhole()` makes the connections open now
+ * lose everything, both ways, while staying open (no FIN, no RST: a
+ * half-open connection as the client sees it). Connections opened later pass.
+ */
+export class BrokerProxy {
+  private readonly pairs = new Set<[net.Socket, net.Socket]>();
+  private readonly dead = new WeakSet<net.Socket>();
+  private server!: net.Server;
+  /** Connections accepted so far. */
+  accepted = 0;
+
+  constructor(private readonly socketPath: string) {}
+
+  async start(): Promise<this> {
+    this.server = net.createServer((client) => {
+      this.accepted++;
+      const upstream = net.connect(this.socketPath);
+      const pair: [net.Socket, net.Socket] = [client, upstream];
+      this.pairs.add(pair);
+      client.on('data', (d) => {
+        if (!this.dead.has(client)) upstream.write(d);
+      });
+      upstream.on('data', (d) => {
+        if (!this.dead.has(client)) client.write(d);
+      });
+      const end = (): void => {
+        this.pairs.delete(pair);
+        client.destroy();
+        upstream.destroy();
+      };
+      client.on('close', end).on('error', end);
+      upstream.on('close', end).on('error', end);
+    });
+    await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
+    return this;
+  }
+
+  get url(): string {
+    return `redis://127.0.0.1:${(this.server.address() as net.AddressInfo).port}`;
+  }
+
+  /** The connections open now carry nothing more, in either direction, and are not closed. */
+  blackhole(): void {
+    for (const [c] of this.pairs) this.dead.add(c);
+  }
+
+  async close(): Promise<void> {
+    for (const [c, u] of this.pairs) {
+      c.destroy();
+      u.destroy();
+    }
+    this.pairs.clear();
+    await new Promise<void>((r) => this.server.close(() => r()));
   }
 }
