@@ -276,9 +276,9 @@ export class Fanout {
   private nextId = 1;
   /** Origin: the other sidecars each remote delivery went to (so an `absent` answer tries the user's other sidecars once). */
   private readonly tried = new WeakMap<Delivery, string[]>();
-  /** Origin: the sidecars each run's events went to, until the run ends (they are told it ended). */
+  /** Origin: the sidecars each run's events went to, until the run ends (they are told it ended); the least recently sent forgotten first. */
   private readonly sentRuns = new BoundedMap<string, string[]>(100_000);
-  /** Edge: the runs this sidecar relayed (their stand-in record and their origin, where acks go). */
+  /** Edge: the runs this sidecar relayed (their stand-in record and their origin, where acks go), the least recently relayed forgotten first. */
   private readonly runs = new BoundedMap<string, RemoteRun>(20_000);
   // Batches waiting for the microtask that publishes them.
   private readonly outEvents: Outbox = new Map();
@@ -539,7 +539,11 @@ export class Fanout {
     const runId = ev.runId;
     const dests = this.sentRuns.get(runId);
     if (dests === undefined) this.sentRuns.set(runId, [instance]);
-    else if (!dests.includes(instance)) dests.push(instance);
+    else {
+      // A run still sending is the newest here: a long run is not pushed out by the many short ones after it.
+      this.sentRuns.touch(runId);
+      if (!dests.includes(instance)) dests.push(instance);
+    }
     this.pendingIds.push(id);
     this.pendingAt.push(this.now());
     const flags = (late ? FLAG_LATE : 0) | (ev.run.endMs !== undefined ? FLAG_ENDED : 0);
@@ -931,7 +935,7 @@ export class Fanout {
       run = new RemoteRun(runId, traceId, this.now(), origin);
       run.user = user;
       this.runs.set(runId, run);
-    }
+    } else this.runs.touch(runId); // still relaying: a long run outlives the many short ones relayed after it
     return run;
   }
 
