@@ -17,9 +17,9 @@
  * - duplicates (seq at or below the last delivered) are dropped; an event
  *   ahead of the next seq waits until the seqs before it arrive, the server
  *   says they are lost (an error frame with `run_id`, `from_seq`, `to_seq`:
- *   a `gap`), or `gapTimeoutMillis` passes (a `gap` too). A run first heard
- *   of in the middle (its start went to another tab) is asked for from its
- *   start with a `resume` frame;
+ *   a `gap`), or `gapTimeoutMillis` passes (a `gap` too). The missing seqs
+ *   are asked for at once with a `resume` frame (a run first heard of in the
+ *   middle, its start gone to another tab, from its start);
  * - acks: after the application's handlers ran, the highest seq per run is
  *   acknowledged (`ack` frames, at most one per run per `ackDelayMillis`);
  * - liveness: an attempt with no `ack` within `connectTimeoutMillis` is
@@ -549,13 +549,14 @@ export class TracewireClient {
     this.stats.received++;
     const now = Date.now();
     let r = this.runs.get(ev.run_id);
+    let asked = false;
     if (r === undefined) {
       r = this.track(ev.run_id, now);
       // A run first heard of mid-way (its start went to another tab): ask for its start. The event waits
       // for it; the server sends what it still has and names the rest as lost (a gap).
       // A gap listener (a run forgotten to make room) may have closed the client, or followed a run that pushed this one out.
       if (this.state === 'closed' || this.runs.get(ev.run_id) !== r) return;
-      if (ev.seq > 1 && this.ws !== undefined && this.ws.readyState === OPEN) this.ws.send(JSON.stringify({ type: 'resume', runs: { [ev.run_id]: 0 } }));
+      if (ev.seq > 1) asked = this.askFrom(ev.run_id, 0);
     } else {
       // Most recently active last (what maxRuns forgets first is at the front).
       this.runs.delete(ev.run_id);
@@ -572,10 +573,23 @@ export class TracewireClient {
       this.drain(r, 'server');
       return;
     }
-    if (r.pending === undefined || r.pending.size === 0) r.waitingSince = now;
+    if (r.pending === undefined || r.pending.size === 0) {
+      r.waitingSince = now;
+      // Seqs before this one are missing on a run already followed (they went to the user's other tab while
+      // this connection's sidecar was cut off from the broker): ask for them now rather than wait out
+      // gapTimeoutMillis. The server sends what it or the other sidecars still have and names the rest as lost.
+      if (!asked) this.askFrom(r.runId, r.last);
+    }
     (r.pending ??= new Map()).set(ev.seq, ev);
     if (r.pending.size > this.o.maxPendingPerRun) this.skipToPending(r, 'overflow');
     else this.armGapTimer();
+  }
+
+  /** A resume frame for one run after `seq`, on the open connection; false if there is none. */
+  private askFrom(runId: string, seq: number): boolean {
+    if (this.ws === undefined || this.ws.readyState !== OPEN) return false;
+    this.ws.send(JSON.stringify({ type: 'resume', runs: { [runId]: seq } }));
+    return true;
   }
 
   /** Deliver what follows `last` (pending events, or across a hole the server reported). */

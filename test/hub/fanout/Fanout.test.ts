@@ -432,6 +432,38 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     }
   });
 
+  it("the shipped client on another sidecar gets what its user's tab on the origin got while the broker was down, at the run's next event", async () => {
+    const [origin, edge] = await pair({ graceMillis: 10_000 });
+    const tab = await client(origin, 'u-miss');
+    const rc = new RecordingClient({ url: `${edge.publicUrl.replace(/^http/, 'ws')}/v1/events`, token: () => origin.tw.token('u-miss') });
+    try {
+      rc.client.connect();
+      await rc.until((x) => x.opens() === 1, 5000, 'open on the edge');
+      await heard(origin);
+      const { top, tool, runId } = startRun(origin, 'u-miss');
+      await rc.until((x) => x.events.length === 1, 5000, 'agent_started on the edge');
+
+      await redis.stop();
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 0, 'broker_up 0');
+      tool(); // seqs 2 and 3: only the tab on the origin takes them
+      await tab.until((x) => x.events.length >= 3, 5000, 'the tab on the origin');
+      await redis.start();
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 1, 'broker_up 1', 15_000);
+      await heard(origin);
+
+      tool(); // seqs 4 and 5 reach the edge: its client sees 2 and 3 missing and asks for them
+      await rc.until((x) => x.events.length >= 5, 3000, 'the missed events, well before gapTimeoutMillis');
+      top.end();
+      await rc.until((x) => x.events.length >= 6, 5000, 'the last event');
+      expect(rc.seqs(runId)).toEqual([1, 2, 3, 4, 5, 6]);
+      expect(rc.events.map((e) => e.type)).toEqual(EXPECTED);
+      expect(rc.gaps).toEqual([]);
+      expect(rc.errors).toEqual([]);
+    } finally {
+      rc.client.close();
+    }
+  }, 30_000);
+
   it("reports an edge's failed writes back to the origin, which judges the run with that reason", async () => {
     const [origin, edge] = await pair();
     await edge.close();
