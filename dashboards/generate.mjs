@@ -286,6 +286,37 @@ function overview() {
     }),
   );
 
+  y += 8;
+
+  // --- Several sidecars -----------------------------------------------------------------------------
+  panels.push(row('Several sidecars (fan-out through the broker)', y++));
+  panels.push(
+    timeseries({
+      title: 'Broker and presence',
+      description: 'Sidecars with --broker-url only ("No data" without one). Per sidecar: 1 while its broker connections are up (alert TracewireBrokerDown), the other sidecars it has heard from, the (user, sidecar) pairs it knows of, and the events it sent to other sidecars whose outcome has not come back. Reopened: connections given up because the sidecar\'s own presence stopped coming back (half-open).',
+      x: 0, y, w: 8, noValue: 'no broker',
+      targets: [
+        target('A', `min by (instance) (tracewire_broker_up{${SEL}})`, 'up: {{instance}}'),
+        target('B', `max by (instance) (tracewire_broker_peers{${SEL}})`, 'peers heard: {{instance}}'),
+        target('C', `sum(tracewire_broker_remote_users{${SEL}})`, 'users elsewhere'),
+        target('D', `sum(tracewire_broker_pending_deliveries{${SEL}})`, 'awaiting an outcome'),
+        target('E', `sum(increase(tracewire_broker_reopened_total{${SEL}}[${RI}]))`, 'reopened'),
+      ],
+    }),
+    timeseries({
+      title: 'Broker messages',
+      description: 'Messages published (out) and received (in) per second, by kind; each carries a batch. Events out and reports in should move together: reports that stop coming back end as broker_unconfirmed drops.',
+      x: 8, y, w: 8, unit: 'ops', noValue: 'no broker',
+      targets: [target('A', `sum by (direction, kind) (rate(tracewire_broker_messages_total{${SEL}}[${RI}]))`, '{{direction}} {{kind}}')],
+    }),
+    timeseries({
+      title: 'Fan-out losses',
+      description: 'What the fan-out gave up, by reason: publishes the broker refused, invalid messages, outcomes that never came back (the events count as broker_unconfirmed in "Dropped events by reason"), full tables, acks for runs never relayed. Normally flat.',
+      x: 16, y, w: 8, unit: 'ops', noValue: 'no broker',
+      targets: [target('A', `sum by (reason) (rate(tracewire_broker_dropped_total{${SEL}}[${RI}]))`, '{{reason}}')],
+    }),
+  );
+
   const tempoExplore = '/explore?schemaVersion=1&panes=' + encodeURIComponent(JSON.stringify({
     tw: {
       datasource: TEMPO_UID,

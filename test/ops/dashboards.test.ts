@@ -104,6 +104,9 @@ describe('dashboard JSON', () => {
     expect(find(/tracewire_runs_in_flight/)).toContain('In flight');
     expect(find(/tracewire_otlp_requests_total/)).toContain('OTLP requests');
     expect(find(/tracewire_otlp_spans_rejected_total/)).toContain('OTLP spans received and rejected');
+    expect(find(/tracewire_broker_up[\s\S]*tracewire_broker_pending_deliveries[\s\S]*tracewire_broker_reopened_total/)).toContain('Broker and presence');
+    expect(find(/tracewire_broker_messages_total/)).toContain('Broker messages');
+    expect(find(/tracewire_broker_dropped_total/)).toContain('Fan-out losses');
   });
 
   it('links to the run inspector and runs API through ${tracewire_url}, and exemplars to Tempo', () => {

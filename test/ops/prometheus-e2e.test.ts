@@ -14,6 +14,7 @@ import {
   ROOT, allPanels, binaryGate, dashboardFiles, freePort, readText, readYaml, repoPath, run,
   substituteVariables, variableValues, type Dashboard,
 } from './support.js';
+import { RedisServer, redisGate } from '../hub/fanout/support.js';
 
 const prometheus = binaryGate('prometheus');
 
@@ -153,6 +154,7 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
   let twUrl = '';
   const sidecarLog = { text: '' };
   const promLog = { text: '' };
+  const redis = new RedisServer();
 
   /** Fail at once, with their output, if the sidecar or Prometheus died. */
   function assertAlive(): void {
@@ -165,11 +167,14 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
       const build = run('npm', ['run', 'build', '--silent'], { timeoutMs: 120_000 });
       if (build.status !== 0) throw new Error(`npm run build failed:\n${build.stdout}${build.stderr}`);
     }
+    // On a broker (a real redis-server), so the dashboard's fan-out panels have their series.
+    if (redisGate.missingInCi) throw new Error('redis-server is not installed (CI must apt-get install redis-server)');
+    const broker = redisGate.skip ? [] : ['--broker-url', (await redis.start(), redis.url), '--broker-report-timeout-ms', '150', '--broker-presence-ms', '500'];
     const [twPort, otlpPort, promPort] = [await freePort(), await freePort(), await freePort()];
     sidecar = spawn(process.execPath, [
       'bin/tracewire.js', 'demo',
       '--listen', `127.0.0.1:${twPort}`, '--otlp-listen', `127.0.0.1:${otlpPort}`,
-      '--grace-ms', '200', '--runs', '0', '--interval-ms', '100', '--fail-user', 'u-broken', '--quiet',
+      '--grace-ms', '200', '--runs', '0', '--interval-ms', '100', '--fail-user', 'u-broken', '--quiet', ...broker,
     ], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
     capture(sidecar, sidecarLog);
     const ready = await waitForOutput(sidecar, /tracewire demo listening on (http:\/\/[^\s]+)/, 20_000, sidecarLog);
@@ -202,6 +207,7 @@ describe.skipIf(prometheus.skip)('Prometheus end to end (real sidecar, real prom
 
   afterAll(async () => {
     await Promise.all([stop(prom), stop(sidecar)]);
+    await redis.destroy();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
