@@ -573,13 +573,12 @@ export class TracewireClient {
       this.drain(r, 'server');
       return;
     }
-    if (r.pending === undefined || r.pending.size === 0) {
-      r.waitingSince = now;
-      // Seqs before this one are missing on a run already followed (they went to the user's other tab while
-      // this connection's sidecar was cut off from the broker): ask for them now rather than wait out
-      // gapTimeoutMillis. The server sends what it or the other sidecars still have and names the rest as lost.
-      if (!asked) this.askFrom(r.runId, r.last);
-    }
+    if (r.pending === undefined || r.pending.size === 0) r.waitingSince = now;
+    // The seq just before this one is missing (it went to the user's other tab while this connection's
+    // sidecar was cut off from the broker): ask for what follows the last one handed out now, rather than
+    // wait out gapTimeoutMillis. The server sends what it or the other sidecars still have and names the
+    // rest as lost. Once per hole: the events after this one find it waiting.
+    if (!asked && r.pending?.has(ev.seq - 1) !== true) this.askFrom(r.runId, r.last);
     (r.pending ??= new Map()).set(ev.seq, ev);
     if (r.pending.size > this.o.maxPendingPerRun) this.skipToPending(r, 'overflow');
     else this.armGapTimer();

@@ -430,6 +430,22 @@ describe('TracewireClient ordering, against a scripted ws server', () => {
     expect(c.client.stats.forgottenRuns).toBe(1);
   });
 
+  it('asks at once for seqs missing before an event of a run it follows, once per hole, and hands the answer out in order', async () => {
+    // The server has k 1..7 but sent 2 and 5 elsewhere (another tab, while this sidecar was cut off from the broker).
+    const srv = await scripted([ev(1, 'k'), ev(3, 'k'), ev(4, 'k'), ev(6, 'k'), ev(7, 'k')], (send, m) => {
+      const after = (m.runs as Record<string, number> | undefined)?.k;
+      if (m.type === 'resume' && after !== undefined) for (const seq of [2, 5]) if (seq > after) send(ev(seq, 'k'));
+    });
+    const c = recording({ url: srv.url, token: 't', gapTimeoutMillis: 60_000, ackDelayMillis: 60_000 });
+    c.client.connect();
+    await c.until((x) => x.events.length >= 7, 2000, 'all seven, long before the gap timeout');
+    expect(c.seqs()).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(c.gaps).toEqual([]);
+    // One question at 3 (2 missing) and one at 6 (5 missing); none for 4 and 7, whose previous seq was waiting.
+    const asks = srv.received.map((f) => JSON.parse(f) as { type: string; runs?: Record<string, number> }).filter((f) => f.type === 'resume');
+    expect(asks).toEqual([{ type: 'resume', runs: { k: 1 } }, { type: 'resume', runs: { k: 1 } }]);
+  });
+
   it('asks for the start of a run first heard of mid-way, and hands out nothing early when the server says the start is lost', async () => {
     const srv = await scripted([ev(3, 'm1'), { type: 'error', code: 'TW_WS_BAD_FIELD', message: 'bad field runs.m1: events 1..2 are past the resume window', run_id: 'm1', from_seq: 1, to_seq: 2 }, ev(4, 'm1')]);
     const c = recording({ url: srv.url, token: 't' });

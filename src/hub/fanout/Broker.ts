@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { createClient } from '@redis/client';
 
 /**
@@ -37,28 +38,40 @@ export interface RedisBrokerOptions {
 
 type Client = ReturnType<typeof createClient>;
 
+/** A connection that connected but is not ready (handshake, or subscribing after a reopen) within this is replaced. */
+const READY_TIMEOUT_MILLIS = 5000;
+
 /** The client options for a broker URL: `unix:///path` becomes a socket path (node-redis takes only TCP URLs). */
-function clientOptions(url: string, maxDelay: number): Parameters<typeof createClient>[0] {
+function clientOptions(url: string, maxDelay: number, name: string): Parameters<typeof createClient>[0] {
   // Retry forever, backing off to maxDelay with jitter: the fan-out degrades to local delivery meanwhile.
   const reconnectStrategy = (retries: number): number => Math.min(maxDelay, 50 * 2 ** Math.min(retries, 10)) * (0.5 + Math.random() / 2);
-  if (url.startsWith('unix://')) return { socket: { path: decodeURIComponent(new URL(url).pathname), reconnectStrategy }, disableOfflineQueue: true };
-  return { url, socket: { reconnectStrategy, connectTimeout: 5000 }, disableOfflineQueue: true };
+  if (url.startsWith('unix://')) return { name, socket: { path: decodeURIComponent(new URL(url).pathname), reconnectStrategy }, disableOfflineQueue: true };
+  return { url, name, socket: { reconnectStrategy, connectTimeout: 5000 }, disableOfflineQueue: true };
 }
 
 /**
  * A Broker on Redis pub/sub (`@redis/client`): one connection publishes, a
  * second one subscribes (a subscribed Redis connection takes no other
  * command). Both reconnect on their own; no offline queue, so a publish while
- * disconnected fails at once rather than piling up in memory.
+ * disconnected fails at once rather than piling up in memory. Each connection
+ * is named (`CLIENT SETNAME`), so after `reopen` the old ones, which Redis may
+ * still count as subscribers when the path died silently, are killed.
  */
 export class RedisBroker implements Broker {
   private pub: Client;
   private sub: Client;
+  /** Connections are numbered: `<token>-<generation>-pub|sub` (their Redis client names). */
+  private readonly token = `tracewire-${randomBytes(6).toString('hex')}`;
+  private generation = 0;
+  /** Names of connections given up by `reopen` that Redis may still hold (killed once new ones are up). */
+  private stale: string[] = [];
   /** What was subscribed, to subscribe again on new connections (`reopen`). */
   private readonly subscriptions: Array<{ channel: string; onMessage: (message: string) => void }> = [];
   /** New connections are coming up (`reopen`): not up until they are and the subscriptions are back. */
   private reopening = false;
+  private started = false;
   private readonly listeners: Array<(up: boolean) => void> = [];
+  private readonly waiting: Array<{ resolve: () => void; reject: (err: Error) => void }> = [];
   private wasUp = false;
   private closed = false;
 
@@ -68,20 +81,53 @@ export class RedisBroker implements Broker {
 
   /** A publishing and a subscribing connection, not yet connecting. */
   private clients(): [Client, Client] {
-    const o = clientOptions(this.opts.url, this.opts.maxReconnectDelayMillis ?? 5000);
-    const pair: [Client, Client] = [createClient(o), createClient(o)];
-    for (const c of pair) {
-      c.on('error', (err: Error) => this.opts.onError?.(err));
-      c.on('ready', () => this.changed());
-      c.on('end', () => this.changed());
-      c.on('reconnecting', () => this.changed());
-    }
+    const gen = ++this.generation;
+    const pair: [Client, Client] = [this.client(`${this.token}-${gen}-pub`), this.client(`${this.token}-${gen}-sub`)];
     return pair;
   }
 
-  /** Start connecting (resolves when both connections are up; keeps retrying in the background if not). */
+  private client(name: string): Client {
+    const c = createClient(clientOptions(this.opts.url, this.opts.maxReconnectDelayMillis ?? 5000, name));
+    let watchdog: NodeJS.Timeout | undefined;
+    const settle = (): void => {
+      clearTimeout(watchdog);
+      watchdog = undefined;
+      this.changed();
+    };
+    c.on('error', (err: Error) => this.opts.onError?.(err));
+    // Connected but no handshake answer (a path that takes connections and carries nothing): new connections.
+    c.on('connect', () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => {
+        if (c !== this.pub && c !== this.sub) return;
+        this.opts.onError?.(new Error(`broker connection ${name} connected but not ready within ${READY_TIMEOUT_MILLIS} ms`));
+        this.reopen();
+      }, READY_TIMEOUT_MILLIS);
+      watchdog.unref();
+    });
+    c.on('ready', settle);
+    c.on('end', settle);
+    c.on('reconnecting', settle);
+    return c;
+  }
+
+  /** Start connecting; resolves once both connections are up (retrying in the background until then), rejects if closed first. */
   async connect(): Promise<void> {
-    await Promise.all([this.pub.connect(), this.sub.connect()]);
+    if (!this.started) {
+      this.started = true;
+      this.open(this.pub, this.sub);
+    }
+    if (this.up) return;
+    await new Promise<void>((resolve, reject) => this.waiting.push({ resolve, reject }));
+  }
+
+  /** Connect a pair (errors are reported as they retry; a pair given up meanwhile is ignored). */
+  private open(...pair: Client[]): void {
+    for (const c of pair) {
+      c.connect().catch((err: Error) => {
+        if (!this.closed && (c === this.pub || c === this.sub)) this.opts.onError?.(err);
+      });
+    }
   }
 
   get up(): boolean {
@@ -96,6 +142,7 @@ export class RedisBroker implements Broker {
     // A connection's state moves after its event handlers run; read it on the next tick.
     queueMicrotask(() => {
       const up = this.up;
+      if (up) for (const w of this.waiting.splice(0)) w.resolve();
       if (up === this.wasUp) return;
       this.wasUp = up;
       for (const l of this.listeners) {
@@ -115,11 +162,18 @@ export class RedisBroker implements Broker {
 
   async subscribe(channel: string, onMessage: (message: string) => void): Promise<void> {
     this.subscriptions.push({ channel, onMessage });
-    await this.sub.subscribe(channel, (message: string) => onMessage(message));
+    // While new connections come up, they subscribe it with the rest.
+    if (this.reopening) return;
+    const sub = this.sub;
+    try {
+      await sub.subscribe(channel, (message: string) => onMessage(message));
+    } catch (err) {
+      if (sub === this.sub && !this.closed) throw err; // else given up by a reopen, which subscribes it again
+    }
   }
 
   reopen(): void {
-    if (this.closed || this.reopening) return;
+    if (this.closed) return;
     this.reopening = true;
     const old = [this.pub, this.sub];
     [this.pub, this.sub] = this.clients();
@@ -127,33 +181,72 @@ export class RedisBroker implements Broker {
     for (const c of old) {
       c.removeAllListeners();
       c.on('error', () => undefined);
+      this.stale.push(`${this.token}-${this.generation - 1}-${c === old[0] ? 'pub' : 'sub'}`);
       if (c.isOpen) c.destroy();
     }
     this.changed();
-    const sub = this.sub;
-    void this.connect()
-      .then(async () => {
-        for (const s of this.subscriptions) await sub.subscribe(s.channel, (message: string) => s.onMessage(message));
-      })
-      .then(
-        () => {
-          if (this.sub !== sub) return;
-          this.reopening = false;
-          this.changed();
-        },
-        (err: Error) => {
-          // Closed meanwhile, or the new subscribing connection failed: try once more with new ones.
-          if (this.closed || this.sub !== sub) return;
-          this.opts.onError?.(err);
-          this.reopening = false;
-          this.reopen();
-        },
-      );
+    void this.resubscribe(this.pub, this.sub);
+  }
+
+  /** New connections: connect, subscribe again to everything, then they are up; the old ones are killed in Redis. */
+  private async resubscribe(pub: Client, sub: Client): Promise<void> {
+    const current = (): boolean => !this.closed && this.sub === sub;
+    try {
+      this.open(pub, sub);
+      // Connection errors meanwhile are retried by the clients (with their backoff), not by a new reopen.
+      await Promise.all([pub, sub].map((c) => (c.isReady ? undefined : new Promise((r) => c.once('ready', r)))));
+      if (!current()) return;
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`broker subscriptions not confirmed within ${READY_TIMEOUT_MILLIS} ms`)), READY_TIMEOUT_MILLIS);
+        timer.unref();
+      });
+      try {
+        for (let i = 0; i < this.subscriptions.length; i++) {
+          const s = this.subscriptions[i]!;
+          await Promise.race([sub.subscribe(s.channel, (message: string) => s.onMessage(message)), deadline]);
+        }
+      } finally {
+        clearTimeout(timer);
+      }
+      if (!current()) return;
+      this.reopening = false;
+      this.changed();
+      void this.killStale(pub);
+    } catch (err) {
+      // Closed or replaced meanwhile; else the new connections failed too: try again with new ones.
+      if (!current()) return;
+      this.opts.onError?.(err as Error);
+      this.reopen();
+    }
+  }
+
+  /**
+   * Kill the connections given up by `reopen` that Redis still holds: when
+   * the path died silently it still counts them as subscribers (until its
+   * TCP keepalive gives up on them), and the fan-out waits for answers from
+   * every subscriber. Best effort (CLIENT LIST and KILL may be refused by an ACL).
+   */
+  private async killStale(pub: Client): Promise<void> {
+    const names = new Set(this.stale);
+    if (names.size === 0) return;
+    try {
+      const list = String(await pub.sendCommand(['CLIENT', 'LIST']));
+      for (const line of list.split('\n')) {
+        const name = /(?:^| )name=(\S*)/.exec(line)?.[1];
+        const id = /(?:^| )id=(\d+)/.exec(line)?.[1];
+        if (name !== undefined && id !== undefined && names.has(name)) await pub.sendCommand(['CLIENT', 'KILL', 'ID', id]);
+      }
+      this.stale = this.stale.filter((n) => !names.has(n));
+    } catch (err) {
+      this.opts.onError?.(err as Error);
+    }
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    for (const w of this.waiting.splice(0)) w.reject(new Error('broker closed'));
     for (const c of [this.sub, this.pub]) {
       if (!c.isOpen) continue;
       // A connection still (re)connecting is destroyed: close() would wait for it to come up.

@@ -656,6 +656,14 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 1, 'broker_up 1 again');
       expect(proxy.accepted).toBe(4);
       await heard(origin);
+      // Redis never heard the old connections close: they are killed, so it counts one subscriber of the
+      // origin's inbox again (the others' resumes wait for an answer from every subscriber).
+      const rc = await redis.client();
+      try {
+        await eventually(async () => (await rc.sendCommand(['PUBSUB', 'NUMSUB', `t${n}:i:origin`]))?.toString() === `t${n}:i:origin,1`, 'one subscriber of the inbox');
+      } finally {
+        await rc.close();
+      }
 
       startRun(origin, 'u-half').top.end();
       await c.until((x) => x.events.length >= 2, 5000, "the run's events through the new connections");
@@ -672,6 +680,31 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       await proxy.close();
     }
   }, 20_000);
+
+  it('new broker connections that connect but never answer (the path still dead) are replaced again until one answers', async () => {
+    n++;
+    const proxy = await new BrokerProxy(redis.socket).start();
+    try {
+      const origin = await sidecar('origin', { brokerUrl: proxy.url, graceMillis: 10_000 });
+      const edge = await sidecar('edge');
+      const c = await client(edge, 'u-dead-path');
+      await heard(origin);
+      proxy.blackhole(true);
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_reopened_total')) === 1, 'the connections reopened', 5000);
+      // The new connections connect, then hear nothing; the path heals meanwhile.
+      await new Promise((r) => setTimeout(r, 500));
+      expect(await metricValue(origin, 'tracewire_broker_up')).toBe(0);
+      proxy.heal();
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 1, 'broker_up 1 once connections that answer are open', 12_000);
+      await heard(origin);
+      startRun(origin, 'u-dead-path').top.end();
+      await c.until((x) => x.events.length >= 2, 5000, "the run's events");
+      expect(c.events.map((e) => e.type)).toEqual(['agent_started', 'agent_completed']);
+    } finally {
+      for (const sc of open.splice(0)) await sc.close();
+      await proxy.close();
+    }
+  }, 30_000);
 
   it('while the broker is down, events for users on other sidecars are held; they go out once it is back', async () => {
     const [origin, edge] = await pair({ graceMillis: 10_000 });

@@ -65,11 +65,14 @@ export class RedisServer {
  * A TCP proxy in front of a redis-server's unix socket, to play a network
  * path that dies without a word: `blackhole()` makes the connections open now
  * lose everything, both ways, while staying open (no FIN, no RST: a
- * half-open connection as the client sees it). Connections opened later pass.
+ * half-open connection as the client sees it; when the client gives one up,
+ * Redis does not hear of it either). With `newOnes`, connections opened
+ * later are dead too, until `heal()`.
  */
 export class BrokerProxy {
   private readonly pairs = new Set<[net.Socket, net.Socket]>();
   private readonly dead = new WeakSet<net.Socket>();
+  private deadNew = false;
   private server!: net.Server;
   /** Connections accepted so far. */
   accepted = 0;
@@ -82,19 +85,25 @@ export class BrokerProxy {
       const upstream = net.connect(this.socketPath);
       const pair: [net.Socket, net.Socket] = [client, upstream];
       this.pairs.add(pair);
+      if (this.deadNew) this.dead.add(client);
       client.on('data', (d) => {
         if (!this.dead.has(client)) upstream.write(d);
       });
       upstream.on('data', (d) => {
         if (!this.dead.has(client)) client.write(d);
       });
-      const end = (): void => {
+      client.on('error', () => undefined);
+      upstream.on('error', () => undefined);
+      client.on('close', () => {
+        // A dead path loses the close too: Redis keeps its side.
+        if (this.dead.has(client)) return;
+        this.pairs.delete(pair);
+        upstream.destroy();
+      });
+      upstream.on('close', () => {
         this.pairs.delete(pair);
         client.destroy();
-        upstream.destroy();
-      };
-      client.on('close', end).on('error', end);
-      upstream.on('close', end).on('error', end);
+      });
     });
     await new Promise<void>((r) => this.server.listen(0, '127.0.0.1', r));
     return this;
@@ -104,9 +113,15 @@ export class BrokerProxy {
     return `redis://127.0.0.1:${(this.server.address() as net.AddressInfo).port}`;
   }
 
-  /** The connections open now carry nothing more, in either direction, and are not closed. */
-  blackhole(): void {
+  /** The connections open now (and with `newOnes`, those opened until `heal()`) carry nothing more and are not closed. */
+  blackhole(newOnes = false): void {
     for (const [c] of this.pairs) this.dead.add(c);
+    this.deadNew = newOnes;
+  }
+
+  /** New connections pass again (those already dead stay dead). */
+  heal(): void {
+    this.deadNew = false;
   }
 
   async close(): Promise<void> {
