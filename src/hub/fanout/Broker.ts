@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { createClient } from '@redis/client';
 
 /**
@@ -42,29 +41,29 @@ type Client = ReturnType<typeof createClient>;
 const READY_TIMEOUT_MILLIS = 5000;
 
 /** The client options for a broker URL: `unix:///path` becomes a socket path (node-redis takes only TCP URLs). */
-function clientOptions(url: string, maxDelay: number, name: string): Parameters<typeof createClient>[0] {
+function clientOptions(url: string, maxDelay: number): Parameters<typeof createClient>[0] {
   // Retry forever, backing off to maxDelay with jitter: the fan-out degrades to local delivery meanwhile.
   const reconnectStrategy = (retries: number): number => Math.min(maxDelay, 50 * 2 ** Math.min(retries, 10)) * (0.5 + Math.random() / 2);
-  if (url.startsWith('unix://')) return { name, socket: { path: decodeURIComponent(new URL(url).pathname), reconnectStrategy }, disableOfflineQueue: true };
-  return { url, name, socket: { reconnectStrategy, connectTimeout: 5000 }, disableOfflineQueue: true };
+  if (url.startsWith('unix://')) return { socket: { path: decodeURIComponent(new URL(url).pathname), reconnectStrategy }, disableOfflineQueue: true };
+  return { url, socket: { reconnectStrategy, connectTimeout: 5000 }, disableOfflineQueue: true };
 }
 
 /**
  * A Broker on Redis pub/sub (`@redis/client`): one connection publishes, a
  * second one subscribes (a subscribed Redis connection takes no other
  * command). Both reconnect on their own; no offline queue, so a publish while
- * disconnected fails at once rather than piling up in memory. Each connection
- * is named (`CLIENT SETNAME`), so after `reopen` the old ones, which Redis may
- * still count as subscribers when the path died silently, are killed.
+ * disconnected fails at once rather than piling up in memory. Each
+ * connection's `CLIENT ID` is noted when it is ready, so after `reopen` the
+ * old ones, which Redis may still count as subscribers when the path died
+ * silently, are killed.
  */
 export class RedisBroker implements Broker {
   private pub: Client;
   private sub: Client;
-  /** Connections are numbered: `<token>-<generation>-pub|sub` (their Redis client names). */
-  private readonly token = `tracewire-${randomBytes(6).toString('hex')}`;
-  private generation = 0;
-  /** Names of connections given up by `reopen` that Redis may still hold (killed once new ones are up). */
-  private stale: string[] = [];
+  /** Each connection's id in Redis (`CLIENT ID`, asked when it is ready; best effort). */
+  private readonly ids = new WeakMap<Client, number>();
+  /** Ids of connections given up by `reopen` that Redis may still hold (killed once new ones are up). */
+  private stale: number[] = [];
   /** What was subscribed, to subscribe again on new connections (`reopen`). */
   private readonly subscriptions: Array<{ channel: string; onMessage: (message: string) => void }> = [];
   /** New connections are coming up (`reopen`): not up until they are and the subscriptions are back. */
@@ -81,13 +80,11 @@ export class RedisBroker implements Broker {
 
   /** A publishing and a subscribing connection, not yet connecting. */
   private clients(): [Client, Client] {
-    const gen = ++this.generation;
-    const pair: [Client, Client] = [this.client(`${this.token}-${gen}-pub`), this.client(`${this.token}-${gen}-sub`)];
-    return pair;
+    return [this.client('publishing'), this.client('subscribing')];
   }
 
   private client(name: string): Client {
-    const c = createClient(clientOptions(this.opts.url, this.opts.maxReconnectDelayMillis ?? 5000, name));
+    const c = createClient(clientOptions(this.opts.url, this.opts.maxReconnectDelayMillis ?? 5000));
     let watchdog: NodeJS.Timeout | undefined;
     const settle = (): void => {
       clearTimeout(watchdog);
@@ -100,12 +97,19 @@ export class RedisBroker implements Broker {
       clearTimeout(watchdog);
       watchdog = setTimeout(() => {
         if (c !== this.pub && c !== this.sub) return;
-        this.opts.onError?.(new Error(`broker connection ${name} connected but not ready within ${READY_TIMEOUT_MILLIS} ms`));
+        this.opts.onError?.(new Error(`${name} broker connection connected but not ready within ${READY_TIMEOUT_MILLIS} ms`));
         this.reopen();
       }, READY_TIMEOUT_MILLIS);
       watchdog.unref();
     });
-    c.on('ready', settle);
+    c.on('ready', () => {
+      settle();
+      // RESP3 (the client's default) takes it on a subscribed connection too. Refused (an ACL): not noted.
+      c.sendCommand(['CLIENT', 'ID']).then(
+        (id) => this.ids.set(c, Number(id)),
+        () => this.ids.delete(c),
+      );
+    });
     c.on('end', settle);
     c.on('reconnecting', settle);
     return c;
@@ -181,7 +185,8 @@ export class RedisBroker implements Broker {
     for (const c of old) {
       c.removeAllListeners();
       c.on('error', () => undefined);
-      this.stale.push(`${this.token}-${this.generation - 1}-${c === old[0] ? 'pub' : 'sub'}`);
+      const id = this.ids.get(c);
+      if (id !== undefined) this.stale.push(id);
       if (c.isOpen) c.destroy();
     }
     this.changed();
@@ -225,21 +230,19 @@ export class RedisBroker implements Broker {
    * Kill the connections given up by `reopen` that Redis still holds: when
    * the path died silently it still counts them as subscribers (until its
    * TCP keepalive gives up on them), and the fan-out waits for answers from
-   * every subscriber. Best effort (CLIENT LIST and KILL may be refused by an ACL).
+   * every subscriber. Best effort: CLIENT KILL may be refused by an ACL
+   * (then Redis's own keepalive removes them, after 300 s by default).
    */
   private async killStale(pub: Client): Promise<void> {
-    const names = new Set(this.stale);
-    if (names.size === 0) return;
-    try {
-      const list = String(await pub.sendCommand(['CLIENT', 'LIST']));
-      for (const line of list.split('\n')) {
-        const name = /(?:^| )name=(\S*)/.exec(line)?.[1];
-        const id = /(?:^| )id=(\d+)/.exec(line)?.[1];
-        if (name !== undefined && id !== undefined && names.has(name)) await pub.sendCommand(['CLIENT', 'KILL', 'ID', id]);
+    const ids = this.stale;
+    this.stale = [];
+    for (const id of ids) {
+      try {
+        await pub.sendCommand(['CLIENT', 'KILL', 'ID', String(id)]);
+      } catch (err) {
+        // Gone already ("No such client"), or refused.
+        if (!/no such client/i.test((err as Error).message)) this.opts.onError?.(err as Error);
       }
-      this.stale = this.stale.filter((n) => !names.has(n));
-    } catch (err) {
-      this.opts.onError?.(err as Error);
     }
   }
 
