@@ -1,8 +1,8 @@
 /**
  * A Map that holds at most `capacity` keys, forgetting the least recently
  * used first (set, or `touch`ed), every operation O(1): a list through slot
- * indices (two Int32Arrays), so nothing is allocated per operation beyond
- * the Map's own entry.
+ * indices (arrays that grow to `capacity` as slots are first used), so
+ * nothing is allocated per operation beyond the Map's own entry.
  *
  * Why not `map.delete(map.keys().next().value)`: V8 leaves deleted entries in
  * place until the table is rehashed, so finding the first live key of a Map
@@ -12,11 +12,11 @@
 export class BoundedMap<K, V> {
   /** Key → its slot. */
   private readonly map = new Map<K, number>();
-  private readonly keys: Array<K | undefined>;
-  private readonly vals: Array<V | undefined>;
+  private readonly keys: Array<K | undefined> = [];
+  private readonly vals: Array<V | undefined> = [];
   /** Per slot, the slot used just before (toward the oldest) and just after it; -1: none. */
-  private readonly prev: Int32Array;
-  private readonly next: Int32Array;
+  private readonly prev: number[] = [];
+  private readonly next: number[] = [];
   private oldest = -1;
   private newest = -1;
   /** Slots never used yet start at `used`; slots freed by delete are reused first. */
@@ -25,10 +25,6 @@ export class BoundedMap<K, V> {
 
   constructor(readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('BoundedMap: capacity must be a positive integer');
-    this.keys = new Array<K | undefined>(capacity);
-    this.vals = new Array<V | undefined>(capacity);
-    this.prev = new Int32Array(capacity);
-    this.next = new Int32Array(capacity);
   }
 
   get size(): number {
