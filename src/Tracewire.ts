@@ -10,6 +10,7 @@ import { boundsMemoryWarning, resolveConfig, type TracewireConfig } from './conf
 import { Diag } from './errors/Diag.js';
 import { EventHub } from './hub/EventHub.js';
 import { RedisBroker } from './hub/fanout/Broker.js';
+import { answerRunsQuestion, type RunsCluster } from './audit/runsApi.js';
 import { TracewireSpanProcessor, type TracewireSpanProcessorOptions } from './sources/TracewireSpanProcessor.js';
 
 export const VERSION = '0.1.0';
@@ -91,7 +92,16 @@ export class Tracewire {
         : this.startFanout().catch((err: Error) => {
             if (this.closed === undefined) this.diag.log('error', 'fanout', `could not start the fan-out: ${err.message}`);
           });
+    if (c.brokerUrl !== '' && c.mode === 'emit') {
+      // The runs API answers for every sidecar: each answers the others' questions about the runs it keeps.
+      const template = c.traceUrlTemplate || undefined;
+      this.hub.runsAnswerer = (q) => answerRunsQuestion(this.ledger, template, this.instanceId, q);
+      this.runsCluster = { self: this.instanceId, ask: (q) => this.hub.askRuns(q) };
+    }
   }
+
+  /** Several sidecars (a broker): what the runs API asks the others through; undefined for a single sidecar. */
+  readonly runsCluster: RunsCluster | undefined;
 
   /**
    * With a broker (`brokerUrl`): resolves once this sidecar is subscribed to

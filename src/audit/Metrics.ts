@@ -54,7 +54,7 @@ export const SPAN_LIMITED_FIELDS = ['user_id', 'conversation_id', 'agent_name', 
 
 /** Reasons of tracewire_ws_disconnects_total. */
 /** Broker messages by kind (tracewire_broker_messages_total). */
-export const BROKER_MESSAGE_KINDS = ['events', 'reports', 'acks', 'presence', 'resumes'] as const;
+export const BROKER_MESSAGE_KINDS = ['events', 'reports', 'acks', 'presence', 'resumes', 'runs'] as const;
 export type BrokerMessageKind = (typeof BROKER_MESSAGE_KINDS)[number];
 /** What the fan-out gives up, by reason (tracewire_broker_dropped_total). */
 export const BROKER_DROP_REASONS = ['publish_failed', 'invalid', 'unconfirmed', 'pending_full', 'presence_full', 'unknown_run'] as const;

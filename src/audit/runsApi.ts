@@ -2,13 +2,125 @@ import type { FastifyInstance } from 'fastify';
 import { TracewireError } from '../errors/errors.js';
 import { VERDICTS } from './Metrics.js';
 import { EV_DELIVERED, EV_DROPPED, EV_HELD, type EventRecord, type RunRecord, type SpanSummary } from './RunRecord.js';
-import { decodeCursor, LIST_MAX_LIMIT, type RunLedger } from './RunLedger.js';
+import { decodeCursor, encodeCursor, LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, type RunLedger, type RunQuery } from './RunLedger.js';
 import { isoOf as iso } from '../util/time.js';
 
 export interface RunsApiOptions {
   readonly ledger: RunLedger;
   /** Link template to a trace backend, `{trace_id}` replaced. */
   readonly traceUrlTemplate?: string;
+  /** Several sidecars (a broker): the API answers for all of them (README "Scale"). */
+  readonly cluster?: RunsCluster;
+}
+
+/** The other sidecars, for the runs API (through the fan-out's broker). */
+export interface RunsCluster {
+  /** This sidecar's id: the `sidecar` of its runs. */
+  readonly self: string;
+  /** Ask every other sidecar (each answers with `answerRunsQuestion`); undefined when no question can go out now. */
+  ask(question: RunsQuestion): Promise<{ answers: ReadonlyArray<{ from: string; answer: unknown }>; missing: number }> | undefined;
+}
+
+type ListFilter = Pick<RunQuery, 'verdict' | 'agent' | 'user' | 'sinceMs' | 'untilMs'>;
+
+/** A runs API question to the other sidecars: one run's detail page, or a page of runs (each sidecar from its own cursor). */
+export type RunsQuestion =
+  | { readonly kind: 'get'; readonly run: string; readonly after: number; readonly limit: number }
+  | { readonly kind: 'list'; readonly filter: ListFilter; readonly limit: number; readonly cursors: Readonly<Record<string, string>> };
+
+/** One sidecar's page of a listing: each run's summary, its cursor and its sort key (start ms, open order). */
+interface ListPart {
+  readonly runs: Array<{ s: Record<string, unknown>; c: string; k: [number, number] }>;
+  readonly more: boolean;
+}
+
+/** A page of this sidecar's runs for a listing across sidecars (`cursor` "": nothing more here). */
+function listPart(ledger: RunLedger, filter: ListFilter, limit: number, cursor: string | undefined, template: string | undefined): ListPart {
+  if (cursor === '') return { runs: [], more: false };
+  const { runs, nextCursor } = ledger.list({ ...filter, limit, cursor });
+  return { runs: runs.map((r) => ({ s: runSummary(r, template), c: encodeCursor(r.startMs, r.openSeq), k: [r.startMs, r.openSeq] })), more: nextCursor !== undefined };
+}
+
+const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+const optStr = (v: unknown): boolean => v === undefined || typeof v === 'string';
+const optNum = (v: unknown): boolean => v === undefined || (typeof v === 'number' && Number.isFinite(v));
+
+/**
+ * Another sidecar's runs API asks (`RunsCluster.ask`): this sidecar's answer,
+ * the run's detail page (null if it does not keep the run) or its page of the
+ * listing; undefined for a question it does not understand.
+ */
+export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string | undefined, self: string, q: unknown): unknown {
+  if (!isObj(q)) return undefined;
+  const limit = q.limit;
+  if (q.kind === 'get' && typeof q.run === 'string' && Number.isSafeInteger(q.after) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= DETAIL_MAX_LIMIT) {
+    const r = ledger.get(q.run);
+    return r === undefined ? null : runDetail(r, traceUrlTemplate, { afterSeq: q.after as number, limit: limit as number });
+  }
+  const f = q.filter;
+  if (
+    q.kind === 'list' && isObj(f) && isObj(q.cursors) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= LIST_MAX_LIMIT &&
+    optStr(f.verdict) && optStr(f.agent) && optStr(f.user) && optNum(f.sinceMs) && optNum(f.untilMs)
+  ) {
+    const cursor = q.cursors[self];
+    if (cursor !== undefined && (typeof cursor !== 'string' || (cursor !== '' && decodeCursor(cursor) === undefined))) return undefined;
+    return listPart(ledger, f as ListFilter, limit as number, cursor, traceUrlTemplate);
+  }
+  return undefined;
+}
+
+/** A listing's cursor across sidecars: `m.` + base64url JSON of each sidecar's own cursor ("": it has nothing more). */
+function encodeClusterCursor(cursors: Record<string, string>): string {
+  return 'm.' + Buffer.from(JSON.stringify(cursors), 'utf8').toString('base64url');
+}
+
+function decodeClusterCursor(cursor: string): Record<string, string> | undefined {
+  if (!/^m\.[A-Za-z0-9_-]{1,16384}$/.test(cursor)) return undefined;
+  try {
+    const v: unknown = JSON.parse(Buffer.from(cursor.slice(2), 'base64url').toString('utf8'));
+    if (!isObj(v) || !Object.values(v).every((c) => typeof c === 'string' && (c === '' || decodeCursor(c) !== undefined))) return undefined;
+    return v as Record<string, string>;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A page of runs across sidecars: this sidecar's part and the others'
+ * answers merged newest first (start time, then sidecar id, then open
+ * order: each sidecar's own order), `limit` of them; each sidecar's cursor
+ * moves past the runs taken from it.
+ */
+async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filter: ListFilter, limit: number, cursors: Record<string, string>): Promise<Record<string, unknown>> {
+  const { cluster } = opts;
+  const asked = cluster.ask({ kind: 'list', filter, limit, cursors });
+  const parts = new Map<string, ListPart>([[cluster.self, listPart(opts.ledger, filter, limit, cursors[cluster.self], opts.traceUrlTemplate)]]);
+  const got = asked === undefined ? undefined : await asked;
+  for (const { from, answer } of got?.answers ?? []) {
+    if (!isObj(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from)) continue;
+    const runs = (answer.runs as unknown[]).filter(
+      (x): x is ListPart['runs'][number] => isObj(x) && isObj(x.s) && typeof x.c === 'string' && decodeCursor(x.c) !== undefined && Array.isArray(x.k) && x.k.length === 2 && x.k.every((n) => typeof n === 'number'),
+    );
+    parts.set(from, { runs, more: answer.more || runs.length < answer.runs.length });
+  }
+  const all: Array<{ from: string; run: ListPart['runs'][number] }> = [];
+  for (const [from, part] of parts) for (const run of part.runs) all.push({ from, run });
+  all.sort((a, b) => b.run.k[0] - a.run.k[0] || (a.from < b.from ? -1 : a.from > b.from ? 1 : 0) || b.run.k[1] - a.run.k[1]);
+  const taken = all.slice(0, limit);
+  const next = { ...cursors };
+  for (const [from, part] of parts) {
+    const mine = taken.filter((t) => t.from === from);
+    if (mine.length === part.runs.length && !part.more) next[from] = '';
+    else if (mine.length > 0) next[from] = mine[mine.length - 1]!.run.c;
+  }
+  const missing = got === undefined ? -1 : got.missing;
+  // Ends when every sidecar heard from has nothing more (those that did not answer are counted in missing_sidecars).
+  const done = Object.values(next).every((c) => c === '');
+  return {
+    runs: taken.map((t) => ({ ...t.run.s, sidecar: t.from })),
+    next_cursor: done ? null : encodeClusterCursor(next),
+    missing_sidecars: missing,
+  };
 }
 
 export function traceUrl(template: string | undefined, traceId: string): string | null {
@@ -374,19 +486,17 @@ export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promi
     }
     const limit = parseLimit(single(q, 'limit'), LIST_MAX_LIMIT);
     const cursor = single(q, 'cursor') || undefined;
-    if (cursor !== undefined && decodeCursor(cursor) === undefined) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
+    const cluster = opts.cluster;
+    const cursors = cluster !== undefined && cursor !== undefined ? decodeClusterCursor(cursor) : undefined;
+    if (cursor !== undefined && (cluster !== undefined ? cursors === undefined : decodeCursor(cursor) === undefined)) {
+      throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
+    }
     const sinceMs = parseTime('since', single(q, 'since'));
     const untilMs = parseTime('until', single(q, 'until'));
     if (sinceMs !== undefined && untilMs !== undefined && sinceMs > untilMs) throw new TracewireError('TW_BAD_QUERY', 'since', 'must not be after until');
-    const { runs, nextCursor } = ledger.list({
-      verdict,
-      agent: single(q, 'agent') || undefined,
-      user: single(q, 'user') || undefined,
-      sinceMs,
-      untilMs,
-      limit,
-      cursor,
-    });
+    const filter: ListFilter = { verdict, agent: single(q, 'agent') || undefined, user: single(q, 'user') || undefined, sinceMs, untilMs };
+    if (cluster !== undefined) return clusterList({ ...opts, cluster }, filter, limit ?? LIST_DEFAULT_LIMIT, cursors ?? {});
+    const { runs, nextCursor } = ledger.list({ ...filter, limit, cursor });
     return { runs: runs.map((r) => runSummary(r, opts.traceUrlTemplate)), next_cursor: nextCursor ?? null };
   });
   app.get('/api/runs/:run_id', async (req) => {
@@ -397,7 +507,11 @@ export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promi
     const afterSeq = cursor === undefined ? 0 : decodeDetailCursor(cursor);
     if (afterSeq === undefined) throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page of this run');
     const r = ledger.get(run_id);
-    if (r === undefined) throw new TracewireError('TW_RUN_NOT_FOUND', run_id);
-    return runDetail(r, opts.traceUrlTemplate, { afterSeq, limit });
+    const cluster = opts.cluster;
+    if (r !== undefined) return cluster === undefined ? runDetail(r, opts.traceUrlTemplate, { afterSeq, limit }) : { ...runDetail(r, opts.traceUrlTemplate, { afterSeq, limit }), sidecar: cluster.self };
+    // Several sidecars: the run's origin keeps it.
+    const asked = cluster?.ask({ kind: 'get', run: run_id, after: afterSeq, limit });
+    for (const { from, answer } of (asked === undefined ? undefined : await asked)?.answers ?? []) if (isObj(answer)) return { ...answer, sidecar: from };
+    throw new TracewireError('TW_RUN_NOT_FOUND', run_id);
   });
 }

@@ -15,7 +15,7 @@ import { frameOf, frameSize } from './frame.js';
 import { mergeSeqs } from '../util/arrays.js';
 import { ReplayStore } from './ReplayStore.js';
 import type { Broker } from './fanout/Broker.js';
-import { Fanout, RemoteEvent, type FanoutOptions, type KeptForResume, type ResumeAnswer, type ResumeSummary } from './fanout/Fanout.js';
+import { Fanout, RemoteEvent, type FanoutOptions, type KeptForResume, type ResumeAnswer, type ResumeSummary, type RunsAnswers } from './fanout/Fanout.js';
 
 export interface EventHubOptions {
   readonly jwtSecret: string;
@@ -166,6 +166,8 @@ export class EventHub implements EventSink {
   private readonly isRetained = (runId: string): boolean => this.replay.contains(runId);
   /** Fan-out across sidecars through a broker (`startFanout`); undefined for a single sidecar. */
   private fanout: Fanout | undefined;
+  /** Answers the other sidecars' runs API questions (set by the runs API; see `askRuns`). */
+  runsAnswerer: ((question: unknown) => unknown) | undefined;
 
   constructor(private readonly opts: EventHubOptions) {
     this.path = opts.path ?? '/v1/events';
@@ -226,6 +228,7 @@ export class EventHub implements EventSink {
         ackRemote: (runId, user, seq) => this.ackRun(runId, user, seq),
         runEndedRemote: (runId) => this.replay.ended(runId),
         keptForResume: (user, runs, all, skip) => this.keptForResume(user, runs, all, skip),
+        runsAsked: (question) => this.runsAnswerer?.(question),
         deliveredByResume: (runId, seq) => {
           const run = this.ledger.get(runId);
           const ev = run?.events[seq - 1]?.seq === seq ? run.events[seq - 1] : run?.events.find((e) => e.seq === seq);
@@ -488,6 +491,11 @@ export class EventHub implements EventSink {
       else this.dirty.add(c);
     }
     this.scheduleFlush();
+  }
+
+  /** Ask the other sidecars a runs API question; undefined without a fan-out, or when it cannot ask now. */
+  askRuns(question: unknown): Promise<RunsAnswers> | undefined {
+    return this.fanout?.askRuns(question);
   }
 
   runEnded(runId: string): void {

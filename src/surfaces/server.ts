@@ -132,7 +132,7 @@ export async function buildPublicApp(tw: Tracewire): Promise<FastifyInstance> {
         if (!safeEqual(given, tw.config.apiToken)) throw new TracewireError('TW_API_UNAUTHORISED');
       });
     }
-    await runsApi(scope, { ledger: tw.ledger, traceUrlTemplate: tw.config.traceUrlTemplate || undefined });
+    await runsApi(scope, { ledger: tw.ledger, traceUrlTemplate: tw.config.traceUrlTemplate || undefined, cluster: tw.runsCluster });
     scope.get('/inspector', async (_req, reply) => {
       void reply.header('content-type', 'text/html; charset=utf-8');
       void reply.header('content-security-policy', "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'");

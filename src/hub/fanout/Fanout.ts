@@ -76,6 +76,24 @@ export interface FanoutHost {
    * `skip`, from their start).
    */
   keptForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): KeptForResume;
+  /** Another sidecar's runs API asks about runs (`askRuns`): this sidecar's answer (JSON-able), or undefined for none. */
+  runsAsked(question: unknown): unknown;
+}
+
+/** What the other sidecars answered to a runs question (`askRuns`). */
+export interface RunsAnswers {
+  /** Each answer with the sidecar it came from (null: that sidecar had nothing, or its answer was over the size cap). */
+  readonly answers: Array<{ readonly from: string; readonly answer: unknown }>;
+  /** Sidecars that did not answer in time (those the broker counted as subscribed; all of them when the count is unknown: -1). */
+  readonly missing: number;
+}
+
+interface RunsQuery {
+  readonly answers: Array<{ from: string; answer: unknown }>;
+  readonly from: Set<string>;
+  expected: number | undefined;
+  timer: NodeJS.Timeout | undefined;
+  readonly done: (a: RunsAnswers) => void;
 }
 
 /** One sidecar's part of a resume answer. */
@@ -170,6 +188,10 @@ const MAX_QUERIES = 20_000;
 const MAX_ANSWER_CHARS = 4 * 1024 * 1024;
 /** Held seqs one answer names per run. */
 const MAX_HELD_PER_RUN = 10_000;
+/** How long the runs API waits for the other sidecars' answers. */
+const RUNS_WAIT_MILLIS = 1000;
+/** Runs questions out at once (past it, a runs API request gets this sidecar's runs only). */
+const MAX_RUNS_QUERIES = 1000;
 /** Presence intervals without a word from a sidecar before it counts as gone. */
 const PEER_EXPIRY = 5;
 /**
@@ -257,6 +279,8 @@ export class Fanout {
   readonly id: string;
   private readonly presenceChannel: string;
   private readonly resumeChannel: string;
+  private readonly runsChannel: string;
+  private readonly runsQueries = new Map<number, RunsQuery>();
   private readonly queries = new Map<number, ResumeQuery>();
   /** Queries still taking late answers until the report timeout after their wait (oldest first, with their ends). */
   private readonly lateQueries = new Map<number, LateQuery>();
@@ -315,6 +339,7 @@ export class Fanout {
     this.m = o.metrics;
     this.presenceChannel = `${o.prefix}:presence`;
     this.resumeChannel = `${o.prefix}:resume`;
+    this.runsChannel = `${o.prefix}:runs`;
     this.untrack = [this.m.peers.track(() => this.peers.size), this.m.remoteUsers.track(() => this.remoteEntries), this.m.pending.track(() => this.pending.size)];
     broker.onStatus((up) => this.status(up));
     const every = (ms: number, f: () => void): void => {
@@ -340,6 +365,7 @@ export class Fanout {
     await this.broker.subscribe(this.inbox(this.id), (msg) => this.guard(() => this.onInbox(msg)));
     await this.broker.subscribe(this.presenceChannel, (msg) => this.guard(() => this.onPresence(msg)));
     await this.broker.subscribe(this.resumeChannel, (msg) => this.guard(() => this.onResumeAsked(msg)));
+    await this.broker.subscribe(this.runsChannel, (msg) => this.guard(() => this.onRunsAsked(msg)));
     this.started = true;
     if (this.broker.up) this.status(true);
   }
@@ -746,6 +772,9 @@ export class Fanout {
       case 'rp':
         this.m.messages.inc({ direction: 'in', kind: 'resumes' });
         return this.onResumeAnswer(from, msg, nl < 0 ? [] : raw.slice(nl + 1).split('\n'));
+      case 'ra':
+        this.m.messages.inc({ direction: 'in', kind: 'runs' });
+        return this.onRunsAnswer(from, msg);
       default:
         this.invalid(`unknown message kind ${JSON.stringify(msg.k)?.slice(0, 40)}`);
     }
@@ -1047,6 +1076,69 @@ export class Fanout {
     this.drained = undefined;
   }
 
+  // ---- runs API across sidecars --------------------------------------------------
+
+  /**
+   * Ask every other sidecar a runs API question (the runs it keeps that
+   * match, or one run); resolves with their answers when all answered or
+   * after RUNS_WAIT_MILLIS, or undefined at once when no question can go out
+   * (broker down, too many out).
+   */
+  askRuns(question: unknown): Promise<RunsAnswers> | undefined {
+    if (!this.started || this.closed || !this.broker.up || this.runsQueries.size >= MAX_RUNS_QUERIES) return undefined;
+    const id = this.nextQuery++;
+    return new Promise<RunsAnswers>((done) => {
+      const q: RunsQuery = { answers: [], from: new Set(), expected: undefined, timer: undefined, done };
+      this.runsQueries.set(id, q);
+      q.timer = setTimeout(() => setImmediate(() => this.guard(() => this.finishRuns(id))), RUNS_WAIT_MILLIS);
+      q.timer.unref();
+      this.m.messages.inc({ direction: 'out', kind: 'runs' });
+      this.broker.publish(this.runsChannel, JSON.stringify({ k: 'rq', o: this.id, q: id, p: question })).then(
+        (receivers) =>
+          this.guard(() => {
+            q.expected = typeof receivers === 'number' ? receivers - 1 : undefined;
+            if (q.expected !== undefined && q.from.size >= q.expected) this.finishRuns(id);
+          }),
+        () => this.guard(() => this.finishRuns(id)),
+      );
+    });
+  }
+
+  private finishRuns(id: number): void {
+    const q = this.runsQueries.get(id);
+    if (q === undefined) return;
+    this.runsQueries.delete(id);
+    clearTimeout(q.timer);
+    q.done({ answers: q.answers, missing: q.expected === undefined ? -1 : Math.max(0, q.expected - q.from.size) });
+  }
+
+  /** Another sidecar's runs API asks: answer in its inbox (nothing found too, so it can count). */
+  private onRunsAsked(raw: string): void {
+    const msg = this.parse(raw, undefined);
+    if (msg === undefined || msg.o === this.id || this.closed) return;
+    this.m.messages.inc({ direction: 'in', kind: 'runs' });
+    if (!isSeq(msg.q)) {
+      this.invalid('a runs question without a query id');
+      return;
+    }
+    let answer = this.host.runsAsked(msg.p) ?? null;
+    let text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: answer });
+    if (text.length > MAX_ANSWER_CHARS) {
+      answer = null;
+      text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: null, big: true });
+    }
+    this.publish(this.inbox(msg.o as string), text, 'runs', 1, undefined);
+  }
+
+  private onRunsAnswer(from: string, msg: Record<string, unknown>): void {
+    if (!isSeq(msg.q)) return this.invalid('a runs answer without a query id');
+    const q = this.runsQueries.get(msg.q);
+    if (q === undefined || q.from.has(from)) return; // too late, or twice
+    q.from.add(from);
+    q.answers.push({ from, answer: msg.a ?? null });
+    if (q.expected !== undefined && q.from.size >= q.expected) this.finishRuns(msg.q);
+  }
+
   /** Shutdown, last step: publish what is batched, settle what is still pending as `shutdown`, close the broker. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -1055,6 +1147,7 @@ export class Fanout {
     for (const u of this.untrack) u();
     this.flush();
     for (const id of [...this.queries.keys()]) this.finishQuery(id);
+    for (const id of [...this.runsQueries.keys()]) this.finishRuns(id);
     this.closed = true;
     for (const lq of this.lateQueries.values()) lq.final(lq.summary);
     this.lateQueries.clear();

@@ -1,4 +1,6 @@
 import { context, trace, type Span } from '@opentelemetry/api';
+import { existsSync } from 'node:fs';
+import { chromium } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../../src/surfaces/server.js';
 import type { TracewireOptions } from '../../../src/Tracewire.js';
@@ -705,6 +707,100 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       await proxy.close();
     }
   }, 30_000);
+
+  it('the runs API of any sidecar lists the runs of every sidecar, newest first, pages through them once each, and opens a run kept by another', async () => {
+    const [origin, edge] = await pair({ graceMillis: 50 });
+    const a = await judgedToolRun(origin, 'u-api', 1);
+    await new Promise((r) => setTimeout(r, 5));
+    const b = await judgedToolRun(edge, 'u-api', 1);
+    await new Promise((r) => setTimeout(r, 5));
+    const c = await judgedToolRun(origin, 'u-other', 2);
+    const get = async (sc: Sidecar, path: string): Promise<{ status: number; body: Record<string, unknown> }> => {
+      const res = await fetch(`${sc.publicUrl}${path}`);
+      return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    };
+
+    const all = await get(edge, '/api/runs');
+    expect(all.status).toBe(200);
+    const runs = all.body.runs as Array<{ run_id: string; sidecar: string; verdict: string }>;
+    expect(runs.map((r) => [r.run_id, r.sidecar])).toEqual([
+      [c, 'origin'],
+      [b, 'edge'],
+      [a, 'origin'],
+    ]);
+    // Nobody was connected: each judged on its own sidecar, as that sidecar's own listing shows it.
+    expect(runs.every((r) => r.verdict === 'missing_events')).toBe(true);
+    expect(all.body).toMatchObject({ next_cursor: null, missing_sidecars: 0 });
+    // Filters apply on every sidecar.
+    expect(((await get(origin, '/api/runs?user=u-api')).body.runs as Array<{ run_id: string }>).map((r) => r.run_id)).toEqual([b, a]);
+
+    // One run a page: each once, in the same order, then the end.
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    for (let page = 0; page < 10; page++) {
+      const res = await get(origin, `/api/runs?limit=1${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`);
+      expect(res.status).toBe(200);
+      seen.push(...(res.body.runs as Array<{ run_id: string }>).map((r) => r.run_id));
+      cursor = res.body.next_cursor as string | null;
+      if (cursor === null) break;
+    }
+    expect(seen).toEqual([c, b, a]);
+
+    // A run of another sidecar by id (what the inspector opens), its pages too.
+    const one = await get(edge, `/api/runs/${encodeURIComponent(a)}`);
+    expect(one.status).toBe(200);
+    expect(one.body).toMatchObject({ run_id: a, sidecar: 'origin', verdict: 'missing_events' });
+    expect((one.body.events as unknown[]).length).toBe(4);
+    expect((await get(origin, `/api/runs/${encodeURIComponent(a)}`)).body).toMatchObject({ run_id: a, sidecar: 'origin' });
+    const none = await get(edge, '/api/runs/no-such-run');
+    expect(none.status).toBe(404);
+    expect(none.body).toMatchObject({ code: 'TW_RUN_NOT_FOUND' });
+    // A single sidecar's cursor is not a cursor across sidecars.
+    const bad = await get(edge, `/api/runs?cursor=${Buffer.from('1:1').toString('base64url')}`);
+    expect(bad.status).toBe(400);
+    expect(bad.body).toMatchObject({ code: 'TW_BAD_QUERY' });
+    expect(await metricValue(edge, 'tracewire_broker_messages_total', { direction: 'out', kind: 'runs' })).toBeGreaterThan(0);
+  });
+
+  it.skipIf(!existsSync('/usr/bin/chromium'))('the inspector of one sidecar lists and opens a run another sidecar judged, and names that sidecar', async () => {
+    const [origin, edge] = await pair({ graceMillis: 50 });
+    const a = await judgedToolRun(origin, 'u-inspect', 1);
+    const browser = await chromium.launch({
+      executablePath: '/usr/bin/chromium',
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'],
+    });
+    try {
+      const page = await browser.newPage();
+      await page.goto(`${edge.publicUrl}/inspector?run=${encodeURIComponent(a)}`);
+      await expect.poll(() => page.locator('#runs tbody tr').count()).toBe(1);
+      expect(await page.locator('#runs tbody tr').first().getAttribute('data-run-id')).toBe(a);
+      const facts = page.locator('#detail dl.facts');
+      await expect.poll(() => facts.count()).toBe(1);
+      const pairs = await facts.evaluate((dl) => [...dl.querySelectorAll('dt')].map((dt) => [dt.textContent, dt.nextElementSibling?.textContent]));
+      expect(pairs).toContainEqual(['sidecar', 'origin']);
+      expect(pairs).toContainEqual(['run id', a]);
+    } finally {
+      await browser.close();
+    }
+  });
+
+  it('a runs listing does not wait past a second for a sidecar that never answers, and says how many did not', async () => {
+    const [origin] = await pair({ graceMillis: 50 });
+    const run = await judgedToolRun(origin, 'u-slow', 1);
+    // A subscriber of the runs channel that never answers (a sidecar stuck in a long stall).
+    const mute = await redis.client();
+    try {
+      await mute.subscribe(`t${n}:runs`, () => undefined);
+      const t0 = Date.now();
+      const res = await fetch(`${origin.publicUrl}/api/runs`);
+      const body = (await res.json()) as { runs: Array<{ run_id: string }>; missing_sidecars: number };
+      expect(Date.now() - t0).toBeLessThan(3000);
+      expect(body.runs.map((r) => r.run_id)).toEqual([run]);
+      expect(body.missing_sidecars).toBe(1);
+    } finally {
+      await mute.close();
+    }
+  });
 
   it('while the broker is down, events for users on other sidecars are held; they go out once it is back', async () => {
     const [origin, edge] = await pair({ graceMillis: 10_000 });
