@@ -34,6 +34,26 @@ interface ListPart {
   readonly more: boolean;
 }
 
+/**
+ * A sidecar's own cursor in a listing's cursors: its entry, or, for a
+ * sidecar the listing has not heard from yet (it joined, or did not answer
+ * in time), the listing's position (`@`: start ms and sidecar of the last
+ * run listed), so it starts where the listing is rather than from its newest run.
+ */
+function ownCursor(cursors: Readonly<Record<string, string>>, self: string): string | undefined {
+  const mine = cursors[self];
+  if (mine !== undefined) return mine;
+  const at = cursors[POSITION];
+  if (at === undefined) return undefined;
+  const bar = at.lastIndexOf('|');
+  const startMs = Number(at.slice(0, bar));
+  // The merge orders runs of the same start ms by sidecar id: those of a later id come after the position.
+  return encodeCursor(startMs, self > at.slice(bar + 1) ? Number.MAX_SAFE_INTEGER : 0);
+}
+
+/** The key of a listing's position in its cursors (no sidecar id has an `@`). */
+const POSITION = '@';
+
 /** A page of this sidecar's runs for a listing across sidecars (`cursor` "": nothing more here). */
 function listPart(ledger: RunLedger, filter: ListFilter, limit: number, cursor: string | undefined, template: string | undefined): ListPart {
   if (cursor === '') return { runs: [], more: false };
@@ -62,9 +82,8 @@ export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string |
     q.kind === 'list' && isObj(f) && isObj(q.cursors) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= LIST_MAX_LIMIT &&
     optStr(f.verdict) && optStr(f.agent) && optStr(f.user) && optNum(f.sinceMs) && optNum(f.untilMs)
   ) {
-    const cursor = q.cursors[self];
-    if (cursor !== undefined && (typeof cursor !== 'string' || (cursor !== '' && decodeCursor(cursor) === undefined))) return undefined;
-    return listPart(ledger, f as ListFilter, limit as number, cursor, traceUrlTemplate);
+    if (!validCursors(q.cursors)) return undefined;
+    return listPart(ledger, f as ListFilter, limit as number, ownCursor(q.cursors, self), traceUrlTemplate);
   }
   return undefined;
 }
@@ -78,11 +97,23 @@ function decodeClusterCursor(cursor: string): Record<string, string> | undefined
   if (!/^m\.[A-Za-z0-9_-]{1,16384}$/.test(cursor)) return undefined;
   try {
     const v: unknown = JSON.parse(Buffer.from(cursor.slice(2), 'base64url').toString('utf8'));
-    if (!isObj(v) || !Object.values(v).every((c) => typeof c === 'string' && (c === '' || decodeCursor(c) !== undefined))) return undefined;
-    return v as Record<string, string>;
+    return validCursors(v) ? v : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** Each sidecar's cursor ("" or a single sidecar's cursor), and the position (`@`: "<start ms>|<sidecar id>"). */
+function validCursors(v: unknown): v is Record<string, string> {
+  if (!isObj(v)) return false;
+  for (const [k, c] of Object.entries(v)) {
+    if (typeof c !== 'string') return false;
+    if (k === POSITION) {
+      const m = /^(-?\d+(?:\.\d+)?)\|([A-Za-z0-9._:-]{1,128})$/.exec(c);
+      if (m === null || !Number.isFinite(Number(m[1]))) return false;
+    } else if (!/^[A-Za-z0-9._:-]{1,128}$/.test(k) || (c !== '' && decodeCursor(c) === undefined)) return false;
+  }
+  return true;
 }
 
 /**
@@ -94,7 +125,7 @@ function decodeClusterCursor(cursor: string): Record<string, string> | undefined
 async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filter: ListFilter, limit: number, cursors: Record<string, string>): Promise<Record<string, unknown>> {
   const { cluster } = opts;
   const asked = cluster.ask({ kind: 'list', filter, limit, cursors });
-  const parts = new Map<string, ListPart>([[cluster.self, listPart(opts.ledger, filter, limit, cursors[cluster.self], opts.traceUrlTemplate)]]);
+  const parts = new Map<string, ListPart>([[cluster.self, listPart(opts.ledger, filter, limit, ownCursor(cursors, cluster.self), opts.traceUrlTemplate)]]);
   const got = asked === undefined ? undefined : await asked;
   for (const { from, answer } of got?.answers ?? []) {
     if (!isObj(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from)) continue;
@@ -112,10 +143,19 @@ async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filt
     const mine = taken.filter((t) => t.from === from);
     if (mine.length === part.runs.length && !part.more) next[from] = '';
     else if (mine.length > 0) next[from] = mine[mine.length - 1]!.run.c;
+    else {
+      // Heard from, nothing taken: from here on it keeps its own place (the listing's position, if it had none).
+      const own = ownCursor(cursors, from);
+      if (own !== undefined) next[from] = own;
+    }
   }
+  const last = taken[taken.length - 1];
+  if (last !== undefined) next[POSITION] = `${last.run.k[0]}|${last.from}`;
   const missing = got === undefined ? -1 : got.missing;
-  // Ends when every sidecar heard from has nothing more (those that did not answer are counted in missing_sidecars).
-  const done = Object.values(next).every((c) => c === '');
+  // Ends when every sidecar that answered has nothing more: one that did not (counted in missing_sidecars; all
+  // of them while the broker is down) does not keep a listing going that would otherwise bring nothing.
+  let done = true;
+  for (const from of parts.keys()) if (next[from] !== '') done = false;
   return {
     runs: taken.map((t) => ({ ...t.run.s, sidecar: t.from })),
     next_cursor: done ? null : encodeClusterCursor(next),

@@ -784,6 +784,28 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     }
   });
 
+  it('a sidecar that joins while a listing pages through starts where the listing is: its newer runs do not break the order', async () => {
+    const [origin, edge] = await pair({ graceMillis: 50 });
+    const a = await judgedToolRun(origin, 'u-page', 1);
+    await new Promise((r) => setTimeout(r, 5));
+    const b = await judgedToolRun(edge, 'u-page', 1);
+    const page = async (cursor?: string): Promise<{ runs: Array<{ run_id: string }>; next_cursor: string | null }> =>
+      (await fetch(`${edge.publicUrl}/api/runs?limit=1${cursor === undefined ? '' : `&cursor=${encodeURIComponent(cursor)}`}`)).json() as Promise<{ runs: Array<{ run_id: string }>; next_cursor: string | null }>;
+    const first = await page();
+    expect(first.runs.map((r) => r.run_id)).toEqual([b]);
+    // A third sidecar comes up with a run newer than anything listed so far.
+    const late = await sidecar('late', { graceMillis: 50 });
+    await eventually(async () => (await metricValue(edge, 'tracewire_broker_peers')) >= 2, 'the edge knows the late sidecar');
+    const c = await judgedToolRun(late, 'u-page', 1);
+    const second = await page(first.next_cursor!);
+    expect(second.runs.map((r) => r.run_id)).toEqual([a]);
+    const third = second.next_cursor === null ? { runs: [], next_cursor: null } : await page(second.next_cursor);
+    expect(third.runs).toEqual([]);
+    expect(third.next_cursor).toBeNull();
+    // A new listing has it first.
+    expect((await page()).runs.map((r) => r.run_id)).toEqual([c]);
+  });
+
   it('a runs listing does not wait past a second for a sidecar that never answers, and says how many did not', async () => {
     const [origin] = await pair({ graceMillis: 50 });
     const run = await judgedToolRun(origin, 'u-slow', 1);
