@@ -10,7 +10,7 @@ import { boundsMemoryWarning, resolveConfig, type TracewireConfig } from './conf
 import { Diag } from './errors/Diag.js';
 import { EventHub } from './hub/EventHub.js';
 import { RedisBroker } from './hub/fanout/Broker.js';
-import { answerRunsQuestion, type RunsCluster } from './audit/runsApi.js';
+import { answerRunsQuestion, apiTokenTag, isRefusal, type RunsCluster } from './audit/runsApi.js';
 import { TracewireSpanProcessor, type TracewireSpanProcessorOptions } from './sources/TracewireSpanProcessor.js';
 
 export const VERSION = '0.1.0';
@@ -94,9 +94,21 @@ export class Tracewire {
           });
     if (c.brokerUrl !== '' && c.mode === 'emit') {
       // The runs API answers for every sidecar: each answers the others' questions about the runs it keeps.
+      // A sidecar with an --api-token shows its runs only to sidecars with the same one (a tag of it travels).
       const template = c.traceUrlTemplate || undefined;
-      this.hub.runsAnswerer = (q) => answerRunsQuestion(this.ledger, template, this.instanceId, q);
-      this.runsCluster = { self: this.instanceId, ask: (q) => this.hub.askRuns(q) };
+      const tag = apiTokenTag(c.apiToken);
+      this.hub.runsAnswerer = (q) => answerRunsQuestion(this.ledger, template, this.instanceId, q, tag);
+      this.runsCluster = {
+        self: this.instanceId,
+        ask: (q) =>
+          this.hub.askRuns({ ...q, t: tag })?.then((got) => {
+            const refused = got.answers.filter((a) => isRefusal(a.answer)).map((a) => a.from);
+            if (refused.length > 0) {
+              this.diag.repeated('runs_refused', 'runs', (n) => `${n} runs question(s) refused by other sidecars (latest: ${refused.join(', ')}): their --api-token differs from this one's, so their runs are not listed here`);
+            }
+            return got;
+          }),
+      };
     }
   }
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { TracewireError } from '../errors/errors.js';
 import { VERDICTS } from './Metrics.js';
@@ -18,15 +19,36 @@ export interface RunsCluster {
   /** This sidecar's id: the `sidecar` of its runs. */
   readonly self: string;
   /** Ask every other sidecar (each answers with `answerRunsQuestion`); undefined when no question can go out now. */
-  ask(question: RunsQuestion): Promise<{ answers: ReadonlyArray<{ from: string; answer: unknown }>; missing: number }> | undefined;
+  ask(question: RunsQuestion): Promise<{ answers: ReadonlyArray<{ from: string; answer: unknown }>; missing: number; missingIds: readonly string[] }> | undefined;
+}
+
+/** Longest answer a sidecar sends another (RUNS_ANSWER_MAX_CHARS of the fan-out): a page is made smaller to fit. */
+const ANSWER_MAX_CHARS = 1024 * 1024;
+
+/** The answer of a sidecar whose --api-token differs from the asker's: it does not show its runs (counted as missing). */
+const REFUSED = { refused: 'api_token' } as const;
+
+/** Whether an answer is a refusal (the asker's API token is not this sidecar's). */
+export function isRefusal(answer: unknown): boolean {
+  return isObj(answer) && answer.refused === REFUSED.refused;
 }
 
 type ListFilter = Pick<RunQuery, 'verdict' | 'agent' | 'user' | 'sinceMs' | 'untilMs'>;
 
-/** A runs API question to the other sidecars: one run's detail page, or a page of runs (each sidecar from its own cursor). */
+/**
+ * A runs API question to the other sidecars: one run's detail page, or a
+ * page of runs (each sidecar from its own cursor). `t`: a tag of the asker's
+ * --api-token (set by the cluster), so a sidecar with a token answers only
+ * sidecars with the same one.
+ */
 export type RunsQuestion =
-  | { readonly kind: 'get'; readonly run: string; readonly after: number; readonly limit: number }
-  | { readonly kind: 'list'; readonly filter: ListFilter; readonly limit: number; readonly cursors: Readonly<Record<string, string>> };
+  | { readonly kind: 'get'; readonly run: string; readonly after: number; readonly limit: number; readonly t?: string }
+  | { readonly kind: 'list'; readonly filter: ListFilter; readonly limit: number; readonly cursors: Readonly<Record<string, string>>; readonly t?: string };
+
+/** A tag of an API token for runs questions ("" for none): a hash, so the token itself does not travel. */
+export function apiTokenTag(apiToken: string): string {
+  return apiToken === '' ? '' : createHash('sha256').update(`tracewire runs api token\0${apiToken}`).digest('base64url').slice(0, 32);
+}
 
 /** One sidecar's page of a listing: each run's summary, its cursor and its sort key (start ms, open order). */
 interface ListPart {
@@ -42,6 +64,7 @@ interface ListPart {
  */
 function ownCursor(cursors: Readonly<Record<string, string>>, self: string): string | undefined {
   const mine = cursors[self];
+  if (mine === FROM_TOP) return undefined;
   if (mine !== undefined) return mine;
   const at = cursors[POSITION];
   if (at === undefined) return undefined;
@@ -53,6 +76,8 @@ function ownCursor(cursors: Readonly<Record<string, string>>, self: string): str
 
 /** The key of a listing's position in its cursors (no sidecar id has an `@`). */
 const POSITION = '@';
+/** A sidecar's cursor value: from its newest run (it has not answered this listing yet). */
+const FROM_TOP = '*';
 
 /** A page of this sidecar's runs for a listing across sidecars (`cursor` "": nothing more here). */
 function listPart(ledger: RunLedger, filter: ListFilter, limit: number, cursor: string | undefined, template: string | undefined): ListPart {
@@ -70,12 +95,15 @@ const optNum = (v: unknown): boolean => v === undefined || (typeof v === 'number
  * the run's detail page (null if it does not keep the run) or its page of the
  * listing; undefined for a question it does not understand.
  */
-export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string | undefined, self: string, q: unknown): unknown {
+export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string | undefined, self: string, q: unknown, tokenTag = ''): unknown {
   if (!isObj(q)) return undefined;
+  // This sidecar's own API needs a token: only a sidecar with the same one sees its runs.
+  if (tokenTag !== '' && q.t !== tokenTag) return REFUSED;
   const limit = q.limit;
   if (q.kind === 'get' && typeof q.run === 'string' && Number.isSafeInteger(q.after) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= DETAIL_MAX_LIMIT) {
     const r = ledger.get(q.run);
-    return r === undefined ? null : runDetail(r, traceUrlTemplate, { afterSeq: q.after as number, limit: limit as number });
+    if (r === undefined) return null;
+    return fitted(limit as number, (n) => runDetail(r, traceUrlTemplate, { afterSeq: q.after as number, limit: n }));
   }
   const f = q.filter;
   if (
@@ -83,12 +111,21 @@ export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string |
     optStr(f.verdict) && optStr(f.agent) && optStr(f.user) && optNum(f.sinceMs) && optNum(f.untilMs)
   ) {
     if (!validCursors(q.cursors)) return undefined;
-    return listPart(ledger, f as ListFilter, limit as number, ownCursor(q.cursors, self), traceUrlTemplate);
+    const cursor = ownCursor(q.cursors, self);
+    return fitted(limit as number, (n) => listPart(ledger, f as ListFilter, n, cursor, traceUrlTemplate));
   }
   return undefined;
 }
 
-/** A listing's cursor across sidecars: `m.` + base64url JSON of each sidecar's own cursor ("": it has nothing more). */
+/** A page of at most `limit` items, made smaller (halved) until its JSON fits an answer between sidecars. */
+function fitted(limit: number, page: (limit: number) => unknown): unknown {
+  for (let n = limit; ; n = Math.ceil(n / 2)) {
+    const p = page(n);
+    if (n === 1 || JSON.stringify(p).length <= ANSWER_MAX_CHARS) return p;
+  }
+}
+
+/** A listing's cursor across sidecars: `m.` + base64url JSON of the sidecars' own cursors and the position (`@`). */
 function encodeClusterCursor(cursors: Record<string, string>): string {
   return 'm.' + Buffer.from(JSON.stringify(cursors), 'utf8').toString('base64url');
 }
@@ -111,7 +148,7 @@ function validCursors(v: unknown): v is Record<string, string> {
     if (k === POSITION) {
       const m = /^(-?\d+(?:\.\d+)?)\|([A-Za-z0-9._:-]{1,128})$/.exec(c);
       if (m === null || !Number.isFinite(Number(m[1]))) return false;
-    } else if (!/^[A-Za-z0-9._:-]{1,128}$/.test(k) || (c !== '' && decodeCursor(c) === undefined)) return false;
+    } else if (!/^[A-Za-z0-9._:-]{1,128}$/.test(k) || (c !== '' && c !== FROM_TOP && decodeCursor(c) === undefined)) return false;
   }
   return true;
 }
@@ -119,15 +156,20 @@ function validCursors(v: unknown): v is Record<string, string> {
 /**
  * A page of runs across sidecars: this sidecar's part and the others'
  * answers merged newest first (start time, then sidecar id, then open
- * order: each sidecar's own order), `limit` of them; each sidecar's cursor
- * moves past the runs taken from it.
+ * order: each sidecar's own order), `limit` of them. The next cursor names
+ * the listing's position and, for each sidecar that still has runs below
+ * it, its own place: the last run taken from it, or, for one this sidecar
+ * knows that did not answer, where it was (so what it has comes on a later
+ * page). A sidecar it does not name starts at the position.
  */
 async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filter: ListFilter, limit: number, cursors: Record<string, string>): Promise<Record<string, unknown>> {
   const { cluster } = opts;
   const asked = cluster.ask({ kind: 'list', filter, limit, cursors });
   const parts = new Map<string, ListPart>([[cluster.self, listPart(opts.ledger, filter, limit, ownCursor(cursors, cluster.self), opts.traceUrlTemplate)]]);
   const got = asked === undefined ? undefined : await asked;
+  let refused = 0;
   for (const { from, answer } of got?.answers ?? []) {
+    if (isRefusal(answer)) refused++;
     if (!isObj(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from)) continue;
     const runs = (answer.runs as unknown[]).filter(
       (x): x is ListPart['runs'][number] => isObj(x) && isObj(x.s) && typeof x.c === 'string' && decodeCursor(x.c) !== undefined && Array.isArray(x.k) && x.k.length === 2 && x.k.every((n) => typeof n === 'number'),
@@ -138,24 +180,26 @@ async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filt
   for (const [from, part] of parts) for (const run of part.runs) all.push({ from, run });
   all.sort((a, b) => b.run.k[0] - a.run.k[0] || (a.from < b.from ? -1 : a.from > b.from ? 1 : 0) || b.run.k[1] - a.run.k[1]);
   const taken = all.slice(0, limit);
-  const next = { ...cursors };
+  const next: Record<string, string> = {};
+  let done = true;
   for (const [from, part] of parts) {
     const mine = taken.filter((t) => t.from === from);
-    if (mine.length === part.runs.length && !part.more) next[from] = '';
-    else if (mine.length > 0) next[from] = mine[mine.length - 1]!.run.c;
-    else {
-      // Heard from, nothing taken: from here on it keeps its own place (the listing's position, if it had none).
-      const own = ownCursor(cursors, from);
-      if (own !== undefined) next[from] = own;
-    }
+    if (mine.length === part.runs.length && !part.more) continue; // nothing more there: not named
+    done = false;
+    // Runs taken: it goes on after the last one. None taken: all it has is below the position (not named).
+    if (mine.length > 0) next[from] = mine[mine.length - 1]!.run.c;
+  }
+  // Known sidecars that did not answer keep their place (bounded: a sidecar not heard from for five presence
+  // intervals is no longer known, and the listing then ends without it).
+  for (const id of got?.missingIds ?? []) {
+    if (parts.has(id) || cursors[id] === '') continue;
+    next[id] = ownCursor(cursors, id) ?? FROM_TOP;
+    done = false;
   }
   const last = taken[taken.length - 1];
   if (last !== undefined) next[POSITION] = `${last.run.k[0]}|${last.from}`;
-  const missing = got === undefined ? -1 : got.missing;
-  // Ends when every sidecar that answered has nothing more: one that did not (counted in missing_sidecars; all
-  // of them while the broker is down) does not keep a listing going that would otherwise bring nothing.
-  let done = true;
-  for (const from of parts.keys()) if (next[from] !== '') done = false;
+  else if (cursors[POSITION] !== undefined) next[POSITION] = cursors[POSITION];
+  const missing = got === undefined ? -1 : got.missing + refused;
   return {
     runs: taken.map((t) => ({ ...t.run.s, sidecar: t.from })),
     next_cursor: done ? null : encodeClusterCursor(next),
@@ -551,7 +595,7 @@ export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promi
     if (r !== undefined) return cluster === undefined ? runDetail(r, opts.traceUrlTemplate, { afterSeq, limit }) : { ...runDetail(r, opts.traceUrlTemplate, { afterSeq, limit }), sidecar: cluster.self };
     // Several sidecars: the run's origin keeps it.
     const asked = cluster?.ask({ kind: 'get', run: run_id, after: afterSeq, limit });
-    for (const { from, answer } of (asked === undefined ? undefined : await asked)?.answers ?? []) if (isObj(answer)) return { ...answer, sidecar: from };
+    for (const { from, answer } of (asked === undefined ? undefined : await asked)?.answers ?? []) if (isObj(answer) && !isRefusal(answer)) return { ...answer, sidecar: from };
     throw new TracewireError('TW_RUN_NOT_FOUND', run_id);
   });
 }

@@ -86,6 +86,8 @@ export interface RunsAnswers {
   readonly answers: Array<{ readonly from: string; readonly answer: unknown }>;
   /** Sidecars that did not answer in time (those the broker counted as subscribed; all of them when the count is unknown: -1). */
   readonly missing: number;
+  /** The ids of those among them this sidecar knows from their presence. */
+  readonly missingIds: readonly string[];
 }
 
 interface RunsQuery {
@@ -190,8 +192,15 @@ const MAX_ANSWER_CHARS = 4 * 1024 * 1024;
 const MAX_HELD_PER_RUN = 10_000;
 /** How long the runs API waits for the other sidecars' answers. */
 const RUNS_WAIT_MILLIS = 1000;
-/** Runs questions out at once (past it, a runs API request gets this sidecar's runs only). */
-const MAX_RUNS_QUERIES = 1000;
+/**
+ * Runs questions out at once (past it, a runs API request gets this
+ * sidecar's runs only, and says so): the answers of every sidecar come
+ * through this sidecar's one subscribed connection, and Redis cuts a
+ * subscriber whose unread output passes its limit (32 MiB by default).
+ */
+const MAX_RUNS_QUERIES = 4;
+/** Longest runs answer a sidecar sends (the runs API makes its page smaller to fit). */
+export const RUNS_ANSWER_MAX_CHARS = 1024 * 1024;
 /** Presence intervals without a word from a sidecar before it counts as gone. */
 const PEER_EXPIRY = 5;
 /**
@@ -1109,7 +1118,8 @@ export class Fanout {
     if (q === undefined) return;
     this.runsQueries.delete(id);
     clearTimeout(q.timer);
-    q.done({ answers: q.answers, missing: q.expected === undefined ? -1 : Math.max(0, q.expected - q.from.size) });
+    const missingIds = [...this.peers.keys()].filter((id) => !q.from.has(id));
+    q.done({ answers: q.answers, missing: q.expected === undefined ? -1 : Math.max(0, q.expected - q.from.size), missingIds });
   }
 
   /** Another sidecar's runs API asks: answer in its inbox (nothing found too, so it can count). */
@@ -1123,7 +1133,7 @@ export class Fanout {
     }
     let answer = this.host.runsAsked(msg.p) ?? null;
     let text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: answer });
-    if (text.length > MAX_ANSWER_CHARS) {
+    if (text.length > RUNS_ANSWER_MAX_CHARS + 4096) {
       answer = null;
       text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: null, big: true });
     }

@@ -806,6 +806,67 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     expect((await page()).runs.map((r) => r.run_id)).toEqual([c]);
   });
 
+  it('a known sidecar that misses a page keeps its place in the listing until it is gone', async () => {
+    const [origin] = await pair({ graceMillis: 50 });
+    const a = await judgedToolRun(origin, 'u-ghost', 1);
+    // A sidecar the origin knows from its presence that does not answer runs questions (stalled).
+    const ghost = await redis.client();
+    try {
+      await ghost.subscribe(`t${n}:runs`, () => undefined);
+      const sync = (): Promise<unknown> => ghost.duplicate().connect().then(async (c) => {
+        await c.publish(`t${n}:presence`, JSON.stringify({ k: 'sync', o: 'ghost', u: [] }));
+        await c.close();
+      });
+      await sync();
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_peers')) === 2, 'the origin knows the edge and the ghost');
+      const first = (await (await fetch(`${origin.publicUrl}/api/runs`)).json()) as { runs: Array<{ run_id: string }>; next_cursor: string | null; missing_sidecars: number };
+      expect(first.runs.map((r) => r.run_id)).toEqual([a]);
+      expect(first.missing_sidecars).toBe(1);
+      // Its place is kept: the listing goes on for what it may still have.
+      expect(first.next_cursor).not.toBeNull();
+      const kept = JSON.parse(Buffer.from(first.next_cursor!.slice(2), 'base64url').toString('utf8')) as Record<string, string>;
+      expect(kept.ghost).toBe('*');
+      // Gone (no presence for five intervals, and no longer subscribed): the listing ends without it.
+      await ghost.unsubscribe(`t${n}:runs`);
+      await eventually(async () => (await metricValue(origin, 'tracewire_broker_peers')) === 1, 'the ghost expired', 5000);
+      const second = (await (await fetch(`${origin.publicUrl}/api/runs?cursor=${encodeURIComponent(first.next_cursor!)}`)).json()) as { runs: unknown[]; next_cursor: string | null; missing_sidecars: number };
+      expect(second).toEqual({ runs: [], next_cursor: null, missing_sidecars: 0 });
+    } finally {
+      await ghost.close();
+    }
+  });
+
+  it('a run too large for one answer between sidecars comes a smaller page at a time; a sidecar with another API token shows nothing', async () => {
+    const [origin, edge] = await pair({ graceMillis: 50 });
+    const big = await judgedToolRun(origin, 'u-big', 1000, 15_000); // 2,002 events: over 1 MiB as one page
+    const events: Array<{ seq: number }> = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const res = await fetch(`${edge.publicUrl}/api/runs/${encodeURIComponent(big)}?limit=5000${cursor === null ? '' : `&cursor=${encodeURIComponent(cursor)}`}`);
+      expect(res.status).toBe(200);
+      const body = (await res.json()) as { events: Array<{ seq: number }>; next_cursor: string | null; sidecar: string };
+      expect(body.sidecar).toBe('origin');
+      events.push(...body.events);
+      cursor = body.next_cursor;
+      pages++;
+    } while (cursor !== null && pages < 20);
+    expect(pages).toBeGreaterThan(1);
+    expect(events.map((e) => e.seq)).toEqual(Array.from({ length: 2002 }, (_, i) => i + 1));
+
+    // A third sidecar with an API token: it refuses the others' questions (they have none), and they say so.
+    const locked = await sidecar('locked', { apiToken: 'locked-token-0123456789' });
+    await eventually(async () => (await metricValue(edge, 'tracewire_broker_peers')) >= 2, 'the edge knows the locked sidecar');
+    const secret = await judgedToolRun(locked, 'u-secret', 1);
+    const list = (await (await fetch(`${edge.publicUrl}/api/runs?user=u-secret`)).json()) as { runs: unknown[]; missing_sidecars: number };
+    expect(list.runs).toEqual([]);
+    expect(list.missing_sidecars).toBe(1);
+    expect((await fetch(`${edge.publicUrl}/api/runs/${encodeURIComponent(secret)}`)).status).toBe(404);
+    // With its token, its own API lists it, and the others' runs too (they have no token: they answer anyone).
+    const own = (await (await fetch(`${locked.publicUrl}/api/runs`, { headers: { authorization: 'Bearer locked-token-0123456789' } })).json()) as { runs: Array<{ run_id: string }> };
+    expect(own.runs.map((r) => r.run_id)).toEqual(expect.arrayContaining([secret, big]));
+  }, 30_000);
+
   it('a runs listing does not wait past a second for a sidecar that never answers, and says how many did not', async () => {
     const [origin] = await pair({ graceMillis: 50 });
     const run = await judgedToolRun(origin, 'u-slow', 1);
