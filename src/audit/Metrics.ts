@@ -57,7 +57,7 @@ export const SPAN_LIMITED_FIELDS = ['user_id', 'conversation_id', 'agent_name', 
 export const BROKER_MESSAGE_KINDS = ['events', 'reports', 'acks', 'presence', 'resumes', 'runs'] as const;
 export type BrokerMessageKind = (typeof BROKER_MESSAGE_KINDS)[number];
 /** What the fan-out gives up, by reason (tracewire_broker_dropped_total). */
-export const BROKER_DROP_REASONS = ['publish_failed', 'invalid', 'unconfirmed', 'pending_full', 'presence_full', 'unknown_run'] as const;
+export const BROKER_DROP_REASONS = ['publish_failed', 'invalid', 'unconfirmed', 'pending_full', 'presence_full', 'unknown_run', 'runs_busy'] as const;
 
 export const DISCONNECT_REASONS = ['client_close', 'abnormal', 'backpressure', 'heartbeat_timeout', 'token_expired', 'bad_frames', 'shutdown'] as const;
 /**
@@ -252,7 +252,7 @@ export class BrokerMetrics {
     this.remoteUsers = new LiveGauge({ name: 'tracewire_broker_remote_users', help: 'Users with a connection on another sidecar, per sidecar (bounded by brokerMaxRemoteUsers).', registers: regs });
     this.pending = new LiveGauge({ name: 'tracewire_broker_pending_deliveries', help: 'Events sent to another sidecar whose delivery outcome has not come back yet (bounded by brokerMaxPending).', registers: regs });
     this.messages = new Counter({ name: 'tracewire_broker_messages_total', help: 'Broker messages published (direction "out") and received (direction "in"), by kind; a message carries a batch.', labelNames: ['direction', 'kind'] as const, registers: regs });
-    this.dropped = new Counter({ name: 'tracewire_broker_dropped_total', help: 'What the fan-out gave up, by reason: items of a publish that failed, invalid messages received, deliveries whose outcome never came back or that found the pending table full, presence entries past the bound, acks for runs it never relayed.', labelNames: ['reason'] as const, registers: regs });
+    this.dropped = new Counter({ name: 'tracewire_broker_dropped_total', help: 'What the fan-out gave up, by reason: items of a publish that failed, invalid messages received, deliveries whose outcome never came back or that found the pending table full, presence entries past the bound, acks for runs it never relayed, runs API questions not asked because four were already waiting.', labelNames: ['reason'] as const, registers: regs });
     this.reopened = new Counter({ name: 'tracewire_broker_reopened_total', help: 'Times the broker connections were given up and opened anew because none of this sidecar\'s own presence came back for three presence intervals (a connection that looks up but carries nothing, e.g. half-open).', registers: regs });
     for (const direction of ['in', 'out']) for (const kind of BROKER_MESSAGE_KINDS) this.messages.inc({ direction, kind }, 0);
     for (const reason of BROKER_DROP_REASONS) this.dropped.inc({ reason }, 0);

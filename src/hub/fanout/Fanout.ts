@@ -1094,7 +1094,11 @@ export class Fanout {
    * (broker down, too many out).
    */
   askRuns(question: unknown): Promise<RunsAnswers> | undefined {
-    if (!this.started || this.closed || !this.broker.up || this.runsQueries.size >= MAX_RUNS_QUERIES) return undefined;
+    if (!this.started || this.closed || !this.broker.up) return undefined;
+    if (this.runsQueries.size >= MAX_RUNS_QUERIES) {
+      this.m.dropped.inc({ reason: 'runs_busy' });
+      return undefined;
+    }
     const id = this.nextQuery++;
     return new Promise<RunsAnswers>((done) => {
       const q: RunsQuery = { answers: [], from: new Set(), expected: undefined, timer: undefined, done };

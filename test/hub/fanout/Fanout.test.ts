@@ -880,6 +880,12 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       expect(Date.now() - t0).toBeLessThan(3000);
       expect(body.runs.map((r) => r.run_id)).toEqual([run]);
       expect(body.missing_sidecars).toBe(1);
+
+      // At most four listings wait for answers at once; the others list this sidecar's runs alone, at once, and say so.
+      const many = await Promise.all(Array.from({ length: 10 }, async () => ((await (await fetch(`${origin.publicUrl}/api/runs`)).json()) as { missing_sidecars: number }).missing_sidecars));
+      expect(many.filter((m) => m === 1).length).toBe(4);
+      expect(many.filter((m) => m === -1).length).toBe(6);
+      expect(await metricValue(origin, 'tracewire_broker_dropped_total', { reason: 'runs_busy' })).toBe(6);
     } finally {
       await mute.close();
     }
