@@ -44,9 +44,11 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     if (redisGate.missingInCi) throw new Error('redis-server is not installed (CI must apt-get install redis-server)');
     await redis.start();
   });
+  const proxies: BrokerProxy[] = [];
   afterEach(async () => {
     for (const c of clients.splice(0)) c.close();
     for (const sc of open.splice(0)) await sc.close();
+    for (const p of proxies.splice(0)) await p.close();
   });
   afterAll(() => redis.destroy());
 
@@ -67,6 +69,18 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     const c = await connectAcked(sc, user, query);
     clients.push(c);
     return c;
+  }
+
+  /** An origin whose broker connections go through a BrokerProxy, an edge, and a client of `user` on the edge the origin knows of. */
+  async function behindProxy(user: string): Promise<{ proxy: BrokerProxy; origin: Sidecar; edge: Sidecar; c: TestClient }> {
+    n++;
+    const proxy = await new BrokerProxy(redis.socket).start();
+    proxies.push(proxy);
+    const origin = await sidecar('origin', { brokerUrl: proxy.url, graceMillis: 10_000 });
+    const edge = await sidecar('edge');
+    const c = await client(edge, user);
+    await heard(origin);
+    return { proxy, origin, edge, c };
   }
 
   /** Wait until `origin` has heard of `count` users connected to other sidecars. */
@@ -643,69 +657,49 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
   });
 
   it('a broker connection that looks up but carries nothing (half-open) is given up and opened anew, and events flow again', async () => {
-    n++;
-    const proxy = await new BrokerProxy(redis.socket).start();
+    const { proxy, origin, edge, c } = await behindProxy('u-half');
+    expect(proxy.accepted).toBe(2);
+    // The origin's path to the broker dies without a FIN or RST: its client still says it is connected.
+    proxy.blackhole();
+    // Within three presence intervals (200 ms here) none of its own presence has come back: new connections.
+    await eventually(async () => (await metricValue(origin, 'tracewire_broker_reopened_total')) === 1, 'the connections reopened', 5000);
+    await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 1, 'broker_up 1 again');
+    expect(proxy.accepted).toBe(4);
+    await heard(origin);
+    // Redis never heard the old connections close: they are killed, so it counts one subscriber of the
+    // origin's inbox again (the others' resumes wait for an answer from every subscriber).
+    const rc = await redis.client();
     try {
-      const origin = await sidecar('origin', { brokerUrl: proxy.url, graceMillis: 10_000 });
-      const edge = await sidecar('edge');
-      const c = await client(edge, 'u-half');
-      await heard(origin);
-      expect(proxy.accepted).toBe(2);
-      // The origin's path to the broker dies without a FIN or RST: its client still says it is connected.
-      proxy.blackhole();
-      // Within three presence intervals (200 ms here) none of its own presence has come back: new connections.
-      await eventually(async () => (await metricValue(origin, 'tracewire_broker_reopened_total')) === 1, 'the connections reopened', 5000);
-      await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 1, 'broker_up 1 again');
-      expect(proxy.accepted).toBe(4);
-      await heard(origin);
-      // Redis never heard the old connections close: they are killed, so it counts one subscriber of the
-      // origin's inbox again (the others' resumes wait for an answer from every subscriber).
-      const rc = await redis.client();
-      try {
-        await eventually(async () => (await rc.sendCommand(['PUBSUB', 'NUMSUB', `t${n}:i:origin`]))?.toString() === `t${n}:i:origin,1`, 'one subscriber of the inbox');
-      } finally {
-        await rc.close();
-      }
-
-      startRun(origin, 'u-half').top.end();
-      await c.until((x) => x.events.length >= 2, 5000, "the run's events through the new connections");
-      expect(c.events.map((e) => [e.type, e.seq])).toEqual([
-        ['agent_started', 1],
-        ['agent_completed', 2],
-      ]);
-      // Healthy connections are left alone.
-      await new Promise((r) => setTimeout(r, 1000));
-      expect(await metricValue(origin, 'tracewire_broker_reopened_total')).toBe(1);
-      expect(await metricValue(edge, 'tracewire_broker_reopened_total')).toBe(0);
+      await eventually(async () => (await rc.sendCommand(['PUBSUB', 'NUMSUB', `t${n}:i:origin`]))?.toString() === `t${n}:i:origin,1`, 'one subscriber of the inbox');
     } finally {
-      for (const sc of open.splice(0)) await sc.close();
-      await proxy.close();
+      await rc.close();
     }
+
+    startRun(origin, 'u-half').top.end();
+    await c.until((x) => x.events.length >= 2, 5000, "the run's events through the new connections");
+    expect(c.events.map((e) => [e.type, e.seq])).toEqual([
+      ['agent_started', 1],
+      ['agent_completed', 2],
+    ]);
+    // Healthy connections are left alone.
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(await metricValue(origin, 'tracewire_broker_reopened_total')).toBe(1);
+    expect(await metricValue(edge, 'tracewire_broker_reopened_total')).toBe(0);
   }, 20_000);
 
   it('new broker connections that connect but never answer (the path still dead) are replaced again until one answers', async () => {
-    n++;
-    const proxy = await new BrokerProxy(redis.socket).start();
-    try {
-      const origin = await sidecar('origin', { brokerUrl: proxy.url, graceMillis: 10_000 });
-      const edge = await sidecar('edge');
-      const c = await client(edge, 'u-dead-path');
-      await heard(origin);
-      proxy.blackhole(true);
-      await eventually(async () => (await metricValue(origin, 'tracewire_broker_reopened_total')) === 1, 'the connections reopened', 5000);
-      // The new connections connect, then hear nothing; the path heals meanwhile.
-      await new Promise((r) => setTimeout(r, 500));
-      expect(await metricValue(origin, 'tracewire_broker_up')).toBe(0);
-      proxy.heal();
-      await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 1, 'broker_up 1 once connections that answer are open', 12_000);
-      await heard(origin);
-      startRun(origin, 'u-dead-path').top.end();
-      await c.until((x) => x.events.length >= 2, 5000, "the run's events");
-      expect(c.events.map((e) => e.type)).toEqual(['agent_started', 'agent_completed']);
-    } finally {
-      for (const sc of open.splice(0)) await sc.close();
-      await proxy.close();
-    }
+    const { proxy, origin, c } = await behindProxy('u-dead-path');
+    proxy.blackhole(true);
+    await eventually(async () => (await metricValue(origin, 'tracewire_broker_reopened_total')) === 1, 'the connections reopened', 5000);
+    // The new connections connect, then hear nothing; the path heals meanwhile.
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await metricValue(origin, 'tracewire_broker_up')).toBe(0);
+    proxy.heal();
+    await eventually(async () => (await metricValue(origin, 'tracewire_broker_up')) === 1, 'broker_up 1 once connections that answer are open', 12_000);
+    await heard(origin);
+    startRun(origin, 'u-dead-path').top.end();
+    await c.until((x) => x.events.length >= 2, 5000, "the run's events");
+    expect(c.events.map((e) => e.type)).toEqual(['agent_started', 'agent_completed']);
   }, 30_000);
 
   it('the runs API of any sidecar lists the runs of every sidecar, newest first, pages through them once each, and opens a run kept by another', async () => {
