@@ -97,17 +97,20 @@ export class Tracewire {
       // A sidecar with an --api-token shows its runs only to sidecars with the same one (a tag of it travels).
       const template = c.traceUrlTemplate || undefined;
       const tag = apiTokenTag(c.apiToken);
-      this.hub.runsAnswerer = (q) => answerRunsQuestion(this.ledger, template, this.instanceId, q, tag);
+      this.hub.runsAnswerer = (q, maxChars) => answerRunsQuestion(this.ledger, template, this.instanceId, q, tag, maxChars);
       this.runsCluster = {
         self: this.instanceId,
-        ask: (q) =>
-          this.hub.askRuns({ ...q, t: tag })?.then((got) => {
+        ask: (q) => {
+          const asked = this.hub.askRuns({ ...q, t: tag });
+          if (asked === undefined || asked === 'busy') return asked;
+          return asked.then((got) => {
             const refused = got.answers.filter((a) => isRefusal(a.answer)).map((a) => a.from);
             if (refused.length > 0) {
               this.diag.repeated('runs_refused', 'runs', (n) => `${n} runs question(s) refused by other sidecars (latest: ${refused.join(', ')}): their --api-token differs from this one's, so their runs are not listed here`);
             }
             return got;
-          }),
+          });
+        },
       };
     }
   }

@@ -18,12 +18,13 @@ export interface RunsApiOptions {
 export interface RunsCluster {
   /** This sidecar's id: the `sidecar` of its runs. */
   readonly self: string;
-  /** Ask every other sidecar (each answers with `answerRunsQuestion`); undefined when no question can go out now. */
-  ask(question: RunsQuestion): Promise<{ answers: ReadonlyArray<{ from: string; answer: unknown }>; missing: number; missingIds: readonly string[] }> | undefined;
+  /**
+   * Ask every other sidecar (each answers with `answerRunsQuestion`):
+   * undefined when no question can go out (the broker is down), `busy` when
+   * too many are out already.
+   */
+  ask(question: RunsQuestion): Promise<{ answers: ReadonlyArray<{ from: string; answer: unknown }>; missing: number }> | 'busy' | undefined;
 }
-
-/** Longest answer a sidecar sends another (RUNS_ANSWER_MAX_CHARS of the fan-out): a page is made smaller to fit. */
-const ANSWER_MAX_CHARS = 1024 * 1024;
 
 /** The answer of a sidecar whose --api-token differs from the asker's: it does not show its runs (counted as missing). */
 const REFUSED = { refused: 'api_token' } as const;
@@ -36,66 +37,65 @@ export function isRefusal(answer: unknown): boolean {
 type ListFilter = Pick<RunQuery, 'verdict' | 'agent' | 'user' | 'sinceMs' | 'untilMs'>;
 
 /**
+ * Where a listing across sidecars is: the last run it listed, as start ms,
+ * sidecar id and that sidecar's open order. The runs of all sidecars are in
+ * one order (start time newest first, then sidecar id, then open order
+ * newest first: each sidecar's own order), so the next page is what comes
+ * after it in that order, on every sidecar.
+ */
+type Position = readonly [startMs: number, sidecar: string, openSeq: number];
+
+/**
  * A runs API question to the other sidecars: one run's detail page, or a
- * page of runs (each sidecar from its own cursor). `t`: a tag of the asker's
- * --api-token (set by the cluster), so a sidecar with a token answers only
- * sidecars with the same one.
+ * page of runs after a position. `t`: a tag of the asker's --api-token (set
+ * by the cluster), so a sidecar with a token answers only sidecars with the
+ * same one.
  */
 export type RunsQuestion =
   | { readonly kind: 'get'; readonly run: string; readonly after: number; readonly limit: number; readonly t?: string }
-  | { readonly kind: 'list'; readonly filter: ListFilter; readonly limit: number; readonly cursors: Readonly<Record<string, string>>; readonly t?: string };
+  | { readonly kind: 'list'; readonly filter: ListFilter; readonly limit: number; readonly at: Position | null; readonly t?: string };
 
 /** A tag of an API token for runs questions ("" for none): a hash, so the token itself does not travel. */
 export function apiTokenTag(apiToken: string): string {
   return apiToken === '' ? '' : createHash('sha256').update(`tracewire runs api token\0${apiToken}`).digest('base64url').slice(0, 32);
 }
 
-/** One sidecar's page of a listing: each run's summary, its cursor and its sort key (start ms, open order). */
+/** One sidecar's page of a listing: each run's summary and its key (start ms, open order); `more`: it has runs after them. */
 interface ListPart {
-  readonly runs: Array<{ s: Record<string, unknown>; c: string; k: [number, number] }>;
+  readonly runs: Array<{ s: Record<string, unknown>; k: [number, number] }>;
   readonly more: boolean;
 }
 
-/**
- * A sidecar's own cursor in a listing's cursors: its entry, or, for a
- * sidecar the listing has not heard from yet (it joined, or did not answer
- * in time), the listing's position (`@`: start ms and sidecar of the last
- * run listed), so it starts where the listing is rather than from its newest run.
- */
-function ownCursor(cursors: Readonly<Record<string, string>>, self: string): string | undefined {
-  const mine = cursors[self];
-  if (mine === FROM_TOP) return undefined;
-  if (mine !== undefined) return mine;
-  const at = cursors[POSITION];
-  if (at === undefined) return undefined;
-  const bar = at.lastIndexOf('|');
-  const startMs = Number(at.slice(0, bar));
-  // The merge orders runs of the same start ms by sidecar id: those of a later id come after the position.
-  return encodeCursor(startMs, self > at.slice(bar + 1) ? Number.MAX_SAFE_INTEGER : 0);
+/** This sidecar's cursor for what comes after `at` in the order across sidecars (undefined: from its newest run). */
+function cursorAfter(at: Position | null, self: string): string | undefined {
+  if (at === null) return undefined;
+  const [startMs, sidecar, openSeq] = at;
+  // Of the same start ms: a sidecar of a smaller id came before the position, one of a larger id comes after it.
+  return encodeCursor(startMs, self === sidecar ? openSeq : self > sidecar ? Number.MAX_SAFE_INTEGER : 0);
 }
 
-/** The key of a listing's position in its cursors (no sidecar id has an `@`). */
-const POSITION = '@';
-/** A sidecar's cursor value: from its newest run (it has not answered this listing yet). */
-const FROM_TOP = '*';
-
-/** A page of this sidecar's runs for a listing across sidecars (`cursor` "": nothing more here). */
-function listPart(ledger: RunLedger, filter: ListFilter, limit: number, cursor: string | undefined, template: string | undefined): ListPart {
-  if (cursor === '') return { runs: [], more: false };
-  const { runs, nextCursor } = ledger.list({ ...filter, limit, cursor });
-  return { runs: runs.map((r) => ({ s: runSummary(r, template), c: encodeCursor(r.startMs, r.openSeq), k: [r.startMs, r.openSeq] })), more: nextCursor !== undefined };
+/** A page of this sidecar's runs for a listing across sidecars. */
+function listPart(ledger: RunLedger, filter: ListFilter, limit: number, at: Position | null, self: string, template: string | undefined): ListPart {
+  const { runs, nextCursor } = ledger.list({ ...filter, limit, cursor: cursorAfter(at, self) });
+  return { runs: runs.map((r) => ({ s: runSummary(r, template), k: [r.startMs, r.openSeq] })), more: nextCursor !== undefined };
 }
 
 const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 const optStr = (v: unknown): boolean => v === undefined || typeof v === 'string';
 const optNum = (v: unknown): boolean => v === undefined || (typeof v === 'number' && Number.isFinite(v));
+const SIDECAR_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
+function isPosition(v: unknown): v is Position {
+  return Array.isArray(v) && v.length === 3 && typeof v[0] === 'number' && Number.isFinite(v[0]) && typeof v[1] === 'string' && SIDECAR_ID.test(v[1]) && Number.isSafeInteger(v[2]) && (v[2] as number) >= 0;
+}
 
 /**
  * Another sidecar's runs API asks (`RunsCluster.ask`): this sidecar's answer,
  * the run's detail page (null if it does not keep the run) or its page of the
- * listing; undefined for a question it does not understand.
+ * listing, made smaller to fit `maxChars`; undefined for a question it does
+ * not understand.
  */
-export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string | undefined, self: string, q: unknown, tokenTag = ''): unknown {
+export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string | undefined, self: string, q: unknown, tokenTag = '', maxChars = 1024 * 1024): unknown {
   if (!isObj(q)) return undefined;
   // This sidecar's own API needs a token: only a sidecar with the same one sees its runs.
   if (tokenTag !== '' && q.t !== tokenTag) return REFUSED;
@@ -103,107 +103,91 @@ export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string |
   if (q.kind === 'get' && typeof q.run === 'string' && Number.isSafeInteger(q.after) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= DETAIL_MAX_LIMIT) {
     const r = ledger.get(q.run);
     if (r === undefined) return null;
-    return fitted(limit as number, (n) => runDetail(r, traceUrlTemplate, { afterSeq: q.after as number, limit: n }));
+    return fitted(limit as number, maxChars, (n) => runDetail(r, traceUrlTemplate, { afterSeq: q.after as number, limit: n }));
   }
   const f = q.filter;
   if (
-    q.kind === 'list' && isObj(f) && isObj(q.cursors) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= LIST_MAX_LIMIT &&
-    optStr(f.verdict) && optStr(f.agent) && optStr(f.user) && optNum(f.sinceMs) && optNum(f.untilMs)
+    q.kind === 'list' && isObj(f) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= LIST_MAX_LIMIT &&
+    optStr(f.verdict) && optStr(f.agent) && optStr(f.user) && optNum(f.sinceMs) && optNum(f.untilMs) && (q.at === null || isPosition(q.at))
   ) {
-    if (!validCursors(q.cursors)) return undefined;
-    const cursor = ownCursor(q.cursors, self);
-    return fitted(limit as number, (n) => listPart(ledger, f as ListFilter, n, cursor, traceUrlTemplate));
+    const at = q.at as Position | null;
+    return fitted(limit as number, maxChars, (n) => listPart(ledger, f as ListFilter, n, at, self, traceUrlTemplate));
   }
   return undefined;
 }
 
-/** A page of at most `limit` items, made smaller (halved) until its JSON fits an answer between sidecars. */
-function fitted(limit: number, page: (limit: number) => unknown): unknown {
+/** A page of at most `limit` items, made smaller (halved) until its JSON fits `maxChars`. */
+function fitted(limit: number, maxChars: number, page: (limit: number) => unknown): unknown {
   for (let n = limit; ; n = Math.ceil(n / 2)) {
     const p = page(n);
-    if (n === 1 || JSON.stringify(p).length <= ANSWER_MAX_CHARS) return p;
+    if (n === 1 || JSON.stringify(p).length <= maxChars) return p;
   }
 }
 
-/** A listing's cursor across sidecars: `m.` + base64url JSON of the sidecars' own cursors and the position (`@`). */
-function encodeClusterCursor(cursors: Record<string, string>): string {
-  return 'm.' + Buffer.from(JSON.stringify(cursors), 'utf8').toString('base64url');
+/** A listing's cursor across sidecars: `m.` + base64url JSON of its position. */
+function encodeClusterCursor(at: Position): string {
+  return 'm.' + Buffer.from(JSON.stringify(at), 'utf8').toString('base64url');
 }
 
-function decodeClusterCursor(cursor: string): Record<string, string> | undefined {
-  if (!/^m\.[A-Za-z0-9_-]{1,16384}$/.test(cursor)) return undefined;
+function decodeClusterCursor(cursor: string): Position | undefined {
+  if (!/^m\.[A-Za-z0-9_-]{1,1024}$/.test(cursor)) return undefined;
   try {
     const v: unknown = JSON.parse(Buffer.from(cursor.slice(2), 'base64url').toString('utf8'));
-    return validCursors(v) ? v : undefined;
+    return isPosition(v) ? v : undefined;
   } catch {
     return undefined;
   }
 }
 
-/** Each sidecar's cursor ("" or a single sidecar's cursor), and the position (`@`: "<start ms>|<sidecar id>"). */
-function validCursors(v: unknown): v is Record<string, string> {
-  if (!isObj(v)) return false;
-  for (const [k, c] of Object.entries(v)) {
-    if (typeof c !== 'string') return false;
-    if (k === POSITION) {
-      const m = /^(-?\d+(?:\.\d+)?)\|([A-Za-z0-9._:-]{1,128})$/.exec(c);
-      if (m === null || !Number.isFinite(Number(m[1]))) return false;
-    } else if (!/^[A-Za-z0-9._:-]{1,128}$/.test(k) || (c !== '' && c !== FROM_TOP && decodeCursor(c) === undefined)) return false;
-  }
-  return true;
+/** Order across sidecars: start time newest first, then sidecar id, then open order newest first. */
+function before(a: { from: string; k: readonly [number, number] }, b: { from: string; k: readonly [number, number] }): number {
+  return b.k[0] - a.k[0] || (a.from < b.from ? -1 : a.from > b.from ? 1 : 0) || b.k[1] - a.k[1];
 }
 
 /**
  * A page of runs across sidecars: this sidecar's part and the others'
- * answers merged newest first (start time, then sidecar id, then open
- * order: each sidecar's own order), `limit` of them. The next cursor names
- * the listing's position and, for each sidecar that still has runs below
- * it, its own place: the last run taken from it, or, for one this sidecar
- * knows that did not answer, where it was (so what it has comes on a later
- * page). A sidecar it does not name starts at the position.
+ * answers, each its runs after the position, merged in the order across
+ * sidecars, `limit` of them. A sidecar whose page was cut (it has more than
+ * it sent: `limit`, or less to fit an answer) may have runs before the ones
+ * of others below its last: the page stops at the earliest such last run.
+ * The next cursor is the last run listed; a sidecar that did not answer is
+ * counted in `missing_sidecars`, and its runs between this page's position
+ * and the next are not listed.
  */
-async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filter: ListFilter, limit: number, cursors: Record<string, string>): Promise<Record<string, unknown>> {
+async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filter: ListFilter, limit: number, at: Position | null): Promise<Record<string, unknown>> {
   const { cluster } = opts;
-  const asked = cluster.ask({ kind: 'list', filter, limit, cursors });
-  const parts = new Map<string, ListPart>([[cluster.self, listPart(opts.ledger, filter, limit, ownCursor(cursors, cluster.self), opts.traceUrlTemplate)]]);
+  const asked = cluster.ask({ kind: 'list', filter, limit, at });
+  if (asked === 'busy') throw new TracewireError('TW_RUNS_BUSY', 1);
+  const parts = new Map<string, ListPart>([[cluster.self, listPart(opts.ledger, filter, limit, at, cluster.self, opts.traceUrlTemplate)]]);
   const got = asked === undefined ? undefined : await asked;
   let refused = 0;
   for (const { from, answer } of got?.answers ?? []) {
     if (isRefusal(answer)) refused++;
-    if (!isObj(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from)) continue;
+    if (!isObj(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from) || !SIDECAR_ID.test(from)) continue;
     const runs = (answer.runs as unknown[]).filter(
-      (x): x is ListPart['runs'][number] => isObj(x) && isObj(x.s) && typeof x.c === 'string' && decodeCursor(x.c) !== undefined && Array.isArray(x.k) && x.k.length === 2 && x.k.every((n) => typeof n === 'number'),
+      (x): x is ListPart['runs'][number] => isObj(x) && isObj(x.s) && Array.isArray(x.k) && x.k.length === 2 && Number.isFinite(x.k[0]) && Number.isSafeInteger(x.k[1]),
     );
     parts.set(from, { runs, more: answer.more || runs.length < answer.runs.length });
   }
-  const all: Array<{ from: string; run: ListPart['runs'][number] }> = [];
-  for (const [from, part] of parts) for (const run of part.runs) all.push({ from, run });
-  all.sort((a, b) => b.run.k[0] - a.run.k[0] || (a.from < b.from ? -1 : a.from > b.from ? 1 : 0) || b.run.k[1] - a.run.k[1]);
-  const taken = all.slice(0, limit);
-  const next: Record<string, string> = {};
-  let done = true;
+  const all: Array<{ from: string; k: [number, number]; s: Record<string, unknown> }> = [];
+  let stop: { from: string; k: [number, number] } | undefined;
   for (const [from, part] of parts) {
-    const mine = taken.filter((t) => t.from === from);
-    if (mine.length === part.runs.length && !part.more) continue; // nothing more there: not named
-    done = false;
-    // Runs taken: it goes on after the last one. None taken: all it has is below the position (not named).
-    if (mine.length > 0) next[from] = mine[mine.length - 1]!.run.c;
+    for (const run of part.runs) all.push({ from, k: run.k, s: run.s });
+    const last = part.runs[part.runs.length - 1];
+    if (part.more && last !== undefined && (stop === undefined || before({ from, k: last.k }, stop) < 0)) stop = { from, k: last.k };
   }
-  // Known sidecars that did not answer keep their place (bounded: a sidecar not heard from for five presence
-  // intervals is no longer known, and the listing then ends without it).
-  for (const id of got?.missingIds ?? []) {
-    if (parts.has(id) || cursors[id] === '') continue;
-    next[id] = ownCursor(cursors, id) ?? FROM_TOP;
-    done = false;
+  all.sort(before);
+  const taken = [];
+  for (const r of all) {
+    if (taken.length === limit || (stop !== undefined && before(r, stop) > 0)) break;
+    taken.push(r);
   }
+  const done = taken.length === all.length && ![...parts.values()].some((p) => p.more);
   const last = taken[taken.length - 1];
-  if (last !== undefined) next[POSITION] = `${last.run.k[0]}|${last.from}`;
-  else if (cursors[POSITION] !== undefined) next[POSITION] = cursors[POSITION];
-  const missing = got === undefined ? -1 : got.missing + refused;
   return {
-    runs: taken.map((t) => ({ ...t.run.s, sidecar: t.from })),
-    next_cursor: done ? null : encodeClusterCursor(next),
-    missing_sidecars: missing,
+    runs: taken.map((t) => ({ ...t.s, sidecar: t.from })),
+    next_cursor: done || last === undefined ? null : encodeClusterCursor([last.k[0], last.from, last.k[1]]),
+    missing_sidecars: got === undefined ? -1 : got.missing + refused,
   };
 }
 
@@ -571,15 +555,15 @@ export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promi
     const limit = parseLimit(single(q, 'limit'), LIST_MAX_LIMIT);
     const cursor = single(q, 'cursor') || undefined;
     const cluster = opts.cluster;
-    const cursors = cluster !== undefined && cursor !== undefined ? decodeClusterCursor(cursor) : undefined;
-    if (cursor !== undefined && (cluster !== undefined ? cursors === undefined : decodeCursor(cursor) === undefined)) {
+    const at = cluster !== undefined && cursor !== undefined ? decodeClusterCursor(cursor) : undefined;
+    if (cursor !== undefined && (cluster !== undefined ? at === undefined : decodeCursor(cursor) === undefined)) {
       throw new TracewireError('TW_BAD_QUERY', 'cursor', 'use next_cursor from the previous page');
     }
     const sinceMs = parseTime('since', single(q, 'since'));
     const untilMs = parseTime('until', single(q, 'until'));
     if (sinceMs !== undefined && untilMs !== undefined && sinceMs > untilMs) throw new TracewireError('TW_BAD_QUERY', 'since', 'must not be after until');
     const filter: ListFilter = { verdict, agent: single(q, 'agent') || undefined, user: single(q, 'user') || undefined, sinceMs, untilMs };
-    if (cluster !== undefined) return clusterList({ ...opts, cluster }, filter, limit ?? LIST_DEFAULT_LIMIT, cursors ?? {});
+    if (cluster !== undefined) return clusterList({ ...opts, cluster }, filter, limit ?? LIST_DEFAULT_LIMIT, at ?? null);
     const { runs, nextCursor } = ledger.list({ ...filter, limit, cursor });
     return { runs: runs.map((r) => runSummary(r, opts.traceUrlTemplate)), next_cursor: nextCursor ?? null };
   });
@@ -595,6 +579,7 @@ export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promi
     if (r !== undefined) return cluster === undefined ? runDetail(r, opts.traceUrlTemplate, { afterSeq, limit }) : { ...runDetail(r, opts.traceUrlTemplate, { afterSeq, limit }), sidecar: cluster.self };
     // Several sidecars: the run's origin keeps it.
     const asked = cluster?.ask({ kind: 'get', run: run_id, after: afterSeq, limit });
+    if (asked === 'busy') throw new TracewireError('TW_RUNS_BUSY', 1);
     for (const { from, answer } of (asked === undefined ? undefined : await asked)?.answers ?? []) if (isObj(answer) && !isRefusal(answer)) return { ...answer, sidecar: from };
     throw new TracewireError('TW_RUN_NOT_FOUND', run_id);
   });

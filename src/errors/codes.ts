@@ -48,6 +48,7 @@ export const ERRORS = {
   TW_NOT_FOUND: { status: 404, message: 'no route %s' },
   TW_RUN_NOT_FOUND: { status: 404, message: 'no run "%s" (runs are kept for a bounded count and age)' },
   TW_BAD_QUERY: { status: 400, message: 'bad query parameter %s: %s' },
+  TW_RUNS_BUSY: { status: 503, message: 'too many runs listings are waiting for the other sidecars; retry after %s s' },
   TW_BAD_REQUEST: { status: 400, message: 'malformed HTTP request: %s' },
   TW_HEADERS_TOO_LARGE: { status: 431, message: 'request head over %s bytes' },
   TW_REQUEST_TIMEOUT: { status: 408, message: 'request not received within %s ms' },

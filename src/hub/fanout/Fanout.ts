@@ -76,8 +76,8 @@ export interface FanoutHost {
    * `skip`, from their start).
    */
   keptForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): KeptForResume;
-  /** Another sidecar's runs API asks about runs (`askRuns`): this sidecar's answer (JSON-able), or undefined for none. */
-  runsAsked(question: unknown): unknown;
+  /** Another sidecar's runs API asks about runs (`askRuns`): this sidecar's answer (JSON-able, at most `maxChars` of it), or undefined for none. */
+  runsAsked(question: unknown, maxChars: number): unknown;
 }
 
 /** What the other sidecars answered to a runs question (`askRuns`). */
@@ -200,7 +200,15 @@ const RUNS_WAIT_MILLIS = 1000;
  */
 const MAX_RUNS_QUERIES = 4;
 /** Longest runs answer a sidecar sends (the runs API makes its page smaller to fit). */
-export const RUNS_ANSWER_MAX_CHARS = 1024 * 1024;
+const RUNS_ANSWER_MAX_CHARS = 1024 * 1024;
+/**
+ * Answers to all runs questions out at once, in total: each answer's budget
+ * is this over MAX_RUNS_QUERIES times the other sidecars (under Redis's
+ * 32 MiB limit for a subscriber's unread output, whatever their number).
+ */
+const RUNS_ANSWERS_TOTAL_CHARS = 16 * 1024 * 1024;
+/** The least an answer may take (a page of a few runs, or events). */
+const RUNS_ANSWER_MIN_CHARS = 16 * 1024;
 /** Presence intervals without a word from a sidecar before it counts as gone. */
 const PEER_EXPIRY = 5;
 /**
@@ -1093,12 +1101,13 @@ export class Fanout {
    * after RUNS_WAIT_MILLIS, or undefined at once when no question can go out
    * (broker down, too many out).
    */
-  askRuns(question: unknown): Promise<RunsAnswers> | undefined {
+  askRuns(question: unknown): Promise<RunsAnswers> | 'busy' | undefined {
     if (!this.started || this.closed || !this.broker.up) return undefined;
     if (this.runsQueries.size >= MAX_RUNS_QUERIES) {
       this.m.dropped.inc({ reason: 'runs_busy' });
-      return undefined;
+      return 'busy';
     }
+    const budget = Math.max(RUNS_ANSWER_MIN_CHARS, Math.min(RUNS_ANSWER_MAX_CHARS, Math.floor(RUNS_ANSWERS_TOTAL_CHARS / (MAX_RUNS_QUERIES * Math.max(1, this.peers.size)))));
     const id = this.nextQuery++;
     return new Promise<RunsAnswers>((done) => {
       const q: RunsQuery = { answers: [], from: new Set(), expected: undefined, timer: undefined, done };
@@ -1106,7 +1115,7 @@ export class Fanout {
       q.timer = setTimeout(() => setImmediate(() => this.guard(() => this.finishRuns(id))), RUNS_WAIT_MILLIS);
       q.timer.unref();
       this.m.messages.inc({ direction: 'out', kind: 'runs' });
-      this.broker.publish(this.runsChannel, JSON.stringify({ k: 'rq', o: this.id, q: id, p: question })).then(
+      this.broker.publish(this.runsChannel, JSON.stringify({ k: 'rq', o: this.id, q: id, p: question, m: budget })).then(
         (receivers) =>
           this.guard(() => {
             q.expected = typeof receivers === 'number' ? receivers - 1 : undefined;
@@ -1135,12 +1144,10 @@ export class Fanout {
       this.invalid('a runs question without a query id');
       return;
     }
-    let answer = this.host.runsAsked(msg.p) ?? null;
-    let text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: answer });
-    if (text.length > RUNS_ANSWER_MAX_CHARS + 4096) {
-      answer = null;
-      text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: null, big: true });
-    }
+    const budget = isSeq(msg.m) ? Math.max(RUNS_ANSWER_MIN_CHARS, Math.min(RUNS_ANSWER_MAX_CHARS, msg.m)) : RUNS_ANSWER_MAX_CHARS;
+    let text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: this.host.runsAsked(msg.p, budget) ?? null });
+    // The runs API fits its page to the budget; what still does not fit (one huge run summary) goes as nothing.
+    if (text.length > budget + 4096) text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: null, big: true });
     this.publish(this.inbox(msg.o as string), text, 'runs', 1, undefined);
   }
 
