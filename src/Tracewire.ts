@@ -97,7 +97,7 @@ export class Tracewire {
       // A sidecar with an --api-token shows its runs only to sidecars with the same one (a tag of it travels).
       const template = c.traceUrlTemplate || undefined;
       const tag = apiTokenTag(c.apiToken);
-      this.hub.runsAnswerer = (q, maxChars) => answerRunsQuestion(this.ledger, template, this.instanceId, q, tag, maxChars);
+      this.hub.runsAnswerer = (q, maxBytes) => answerRunsQuestion(this.ledger, template, this.instanceId, q, tag, maxBytes);
       this.runsCluster = {
         self: this.instanceId,
         ask: (q) => {

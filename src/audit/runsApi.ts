@@ -92,10 +92,10 @@ function isPosition(v: unknown): v is Position {
 /**
  * Another sidecar's runs API asks (`RunsCluster.ask`): this sidecar's answer,
  * the run's detail page (null if it does not keep the run) or its page of the
- * listing, made smaller to fit `maxChars`; undefined for a question it does
+ * listing, made smaller to fit `maxBytes`; undefined for a question it does
  * not understand.
  */
-export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string | undefined, self: string, q: unknown, tokenTag = '', maxChars = 1024 * 1024): unknown {
+export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string | undefined, self: string, q: unknown, tokenTag = '', maxBytes = 1024 * 1024): unknown {
   if (!isObj(q)) return undefined;
   // This sidecar's own API needs a token: only a sidecar with the same one sees its runs.
   if (tokenTag !== '' && q.t !== tokenTag) return REFUSED;
@@ -103,7 +103,7 @@ export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string |
   if (q.kind === 'get' && typeof q.run === 'string' && Number.isSafeInteger(q.after) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= DETAIL_MAX_LIMIT) {
     const r = ledger.get(q.run);
     if (r === undefined) return null;
-    return fitted(limit as number, maxChars, (n) => runDetail(r, traceUrlTemplate, { afterSeq: q.after as number, limit: n }));
+    return fitted(limit as number, maxBytes, (n) => runDetail(r, traceUrlTemplate, { afterSeq: q.after as number, limit: n }));
   }
   const f = q.filter;
   if (
@@ -111,16 +111,16 @@ export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string |
     optStr(f.verdict) && optStr(f.agent) && optStr(f.user) && optNum(f.sinceMs) && optNum(f.untilMs) && (q.at === null || isPosition(q.at))
   ) {
     const at = q.at as Position | null;
-    return fitted(limit as number, maxChars, (n) => listPart(ledger, f as ListFilter, n, at, self, traceUrlTemplate));
+    return fitted(limit as number, maxBytes, (n) => listPart(ledger, f as ListFilter, n, at, self, traceUrlTemplate));
   }
   return undefined;
 }
 
-/** A page of at most `limit` items, made smaller (halved) until its JSON fits `maxChars`. */
-function fitted(limit: number, maxChars: number, page: (limit: number) => unknown): unknown {
+/** A page of at most `limit` items, made smaller (halved) until its JSON fits `maxBytes` (UTF-8, as Redis counts). */
+function fitted(limit: number, maxBytes: number, page: (limit: number) => unknown): unknown {
   for (let n = limit; ; n = Math.ceil(n / 2)) {
     const p = page(n);
-    if (n === 1 || JSON.stringify(p).length <= maxChars) return p;
+    if (n === 1 || Buffer.byteLength(JSON.stringify(p), 'utf8') <= maxBytes) return p;
   }
 }
 
@@ -160,10 +160,13 @@ async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filt
   if (asked === 'busy') throw new TracewireError('TW_RUNS_BUSY', 1);
   const parts = new Map<string, ListPart>([[cluster.self, listPart(opts.ledger, filter, limit, at, cluster.self, opts.traceUrlTemplate)]]);
   const got = asked === undefined ? undefined : await asked;
-  let refused = 0;
+  // Refusals (another API token) and answers that are no page (over the size budget) count as missing.
+  let unusable = 0;
   for (const { from, answer } of got?.answers ?? []) {
-    if (isRefusal(answer)) refused++;
-    if (!isObj(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from) || !SIDECAR_ID.test(from)) continue;
+    if (!isObj(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from) || !SIDECAR_ID.test(from)) {
+      unusable++;
+      continue;
+    }
     const runs = (answer.runs as unknown[]).filter(
       (x): x is ListPart['runs'][number] => isObj(x) && isObj(x.s) && Array.isArray(x.k) && x.k.length === 2 && Number.isFinite(x.k[0]) && Number.isSafeInteger(x.k[1]),
     );
@@ -187,7 +190,7 @@ async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filt
   return {
     runs: taken.map((t) => ({ ...t.s, sidecar: t.from })),
     next_cursor: done || last === undefined ? null : encodeClusterCursor([last.k[0], last.from, last.k[1]]),
-    missing_sidecars: got === undefined ? -1 : got.missing + refused,
+    missing_sidecars: got === undefined ? -1 : got.missing + unusable,
   };
 }
 

@@ -167,7 +167,7 @@ export class EventHub implements EventSink {
   /** Fan-out across sidecars through a broker (`startFanout`); undefined for a single sidecar. */
   private fanout: Fanout | undefined;
   /** Answers the other sidecars' runs API questions (set by the runs API; see `askRuns`). */
-  runsAnswerer: ((question: unknown, maxChars: number) => unknown) | undefined;
+  runsAnswerer: ((question: unknown, maxBytes: number) => unknown) | undefined;
 
   constructor(private readonly opts: EventHubOptions) {
     this.path = opts.path ?? '/v1/events';
@@ -228,7 +228,7 @@ export class EventHub implements EventSink {
         ackRemote: (runId, user, seq) => this.ackRun(runId, user, seq),
         runEndedRemote: (runId) => this.replay.ended(runId),
         keptForResume: (user, runs, all, skip) => this.keptForResume(user, runs, all, skip),
-        runsAsked: (question, maxChars) => this.runsAnswerer?.(question, maxChars),
+        runsAsked: (question, maxBytes) => this.runsAnswerer?.(question, maxBytes),
         deliveredByResume: (runId, seq) => {
           const run = this.ledger.get(runId);
           const ev = run?.events[seq - 1]?.seq === seq ? run.events[seq - 1] : run?.events.find((e) => e.seq === seq);

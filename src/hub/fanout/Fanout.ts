@@ -76,8 +76,8 @@ export interface FanoutHost {
    * `skip`, from their start).
    */
   keptForResume(user: string, runs: Readonly<Record<string, number>>, all: boolean, skip: ReadonlySet<string>): KeptForResume;
-  /** Another sidecar's runs API asks about runs (`askRuns`): this sidecar's answer (JSON-able, at most `maxChars` of it), or undefined for none. */
-  runsAsked(question: unknown, maxChars: number): unknown;
+  /** Another sidecar's runs API asks about runs (`askRuns`): this sidecar's answer (JSON-able, at most `maxBytes` of it as UTF-8), or undefined for none. */
+  runsAsked(question: unknown, maxBytes: number): unknown;
 }
 
 /** What the other sidecars answered to a runs question (`askRuns`). */
@@ -199,16 +199,16 @@ const RUNS_WAIT_MILLIS = 1000;
  * subscriber whose unread output passes its limit (32 MiB by default).
  */
 const MAX_RUNS_QUERIES = 4;
-/** Longest runs answer a sidecar sends (the runs API makes its page smaller to fit). */
-const RUNS_ANSWER_MAX_CHARS = 1024 * 1024;
+/** Longest runs answer a sidecar sends, in bytes (the runs API makes its page smaller to fit). */
+const RUNS_ANSWER_MAX_BYTES = 1024 * 1024;
 /**
- * Answers to all runs questions out at once, in total: each answer's budget
+ * Answers to all runs questions out at once, in total bytes: each answer's budget
  * is this over MAX_RUNS_QUERIES times the other sidecars (under Redis's
  * 32 MiB limit for a subscriber's unread output, whatever their number).
  */
-const RUNS_ANSWERS_TOTAL_CHARS = 16 * 1024 * 1024;
+const RUNS_ANSWERS_TOTAL_BYTES = 16 * 1024 * 1024;
 /** The least an answer may take (a page of a few runs, or events). */
-const RUNS_ANSWER_MIN_CHARS = 16 * 1024;
+const RUNS_ANSWER_MIN_BYTES = 16 * 1024;
 /** Presence intervals without a word from a sidecar before it counts as gone. */
 const PEER_EXPIRY = 5;
 /**
@@ -1107,7 +1107,7 @@ export class Fanout {
       this.m.dropped.inc({ reason: 'runs_busy' });
       return 'busy';
     }
-    const budget = Math.max(RUNS_ANSWER_MIN_CHARS, Math.min(RUNS_ANSWER_MAX_CHARS, Math.floor(RUNS_ANSWERS_TOTAL_CHARS / (MAX_RUNS_QUERIES * Math.max(1, this.peers.size)))));
+    const budget = Math.max(RUNS_ANSWER_MIN_BYTES, Math.min(RUNS_ANSWER_MAX_BYTES, Math.floor(RUNS_ANSWERS_TOTAL_BYTES / (MAX_RUNS_QUERIES * Math.max(1, this.peers.size)))));
     const id = this.nextQuery++;
     return new Promise<RunsAnswers>((done) => {
       const q: RunsQuery = { answers: [], from: new Set(), expected: undefined, timer: undefined, done };
@@ -1144,10 +1144,10 @@ export class Fanout {
       this.invalid('a runs question without a query id');
       return;
     }
-    const budget = isSeq(msg.m) ? Math.max(RUNS_ANSWER_MIN_CHARS, Math.min(RUNS_ANSWER_MAX_CHARS, msg.m)) : RUNS_ANSWER_MAX_CHARS;
+    const budget = isSeq(msg.m) ? Math.max(RUNS_ANSWER_MIN_BYTES, Math.min(RUNS_ANSWER_MAX_BYTES, msg.m)) : RUNS_ANSWER_MAX_BYTES;
     let text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: this.host.runsAsked(msg.p, budget) ?? null });
     // The runs API fits its page to the budget; what still does not fit (one huge run summary) goes as nothing.
-    if (text.length > budget + 4096) text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: null, big: true });
+    if (Buffer.byteLength(text, 'utf8') > budget + 4096) text = JSON.stringify({ k: 'ra', o: this.id, q: msg.q, a: null, big: true });
     this.publish(this.inbox(msg.o as string), text, 'runs', 1, undefined);
   }
 
