@@ -94,7 +94,7 @@ a{color:var(--accent)}
 <div id="banner" role="alert"></div>
 <main>
   <section id="list" aria-label="runs">
-    <table id="runs"><thead><tr><th>started</th><th>agent</th><th>user</th><th>verdict</th><th>delivered</th><th>reason</th></tr></thead><tbody></tbody></table>
+    <table id="runs"><thead><tr><th>started</th><th>agent</th><th>user</th><th>verdict</th><th>delivered</th><th>reason</th><th id="th-sidecar" hidden>sidecar</th></tr></thead><tbody></tbody></table>
     <div id="empty" hidden>No runs match.</div>
     <button id="more" hidden>Load more</button>
   </section>
@@ -226,6 +226,8 @@ function runRow(r) {
     el('td', { class: 'num', text: r.delivered + ' / ' + r.expected }),
     el('td', { class: 'muted', text: r.reason && r.reason !== 'none' ? r.reason : '' }),
   );
+  // Several sidecars: the one that judged the run.
+  if (r.sidecar !== undefined) tr.append(el('td', { class: 'muted mono', text: r.sidecar }));
   tr.addEventListener('click', () => select(r.run_id, true));
   tr.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); select(r.run_id, true); } });
   return tr;
@@ -242,7 +244,10 @@ async function loadList(append) {
     $('#more').hidden = !nextCursor;
     $('#empty').hidden = tb.children.length > 0;
     const n = tb.children.length;
-    $('#status').textContent = n + (nextCursor ? '+' : '') + (n === 1 && !nextCursor ? ' run' : ' runs') + ' · updated ' + fmtTime(new Date().toISOString());
+    if (body.missing_sidecars !== undefined) $('#th-sidecar').hidden = false;
+    const missing = body.missing_sidecars === -1 ? ' · other sidecars unreachable: only the runs of this sidecar'
+      : body.missing_sidecars > 0 ? ' · ' + body.missing_sidecars + (body.missing_sidecars === 1 ? ' sidecar' : ' sidecars') + ' did not answer' : '';
+    $('#status').textContent = n + (nextCursor ? '+' : '') + (n === 1 && !nextCursor ? ' run' : ' runs') + missing + ' · updated ' + fmtTime(new Date().toISOString());
   } catch (e) {
     showError(e);
     $('#status').textContent = 'error';

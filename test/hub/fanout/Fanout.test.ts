@@ -768,6 +768,8 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       await page.goto(`${edge.publicUrl}/inspector?run=${encodeURIComponent(a)}`);
       await expect.poll(() => page.locator('#runs tbody tr').count()).toBe(1);
       expect(await page.locator('#runs tbody tr').first().getAttribute('data-run-id')).toBe(a);
+      expect(await page.locator('#th-sidecar').isVisible()).toBe(true);
+      expect(await page.locator('#runs tbody tr').first().locator('td').last().textContent()).toBe('origin');
       const facts = page.locator('#detail dl.facts');
       await expect.poll(() => facts.count()).toBe(1);
       const pairs = await facts.evaluate((dl) => [...dl.querySelectorAll('dt')].map((dt) => [dt.textContent, dt.nextElementSibling?.textContent]));
