@@ -814,6 +814,17 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       await eventually(async () => (await metricValue(origin, 'tracewire_broker_peers')) === 2, 'the origin knows the edge and the ghost');
       const body = (await (await fetch(`${origin.publicUrl}/api/runs`)).json()) as { runs: Array<{ run_id: string }>; next_cursor: string | null; missing_sidecars: number };
       expect(body).toEqual({ runs: [expect.objectContaining({ run_id: a, sidecar: 'origin' })], next_cursor: null, missing_sidecars: 1 });
+      // The inspector says so.
+      if (existsSync('/usr/bin/chromium')) {
+        const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'] });
+        try {
+          const page = await browser.newPage();
+          await page.goto(`${origin.publicUrl}/inspector`);
+          await expect.poll(() => page.locator('#status').textContent(), { timeout: 5000 }).toMatch(/^1 run · 1 sidecar did not answer · updated /);
+        } finally {
+          await browser.close();
+        }
+      }
     } finally {
       await ghost.close();
       await talker.close();
