@@ -82,19 +82,26 @@ export interface FanoutHost {
 
 /** What the other sidecars answered to a runs question (`askRuns`). */
 export interface RunsAnswers {
-  /** Each answer with the sidecar it came from (null: that sidecar had nothing, or its answer was over the size cap). */
+  /** Each answer with the sidecar it came from (null: that sidecar did not understand the question, or its answer was over its budget). */
   readonly answers: Array<{ readonly from: string; readonly answer: unknown }>;
-  /** Sidecars that did not answer in time (those the broker counted as subscribed; all of them when the count is unknown: -1). */
+  /** Sidecars that did not answer in time (of those the broker counted as subscribed; -1 when the count is unknown). */
   readonly missing: number;
-  /** The ids of those among them this sidecar knows from their presence. */
-  readonly missingIds: readonly string[];
 }
 
-interface RunsQuery {
-  readonly answers: Array<{ from: string; answer: unknown }>;
+/** A question out to the other sidecars (`ask`): who answered, and how many will. */
+interface Question {
+  /** The sidecars that answered (a sidecar counts once). */
   readonly from: Set<string>;
+  /** Sidecars that will answer (the broker's receiver count less this one); undefined until the publish says. */
   expected: number | undefined;
   timer: NodeJS.Timeout | undefined;
+}
+
+/** Every sidecar that will answer has. */
+const allAnswered = (q: { readonly from: Set<string>; readonly expected: number | undefined }): boolean => q.expected !== undefined && q.from.size >= q.expected;
+
+interface RunsQuery extends Question {
+  readonly answers: Array<{ from: string; answer: unknown }>;
   readonly done: (a: RunsAnswers) => void;
 }
 
@@ -128,7 +135,7 @@ function absorb(into: ResumeSummary, last: Iterable<[string, number]>, held: Ite
   for (const [runId, seqs] of held) into.held.set(runId, mergeSeqs(into.held.get(runId), seqs)!);
 }
 
-interface ResumeQuery {
+interface ResumeQuery extends Question {
   readonly user: string;
   /** `complete`: every sidecar answered; otherwise what is missing is not known yet (see `final`). */
   readonly done: (a: ResumeAnswer, complete: boolean) => void;
@@ -137,11 +144,6 @@ interface ResumeQuery {
   /** After an incomplete `done`: what all the answers (late ones too) said, when no more are taken. */
   readonly final: (s: ResumeSummary) => void;
   readonly answer: ResumeAnswer;
-  /** The sidecars that answered (a sidecar counts once). */
-  readonly from: Set<string>;
-  /** Sidecars that will answer (the broker's receiver count less this one); undefined until the publish says. */
-  expected: number | undefined;
-  timer: NodeJS.Timeout | undefined;
 }
 
 /** The span an edge's stand-in records point at (the event's text comes with it; nothing reads the span). */
@@ -193,18 +195,19 @@ const MAX_HELD_PER_RUN = 10_000;
 /** How long the runs API waits for the other sidecars' answers. */
 const RUNS_WAIT_MILLIS = 1000;
 /**
- * Runs questions out at once (past it, a runs API request gets this
- * sidecar's runs only, and says so): the answers of every sidecar come
- * through this sidecar's one subscribed connection, and Redis cuts a
- * subscriber whose unread output passes its limit (32 MiB by default).
+ * Runs questions out at once (past it, `askRuns` says `busy`: the runs API
+ * answers 503): the answers of every sidecar come through this sidecar's one
+ * subscribed connection, and Redis cuts a subscriber whose unread output
+ * passes its limit (32 MiB by default).
  */
 const MAX_RUNS_QUERIES = 4;
 /** Longest runs answer a sidecar sends, in bytes (the runs API makes its page smaller to fit). */
 const RUNS_ANSWER_MAX_BYTES = 1024 * 1024;
 /**
- * Answers to all runs questions out at once, in total bytes: each answer's budget
- * is this over MAX_RUNS_QUERIES times the other sidecars (under Redis's
- * 32 MiB limit for a subscriber's unread output, whatever their number).
+ * Answers to all runs questions out at once, in total bytes: each answer's
+ * budget is this over MAX_RUNS_QUERIES times the other sidecars (under
+ * Redis's 32 MiB limit for a subscriber's unread output, up to 256 other
+ * sidecars: past that, RUNS_ANSWER_MIN_BYTES each).
  */
 const RUNS_ANSWERS_TOTAL_BYTES = 16 * 1024 * 1024;
 /** The least an answer may take (a page of a few runs, or events). */
@@ -853,23 +856,28 @@ export class Fanout {
     const q: ResumeQuery = { user, done, late, final, answer: emptyAnswer(), from: new Set(), expected: undefined, timer: undefined };
     const id = this.nextQuery++;
     this.queries.set(id, q);
-    // The wait ends after the I/O already received is read (answers may sit in the socket after a stall).
-    q.timer = setTimeout(() => setImmediate(() => this.guard(() => this.finishQuery(id))), this.resumeWaitMillis);
-    q.timer.unref();
-    const msg = JSON.stringify({ k: 'rs', o: this.id, q: id, u: user, r: runs, all, skip });
-    this.m.messages.inc({ direction: 'out', kind: 'resumes' });
-    this.broker.publish(this.resumeChannel, msg).then(
-      (receivers) => this.guard(() => this.expect(id, typeof receivers === 'number' ? receivers - 1 : undefined)),
-      () => this.guard(() => this.finishQuery(id)),
-    );
+    this.ask(q, this.resumeChannel, JSON.stringify({ k: 'rs', o: this.id, q: id, u: user, r: runs, all, skip }), 'resumes', this.resumeWaitMillis, () => this.finishQuery(id));
   }
 
-  private expect(id: number, expected: number | undefined): void {
-    const q = this.queries.get(id);
-    if (q === undefined) return;
-    // A broker that does not count receivers: wait for the timeout.
-    q.expected = expected;
-    if (expected !== undefined && q.from.size >= expected) this.finishQuery(id);
+  /**
+   * Publish a question to every other sidecar; `finish` (idempotent) runs
+   * once all that will answer did, after `waitMillis` (once the I/O already
+   * received is read: answers may sit in the socket after a stall), or at
+   * once if the question cannot be published. A broker that does not count
+   * receivers leaves only the wait.
+   */
+  private ask(q: Question, channel: string, message: string, kind: BrokerMessageKind, waitMillis: number, finish: () => void): void {
+    q.timer = setTimeout(() => setImmediate(() => this.guard(finish)), waitMillis);
+    q.timer.unref();
+    this.m.messages.inc({ direction: 'out', kind });
+    this.broker.publish(channel, message).then(
+      (receivers) =>
+        this.guard(() => {
+          q.expected = typeof receivers === 'number' ? receivers - 1 : undefined;
+          if (allAnswered(q)) finish();
+        }),
+      () => this.guard(finish),
+    );
   }
 
   private finishQuery(id: number): void {
@@ -877,7 +885,7 @@ export class Fanout {
     if (q === undefined) return;
     this.queries.delete(id);
     clearTimeout(q.timer);
-    const complete = q.expected !== undefined && q.from.size >= q.expected;
+    const complete = allAnswered(q);
     // Not every sidecar answered in time: a slow one's answer is still sent on when it comes, and what is
     // missing is told once no more answers are taken.
     if (!complete && !this.closed) {
@@ -968,10 +976,10 @@ export class Fanout {
       const lq = q as LateQuery;
       absorb(lq.summary, into.last, into.held);
       lq.late(tidy(into));
-      if (lq.expected !== undefined && lq.from.size >= lq.expected && this.lateQueries.delete(id)) lq.final(lq.summary);
+      if (allAnswered(lq) && this.lateQueries.delete(id)) lq.final(lq.summary);
       return;
     }
-    if (q.expected !== undefined && q.from.size >= q.expected) this.finishQuery(id);
+    if (allAnswered(q)) this.finishQuery(id);
   }
 
   /** The stand-in record of a run relayed here (acks go to its origin). */
@@ -1098,8 +1106,8 @@ export class Fanout {
   /**
    * Ask every other sidecar a runs API question (the runs it keeps that
    * match, or one run); resolves with their answers when all answered or
-   * after RUNS_WAIT_MILLIS, or undefined at once when no question can go out
-   * (broker down, too many out).
+   * after RUNS_WAIT_MILLIS. Undefined when no question can go out (the
+   * broker is down); `busy` when MAX_RUNS_QUERIES are out already.
    */
   askRuns(question: unknown): Promise<RunsAnswers> | 'busy' | undefined {
     if (!this.started || this.closed || !this.broker.up) return undefined;
@@ -1112,17 +1120,7 @@ export class Fanout {
     return new Promise<RunsAnswers>((done) => {
       const q: RunsQuery = { answers: [], from: new Set(), expected: undefined, timer: undefined, done };
       this.runsQueries.set(id, q);
-      q.timer = setTimeout(() => setImmediate(() => this.guard(() => this.finishRuns(id))), RUNS_WAIT_MILLIS);
-      q.timer.unref();
-      this.m.messages.inc({ direction: 'out', kind: 'runs' });
-      this.broker.publish(this.runsChannel, JSON.stringify({ k: 'rq', o: this.id, q: id, p: question, m: budget })).then(
-        (receivers) =>
-          this.guard(() => {
-            q.expected = typeof receivers === 'number' ? receivers - 1 : undefined;
-            if (q.expected !== undefined && q.from.size >= q.expected) this.finishRuns(id);
-          }),
-        () => this.guard(() => this.finishRuns(id)),
-      );
+      this.ask(q, this.runsChannel, JSON.stringify({ k: 'rq', o: this.id, q: id, p: question, m: budget }), 'runs', RUNS_WAIT_MILLIS, () => this.finishRuns(id));
     });
   }
 
@@ -1131,8 +1129,7 @@ export class Fanout {
     if (q === undefined) return;
     this.runsQueries.delete(id);
     clearTimeout(q.timer);
-    const missingIds = [...this.peers.keys()].filter((id) => !q.from.has(id));
-    q.done({ answers: q.answers, missing: q.expected === undefined ? -1 : Math.max(0, q.expected - q.from.size), missingIds });
+    q.done({ answers: q.answers, missing: q.expected === undefined ? -1 : Math.max(0, q.expected - q.from.size) });
   }
 
   /** Another sidecar's runs API asks: answer in its inbox (nothing found too, so it can count). */
@@ -1157,7 +1154,7 @@ export class Fanout {
     if (q === undefined || q.from.has(from)) return; // too late, or twice
     q.from.add(from);
     q.answers.push({ from, answer: msg.a ?? null });
-    if (q.expected !== undefined && q.from.size >= q.expected) this.finishRuns(msg.q);
+    if (allAnswered(q)) this.finishRuns(msg.q);
   }
 
   /** Shutdown, last step: publish what is batched, settle what is still pending as `shutdown`, close the broker. */
