@@ -5,6 +5,7 @@ import { VERDICTS } from './Metrics.js';
 import { EV_DELIVERED, EV_DROPPED, EV_HELD, type EventRecord, type RunRecord, type SpanSummary } from './RunRecord.js';
 import { decodeCursor, encodeCursor, LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, type RunLedger, type RunQuery } from './RunLedger.js';
 import { isoOf as iso } from '../util/time.js';
+import { isObject } from '../util/guards.js';
 
 export interface RunsApiOptions {
   readonly ledger: RunLedger;
@@ -31,7 +32,7 @@ const REFUSED = { refused: 'api_token' } as const;
 
 /** Whether an answer is a refusal (the asker's API token is not this sidecar's). */
 export function isRefusal(answer: unknown): boolean {
-  return isObj(answer) && answer.refused === REFUSED.refused;
+  return isObject(answer) && answer.refused === REFUSED.refused;
 }
 
 type ListFilter = Pick<RunQuery, 'verdict' | 'agent' | 'user' | 'sinceMs' | 'untilMs'>;
@@ -80,7 +81,6 @@ function listPart(ledger: RunLedger, filter: ListFilter, limit: number, at: Posi
   return { runs: runs.map((r) => ({ s: runSummary(r, template), k: [r.startMs, r.openSeq] })), more: nextCursor !== undefined };
 }
 
-const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
 const optStr = (v: unknown): boolean => v === undefined || typeof v === 'string';
 const optNum = (v: unknown): boolean => v === undefined || (typeof v === 'number' && Number.isFinite(v));
 const SIDECAR_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -96,7 +96,7 @@ function isPosition(v: unknown): v is Position {
  * not understand.
  */
 export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string | undefined, self: string, q: unknown, tokenTag = '', maxBytes = 1024 * 1024): unknown {
-  if (!isObj(q)) return undefined;
+  if (!isObject(q)) return undefined;
   // This sidecar's own API needs a token: only a sidecar with the same one sees its runs.
   if (tokenTag !== '' && q.t !== tokenTag) return REFUSED;
   const limit = q.limit;
@@ -107,7 +107,7 @@ export function answerRunsQuestion(ledger: RunLedger, traceUrlTemplate: string |
   }
   const f = q.filter;
   if (
-    q.kind === 'list' && isObj(f) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= LIST_MAX_LIMIT &&
+    q.kind === 'list' && isObject(f) && Number.isInteger(limit) && (limit as number) >= 1 && (limit as number) <= LIST_MAX_LIMIT &&
     optStr(f.verdict) && optStr(f.agent) && optStr(f.user) && optNum(f.sinceMs) && optNum(f.untilMs) && (q.at === null || isPosition(q.at))
   ) {
     const at = q.at as Position | null;
@@ -163,12 +163,12 @@ async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filt
   // Refusals (another API token) and answers that are no page (over the size budget) count as missing.
   let unusable = 0;
   for (const { from, answer } of got?.answers ?? []) {
-    if (!isObj(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from) || !SIDECAR_ID.test(from)) {
+    if (!isObject(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from) || !SIDECAR_ID.test(from)) {
       unusable++;
       continue;
     }
     const runs = (answer.runs as unknown[]).filter(
-      (x): x is ListPart['runs'][number] => isObj(x) && isObj(x.s) && Array.isArray(x.k) && x.k.length === 2 && Number.isFinite(x.k[0]) && Number.isSafeInteger(x.k[1]),
+      (x): x is ListPart['runs'][number] => isObject(x) && isObject(x.s) && Array.isArray(x.k) && x.k.length === 2 && Number.isFinite(x.k[0]) && Number.isSafeInteger(x.k[1]),
     );
     parts.set(from, { runs, more: answer.more || runs.length < answer.runs.length });
   }
@@ -583,7 +583,7 @@ export async function runsApi(app: FastifyInstance, opts: RunsApiOptions): Promi
     // Several sidecars: the run's origin keeps it.
     const asked = cluster?.ask({ kind: 'get', run: run_id, after: afterSeq, limit });
     if (asked === 'busy') throw new TracewireError('TW_RUNS_BUSY', 1);
-    for (const { from, answer } of (asked === undefined ? undefined : await asked)?.answers ?? []) if (isObj(answer) && !isRefusal(answer)) return { ...answer, sidecar: from };
+    for (const { from, answer } of (asked === undefined ? undefined : await asked)?.answers ?? []) if (isObject(answer) && !isRefusal(answer)) return { ...answer, sidecar: from };
     throw new TracewireError('TW_RUN_NOT_FOUND', run_id);
   });
 }

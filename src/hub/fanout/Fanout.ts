@@ -6,6 +6,7 @@ import type { Diag } from '../../errors/Diag.js';
 import { BoundedMap } from '../../util/BoundedMap.js';
 import { Fifo, NumberFifo } from '../../util/Fifo.js';
 import { mergeSeqs } from '../../util/arrays.js';
+import { isObject } from '../../util/guards.js';
 import type { Delivery } from '../Connection.js';
 import type { Broker } from './Broker.js';
 
@@ -944,9 +945,8 @@ export class Fanout {
     const id = msg.q;
     const last = msg.last;
     const held = msg.held ?? {};
-    const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
     if (
-      !isSeq(id) || !isObj(last) || !Object.values(last).every(isSeq) || !isObj(held) ||
+      !isSeq(id) || !isObject(last) || !Object.values(last).every(isSeq) || !isObject(held) ||
       !Object.values(held).every((v) => Array.isArray(v) && v.length <= MAX_HELD_PER_RUN && v.every(isSeq))
     ) {
       this.invalid('a resume answer without its query id, last seqs and held seqs');

@@ -1,4 +1,5 @@
 import type { AttributeValue, SpanEventInput, SpanInput } from '../../conventions/SpanInput.js';
+import { isObject } from '../../util/guards.js';
 import { MAX_VALUE_DEPTH, RequestResult, SpanReject, TooManySpansError, TWO_32, badBody, isZeroHex, scalarOf, spanInput, type DecodeOptions, type DecodedRequest } from './decodeShared.js';
 
 /**
@@ -7,7 +8,6 @@ import { MAX_VALUE_DEPTH, RequestResult, SpanReject, TooManySpansError, TWO_32, 
  * OTLP/JSON spec also accepts (only when the camelCase one is undefined).
  */
 
-type JsonObject = Record<string, unknown>;
 
 /** The span fields read, under both spellings. */
 interface JsonSpan {
@@ -58,10 +58,6 @@ const BASE64 = /^[A-Za-z0-9+/_-]*={0,2}$/;
 const DIGITS = /^\d+$/;
 const INT = /^-?\d+$/;
 const STATUS_NAMES: Record<string, number> = { STATUS_CODE_UNSET: 0, STATUS_CODE_OK: 1, STATUS_CODE_ERROR: 2 };
-
-function isObject(v: unknown): v is JsonObject {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
 
 function list(v: unknown, what: () => string): unknown[] {
   if (v === undefined || v === null) return [];
