@@ -86,13 +86,14 @@ export class Tracewire {
       now,
     });
     this.now = now;
-    this.fanoutReady =
-      c.brokerUrl === '' || c.mode !== 'emit'
-        ? Promise.resolve()
-        : this.startFanout().catch((err: Error) => {
-            if (this.closed === undefined) this.diag.log('error', 'fanout', `could not start the fan-out: ${err.message}`);
-          });
-    if (c.brokerUrl !== '' && c.mode === 'emit') {
+    // Several sidecars: a broker, and events to deliver (audit mode delivers none).
+    const severalSidecars = c.brokerUrl !== '' && c.mode === 'emit';
+    this.fanoutReady = !severalSidecars
+      ? Promise.resolve()
+      : this.startFanout().catch((err: Error) => {
+          if (this.closed === undefined) this.diag.log('error', 'fanout', `could not start the fan-out: ${err.message}`);
+        });
+    if (severalSidecars) {
       // The runs API answers for every sidecar: each answers the others' questions about the runs it keeps.
       // A sidecar with an --api-token shows its runs only to sidecars with the same one (a tag of it travels).
       const template = c.traceUrlTemplate || undefined;

@@ -349,7 +349,8 @@ async function showRun(id) {
     ['connection seen', r.connection_seen ? 'yes' : 'no'],
     ['run id', el('span', { class: 'mono', text: r.run_id })],
     ['trace id', el('span', null, el('span', { class: 'mono', text: r.trace_id + ' ' }), traceLink)],
-  ].concat(r.sidecar ? [['sidecar', el('span', { class: 'mono', text: r.sidecar })]] : [])));
+    ['sidecar', r.sidecar ? el('span', { class: 'mono', text: r.sidecar }) : null],
+  ]));
   d.append(el('h3', { text: 'Timeline: spans and events' }));
   const table = el('table', { id: 'timeline' });
   table.append(el('thead', null, el('tr', null, el('th', { text: 'at' }), el('th', { text: 'span / event' }), el('th', { text: 'outcome' }), el('th', { text: 'reason' }), el('th', { text: 'delivered to' }), el('th', { text: 'notes' }))));
