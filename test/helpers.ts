@@ -1,5 +1,7 @@
 import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base';
 import { context, trace, type Tracer } from '@opentelemetry/api';
+import { existsSync } from 'node:fs';
+import { chromium, type Browser } from 'playwright-core';
 import WebSocket from 'ws';
 import { startSidecar, type Sidecar } from '../src/surfaces/server.js';
 import { Tracewire, type TracewireOptions } from '../src/Tracewire.js';
@@ -10,6 +12,18 @@ export interface Frame {
 }
 
 export const TEST_SECRET = 'test-secret-0123456789abcdef';
+
+/** Debian's Chromium (CI installs it; `npx playwright install` cannot download browsers here). */
+export const CHROMIUM = '/usr/bin/chromium';
+export const hasChromium = existsSync(CHROMIUM);
+
+/** Headless Chromium as every browser test drives it. */
+export function launchChromium(): Promise<Browser> {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'],
+  });
+}
 
 /** A real sidecar on port 0 (public + OTLP listeners). */
 export async function startTestSidecar(opts: TracewireOptions = {}, withOtlp = false): Promise<Sidecar> {

@@ -1,12 +1,12 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEMO_EXPECTED, runDemoAgent } from '../../src/demo/demoAgent.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
-import { inProcessTracer, startTestSidecar, until } from '../helpers.js';
+import { CHROMIUM, hasChromium, inProcessTracer, launchChromium, startTestSidecar, until } from '../helpers.js';
 import { FaultProxy } from './support.js';
 
 /**
@@ -16,8 +16,6 @@ import { FaultProxy } from './support.js';
  * reset mid-run by a TCP proxy.
  */
 
-const CHROMIUM = '/usr/bin/chromium';
-const hasChromium = existsSync(CHROMIUM);
 if (!hasChromium && process.env.CI) throw new Error(`${CHROMIUM} is missing: the browser client test needs it in CI`);
 
 const N = DEMO_EXPECTED.length;
@@ -61,10 +59,7 @@ describe.skipIf(!hasChromium)('TracewireClient in headless Chromium', () => {
     });
     await new Promise<void>((r) => web.listen(0, '127.0.0.1', r));
     webUrl = `http://127.0.0.1:${(web.address() as AddressInfo).port}/`;
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'],
-    });
+    browser = await launchChromium();
   });
 
   afterAll(async () => {

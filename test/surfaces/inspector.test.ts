@@ -1,14 +1,11 @@
-import { existsSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runDemoAgent } from '../../src/demo/demoAgent.js';
 import type { Sidecar } from '../../src/surfaces/server.js';
-import { connectAcked, inProcessTracer, judgedToolRun, startTestSidecar, until } from '../helpers.js';
+import { CHROMIUM, connectAcked, hasChromium, inProcessTracer, judgedToolRun, launchChromium, startTestSidecar, until } from '../helpers.js';
 
-const CHROMIUM = '/usr/bin/chromium';
-const hasChromium = existsSync(CHROMIUM);
 if (!hasChromium && process.env.CI) throw new Error(`${CHROMIUM} is missing: the inspector test needs it in CI`);
 
 const TRACE_URL = 'http://tempo.example/explore?trace={trace_id}';
@@ -75,10 +72,7 @@ describe.skipIf(!hasChromium)('run inspector (headless Chromium)', () => {
     expect(sc.tw.ledger.get(badRun.id)!.judgement!.verdict).toBe('missing_events');
     proxy = await startPrefixProxy(sc.publicUrl);
     proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'],
-    });
+    browser = await launchChromium();
   });
 
   afterAll(async () => {

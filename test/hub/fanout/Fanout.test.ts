@@ -1,10 +1,8 @@
 import { context, trace, type Span } from '@opentelemetry/api';
-import { existsSync } from 'node:fs';
-import { chromium } from 'playwright-core';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Sidecar } from '../../../src/surfaces/server.js';
 import type { TracewireOptions } from '../../../src/Tracewire.js';
-import { connectAcked, inProcessTracer, judgedToolRun, metricValue, startTestSidecar, until, type TestClient } from '../../helpers.js';
+import { connectAcked, hasChromium, inProcessTracer, judgedToolRun, launchChromium, metricValue, startTestSidecar, until, type TestClient } from '../../helpers.js';
 import { BrokerProxy, RedisServer, redisGate } from './support.js';
 import { FaultProxy, RecordingClient } from '../../client/support.js';
 
@@ -756,13 +754,10 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
     expect(await metricValue(edge, 'tracewire_broker_messages_total', { direction: 'out', kind: 'runs' })).toBeGreaterThan(0);
   });
 
-  it.skipIf(!existsSync('/usr/bin/chromium'))('the inspector of one sidecar lists and opens a run another sidecar judged, and names that sidecar', async () => {
+  it.skipIf(!hasChromium)('the inspector of one sidecar lists and opens a run another sidecar judged, and names that sidecar', async () => {
     const [origin, edge] = await pair({ graceMillis: 50 });
     const a = await judgedToolRun(origin, 'u-inspect', 1);
-    const browser = await chromium.launch({
-      executablePath: '/usr/bin/chromium',
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'],
-    });
+    const browser = await launchChromium();
     try {
       const page = await browser.newPage();
       await page.goto(`${edge.publicUrl}/inspector?run=${encodeURIComponent(a)}`);
@@ -815,8 +810,8 @@ describe.skipIf(redisGate.skip && !redisGate.missingInCi)('fan-out across sideca
       const body = (await (await fetch(`${origin.publicUrl}/api/runs`)).json()) as { runs: Array<{ run_id: string }>; next_cursor: string | null; missing_sidecars: number };
       expect(body).toEqual({ runs: [expect.objectContaining({ run_id: a, sidecar: 'origin' })], next_cursor: null, missing_sidecars: 1 });
       // The inspector says so.
-      if (existsSync('/usr/bin/chromium')) {
-        const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update'] });
+      if (hasChromium) {
+        const browser = await launchChromium();
         try {
           const page = await browser.newPage();
           await page.goto(`${origin.publicUrl}/inspector`);
