@@ -6,6 +6,7 @@ import { EV_DELIVERED, EV_DROPPED, EV_HELD, type EventRecord, type RunRecord, ty
 import { decodeCursor, encodeCursor, LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT, type RunLedger, type RunQuery } from './RunLedger.js';
 import { isoOf as iso } from '../util/time.js';
 import { isObject } from '../util/guards.js';
+import { INSTANCE_ID } from '../config/Config.js';
 
 export interface RunsApiOptions {
   readonly ledger: RunLedger;
@@ -83,10 +84,9 @@ function listPart(ledger: RunLedger, filter: ListFilter, limit: number, at: Posi
 
 const optStr = (v: unknown): boolean => v === undefined || typeof v === 'string';
 const optNum = (v: unknown): boolean => v === undefined || (typeof v === 'number' && Number.isFinite(v));
-const SIDECAR_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 function isPosition(v: unknown): v is Position {
-  return Array.isArray(v) && v.length === 3 && typeof v[0] === 'number' && Number.isFinite(v[0]) && typeof v[1] === 'string' && SIDECAR_ID.test(v[1]) && Number.isSafeInteger(v[2]) && (v[2] as number) >= 0;
+  return Array.isArray(v) && v.length === 3 && typeof v[0] === 'number' && Number.isFinite(v[0]) && typeof v[1] === 'string' && INSTANCE_ID.test(v[1]) && Number.isSafeInteger(v[2]) && (v[2] as number) >= 0;
 }
 
 /**
@@ -163,7 +163,7 @@ async function clusterList(opts: RunsApiOptions & { cluster: RunsCluster }, filt
   // Refusals (another API token) and answers that are no page (over the size budget) count as missing.
   let unusable = 0;
   for (const { from, answer } of got?.answers ?? []) {
-    if (!isObject(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from) || !SIDECAR_ID.test(from)) {
+    if (!isObject(answer) || !Array.isArray(answer.runs) || typeof answer.more !== 'boolean' || parts.has(from) || !INSTANCE_ID.test(from)) {
       unusable++;
       continue;
     }

@@ -1,5 +1,8 @@
 import { TracewireError } from '../errors/errors.js';
 
+/** A sidecar's id on the broker (`--instance-id`, also the channel prefix's form): what other sidecars' messages are checked against. */
+export const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+
 /**
  * The one config resolver: for each option, the command-line flag wins, then
  * the `TRACEWIRE_*` environment variable, then the default. Every value is
@@ -190,7 +193,7 @@ function parseValue(spec: OptionSpec, raw: string, from: string): unknown {
     case 'brokerUrl':
       return checkBrokerUrl(raw, name);
     case 'instanceId':
-      if (raw !== '' && !/^[A-Za-z0-9._:-]{1,128}$/.test(raw)) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" must be 1-128 of A-Z a-z 0-9 . _ : -`);
+      if (raw !== '' && !INSTANCE_ID.test(raw)) throw new TracewireError('TW_CONFIG_INVALID', `${name}="${raw}" must be 1-128 of A-Z a-z 0-9 . _ : -`);
       if (raw === '' && spec.key === 'brokerPrefix') throw new TracewireError('TW_CONFIG_INVALID', `${name} must not be empty`);
       return raw;
     default:

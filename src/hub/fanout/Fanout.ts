@@ -7,6 +7,7 @@ import { BoundedMap } from '../../util/BoundedMap.js';
 import { Fifo, NumberFifo } from '../../util/Fifo.js';
 import { mergeSeqs } from '../../util/arrays.js';
 import { isObject } from '../../util/guards.js';
+import { INSTANCE_ID } from '../../config/Config.js';
 import type { Delivery } from '../Connection.js';
 import type { Broker } from './Broker.js';
 
@@ -186,7 +187,6 @@ const MAX_BATCH = 500;
 /** Longest id, user, run id or text accepted in a message (what the hub itself would ever send is far less). */
 const MAX_ID_CHARS = 1024;
 const MAX_TEXT_CHARS = 4 * 1024 * 1024;
-const INSTANCE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** Resumes asked of the other sidecars at once (a connection has at most one out); more are answered from this sidecar alone. */
 const MAX_QUERIES = 20_000;
 /** Text one sidecar sends back for one resume (the rest of a run is then a hole the client is told of). */
@@ -810,12 +810,12 @@ export class Fanout {
       this.invalid('not JSON');
       return undefined;
     }
-    if (msg === null || typeof msg !== 'object' || Array.isArray(msg) || typeof (msg as { o?: unknown }).o !== 'string' || !INSTANCE_ID.test((msg as { o: string }).o)) {
+    if (!isObject(msg) || typeof msg.o !== 'string' || !INSTANCE_ID.test(msg.o)) {
       this.invalid('not an object with a sender id');
       return undefined;
     }
-    if (kind !== undefined && (msg as { o: string }).o !== this.id) this.m.messages.inc({ direction: 'in', kind });
-    return msg as Record<string, unknown>;
+    if (kind !== undefined && msg.o !== this.id) this.m.messages.inc({ direction: 'in', kind });
+    return msg;
   }
 
   private invalid(what: string): void {
