@@ -19,7 +19,8 @@ export function installErrorHandling(app: FastifyInstance): void {
   app.setErrorHandler((err: unknown, req: FastifyRequest, reply: FastifyReply) => {
     const tErr = toTracewireError(err, req);
     if (tErr.code === 'TW_INTERNAL') app.log.error(err);
-    if (tErr.code === 'TW_RUNS_BUSY') void reply.header('retry-after', '1');
+    // Whatever is refused for now (busy, overloaded) says when to come back, as the OTLP receiver's answers do.
+    if (tErr.status === 503 || tErr.status === 429) void reply.header('retry-after', '1');
     void reply.status(tErr.status).send(tErr.toJSON());
   });
   app.setNotFoundHandler((req, reply) => {
