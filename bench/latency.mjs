@@ -26,7 +26,14 @@
 // also measured with the sleeping reader, to show what the wake-up adds.
 //
 // Load: span operations (starts and ends) are paced individually at the
-// target rate from a setImmediate loop (1k spans/s = 2k span ops/s). Scenarios:
+// target rate from a setImmediate loop (1k spans/s = 2k span ops/s), one
+// operation per loop turn, as an app's span calls come from separate I/O
+// callbacks (Node runs microtasks between callbacks). After a GC pause or a
+// scheduler stall, the operations that fell due meanwhile go out one per turn,
+// not back to back in one synchronous task: there, anything that finishes its
+// work in a microtask (tracewire's drain) would wait for the whole burst, and
+// the figure would time the burst, not the span path (bench/README.md).
+// Scenarios:
 // 1 client (one user), and 100 clients (100 users, one connection each, runs
 // round-robin over the users). The tracewire histogram
 // tracewire_event_delivery_seconds (hook -> write completion) is read from
@@ -113,7 +120,8 @@ function paced(opsPerSec, ms, stepper, after, stamps) {
     let done = 0;
     const tick = () => {
       const due = Math.min(total, Math.floor(((nowNs() - start) * opsPerSec) / 1e9));
-      while (done < due) {
+      // One operation per turn (see "Load" above); when behind, the next turn comes at once.
+      if (done < due) {
         const t0 = nowNs();
         const e = stepper.step();
         if (e !== undefined) {
@@ -187,6 +195,8 @@ async function phase(impl, users, spansPerSec, reader, round = 1) {
     p999: pct(s, 99.9),
     max: s[s.length - 1],
     serverCpuPct: (100 * (cpu.user + cpu.system)) / 1e6 / wall,
+    // How long the measured operations took to issue (MEASURE_MS if the generator kept the rate).
+    wallMs: wall * 1000,
     // Event-loop delay of the server process during the phase (stalls show up as latency tails).
     eldP99Ms: eld.percentile(99) / 1e6,
     eldMaxMs: eld.max / 1e6,
@@ -198,7 +208,7 @@ async function phase(impl, users, spansPerSec, reader, round = 1) {
     const h = diffHistogram(await metricsHistogram(), h0);
     out.metrics = { count: h[h.length - 1]?.[1] ?? 0, p50: histogramQuantile(0.5, h) * 1e9, p99: histogramQuantile(0.99, h) * 1e9 };
   }
-  log(`[latency] ${impl.padEnd(9)} ${reader.padEnd(8)} r${round} clients=${users.length} ${spansPerSec}/s events=${out.events} recv=${out.received} p50=${(out.p50 / 1000).toFixed(1)}µs p99=${(out.p99 / 1000).toFixed(1)}µs eld-max=${out.eldMaxMs.toFixed(1)}ms gc-max=${out.gcMaxMs.toFixed(1)}ms gc-total=${out.gcTotalMs.toFixed(0)}ms` +
+  log(`[latency] ${impl.padEnd(9)} ${reader.padEnd(8)} r${round} clients=${users.length} ${spansPerSec}/s events=${out.events} recv=${out.received} wall=${wall.toFixed(2)}s p50=${(out.p50 / 1000).toFixed(1)}µs p99=${(out.p99 / 1000).toFixed(1)}µs eld-max=${out.eldMaxMs.toFixed(1)}ms gc-max=${out.gcMaxMs.toFixed(1)}ms gc-total=${out.gcTotalMs.toFixed(0)}ms` +
     (out.metrics ? ` | /metrics p50≈${(out.metrics.p50 / 1000).toFixed(1)}µs p99≈${(out.metrics.p99 / 1000).toFixed(1)}µs` : ''));
   return out;
 }
