@@ -125,8 +125,11 @@ if (R.latency && !R.latency.error) {
     }
   }
   if (latMissed) missed.push('latency');
+  // How long the slowest phase took to issue its operations (absent in results written before it was recorded).
+  const slowestMs = Math.max(0, ...R.latency.rounds.map((r) => r.wallMs ?? 0));
+  const pacing = slowestMs === 0 ? '' : `Span operations go out one per event-loop turn; the slowest phase issued its ${R.latency.measureMs} ms of operations in ${slowestMs.toFixed(0)} ms${slowestMs > R.latency.measureMs * 1.05 ? ' (**the generator fell behind its rate**: the figure is for a lower rate)' : ''}. `;
   detail.push(
-    `### 2. Span to client latency\n\nClock offset between the server and client processes (CLOCK_MONOTONIC, IPC midpoint estimate): ${us(R.latency.clockOffsetNs)}; ${R.latency.measureMs} ms measured per phase after a warm-up. ` +
+    `### 2. Span to client latency\n\nClock offset between the server and client processes (CLOCK_MONOTONIC, IPC midpoint estimate): ${us(R.latency.clockOffsetNs)}; ${R.latency.measureMs} ms measured per phase after a warm-up. ${pacing}` +
       `Polling phases: ${R.latency.roundsPerPhase ?? 1} rounds per implementation and scenario, alternating in a rotating order; each quantile below is the median of the rounds' (the p99 range shows all rounds), events and GC totals are summed, stalls are the worst round's. Sleeping phases: one round.\n\n` +
       `| impl | reader | clients | spans/s | rounds | events | received | p50 | p90 | p99 | p99 of the rounds | p99.9 | max | server CPU | event-loop delay max | GC pauses max / total | /metrics p50 | /metrics p99 |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n` +
       ph
